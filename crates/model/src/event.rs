@@ -1,0 +1,263 @@
+//! The canonical usage event: one API call's usage, as a platform reports it.
+
+use crate::rejection::{RejectReason, Rejection};
+use crate::unit::{Unit, UnitSet, UNIT_COUNT};
+use chrono::{DateTime, Duration, Utc};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// How the provider served the request; variants can be priced differently.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ServiceTier {
+    #[default]
+    Standard,
+    Batch,
+    Flex,
+    Priority,
+}
+
+impl ServiceTier {
+    pub const ALL: [ServiceTier; 4] = [Self::Standard, Self::Batch, Self::Flex, Self::Priority];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Standard => "standard",
+            Self::Batch => "batch",
+            Self::Flex => "flex",
+            Self::Priority => "priority",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+}
+
+impl fmt::Display for ServiceTier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Counts by unit. A unit is either reported (possibly as 0) or absent.
+#[derive(Clone, PartialEq, Eq)]
+pub struct UsageCounts {
+    reported: UnitSet,
+    counts: [u64; UNIT_COUNT],
+}
+
+impl Default for UsageCounts {
+    fn default() -> Self {
+        Self { reported: UnitSet::default(), counts: [0; UNIT_COUNT] }
+    }
+}
+
+impl UsageCounts {
+    pub fn set(&mut self, unit: Unit, count: u64) {
+        self.reported.insert(unit);
+        self.counts[unit.index()] = count;
+    }
+
+    /// The reported count, or `None` when the event did not report the unit.
+    pub fn get(&self, unit: Unit) -> Option<u64> {
+        self.reported.contains(unit).then(|| self.counts[unit.index()])
+    }
+
+    /// The reported count, 0 when absent.
+    pub fn count(&self, unit: Unit) -> u64 {
+        self.counts[unit.index()]
+    }
+
+    pub fn reported(&self) -> UnitSet {
+        self.reported
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (Unit, u64)> + '_ {
+        self.reported.iter().map(|u| (u, self.counts[u.index()]))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.reported.is_empty()
+    }
+}
+
+impl fmt::Debug for UsageCounts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+/// One API call's usage. Fields are validated: see [`EventLimits::check`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UsageEvent {
+    /// Idempotency key chosen by the producer, 1..=128 characters.
+    pub event_id: String,
+    pub account_id: String,
+    /// When the usage happened, by the producer's clock. Prices in force at
+    /// this instant apply, whenever the event is processed.
+    pub occurred_at: DateTime<Utc>,
+    pub provider: String,
+    /// As the provider reports it (`gpt-4o-2024-08-06`).
+    pub model: String,
+    pub api_key_id: Option<String>,
+    pub project_id: Option<String>,
+    pub service_tier: ServiceTier,
+    pub attributes: BTreeMap<String, String>,
+    pub usage: UsageCounts,
+}
+
+/// Bounds that make an event plausible. Anything outside is rejected, never
+/// clamped: a clamped count would be a wrong bill.
+#[derive(Clone, Debug)]
+pub struct EventLimits {
+    pub id_chars_max: usize,
+    pub name_chars_max: usize,
+    pub attributes_max: usize,
+    /// A single API call above this many units of anything is a bug upstream
+    /// (the largest context windows are a few million tokens).
+    pub count_max: u64,
+    /// How far ahead of the pipeline's clock `occurred_at` may be.
+    pub future_skew_max: Duration,
+    /// Events older than this are refused as implausible (a mistyped year).
+    pub occurred_after: DateTime<Utc>,
+}
+
+impl Default for EventLimits {
+    fn default() -> Self {
+        Self {
+            id_chars_max: 128,
+            name_chars_max: 256,
+            attributes_max: 64,
+            count_max: 1_000_000_000_000,
+            future_skew_max: Duration::minutes(5),
+            occurred_after: DateTime::from_timestamp(946_684_800, 0).expect("2000-01-01 is valid"),
+        }
+    }
+}
+
+impl EventLimits {
+    /// Checks an event against the limits, `now` being the pipeline's clock.
+    pub fn check(&self, event: &UsageEvent, now: DateTime<Utc>) -> Result<(), Rejection> {
+        let id_len = event.event_id.chars().count();
+        if id_len == 0 || id_len > self.id_chars_max {
+            return Err(Rejection::new(
+                RejectReason::InvalidField,
+                format!("event_id must have 1..={} characters, has {id_len}", self.id_chars_max),
+            ));
+        }
+        self.check_name("account_id", &event.account_id, self.id_chars_max)?;
+        self.check_name("provider", &event.provider, self.name_chars_max)?;
+        self.check_name("model", &event.model, self.name_chars_max)?;
+        for (field, value) in [("api_key_id", &event.api_key_id), ("project_id", &event.project_id)] {
+            if let Some(v) = value {
+                self.check_name(field, v, self.id_chars_max)?;
+            }
+        }
+        if event.attributes.len() > self.attributes_max {
+            return Err(Rejection::new(
+                RejectReason::InvalidField,
+                format!("attributes has {} entries, at most {} allowed", event.attributes.len(), self.attributes_max),
+            ));
+        }
+        if event.usage.is_empty() {
+            return Err(Rejection::new(RejectReason::InvalidField, "usage reports no unit"));
+        }
+        for (unit, count) in event.usage.iter() {
+            if count > self.count_max {
+                return Err(Rejection::new(
+                    RejectReason::CountOutOfRange,
+                    format!("usage.{unit} = {count} exceeds the plausible maximum {}", self.count_max),
+                ));
+            }
+        }
+        if event.occurred_at > now + self.future_skew_max {
+            return Err(Rejection::new(
+                RejectReason::TimestampOutOfRange,
+                format!(
+                    "occurred_at {} is more than {}s ahead of the pipeline clock {}",
+                    event.occurred_at.to_rfc3339(),
+                    self.future_skew_max.num_seconds(),
+                    now.to_rfc3339()
+                ),
+            ));
+        }
+        if event.occurred_at < self.occurred_after {
+            return Err(Rejection::new(
+                RejectReason::TimestampOutOfRange,
+                format!("occurred_at {} is before {}", event.occurred_at.to_rfc3339(), self.occurred_after.to_rfc3339()),
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_name(&self, field: &str, value: &str, chars_max: usize) -> Result<(), Rejection> {
+        let len = value.chars().count();
+        if len == 0 || len > chars_max {
+            return Err(Rejection::new(
+                RejectReason::InvalidField,
+                format!("{field} must have 1..={chars_max} characters, has {len}"),
+            ));
+        }
+        if value.chars().any(char::is_control) {
+            return Err(Rejection::new(RejectReason::InvalidField, format!("{field} contains control characters")));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event() -> UsageEvent {
+        let mut usage = UsageCounts::default();
+        usage.set(Unit::INPUT_TOKENS, 100);
+        UsageEvent {
+            event_id: "e-1".into(),
+            account_id: "acct".into(),
+            occurred_at: "2025-06-01T00:00:00Z".parse().unwrap(),
+            provider: "openai".into(),
+            model: "gpt-4o".into(),
+            api_key_id: None,
+            project_id: None,
+            service_tier: ServiceTier::Standard,
+            attributes: BTreeMap::new(),
+            usage,
+        }
+    }
+
+    fn now() -> DateTime<Utc> {
+        "2025-06-01T00:00:00Z".parse().unwrap()
+    }
+
+    #[test]
+    fn a_plausible_event_passes() {
+        EventLimits::default().check(&event(), now()).unwrap();
+    }
+
+    #[test]
+    fn limits_reject_with_the_right_reason() {
+        let limits = EventLimits::default();
+        let cases: Vec<(Box<dyn Fn(&mut UsageEvent)>, RejectReason)> = vec![
+            (Box::new(|e| e.event_id = String::new()), RejectReason::InvalidField),
+            (Box::new(|e| e.event_id = "x".repeat(129)), RejectReason::InvalidField),
+            (Box::new(|e| e.account_id = "a\nb".into()), RejectReason::InvalidField),
+            (Box::new(|e| e.usage = UsageCounts::default()), RejectReason::InvalidField),
+            (Box::new(|e| e.usage.set(Unit::OUTPUT_TOKENS, u64::MAX)), RejectReason::CountOutOfRange),
+            (Box::new(|e| e.occurred_at = now() + Duration::hours(1)), RejectReason::TimestampOutOfRange),
+            (Box::new(|e| e.occurred_at = "1970-01-01T00:00:00Z".parse().unwrap()), RejectReason::TimestampOutOfRange),
+        ];
+        for (mutate, reason) in cases {
+            let mut e = event();
+            mutate(&mut e);
+            assert_eq!(limits.check(&e, now()).unwrap_err().reason, reason, "{e:?}");
+        }
+    }
+
+    #[test]
+    fn the_event_id_limit_counts_characters_not_bytes() {
+        let mut e = event();
+        e.event_id = "é".repeat(128);
+        EventLimits::default().check(&e, now()).unwrap();
+    }
+}

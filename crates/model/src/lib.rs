@@ -1,0 +1,19 @@
+//! Domain types of the usage-billing pipeline, shared by every other crate.
+//!
+//! This crate does no I/O. It defines what a usage event is ([`UsageEvent`]),
+//! the units usage is counted in ([`Unit`], named as pydantic's genai-prices
+//! names them), exact money ([`Money`], [`Currency`]), what pricing produces
+//! ([`PricedEvent`]) and why an event can be refused ([`Rejection`]).
+
+mod event;
+mod money;
+mod priced;
+mod rejection;
+mod unit;
+mod units_table;
+
+pub use event::{EventLimits, ServiceTier, UsageCounts, UsageEvent};
+pub use money::{exact_add, exact_mul, Currency, CurrencyError, Money, MoneyError};
+pub use priced::{CostLine, PricedEvent};
+pub use rejection::{RejectReason, Rejection};
+pub use unit::{Unit, UnitDef, UnitSet, UNIT_COUNT};

@@ -1,0 +1,36 @@
+//! What pricing makes of a usage event.
+
+use crate::event::UsageEvent;
+use crate::money::Currency;
+use crate::unit::Unit;
+use rust_decimal::Decimal;
+
+/// The cost of one unit of usage in a priced event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CostLine {
+    pub unit: Unit,
+    /// The count the event reported (0 when it reported none).
+    pub quantity: u64,
+    /// The part of `quantity` priced at this unit's price, once the more
+    /// specific priced units are taken out (input tokens less cache reads).
+    pub priced_quantity: u64,
+    /// Price of one unit, exact.
+    pub unit_price: Decimal,
+    /// `priced_quantity × unit_price`, exact, never rounded.
+    pub cost: Decimal,
+}
+
+/// A usage event and its exact cost under one rate-card version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PricedEvent {
+    pub event: UsageEvent,
+    /// The model entry of the rate card that matched `event.model`.
+    pub matched_model: String,
+    pub rate_card: String,
+    pub rate_card_version: u32,
+    pub currency: Currency,
+    /// One line per priced unit, in unit-registry order.
+    pub lines: Vec<CostLine>,
+    /// Sum of the lines' costs, exact.
+    pub cost: Decimal,
+}

@@ -1,0 +1,22 @@
+//! Rate cards and the pricing engine.
+//!
+//! A *rate card* is a named price list in one currency. It has immutable
+//! *versions*, each in force from its `effective_from` instant until the next
+//! version's. An event is priced by the version in force at its
+//! `occurred_at`, so late events get the prices of their time.
+//!
+//! Files: one TOML file per rate-card version (see `format.rs` and the
+//! README); [`load_dir`] reads a directory of them into a [`RateBook`].
+//! [`Pricer`] prices [`usage_model::UsageEvent`]s against a book. The stream
+//! and the offline `price` command share it, so they agree to the digit.
+
+mod book;
+mod format;
+mod load;
+mod matching;
+mod pricer;
+
+pub use book::{ModelPrice, PriceSet, RateBook, RateCard, RateCardVersion, UnitPrice};
+pub use load::{load_dir, parse_version_file, LoadError};
+pub use matching::MatchRule;
+pub use pricer::Pricer;

@@ -1,0 +1,246 @@
+//! Reading a directory of rate-card version files into a [`RateBook`].
+
+use crate::book::{ModelPrice, PriceSet, RateBook, RateCard, RateCardVersion, UnitPrice};
+use crate::format::{PriceKey, PriceValue, VersionFile};
+use rust_decimal::Decimal;
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use usage_model::Currency;
+
+/// Scale limit of a price per single unit. Costs are stored exactly in
+/// ClickHouse as `Decimal(38, 18)`, and a cost is a unit price times an
+/// integer count, so unit prices must fit 18 decimal places: that is 12 for
+/// a price per million tokens, 15 for a price per thousand requests.
+pub const UNIT_PRICE_SCALE_MAX: u32 = 18;
+
+/// A rate-card file or directory that cannot be used, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {message}", file.display())]
+pub struct LoadError {
+    pub file: PathBuf,
+    pub message: String,
+}
+
+impl LoadError {
+    fn new(file: &Path, message: impl Into<String>) -> Self {
+        Self { file: file.to_owned(), message: message.into() }
+    }
+}
+
+/// Loads every `*.toml` file under `dir` (recursively, in path order).
+/// `default_card` names the card for accounts without an assignment; when
+/// `None`, the directory must hold exactly one card.
+pub fn load_dir(dir: &Path, default_card: Option<&str>) -> Result<RateBook, LoadError> {
+    let mut files = Vec::new();
+    collect_toml_files(dir, &mut files)?;
+    files.sort();
+    if files.is_empty() {
+        return Err(LoadError::new(dir, "no rate-card files (*.toml) found"));
+    }
+    let mut versions = Vec::with_capacity(files.len());
+    for file in &files {
+        let text = std::fs::read_to_string(file).map_err(|e| LoadError::new(file, e.to_string()))?;
+        versions.push((file.clone(), parse_version_file(file, &text)?));
+    }
+    assemble(dir, versions, default_card)
+}
+
+fn collect_toml_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), LoadError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| LoadError::new(dir, e.to_string()))?;
+    for entry in entries {
+        let path = entry.map_err(|e| LoadError::new(dir, e.to_string()))?.path();
+        if path.is_dir() {
+            collect_toml_files(&path, out)?;
+        } else if path.extension().is_some_and(|e| e == "toml") {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// Parses and validates one version file. `file` names it in errors.
+pub fn parse_version_file(file: &Path, text: &str) -> Result<RateCardVersion, LoadError> {
+    let raw: VersionFile = toml::from_str(text).map_err(|e| LoadError::new(file, e.to_string()))?;
+    let currency: Currency = raw.currency.parse().map_err(|e| LoadError::new(file, format!("currency: {e}")))?;
+    if raw.rate_card.is_empty() {
+        return Err(LoadError::new(file, "rate_card: must not be empty"));
+    }
+    let mut seen = HashSet::new();
+    let mut models = Vec::with_capacity(raw.models.len());
+    for (i, m) in raw.models.into_iter().enumerate() {
+        let at = |field: &str| format!("models[{i}] ({}/{}).{field}", m.provider, m.id);
+        if !seen.insert((m.provider.clone(), m.id.clone())) {
+            return Err(LoadError::new(file, format!("{}: duplicate model entry", at("id"))));
+        }
+        if m.prices.is_empty() {
+            return Err(LoadError::new(file, format!("{}: no price", at("prices"))));
+        }
+        let standard = price_set(&m.prices).map_err(|e| LoadError::new(file, format!("{}.{e}", at("prices"))))?;
+        let mut service_tiers = BTreeMap::new();
+        for (tier, prices) in &m.service_tiers {
+            let set = price_set(prices)
+                .map_err(|e| LoadError::new(file, format!("{}.{e}", at(&format!("service_tiers.{}", tier.0)))))?;
+            service_tiers.insert(tier.0.as_str(), set);
+        }
+        models.push(ModelPrice {
+            provider: m.provider,
+            id: m.id,
+            match_rule: m.match_rule,
+            standard,
+            service_tiers,
+        });
+    }
+    Ok(RateCardVersion::new(raw.rate_card, raw.version, raw.effective_from, currency, models))
+}
+
+fn price_set(prices: &BTreeMap<PriceKey, PriceValue>) -> Result<PriceSet, String> {
+    let mut out = Vec::with_capacity(prices.len());
+    for (key, value) in prices {
+        let unit = key.0;
+        let per_unit = |price: Decimal| {
+            unit_price(price, unit.per()).ok_or_else(|| {
+                format!(
+                    "{}: {price} per {} is not exact at {UNIT_PRICE_SCALE_MAX} decimal places per unit",
+                    unit.price_key(),
+                    unit.per()
+                )
+            })
+        };
+        let price = match value {
+            PriceValue::Flat(p) => UnitPrice { base: per_unit(*p)?, tiers: Vec::new() },
+            PriceValue::Tiered { base, tiers } => UnitPrice {
+                base: per_unit(*base)?,
+                tiers: tiers.iter().map(|t| Ok((t.start, per_unit(t.price)?))).collect::<Result<_, String>>()?,
+            },
+        };
+        out.push((unit, price));
+    }
+    Ok(PriceSet::new(out))
+}
+
+/// `price / per`, when exact within [`UNIT_PRICE_SCALE_MAX`] places.
+fn unit_price(price: Decimal, per: u64) -> Option<Decimal> {
+    let quotient = price.checked_div(Decimal::from(per))?.normalize();
+    let exact = usage_model::exact_mul(quotient, Decimal::from(per)).ok()? == price;
+    (exact && quotient.scale() <= UNIT_PRICE_SCALE_MAX).then_some(quotient)
+}
+
+fn assemble(
+    dir: &Path,
+    versions: Vec<(PathBuf, RateCardVersion)>,
+    default_card: Option<&str>,
+) -> Result<RateBook, LoadError> {
+    let mut cards: BTreeMap<String, (Vec<Arc<RateCardVersion>>, Vec<PathBuf>)> = BTreeMap::new();
+    for (file, v) in versions {
+        let entry = cards.entry(v.rate_card.clone()).or_default();
+        entry.1.push(file);
+        entry.0.push(Arc::new(v));
+    }
+    let mut book = BTreeMap::new();
+    for (id, (mut versions, files)) in cards {
+        let first_file = &files[0];
+        let currency = versions[0].currency;
+        if let Some(v) = versions.iter().find(|v| v.currency != currency) {
+            return Err(LoadError::new(
+                first_file,
+                format!("rate card {id}: version {} is in {} but others are in {currency}", v.version, v.currency),
+            ));
+        }
+        versions.sort_by_key(|v| (v.effective_from, v.version));
+        for pair in versions.windows(2) {
+            let (a, b) = (&pair[0], &pair[1]);
+            if a.version >= b.version || a.effective_from == b.effective_from {
+                return Err(LoadError::new(
+                    first_file,
+                    format!(
+                        "rate card {id}: versions must have distinct effective_from instants and increase with them \
+                         (version {} from {}, version {} from {})",
+                        a.version, a.effective_from, b.version, b.effective_from
+                    ),
+                ));
+            }
+        }
+        book.insert(id.clone(), RateCard { id, currency, versions });
+    }
+    let default_card = match default_card {
+        Some(name) if book.contains_key(name) => name.to_owned(),
+        Some(name) => {
+            return Err(LoadError::new(
+                dir,
+                format!("default rate card `{name}` not found; cards here: {}", book.keys().cloned().collect::<Vec<_>>().join(", ")),
+            ))
+        }
+        None if book.len() == 1 => book.keys().next().expect("one card").clone(),
+        None => {
+            return Err(LoadError::new(
+                dir,
+                format!("several rate cards ({}); say which is the default", book.keys().cloned().collect::<Vec<_>>().join(", ")),
+            ))
+        }
+    };
+    Ok(RateBook { cards: book, default_card })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use usage_model::Unit;
+
+    fn parse(text: &str) -> Result<RateCardVersion, LoadError> {
+        parse_version_file(Path::new("card.toml"), text)
+    }
+
+    const HEADER: &str = "rate_card = \"list\"\nversion = 1\neffective_from = 2025-01-01T00:00:00Z\ncurrency = \"USD\"\n";
+
+    #[test]
+    fn parses_flat_tiered_and_service_tier_prices() {
+        let v = parse(&format!(
+            "{HEADER}
+[[models]]
+provider = \"google\"
+id = \"gemini-2.5-pro\"
+match = {{ starts_with = \"gemini-2.5-pro\" }}
+prices = {{ input_mtok = {{ base = \"1.25\", tiers = [{{ start = 200000, price = \"2.5\" }}] }}, output_mtok = 10 }}
+service_tiers.batch = {{ input_mtok = \"0.625\", output_mtok = \"5\" }}
+"
+        ))
+        .unwrap();
+        let m = &v.models[0];
+        let (unit, input) = &m.standard.prices[0];
+        assert_eq!(*unit, Unit::INPUT_TOKENS);
+        assert_eq!(input.base, "0.00000125".parse().unwrap());
+        assert_eq!(input.for_input_tokens(200_000), "0.00000125".parse().unwrap());
+        assert_eq!(input.for_input_tokens(200_001), "0.0000025".parse().unwrap());
+        assert_eq!(m.prices_for(usage_model::ServiceTier::Batch).prices[1].1.base, "0.000005".parse().unwrap());
+        assert_eq!(m.prices_for(usage_model::ServiceTier::Flex).prices[1].1.base, "0.00001".parse().unwrap());
+    }
+
+    #[test]
+    fn errors_name_the_line_and_the_field() {
+        let cases = [
+            ("prices = { input_mtok = 2.5 }", "float"),
+            ("prices = { inptu_mtok = \"2.5\" }", "unknown price key `inptu_mtok`"),
+            ("prices = { input_mtok = \"-1\" }", "negative"),
+            ("prices = { input_mtok = \"0.0000000000001\" }", "not exact at 18 decimal places"),
+            ("prices = { input_mtok = \"1\" }\nservice_tiers.cheap = { input_mtok = \"1\" }", "unknown service tier"),
+            ("match = { regex = \"(\" }\nprices = { input_mtok = \"1\" }", "invalid regex"),
+        ];
+        for (model_body, expected) in cases {
+            let text = format!("{HEADER}\n[[models]]\nprovider = \"p\"\nid = \"m\"\n{model_body}\n");
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains(expected), "{err}");
+            assert!(err.starts_with("card.toml"), "{err}");
+            if !expected.contains("exact") {
+                assert!(err.contains("line"), "{err}");
+            }
+        }
+    }
+
+    #[test]
+    fn duplicate_models_are_refused() {
+        let m = "[[models]]\nprovider = \"p\"\nid = \"m\"\nprices = { input_mtok = \"1\" }\n";
+        let err = parse(&format!("{HEADER}{m}{m}")).unwrap_err().to_string();
+        assert!(err.contains("duplicate model"), "{err}");
+    }
+}

@@ -1,0 +1,313 @@
+//! The pricing engine: one usage event in, its exact cost out.
+//!
+//! How a cost is computed, for the model entry and service tier that apply:
+//! 1. Every priced unit gets a *priced quantity*: its reported count less the
+//!    counts of the more specific priced units it contains. Input tokens
+//!    include cache reads, so with `input_mtok` and `cache_read_mtok` priced,
+//!    `input_tokens - cache_read_tokens` are billed at the input price and
+//!    the cache reads at theirs (the unit registry's dimensions say what
+//!    contains what; this is genai-prices' decomposition).
+//! 2. A tiered price takes the tier of the request's total `input_tokens`.
+//! 3. `requests` counts 1 per event unless the event reports it.
+//! 4. Line cost = unit price × priced quantity; the event's cost is the sum of
+//!    its lines. Exact: no rounding, overflow is a rejection.
+
+use crate::book::{RateBook, RateCardVersion};
+use rust_decimal::Decimal;
+use std::collections::HashMap;
+use std::sync::Arc;
+use usage_model::{exact_add, exact_mul, CostLine, PricedEvent, RejectReason, Rejection, Unit, UsageEvent, UNIT_COUNT};
+
+/// Entries kept in the model-match cache before it is cleared. Real streams
+/// have a few thousand distinct model names; 65,536 entries of short strings
+/// are a few MiB at most.
+const MATCH_CACHE_ENTRIES_MAX: usize = 65_536;
+
+/// Prices events against a rate book. Holds a cache of model-name matches,
+/// so each worker owns one (`&mut self`).
+pub struct Pricer {
+    book: Arc<RateBook>,
+    /// version (by address, stable while `book` is held) → provider → model → entry.
+    match_cache: HashMap<usize, HashMap<String, HashMap<String, Option<usize>>>>,
+    match_cache_entries: usize,
+}
+
+impl Pricer {
+    pub fn new(book: Arc<RateBook>) -> Self {
+        Self { book, match_cache: HashMap::new(), match_cache_entries: 0 }
+    }
+
+    pub fn book(&self) -> &Arc<RateBook> {
+        &self.book
+    }
+
+    /// Prices one event. A rejection says why it cannot be priced; it is
+    /// never priced as zero.
+    pub fn price(&mut self, event: UsageEvent) -> Result<PricedEvent, Rejection> {
+        let book = Arc::clone(&self.book);
+        let card = book.card_for(&event.account_id);
+        let version = card.version_at(event.occurred_at).ok_or_else(|| {
+            Rejection::new(
+                RejectReason::NoRateCardVersion,
+                format!("rate card {} has no version in force at {}", card.id, event.occurred_at.to_rfc3339()),
+            )
+        })?;
+        let model_idx = self.find_model(version, &event.provider, &event.model).ok_or_else(|| {
+            Rejection::new(
+                RejectReason::UnknownModel,
+                format!(
+                    "rate card {} version {} has no price for provider {:?} model {:?}",
+                    card.id, version.version, event.provider, event.model
+                ),
+            )
+        })?;
+        let model = &version.models[model_idx];
+        let prices = model.prices_for(event.service_tier);
+        let priced_quantities = priced_quantities(&event, prices.units())?;
+        let input_tokens = event.usage.count(Unit::INPUT_TOKENS);
+
+        let mut lines = Vec::with_capacity(prices.prices.len());
+        let mut cost = Decimal::ZERO;
+        for (unit, price) in prices.iter() {
+            let (quantity, priced_quantity) = if *unit == Unit::REQUESTS {
+                let n = event.usage.get(Unit::REQUESTS).unwrap_or(1);
+                (n, n)
+            } else {
+                (event.usage.count(*unit), priced_quantities[unit.index()])
+            };
+            let unit_price = price.for_input_tokens(input_tokens);
+            let line_cost = exact_mul(unit_price, Decimal::from(priced_quantity)).map_err(overflow)?;
+            cost = exact_add(cost, line_cost).map_err(overflow)?;
+            lines.push(CostLine { unit: *unit, quantity, priced_quantity, unit_price, cost: line_cost });
+        }
+        Ok(PricedEvent {
+            matched_model: model.id.clone(),
+            rate_card: card.id.clone(),
+            rate_card_version: version.version,
+            currency: version.currency,
+            lines,
+            cost,
+            event,
+        })
+    }
+
+    fn find_model(&mut self, version: &Arc<RateCardVersion>, provider: &str, model: &str) -> Option<usize> {
+        let key = Arc::as_ptr(version) as usize;
+        if let Some(hit) = self.match_cache.get(&key).and_then(|p| p.get(provider)).and_then(|m| m.get(model)) {
+            return *hit;
+        }
+        let found = version.find_model(provider, model);
+        if self.match_cache_entries >= MATCH_CACHE_ENTRIES_MAX {
+            self.match_cache.clear();
+            self.match_cache_entries = 0;
+        }
+        self.match_cache
+            .entry(key)
+            .or_default()
+            .entry(provider.to_owned())
+            .or_default()
+            .insert(model.to_owned(), found);
+        self.match_cache_entries += 1;
+        found
+    }
+}
+
+fn overflow(e: usage_model::MoneyError) -> Rejection {
+    Rejection::new(RejectReason::CostOverflow, e.to_string())
+}
+
+/// Splits reported counts into disjoint parts over the priced units (step 1
+/// above). Most specific units first, so each unit's parts are known when it
+/// is reached. `requests` is not a part of anything and is left out.
+fn priced_quantities(event: &UsageEvent, priced: usage_model::UnitSet) -> Result<[u64; UNIT_COUNT], Rejection> {
+    let mut order: Vec<Unit> = priced.iter().filter(|u| *u != Unit::REQUESTS).collect();
+    order.sort_by_key(|u| (std::cmp::Reverse(u.specificity()), *u));
+    let mut leaf = [0u64; UNIT_COUNT];
+    for unit in order {
+        let parts: u128 = unit
+            .descendants()
+            .intersection(priced)
+            .iter()
+            .map(|d| leaf[d.index()] as u128)
+            .sum();
+        let reported = event.usage.count(unit) as u128;
+        if parts > reported {
+            let part_names: Vec<String> = unit
+                .descendants()
+                .intersection(priced)
+                .iter()
+                .filter(|d| event.usage.count(*d) > 0)
+                .map(|d| format!("{d} = {}", event.usage.count(d)))
+                .collect();
+            return Err(Rejection::new(
+                RejectReason::InconsistentUsage,
+                format!("{} exceed {unit} = {reported}", part_names.join(" + ")),
+            ));
+        }
+        leaf[unit.index()] = (reported - parts) as u64;
+    }
+    Ok(leaf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::load::parse_version_file;
+    use crate::book::RateCard;
+    use chrono::{DateTime, Utc};
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+    use std::path::Path;
+    use usage_model::{ServiceTier, UsageCounts};
+
+    fn book(files: &[&str]) -> Arc<RateBook> {
+        let mut versions: Vec<_> = files
+            .iter()
+            .map(|t| Arc::new(parse_version_file(Path::new("t.toml"), t).unwrap()))
+            .collect();
+        versions.sort_by_key(|v| v.effective_from);
+        let card = RateCard { id: "list".into(), currency: versions[0].currency, versions };
+        Arc::new(RateBook { cards: BTreeMap::from([("list".into(), card)]), default_card: "list".into() })
+    }
+
+    const V1: &str = r#"
+rate_card = "list"
+version = 1
+effective_from = 2025-01-01T00:00:00Z
+currency = "USD"
+
+[[models]]
+provider = "openai"
+id = "gpt-4o"
+match = { starts_with = "gpt-4o-20" }
+prices = { input_mtok = "2.5", cache_read_mtok = "1.25", output_mtok = "10" }
+service_tiers.batch = { input_mtok = "1.25", cache_read_mtok = "0.625", output_mtok = "5" }
+
+[[models]]
+provider = "google"
+id = "gemini-2.5-pro"
+prices = { input_mtok = { base = "1.25", tiers = [{ start = 200000, price = "2.5" }] }, output_mtok = { base = "10", tiers = [{ start = 200000, price = "15" }] } }
+
+[[models]]
+provider = "acme"
+id = "search"
+prices = { requests_kcount = "5", input_mtok = "1" }
+"#;
+
+    const V2: &str = r#"
+rate_card = "list"
+version = 2
+effective_from = 2025-07-01T00:00:00Z
+currency = "USD"
+
+[[models]]
+provider = "openai"
+id = "gpt-4o"
+prices = { input_mtok = "2", output_mtok = "8" }
+"#;
+
+    fn event(provider: &str, model: &str, at: &str, usage: &[(&str, u64)]) -> UsageEvent {
+        let mut counts = UsageCounts::default();
+        for (k, v) in usage {
+            counts.set(Unit::from_key(k).unwrap(), *v);
+        }
+        UsageEvent {
+            event_id: "e".into(),
+            account_id: "a".into(),
+            occurred_at: at.parse::<DateTime<Utc>>().unwrap(),
+            provider: provider.into(),
+            model: model.into(),
+            api_key_id: None,
+            project_id: None,
+            service_tier: ServiceTier::Standard,
+            attributes: BTreeMap::new(),
+            usage: counts,
+        }
+    }
+
+    fn d(s: &str) -> Decimal {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn cache_reads_are_taken_out_of_input_tokens() {
+        let mut p = Pricer::new(book(&[V1, V2]));
+        let e = event("openai", "gpt-4o-2024-08-06", "2025-03-01T00:00:00Z", &[
+            ("input_tokens", 1_000_000),
+            ("cache_read_tokens", 400_000),
+            ("output_tokens", 100_000),
+        ]);
+        let priced = p.price(e).unwrap();
+        assert_eq!(priced.matched_model, "gpt-4o");
+        assert_eq!(priced.rate_card_version, 1);
+        // 600k × 2.5/M + 400k × 1.25/M + 100k × 10/M = 1.5 + 0.5 + 1.0
+        assert_eq!(priced.cost, d("3"));
+        let input = &priced.lines[0];
+        assert_eq!((input.unit, input.quantity, input.priced_quantity), (Unit::INPUT_TOKENS, 1_000_000, 600_000));
+    }
+
+    #[test]
+    fn the_version_in_force_at_occurred_at_applies() {
+        let mut p = Pricer::new(book(&[V1, V2]));
+        let usage = [("input_tokens", 1_000_000)];
+        let before = p.price(event("openai", "gpt-4o", "2025-06-30T23:59:59.999999Z", &usage)).unwrap();
+        let at = p.price(event("openai", "gpt-4o", "2025-07-01T00:00:00Z", &usage)).unwrap();
+        assert_eq!((before.rate_card_version, before.cost), (1, d("2.5")));
+        assert_eq!((at.rate_card_version, at.cost), (2, d("2")));
+        let early = p.price(event("openai", "gpt-4o", "2024-12-31T23:59:59Z", &usage)).unwrap_err();
+        assert_eq!(early.reason, RejectReason::NoRateCardVersion);
+    }
+
+    #[test]
+    fn tiers_move_the_whole_request() {
+        let mut p = Pricer::new(book(&[V1]));
+        let at = "2025-03-01T00:00:00Z";
+        let small = p.price(event("google", "gemini-2.5-pro", at, &[("input_tokens", 200_000), ("output_tokens", 1000)])).unwrap();
+        let large = p.price(event("google", "gemini-2.5-pro", at, &[("input_tokens", 200_001), ("output_tokens", 1000)])).unwrap();
+        assert_eq!(small.cost, d("0.26")); // 0.25 + 0.01
+        assert_eq!(large.cost, d("0.5150025")); // 200001 × 2.5/M + 1000 × 15/M
+    }
+
+    #[test]
+    fn service_tier_prices_apply_and_requests_count_one_by_default() {
+        let mut p = Pricer::new(book(&[V1]));
+        let at = "2025-03-01T00:00:00Z";
+        let mut e = event("openai", "gpt-4o", at, &[("input_tokens", 1_000_000)]);
+        e.service_tier = ServiceTier::Batch;
+        assert_eq!(p.price(e).unwrap().cost, d("1.25"));
+        let search = p.price(event("acme", "search", at, &[("input_tokens", 1000)])).unwrap();
+        assert_eq!(search.cost, d("0.006")); // 1 request × 5/K + 1000 × 1/M
+        let three = p.price(event("acme", "search", at, &[("input_tokens", 0), ("requests", 3)])).unwrap();
+        assert_eq!(three.cost, d("0.015"));
+    }
+
+    #[test]
+    fn unknown_models_and_inconsistent_usage_are_rejected() {
+        let mut p = Pricer::new(book(&[V1]));
+        let at = "2025-03-01T00:00:00Z";
+        let unknown = p.price(event("openai", "gpt-5", at, &[("input_tokens", 1)])).unwrap_err();
+        assert_eq!(unknown.reason, RejectReason::UnknownModel);
+        let wrong_provider = p.price(event("azure", "gpt-4o", at, &[("input_tokens", 1)])).unwrap_err();
+        assert_eq!(wrong_provider.reason, RejectReason::UnknownModel);
+        let bad = p.price(event("openai", "gpt-4o", at, &[("input_tokens", 10), ("cache_read_tokens", 11)])).unwrap_err();
+        assert_eq!(bad.reason, RejectReason::InconsistentUsage);
+        assert!(bad.detail.contains("cache_read_tokens = 11"), "{}", bad.detail);
+    }
+
+    proptest! {
+        #[test]
+        fn cost_is_additive_and_monotone(input in 0u64..10_000_000, cached_pct in 0u64..=100, output in 0u64..10_000_000, extra in 0u64..1000) {
+            let mut p = Pricer::new(book(&[V1]));
+            let at = "2025-03-01T00:00:00Z";
+            let cached = input * cached_pct / 100;
+            let priced = p.price(event("openai", "gpt-4o", at, &[("input_tokens", input), ("cache_read_tokens", cached), ("output_tokens", output)])).unwrap();
+            let sum = priced.lines.iter().fold(Decimal::ZERO, |s, l| s + l.cost);
+            prop_assert_eq!(sum, priced.cost);
+            // Exact against integer arithmetic in micro-dollars-per-million.
+            let expected = Decimal::from((input - cached) * 250 + cached * 125 + output * 1000) / Decimal::from(100_000_000u64);
+            prop_assert_eq!(priced.cost, expected);
+            let more = p.price(event("openai", "gpt-4o", at, &[("input_tokens", input + extra), ("cache_read_tokens", cached), ("output_tokens", output + extra)])).unwrap();
+            prop_assert!(more.cost >= priced.cost);
+        }
+    }
+}
