@@ -1,0 +1,248 @@
+//! Avro usage events: plain binary datums of the shipped schema, and the
+//! Confluent wire format (magic byte 0, 4-byte schema id, datum).
+
+use crate::json::{parse_instant, parse_service_tier};
+use crate::registry::{SchemaResolver, SchemaResolverError};
+use crate::DecodeError;
+use apache_avro::types::Value;
+use apache_avro::Schema;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::OnceLock;
+use usage_model::{RejectReason, Rejection, Unit, UsageCounts, UsageEvent};
+
+/// The id the shipped schema answers to when no registry is configured.
+pub const PINNED_SCHEMA_ID: u32 = 1;
+
+/// The schema text shipped in `schemas/avro/`.
+pub(crate) const USAGE_EVENT_V1: &str = include_str!("../../../schemas/avro/usage_event.v1.avsc");
+
+/// Largest allocation a single datum may ask the Avro decoder for. A usage
+/// event is well under 64 KiB; a hostile length prefix must not make the
+/// decoder reserve gigabytes.
+const AVRO_ALLOCATION_BYTES_MAX: usize = 1 << 20;
+
+/// The shipped usage-event schema (the reader schema for every datum).
+pub fn usage_event_schema() -> &'static Schema {
+    static SCHEMA: OnceLock<Schema> = OnceLock::new();
+    SCHEMA.get_or_init(|| {
+        // The first caller sets the limit; it is process-wide in apache-avro.
+        let _ = apache_avro::util::max_allocation_bytes(AVRO_ALLOCATION_BYTES_MAX);
+        Schema::parse_str(USAGE_EVENT_V1).expect("the shipped schema is valid Avro")
+    })
+}
+
+/// How to frame an encoded datum.
+#[derive(Clone, Copy, Debug)]
+pub enum AvroWire {
+    Plain,
+    Confluent(u32),
+}
+
+pub(crate) fn decode_plain(payload: &[u8]) -> Result<UsageEvent, DecodeError> {
+    let schema = usage_event_schema();
+    let value = read_datum(payload, schema, None)?;
+    from_value(value).map_err(DecodeError::Rejected)
+}
+
+pub(crate) fn decode_confluent(payload: &[u8], schemas: &SchemaResolver) -> Result<UsageEvent, DecodeError> {
+    if payload.len() < 5 || payload[0] != 0 {
+        return Err(DecodeError::Rejected(Rejection::new(
+            RejectReason::MalformedPayload,
+            "not Confluent wire format (magic byte 0 and a 4-byte schema id)",
+        )));
+    }
+    let id = u32::from_be_bytes([payload[1], payload[2], payload[3], payload[4]]);
+    let writer = match schemas.resolve(id) {
+        Ok(s) => s,
+        Err(SchemaResolverError::UnknownId(detail)) => {
+            return Err(DecodeError::Rejected(Rejection::new(RejectReason::UnknownSchema, detail)))
+        }
+        Err(e @ SchemaResolverError::Unavailable(_)) => return Err(DecodeError::Unavailable(e.to_string())),
+    };
+    let value = read_datum(&payload[5..], &writer, Some(usage_event_schema()))?;
+    from_value(value).map_err(DecodeError::Rejected)
+}
+
+fn read_datum(bytes: &[u8], writer: &Schema, reader: Option<&Schema>) -> Result<Value, DecodeError> {
+    let malformed = |detail: String| DecodeError::Rejected(Rejection::new(RejectReason::MalformedPayload, detail));
+    let mut cursor = bytes;
+    let value = apache_avro::from_avro_datum(writer, &mut cursor, reader)
+        .map_err(|e| malformed(format!("Avro: {e}")))?;
+    if !cursor.is_empty() {
+        return Err(malformed(format!("Avro: {} bytes left after the datum", cursor.len())));
+    }
+    Ok(value)
+}
+
+fn from_value(value: Value) -> Result<UsageEvent, Rejection> {
+    let Value::Record(fields) = value else {
+        return Err(Rejection::new(RejectReason::MalformedPayload, "Avro datum is not a record"));
+    };
+    let mut fields: HashMap<String, Value> = fields.into_iter().collect();
+    let mut take_string = |name: &str| -> Result<Option<String>, Rejection> {
+        match fields.remove(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(Value::Union(_, inner)) => match *inner {
+                Value::Null => Ok(None),
+                Value::String(s) => Ok(Some(s)),
+                other => Err(invalid(name, &other)),
+            },
+            Some(other) => Err(invalid(name, &other)),
+        }
+    };
+    let required = |name: &str, v: Option<String>| {
+        v.ok_or_else(|| Rejection::new(RejectReason::MissingField, format!("{name} is missing")))
+    };
+    let event_id = required("event_id", take_string("event_id")?)?;
+    let account_id = required("account_id", take_string("account_id")?)?;
+    let occurred_at = parse_instant(&required("occurred_at", take_string("occurred_at")?)?)?;
+    let provider = required("provider", take_string("provider")?)?;
+    let model = required("model", take_string("model")?)?;
+    let api_key_id = take_string("api_key_id")?;
+    let project_id = take_string("project_id")?;
+    let service_tier = parse_service_tier(take_string("service_tier")?.as_deref())?;
+    let attributes = match fields.remove("attributes") {
+        None => BTreeMap::new(),
+        Some(Value::Map(m)) => m
+            .into_iter()
+            .map(|(k, v)| match v {
+                Value::String(s) => Ok((k, s)),
+                other => Err(invalid("attributes", &other)),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(other) => return Err(invalid("attributes", &other)),
+    };
+    let mut usage = UsageCounts::default();
+    match fields.remove("usage") {
+        Some(Value::Map(m)) => {
+            // Sorted so that the first unknown unit reported is deterministic.
+            let mut entries: Vec<(String, Value)> = m.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            for (name, v) in entries {
+                let unit = Unit::from_key(&name).ok_or_else(|| {
+                    Rejection::new(RejectReason::UnknownUnit, format!("usage.{name} is not a known unit"))
+                })?;
+                match v {
+                    Value::Long(n) if n >= 0 => usage.set(unit, n as u64),
+                    Value::Long(n) => {
+                        return Err(Rejection::new(RejectReason::CountOutOfRange, format!("usage.{name} = {n} is negative")))
+                    }
+                    other => return Err(invalid(&format!("usage.{name}"), &other)),
+                }
+            }
+        }
+        None => return Err(Rejection::new(RejectReason::MissingField, "usage is missing")),
+        Some(other) => return Err(invalid("usage", &other)),
+    }
+    Ok(UsageEvent {
+        event_id,
+        account_id,
+        occurred_at,
+        provider,
+        model,
+        api_key_id,
+        project_id,
+        service_tier,
+        attributes,
+        usage,
+    })
+}
+
+fn invalid(name: &str, value: &Value) -> Rejection {
+    Rejection::new(RejectReason::InvalidField, format!("{name} has an unexpected Avro value {value:?}"))
+}
+
+/// Encodes an event as an Avro datum of the shipped schema.
+pub fn encode_avro(event: &UsageEvent, wire: AvroWire) -> Vec<u8> {
+    let optional = |v: &Option<String>| match v {
+        Some(s) => Value::Union(1, Box::new(Value::String(s.clone()))),
+        None => Value::Union(0, Box::new(Value::Null)),
+    };
+    let record = Value::Record(vec![
+        ("event_id".into(), Value::String(event.event_id.clone())),
+        ("account_id".into(), Value::String(event.account_id.clone())),
+        (
+            "occurred_at".into(),
+            Value::String(event.occurred_at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)),
+        ),
+        ("provider".into(), Value::String(event.provider.clone())),
+        ("model".into(), Value::String(event.model.clone())),
+        ("api_key_id".into(), optional(&event.api_key_id)),
+        ("project_id".into(), optional(&event.project_id)),
+        ("service_tier".into(), optional(&Some(event.service_tier.as_str().to_owned()))),
+        (
+            "attributes".into(),
+            Value::Map(event.attributes.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect()),
+        ),
+        (
+            "usage".into(),
+            Value::Map(event.usage.iter().map(|(u, n)| (u.key().to_owned(), Value::Long(n as i64))).collect()),
+        ),
+    ]);
+    let datum = apache_avro::to_avro_datum(usage_event_schema(), record).expect("the record follows the schema");
+    match wire {
+        AvroWire::Plain => datum,
+        AvroWire::Confluent(id) => {
+            let mut out = Vec::with_capacity(5 + datum.len());
+            out.push(0);
+            out.extend_from_slice(&id.to_be_bytes());
+            out.extend_from_slice(&datum);
+            out
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode_json;
+
+    fn event() -> UsageEvent {
+        decode_json(br#"{"event_id":"e1","account_id":"a","occurred_at":"2025-01-01T00:00:00.5Z","provider":"anthropic","model":"claude-sonnet-4","project_id":"p","attributes":{"k":"v"},"usage":{"input_tokens":5,"cache_write_tokens":2,"output_tokens":1}}"#).unwrap()
+    }
+
+    #[test]
+    fn plain_and_confluent_round_trip() {
+        let e = event();
+        assert_eq!(decode_plain(&encode_avro(&e, AvroWire::Plain)).unwrap(), e);
+        let resolver = SchemaResolver::pinned();
+        assert_eq!(decode_confluent(&encode_avro(&e, AvroWire::Confluent(1)), &resolver).unwrap(), e);
+    }
+
+    #[test]
+    fn unknown_schema_ids_and_trailing_bytes_are_rejected() {
+        let e = event();
+        let resolver = SchemaResolver::pinned();
+        let err = decode_confluent(&encode_avro(&e, AvroWire::Confluent(99)), &resolver).unwrap_err();
+        assert!(matches!(err, DecodeError::Rejected(r) if r.reason == RejectReason::UnknownSchema));
+        let mut bytes = encode_avro(&e, AvroWire::Plain);
+        bytes.push(0);
+        assert!(matches!(decode_plain(&bytes).unwrap_err(), DecodeError::Rejected(r) if r.reason == RejectReason::MalformedPayload));
+        let truncated = &encode_avro(&e, AvroWire::Plain)[..10];
+        assert!(matches!(decode_plain(truncated).unwrap_err(), DecodeError::Rejected(r) if r.reason == RejectReason::MalformedPayload));
+    }
+
+    #[test]
+    fn a_hostile_length_prefix_does_not_allocate_gigabytes() {
+        // event_id claims 2^40 bytes.
+        let mut bytes = vec![0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01];
+        bytes.extend_from_slice(b"abc");
+        assert!(matches!(decode_plain(&bytes).unwrap_err(), DecodeError::Rejected(_)));
+    }
+
+    #[test]
+    fn unknown_units_and_negative_counts_are_rejected() {
+        let mut e = event();
+        e.usage = UsageCounts::default();
+        let mut bytes = encode_avro(&e, AvroWire::Plain);
+        // Re-encode with a raw map holding an unknown unit and a negative count.
+        for (name, count, reason) in [("tokens_in", 1i64, RejectReason::UnknownUnit), ("input_tokens", -1, RejectReason::CountOutOfRange)] {
+            let Value::Record(mut fields) = apache_avro::from_avro_datum(usage_event_schema(), &mut bytes.as_slice(), None).unwrap() else { panic!() };
+            fields.last_mut().unwrap().1 = Value::Map(HashMap::from([(name.to_owned(), Value::Long(count))]));
+            let raw = apache_avro::to_avro_datum(usage_event_schema(), Value::Record(fields)).unwrap();
+            assert!(matches!(decode_plain(&raw).unwrap_err(), DecodeError::Rejected(r) if r.reason == reason));
+        }
+        bytes.clear();
+    }
+}

@@ -1,0 +1,242 @@
+//! JSON usage events.
+
+use chrono::{DateTime, Utc};
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::fmt;
+use usage_model::{RejectReason, Rejection, ServiceTier, Unit, UsageCounts, UsageEvent};
+
+/// The event as written, before checks. Every field is optional here so that
+/// a missing one is reported by name rather than as a parse error; unknown
+/// fields are refused, so a misspelt `service_teir` never changes a bill.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEvent<'a> {
+    #[serde(borrow)]
+    event_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    account_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    occurred_at: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    provider: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    model: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    api_key_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    project_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    service_tier: Option<Cow<'a, str>>,
+    attributes: Option<BTreeMap<String, String>>,
+    #[serde(borrow)]
+    usage: Option<RawUsage<'a>>,
+}
+
+/// A count as written: JSON has one number type, so its sign and kind are
+/// checked here and explained in the rejection.
+enum RawCount {
+    Count(u64),
+    Negative(i64),
+    Fraction(f64),
+}
+
+struct RawUsage<'a>(Vec<(Cow<'a, str>, RawCount)>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for RawUsage<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct UsageVisitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for UsageVisitor<'a> {
+            type Value = RawUsage<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an object of unit counts")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawUsage<'a>, A::Error> {
+                let mut out = Vec::new();
+                while let Some(key) = map.next_key::<CowStr<'a>>()? {
+                    out.push((key.0, map.next_value::<RawCountDe>()?.0));
+                }
+                Ok(RawUsage(out))
+            }
+        }
+        d.deserialize_map(UsageVisitor(std::marker::PhantomData))
+    }
+}
+
+struct CowStr<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for CowStr<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Cow::<'a, str>::deserialize(d).map(CowStr)
+    }
+}
+
+struct RawCountDe(RawCount);
+
+impl<'de> Deserialize<'de> for RawCountDe {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct CountVisitor;
+        impl<'de> Visitor<'de> for CountVisitor {
+            type Value = RawCountDe;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a non-negative integer count")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawCountDe, E> {
+                Ok(RawCountDe(RawCount::Count(v)))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawCountDe, E> {
+                Ok(RawCountDe(if v < 0 { RawCount::Negative(v) } else { RawCount::Count(v as u64) }))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<RawCountDe, E> {
+                Ok(RawCountDe(RawCount::Fraction(v)))
+            }
+        }
+        d.deserialize_any(CountVisitor)
+    }
+}
+
+/// Decodes one JSON usage event.
+pub fn decode_json(payload: &[u8]) -> Result<UsageEvent, Rejection> {
+    let raw: RawEvent = serde_json::from_slice(payload).map_err(|e| {
+        let reason = match e.classify() {
+            serde_json::error::Category::Data => RejectReason::InvalidField,
+            _ => RejectReason::MalformedPayload,
+        };
+        Rejection::new(reason, format!("JSON: {e}"))
+    })?;
+    let required = |name: &str, value: Option<Cow<str>>| {
+        value.map(Cow::into_owned).ok_or_else(|| Rejection::new(RejectReason::MissingField, format!("{name} is missing")))
+    };
+    let occurred_at = parse_instant(&required("occurred_at", raw.occurred_at)?)?;
+    let mut usage = UsageCounts::default();
+    for (name, count) in raw.usage.ok_or_else(|| Rejection::new(RejectReason::MissingField, "usage is missing"))?.0 {
+        let unit = Unit::from_key(&name)
+            .ok_or_else(|| Rejection::new(RejectReason::UnknownUnit, format!("usage.{name} is not a known unit")))?;
+        match count {
+            RawCount::Count(n) => usage.set(unit, n),
+            RawCount::Negative(n) => {
+                return Err(Rejection::new(RejectReason::CountOutOfRange, format!("usage.{name} = {n} is negative")))
+            }
+            RawCount::Fraction(f) => {
+                return Err(Rejection::new(RejectReason::InvalidField, format!("usage.{name} = {f} is not an integer")))
+            }
+        }
+    }
+    Ok(UsageEvent {
+        event_id: required("event_id", raw.event_id)?,
+        account_id: required("account_id", raw.account_id)?,
+        occurred_at,
+        provider: required("provider", raw.provider)?,
+        model: required("model", raw.model)?,
+        api_key_id: raw.api_key_id.map(Cow::into_owned),
+        project_id: raw.project_id.map(Cow::into_owned),
+        service_tier: parse_service_tier(raw.service_tier.as_deref())?,
+        attributes: raw.attributes.unwrap_or_default(),
+        usage,
+    })
+}
+
+pub(crate) fn parse_instant(text: &str) -> Result<DateTime<Utc>, Rejection> {
+    DateTime::parse_from_rfc3339(text).map(|t| t.with_timezone(&Utc)).map_err(|e| {
+        Rejection::new(RejectReason::InvalidField, format!("occurred_at {text:?} is not RFC 3339 with an offset: {e}"))
+    })
+}
+
+pub(crate) fn parse_service_tier(text: Option<&str>) -> Result<ServiceTier, Rejection> {
+    match text {
+        None => Ok(ServiceTier::Standard),
+        Some(t) => ServiceTier::parse(t).ok_or_else(|| {
+            Rejection::new(
+                RejectReason::InvalidField,
+                format!("service_tier {t:?} is not one of standard, batch, flex, priority"),
+            )
+        }),
+    }
+}
+
+#[derive(Serialize)]
+struct JsonEvent<'a> {
+    event_id: &'a str,
+    account_id: &'a str,
+    occurred_at: String,
+    provider: &'a str,
+    model: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    api_key_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    project_id: Option<&'a str>,
+    service_tier: &'a str,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    attributes: &'a BTreeMap<String, String>,
+    usage: BTreeMap<&'static str, u64>,
+}
+
+/// Encodes an event as canonical JSON (what `produce --synthetic` sends).
+pub fn encode_json(event: &UsageEvent) -> Vec<u8> {
+    let json = JsonEvent {
+        event_id: &event.event_id,
+        account_id: &event.account_id,
+        occurred_at: event.occurred_at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+        provider: &event.provider,
+        model: &event.model,
+        api_key_id: event.api_key_id.as_deref(),
+        project_id: event.project_id.as_deref(),
+        service_tier: event.service_tier.as_str(),
+        attributes: &event.attributes,
+        usage: event.usage.iter().map(|(u, n)| (u.key(), n)).collect(),
+    };
+    serde_json::to_vec(&json).expect("serialising plain data to JSON cannot fail")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(s: &str) -> Result<UsageEvent, Rejection> {
+        decode_json(s.as_bytes())
+    }
+
+    const GOOD: &str = r#"{"event_id":"e1","account_id":"acct-1","occurred_at":"2025-06-01T12:00:00+02:00","provider":"openai","model":"gpt-4o-2024-08-06","api_key_id":"k1","service_tier":"batch","attributes":{"region":"eu"},"usage":{"input_tokens":1200,"cache_read_tokens":200,"output_tokens":300}}"#;
+
+    #[test]
+    fn decodes_a_full_event_and_round_trips() {
+        let e = decode(GOOD).unwrap();
+        assert_eq!(e.occurred_at.to_rfc3339(), "2025-06-01T10:00:00+00:00");
+        assert_eq!(e.service_tier, ServiceTier::Batch);
+        assert_eq!(e.usage.get(Unit::CACHE_READ_TOKENS), Some(200));
+        assert_eq!(e.usage.get(Unit::CACHE_WRITE_TOKENS), None);
+        assert_eq!(e.api_key_id.as_deref(), Some("k1"));
+        assert_eq!(decode_json(&encode_json(&e)).unwrap(), e);
+    }
+
+    #[test]
+    fn escaped_strings_decode() {
+        let e = decode(&GOOD.replace(r#""acct-1""#, r#""acct\u002d1""#)).unwrap();
+        assert_eq!(e.account_id, "acct-1");
+    }
+
+    #[test]
+    fn bad_events_are_classified() {
+        let cases = [
+            ("not json", RejectReason::MalformedPayload),
+            (r#"{"event_id":"e1""#, RejectReason::MalformedPayload),
+            (&GOOD.replace(r#""model":"gpt-4o-2024-08-06","#, ""), RejectReason::MissingField),
+            (&GOOD.replace(r#""usage":{"input_tokens":1200,"cache_read_tokens":200,"output_tokens":300}"#, r#""usage":null"#), RejectReason::MissingField),
+            (&GOOD.replace(r#""event_id":"e1""#, r#""event_id":7"#), RejectReason::InvalidField),
+            (&GOOD.replace("input_tokens\":1200", "input_tokens\":-5"), RejectReason::CountOutOfRange),
+            (&GOOD.replace("input_tokens\":1200", "input_tokens\":12.5"), RejectReason::InvalidField),
+            (&GOOD.replace("input_tokens\":1200", "input_tokens\":\"1200\""), RejectReason::InvalidField),
+            (&GOOD.replace("input_tokens", "input_tokenz"), RejectReason::UnknownUnit),
+            (&GOOD.replace("2025-06-01T12:00:00+02:00", "2025-06-01 12:00"), RejectReason::InvalidField),
+            (&GOOD.replace("2025-06-01T12:00:00+02:00", "2025-06-01T12:00:00"), RejectReason::InvalidField),
+            (&GOOD.replace("\"batch\"", "\"cheap\""), RejectReason::InvalidField),
+            (&GOOD.replace("\"provider\"", "\"vendor\""), RejectReason::InvalidField),
+        ];
+        for (input, reason) in cases {
+            let err = decode(input).unwrap_err();
+            assert_eq!(err.reason, reason, "{input}: {err}");
+        }
+    }
+}

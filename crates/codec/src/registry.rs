@@ -1,0 +1,100 @@
+//! Schema ids of the Confluent wire format, resolved through a
+//! Confluent-compatible Schema Registry when one is configured, else through
+//! ids pinned to the schemas shipped in `schemas/avro/`.
+
+use apache_avro::Schema;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How long one registry lookup may take. Lookups happen once per schema id
+/// (answers are cached for the life of the process: ids are immutable).
+const REGISTRY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Distinct schema ids cached. Real topics use a handful.
+const CACHED_SCHEMAS_MAX: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaResolverError {
+    /// The id does not exist: the message is bad, dead-letter it.
+    #[error("{0}")]
+    UnknownId(String),
+    /// The registry could not be asked: retry later, do not dead-letter.
+    #[error("schema registry unavailable: {0}")]
+    Unavailable(String),
+}
+
+pub struct SchemaResolver {
+    registry_url: Option<String>,
+    cache: Mutex<HashMap<u32, Arc<Schema>>>,
+}
+
+impl SchemaResolver {
+    /// Only the shipped schemas, by their pinned ids.
+    pub fn pinned() -> Self {
+        Self { registry_url: None, cache: Mutex::new(HashMap::new()) }
+    }
+
+    /// Ids resolved by the registry at `url` (e.g. `http://registry:8081`).
+    pub fn registry(url: impl Into<String>) -> Self {
+        Self { registry_url: Some(url.into().trim_end_matches('/').to_owned()), cache: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn resolve(&self, id: u32) -> Result<Arc<Schema>, SchemaResolverError> {
+        if let Some(s) = self.cache.lock().expect("cache lock").get(&id) {
+            return Ok(Arc::clone(s));
+        }
+        let schema = Arc::new(match &self.registry_url {
+            None if id == crate::PINNED_SCHEMA_ID => crate::usage_event_schema().clone(),
+            None => {
+                return Err(SchemaResolverError::UnknownId(format!(
+                    "schema id {id} is not pinned (pinned: {}); set SCHEMA_REGISTRY_URL to resolve ids",
+                    crate::PINNED_SCHEMA_ID
+                )))
+            }
+            Some(url) => fetch(url, id)?,
+        });
+        let mut cache = self.cache.lock().expect("cache lock");
+        if cache.len() >= CACHED_SCHEMAS_MAX {
+            cache.clear();
+        }
+        cache.insert(id, Arc::clone(&schema));
+        Ok(schema)
+    }
+}
+
+fn fetch(url: &str, id: u32) -> Result<Schema, SchemaResolverError> {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        schema: String,
+        #[serde(rename = "schemaType")]
+        schema_type: Option<String>,
+    }
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(REGISTRY_TIMEOUT))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let address = format!("{url}/schemas/ids/{id}");
+    let mut response = agent
+        .get(&address)
+        .call()
+        .map_err(|e| SchemaResolverError::Unavailable(format!("{address}: {e}")))?;
+    let status = response.status().as_u16();
+    let body = response
+        .body_mut()
+        .read_to_string()
+        .map_err(|e| SchemaResolverError::Unavailable(format!("{address}: {e}")))?;
+    match status {
+        200 => {}
+        404 => return Err(SchemaResolverError::UnknownId(format!("schema id {id} is not in the registry"))),
+        _ => return Err(SchemaResolverError::Unavailable(format!("{address}: HTTP {status}: {body}"))),
+    }
+    let answer: Answer = serde_json::from_str(&body)
+        .map_err(|e| SchemaResolverError::Unavailable(format!("{address}: unexpected answer: {e}")))?;
+    if answer.schema_type.as_deref().is_some_and(|t| t != "AVRO") {
+        return Err(SchemaResolverError::UnknownId(format!("schema id {id} is not an Avro schema")));
+    }
+    Schema::parse_str(&answer.schema)
+        .map_err(|e| SchemaResolverError::UnknownId(format!("schema id {id} does not parse: {e}")))
+}
