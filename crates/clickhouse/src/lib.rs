@@ -1,0 +1,19 @@
+//! The ClickHouse side of the pipeline. The only crate that knows the row
+//! format and the SQL.
+//!
+//! - [`ClickHouseSink::migrate`] applies `schemas/clickhouse/*.sql` in order,
+//!   idempotently, and records them in `schema_migrations`.
+//! - [`PricedRow`] is a priced event as a `priced_events` row (RowBinary).
+//! - [`ClickHouseSink::insert`] sends one batch as one INSERT.
+//! - [`ClickHouseSink::query_tsv`] serves read-backs (summaries, tests).
+//!
+//! The `clickhouse` client runs with validation off: ClickHouse 18.16 cannot
+//! describe tables the way the client's validation expects.
+
+mod migrations;
+mod row;
+mod sink;
+
+pub use migrations::MIGRATIONS;
+pub use row::{decimal_to_i128, i128_to_decimal, PricedRow, DECIMAL_SCALE};
+pub use sink::{ClickHouseSettings, ClickHouseSink, SinkError};

@@ -1,0 +1,37 @@
+//! Schema migrations, shipped in `schemas/clickhouse/` and embedded here.
+//! Each is a list of statements separated by `;` at the end of a line;
+//! `{database}` stands for the configured database.
+
+/// `(version, name, sql)`, in the order they apply. Never edit a released
+/// migration: add a new one.
+pub const MIGRATIONS: &[(u32, &str, &str)] =
+    &[(1, "priced_events", include_str!("../../../schemas/clickhouse/0001_priced_events.sql"))];
+
+/// The statements of a migration, with the database filled in.
+pub(crate) fn statements(sql: &str, database: &str) -> Vec<String> {
+    sql.split(";\n")
+        .map(|s| {
+            s.lines()
+                .filter(|l| !l.trim_start().starts_with("--"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .map(|s| s.trim().trim_end_matches(';').to_owned())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.replace("{database}", database))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_increase_and_statements_split() {
+        assert!(MIGRATIONS.windows(2).all(|w| w[0].0 < w[1].0));
+        let stmts = statements(MIGRATIONS[0].2, "usage");
+        assert_eq!(stmts.len(), 1);
+        assert!(stmts[0].starts_with("CREATE TABLE IF NOT EXISTS usage.priced_events"));
+        assert!(!stmts[0].contains("--"));
+    }
+}

@@ -1,0 +1,188 @@
+//! Talking to ClickHouse: migrations, inserts, read-backs.
+
+use crate::migrations::{statements, MIGRATIONS};
+use crate::row::PricedRow;
+use clickhouse::Client;
+use std::time::Duration;
+
+#[derive(Clone, Debug)]
+pub struct ClickHouseSettings {
+    /// HTTP interface, e.g. `http://127.0.0.1:8123`.
+    pub url: String,
+    pub database: String,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    /// Upper bound on one INSERT, sending and waiting for the answer.
+    pub insert_timeout: Duration,
+}
+
+impl Default for ClickHouseSettings {
+    fn default() -> Self {
+        Self {
+            url: "http://127.0.0.1:8123".into(),
+            database: "usage".into(),
+            user: None,
+            password: None,
+            insert_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("database name {0:?} must be letters, digits and underscores")]
+    BadDatabaseName(String),
+    #[error("ClickHouse: {context}: {source}")]
+    ClickHouse {
+        context: String,
+        #[source]
+        source: clickhouse::error::Error,
+    },
+    #[error("ClickHouse: {0}")]
+    Unexpected(String),
+}
+
+fn ch(context: impl Into<String>) -> impl FnOnce(clickhouse::error::Error) -> SinkError {
+    let context = context.into();
+    move |source| SinkError::ClickHouse { context, source }
+}
+
+#[derive(Clone)]
+pub struct ClickHouseSink {
+    client: Client,
+    settings: ClickHouseSettings,
+}
+
+impl ClickHouseSink {
+    pub fn new(settings: ClickHouseSettings) -> Result<Self, SinkError> {
+        let db = &settings.database;
+        if db.is_empty() || !db.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(SinkError::BadDatabaseName(db.clone()));
+        }
+        let mut client = Client::default().with_url(&settings.url).with_validation(false);
+        if let Some(user) = &settings.user {
+            client = client.with_user(user);
+        }
+        if let Some(password) = &settings.password {
+            client = client.with_password(password);
+        }
+        Ok(Self { client, settings })
+    }
+
+    pub fn database(&self) -> &str {
+        &self.settings.database
+    }
+
+    /// `db.table`, for SQL.
+    pub fn table(&self, table: &str) -> String {
+        format!("{}.{table}", self.settings.database)
+    }
+
+    /// The server's version string, e.g. `18.16.1`.
+    pub async fn version(&self) -> Result<String, SinkError> {
+        Ok(self.query_tsv("SELECT version()").await?.concat().concat())
+    }
+
+    /// Applies the migrations not yet recorded. Safe to run concurrently and
+    /// repeatedly: every statement is `IF NOT EXISTS`.
+    pub async fn migrate(&self) -> Result<Vec<u32>, SinkError> {
+        let db = &self.settings.database;
+        self.execute(&format!("CREATE DATABASE IF NOT EXISTS {db}")).await?;
+        self.execute(&format!(
+            "CREATE TABLE IF NOT EXISTS {db}.schema_migrations (version UInt32, name String, applied_at DateTime) \
+             ENGINE = TinyLog"
+        ))
+        .await?;
+        let applied: Vec<u32> = self
+            .query_tsv(&format!("SELECT DISTINCT version FROM {db}.schema_migrations"))
+            .await?
+            .iter()
+            .filter_map(|r| r.first()?.parse().ok())
+            .collect();
+        let mut newly = Vec::new();
+        for (version, name, sql) in MIGRATIONS {
+            if applied.contains(version) {
+                continue;
+            }
+            for stmt in statements(sql, db) {
+                self.execute(&stmt).await?;
+            }
+            self.execute(&format!(
+                "INSERT INTO {db}.schema_migrations (version, name, applied_at) VALUES ({version}, '{name}', now())"
+            ))
+            .await?;
+            tracing::info!(version, name, database = %db, "applied ClickHouse migration");
+            newly.push(*version);
+        }
+        Ok(newly)
+    }
+
+    /// Inserts `rows` as one INSERT statement (one block on the server).
+    pub async fn insert(&self, rows: &[PricedRow]) -> Result<(), SinkError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let table = self.table("priced_events");
+        let timeout = Some(self.settings.insert_timeout);
+        let mut insert = self
+            .client
+            .insert::<PricedRow>(&table)
+            .await
+            .map_err(ch("starting INSERT"))?
+            .with_timeouts(timeout, timeout);
+        for row in rows {
+            insert.write(row).await.map_err(ch("writing INSERT"))?;
+        }
+        insert.end().await.map_err(ch(format!("INSERT of {} rows", rows.len())))
+    }
+
+    /// Runs a statement that returns nothing.
+    pub async fn execute(&self, sql: &str) -> Result<(), SinkError> {
+        self.client.query(sql).execute().await.map_err(ch(first_line(sql)))
+    }
+
+    /// Runs a query and returns its rows as tab-separated fields (escapes
+    /// undone for `\t`, `\n` and `\\`).
+    pub async fn query_tsv(&self, sql: &str) -> Result<Vec<Vec<String>>, SinkError> {
+        let bytes = self
+            .client
+            .query(sql)
+            .fetch_bytes("TabSeparated")
+            .map_err(ch(first_line(sql)))?
+            .collect()
+            .await
+            .map_err(ch(first_line(sql)))?;
+        let text = std::str::from_utf8(&bytes).map_err(|e| SinkError::Unexpected(e.to_string()))?;
+        Ok(text
+            .lines()
+            .map(|line| line.split('\t').map(unescape_tsv).collect())
+            .collect())
+    }
+}
+
+fn first_line(sql: &str) -> String {
+    sql.lines().next().unwrap_or_default().chars().take(120).collect()
+}
+
+fn unescape_tsv(field: &str) -> String {
+    let mut out = String::with_capacity(field.len());
+    let mut chars = field.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            match chars.next() {
+                Some('t') => out.push('\t'),
+                Some('n') => out.push('\n'),
+                Some('\\') => out.push('\\'),
+                Some('\'') => out.push('\''),
+                Some(other) => {
+                    out.push('\\');
+                    out.push(other)
+                }
+                None => out.push('\\'),
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}

@@ -1,0 +1,112 @@
+//! Consumer-group members with manual offset commits.
+
+use crate::settings::KafkaSettings;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use std::time::Duration;
+
+/// Logs partition assignments and revocations, and commit failures.
+pub struct RebalanceLogger;
+
+impl ClientContext for RebalanceLogger {}
+
+impl ConsumerContext for RebalanceLogger {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => tracing::info!(partitions = %describe(tpl), "partitions assigned"),
+            Rebalance::Revoke(tpl) => tracing::info!(partitions = %describe(tpl), "partitions revoked"),
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        if let Err(e) = result {
+            tracing::warn!(error = %e, offsets = %describe(offsets), "offset commit failed");
+        }
+    }
+}
+
+fn describe(tpl: &TopicPartitionList) -> String {
+    tpl.elements().iter().map(|e| format!("{}/{}", e.topic(), e.partition())).collect::<Vec<_>>().join(",")
+}
+
+pub type GroupConsumer = StreamConsumer<RebalanceLogger>;
+
+/// A member of `group` with manual commits, starting at the earliest offset
+/// of partitions the group never committed.
+///
+/// `queued_kbytes_max` bounds what librdkafka prefetches per partition
+/// while the pipeline is busy or blocked (ClickHouse down): memory stays
+/// bounded, and the broker keeps the rest.
+pub fn consumer(settings: &KafkaSettings, group: &str, queued_kbytes_max: u32) -> Result<GroupConsumer, KafkaError> {
+    let mut config = settings.client_config("consumer");
+    config
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "30000")
+        // Large enough for a ClickHouse insert retried for minutes; the loop
+        // keeps polling while it waits, so this is a backstop.
+        .set("max.poll.interval.ms", "600000")
+        .set("queued.max.messages.kbytes", queued_kbytes_max.to_string())
+        .set("fetch.wait.max.ms", "100");
+    for (k, v) in &settings.overrides {
+        config.set(k, v);
+    }
+    config.create_with_context(RebalanceLogger)
+}
+
+/// A partition's committed offset for a group, and its watermarks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionLag {
+    pub partition: i32,
+    /// The next offset the group will read, `None` when never committed.
+    pub committed: Option<i64>,
+    pub low: i64,
+    pub high: i64,
+}
+
+impl PartitionLag {
+    /// Messages the group has still to consume in this partition.
+    pub fn lag(&self) -> i64 {
+        self.high - self.committed.unwrap_or(self.low).max(self.low)
+    }
+}
+
+/// Where `group` stands on every partition of `topic`, without joining it.
+pub fn committed_lag(
+    settings: &KafkaSettings,
+    group: &str,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<PartitionLag>, KafkaError> {
+    let mut config = settings.client_config("lag");
+    config.set("group.id", group).set("enable.auto.commit", "false");
+    let client: BaseConsumer = config.create()?;
+    let metadata = client.fetch_metadata(Some(topic), timeout)?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic)
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    let mut tpl = TopicPartitionList::new();
+    for p in &partitions {
+        tpl.add_partition(topic, *p);
+    }
+    let committed = client.committed_offsets(tpl, timeout)?;
+    let mut out = Vec::with_capacity(partitions.len());
+    for p in partitions {
+        let (low, high) = client.fetch_watermarks(topic, p, timeout)?;
+        let committed = committed
+            .find_partition(topic, p)
+            .and_then(|e| match e.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            });
+        out.push(PartitionLag { partition: p, committed, low, high });
+    }
+    Ok(out)
+}

@@ -1,0 +1,27 @@
+//! Kafka plumbing. The only crate that imports `rdkafka`.
+//!
+//! - [`KafkaSettings`]: brokers and librdkafka overrides (room for TLS/SASL).
+//! - [`ensure_topics`]: creates missing topics with the admin API. Some
+//!   brokers (tansu) do not auto-create topics, and a produce to a missing
+//!   topic then times out silently: the pipeline creates what it needs first.
+//! - [`Producer`]: idempotent producer whose every send is awaited for its
+//!   delivery report.
+//! - [`consumer`]: a consumer-group member with manual commits.
+//! - [`DeadLetter`]: the original bytes plus the reason, in headers.
+
+mod admin;
+mod consumer;
+mod dead_letter;
+mod producer;
+mod settings;
+
+pub use admin::{ensure_topics, TopicSpec};
+pub use consumer::{committed_lag, consumer, GroupConsumer, PartitionLag, RebalanceLogger};
+pub use dead_letter::{DeadLetter, HEADER_REASON, HEADER_DETAIL, HEADER_SOURCE_TOPIC, HEADER_SOURCE_PARTITION, HEADER_SOURCE_OFFSET};
+pub use producer::{Outgoing, Producer, ProducerError, SendBatchError};
+pub use settings::KafkaSettings;
+
+pub use rdkafka::consumer::{CommitMode, Consumer};
+pub use rdkafka::error::KafkaError;
+pub use rdkafka::message::{BorrowedMessage, Headers, Message};
+pub use rdkafka::{Offset, TopicPartitionList};

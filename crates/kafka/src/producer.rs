@@ -1,0 +1,157 @@
+//! A producer whose every message is checked against its delivery report.
+//!
+//! librdkafka accepts a message into a local queue and reports its fate
+//! later; a message to a missing topic, say, fails only after
+//! `message.timeout.ms`. Callers here get an error for every message that
+//! was not acknowledged, never a silent loss.
+
+use crate::dead_letter::DeadLetter;
+use crate::settings::KafkaSettings;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::OwnedHeaders;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
+use std::collections::VecDeque;
+use std::time::Duration;
+
+/// Messages awaiting their delivery report at once, per `send_all` call.
+/// Bounds memory; librdkafka's own queue (`queue.buffering.max.messages`)
+/// is the other bound.
+const IN_FLIGHT_MAX: usize = 50_000;
+
+/// How long a message may wait for its acknowledgement before it fails.
+const MESSAGE_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProducerError {
+    #[error("cannot create the Kafka producer: {0}")]
+    Create(#[source] KafkaError),
+    #[error("message {index} to {topic} not delivered: {error}")]
+    NotDelivered { index: usize, topic: String, error: KafkaError },
+}
+
+/// Outcome of [`Producer::send_all`] when some messages failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{} of {total} messages not delivered; first: {}", failed.len(), failed.first().map(|e| e.to_string()).unwrap_or_default())]
+pub struct SendBatchError {
+    pub total: usize,
+    pub failed: Vec<ProducerError>,
+}
+
+/// One message to send.
+pub struct Outgoing<'a> {
+    pub topic: &'a str,
+    pub key: Option<&'a [u8]>,
+    pub payload: &'a [u8],
+    pub headers: Option<OwnedHeaders>,
+}
+
+#[derive(Clone)]
+pub struct Producer {
+    inner: FutureProducer,
+}
+
+impl Producer {
+    /// An idempotent producer (`acks=all`): a retried send is not
+    /// duplicated by the broker.
+    pub fn new(settings: &KafkaSettings, role: &str) -> Result<Self, ProducerError> {
+        let mut config = settings.client_config(role);
+        config
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("message.timeout.ms", MESSAGE_TIMEOUT.as_millis().to_string());
+        // Overrides win over the defaults above.
+        for (k, v) in &settings.overrides {
+            config.set(k, v);
+        }
+        Ok(Self { inner: config.create().map_err(ProducerError::Create)? })
+    }
+
+    /// Sends every message and waits for every delivery report. Returns the
+    /// `(partition, offset)` of each, in input order, or every failure.
+    pub async fn send_all<'a>(
+        &self,
+        messages: impl IntoIterator<Item = Outgoing<'a>>,
+    ) -> Result<Vec<(i32, i64)>, SendBatchError> {
+        let mut pending: VecDeque<(usize, String, DeliveryFuture)> = VecDeque::new();
+        let mut delivered = Vec::new();
+        let mut failed = Vec::new();
+        let mut total = 0;
+        for (index, message) in messages.into_iter().enumerate() {
+            total += 1;
+            let mut record = FutureRecord::<[u8], [u8]>::to(message.topic).payload(message.payload);
+            if let Some(key) = message.key {
+                record = record.key(key);
+            }
+            if let Some(headers) = message.headers {
+                record = record.headers(headers);
+            }
+            loop {
+                if pending.len() >= IN_FLIGHT_MAX {
+                    let (i, topic, fut) = pending.pop_front().expect("non-empty");
+                    settle(i, topic, fut.await, &mut delivered, &mut failed);
+                }
+                match self.inner.send_result(record) {
+                    Ok(fut) => {
+                        pending.push_back((index, message.topic.to_owned(), fut));
+                        break;
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        record = back;
+                        match pending.pop_front() {
+                            Some((i, topic, fut)) => settle(i, topic, fut.await, &mut delivered, &mut failed),
+                            // Another producer user filled the queue: let it drain.
+                            None => tokio::time::sleep(Duration::from_millis(5)).await,
+                        }
+                    }
+                    Err((error, _)) => {
+                        failed.push(ProducerError::NotDelivered { index, topic: message.topic.to_owned(), error });
+                        break;
+                    }
+                }
+            }
+        }
+        while let Some((i, topic, fut)) = pending.pop_front() {
+            settle(i, topic, fut.await, &mut delivered, &mut failed);
+        }
+        if failed.is_empty() {
+            delivered.sort_by_key(|(i, _)| *i);
+            Ok(delivered.into_iter().map(|(_, po)| po).collect())
+        } else {
+            Err(SendBatchError { total, failed })
+        }
+    }
+
+    /// Sends dead letters to `topic`, keyed as the originals were.
+    pub async fn send_dead_letters(&self, topic: &str, letters: &[DeadLetter]) -> Result<(), SendBatchError> {
+        self.send_all(letters.iter().map(|l| Outgoing {
+            topic,
+            key: l.key.as_deref(),
+            payload: &l.payload,
+            headers: Some(l.headers()),
+        }))
+        .await
+        .map(|_| ())
+    }
+
+    /// Waits until queued messages are sent (bounded), e.g. before exit.
+    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.inner.flush(timeout)
+    }
+}
+
+type DeliveryOutcome = Result<rdkafka::producer::future_producer::Delivery, (KafkaError, rdkafka::message::OwnedMessage)>;
+
+fn settle(
+    index: usize,
+    topic: String,
+    result: Result<DeliveryOutcome, futures::channel::oneshot::Canceled>,
+    delivered: &mut Vec<(usize, (i32, i64))>,
+    failed: &mut Vec<ProducerError>,
+) {
+    match result {
+        Ok(Ok(delivery)) => delivered.push((index, (delivery.partition, delivery.offset))),
+        Ok(Err((error, _))) => failed.push(ProducerError::NotDelivered { index, topic, error }),
+        Err(_) => failed.push(ProducerError::NotDelivered { index, topic, error: KafkaError::Canceled }),
+    }
+}

@@ -1,0 +1,26 @@
+# Shared settings of the local stack. Sourced by the other scripts.
+# Everything lives under the git-ignored .data/ folder of the repository.
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+DATA_DIR="${USAGE_DATA_DIR:-$REPO_ROOT/.data}"
+KAFKA_PORT="${LOCAL_KAFKA_PORT:-9092}"
+CLICKHOUSE_HTTP_PORT="${LOCAL_CLICKHOUSE_HTTP_PORT:-8123}"
+CLICKHOUSE_TCP_PORT="${LOCAL_CLICKHOUSE_TCP_PORT:-9000}"
+TANSU_VERSION="0.6.0"
+CARGO_BIN="${CARGO_HOME:-$HOME/.cargo}/bin"
+export PATH="$CARGO_BIN:$PATH"
+
+log() { printf '[local-stack] %s\n' "$*" >&2; }
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# wait_for NAME SECONDS COMMAND...: polls COMMAND every 0.5 s, bounded.
+wait_for() {
+  local name=$1 seconds=$2; shift 2
+  local tries=$((seconds * 2))
+  for ((i = 0; i < tries; i++)); do
+    if "$@" >/dev/null 2>&1; then return 0; fi
+    sleep 0.5
+  done
+  log "$name did not answer within ${seconds}s"
+  return 1
+}

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs what the local stack needs, skipping what is already there:
+# - tansu (Kafka-protocol broker) into the default cargo bin folder, so every
+#   clone on this machine reuses it (the build takes ~13 minutes on 2 cores);
+# - clickhouse-server from Debian's packages, unless one is already on PATH.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+
+if cargo install --list 2>/dev/null | grep -q "^tansu v$TANSU_VERSION:"; then
+  log "tansu $TANSU_VERSION already installed"
+else
+  log "installing tansu $TANSU_VERSION (about 13 minutes on 2 cores)"
+  cargo install tansu --version "$TANSU_VERSION" --locked --features libsql
+fi
+
+if command -v clickhouse-server >/dev/null 2>&1 || [ -x /usr/bin/clickhouse ]; then
+  log "clickhouse-server already installed"
+else
+  log "installing clickhouse-server from Debian's packages"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq clickhouse-server clickhouse-client >/dev/null
+fi
