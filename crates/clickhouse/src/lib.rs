@@ -11,9 +11,11 @@
 //! describe tables the way the client's validation expects.
 
 mod migrations;
+mod reports;
 mod row;
 mod sink;
 
 pub use migrations::MIGRATIONS;
+pub use reports::{quote, CostBy, OffsetRanges, Totals};
 pub use row::{decimal_to_i128, i128_to_decimal, PricedRow, DECIMAL_SCALE};
 pub use sink::{ClickHouseSettings, ClickHouseSink, SinkError};

@@ -50,6 +50,9 @@ fn ch(context: impl Into<String>) -> impl FnOnce(clickhouse::error::Error) -> Si
 #[derive(Clone)]
 pub struct ClickHouseSink {
     client: Client,
+    /// The same, bound to the database: `Client::insert` escapes the table
+    /// name as one identifier, so it cannot be `db.table`.
+    database_client: Client,
     settings: ClickHouseSettings,
 }
 
@@ -59,14 +62,21 @@ impl ClickHouseSink {
         if db.is_empty() || !db.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             return Err(SinkError::BadDatabaseName(db.clone()));
         }
-        let mut client = Client::default().with_url(&settings.url).with_validation(false);
+        let mut client = Client::default()
+            .with_url(&settings.url)
+            .with_validation(false);
         if let Some(user) = &settings.user {
             client = client.with_user(user);
         }
         if let Some(password) = &settings.password {
             client = client.with_password(password);
         }
-        Ok(Self { client, settings })
+        let database_client = client.clone().with_database(db);
+        Ok(Self {
+            client,
+            database_client,
+            settings,
+        })
     }
 
     pub fn database(&self) -> &str {
@@ -87,14 +97,17 @@ impl ClickHouseSink {
     /// repeatedly: every statement is `IF NOT EXISTS`.
     pub async fn migrate(&self) -> Result<Vec<u32>, SinkError> {
         let db = &self.settings.database;
-        self.execute(&format!("CREATE DATABASE IF NOT EXISTS {db}")).await?;
+        self.execute(&format!("CREATE DATABASE IF NOT EXISTS {db}"))
+            .await?;
         self.execute(&format!(
             "CREATE TABLE IF NOT EXISTS {db}.schema_migrations (version UInt32, name String, applied_at DateTime) \
              ENGINE = TinyLog"
         ))
         .await?;
         let applied: Vec<u32> = self
-            .query_tsv(&format!("SELECT DISTINCT version FROM {db}.schema_migrations"))
+            .query_tsv(&format!(
+                "SELECT DISTINCT version FROM {db}.schema_migrations"
+            ))
             .await?
             .iter()
             .filter_map(|r| r.first()?.parse().ok())
@@ -122,23 +135,29 @@ impl ClickHouseSink {
         if rows.is_empty() {
             return Ok(());
         }
-        let table = self.table("priced_events");
         let timeout = Some(self.settings.insert_timeout);
         let mut insert = self
-            .client
-            .insert::<PricedRow>(&table)
+            .database_client
+            .insert::<PricedRow>("priced_events")
             .await
             .map_err(ch("starting INSERT"))?
             .with_timeouts(timeout, timeout);
         for row in rows {
             insert.write(row).await.map_err(ch("writing INSERT"))?;
         }
-        insert.end().await.map_err(ch(format!("INSERT of {} rows", rows.len())))
+        insert
+            .end()
+            .await
+            .map_err(ch(format!("INSERT of {} rows", rows.len())))
     }
 
     /// Runs a statement that returns nothing.
     pub async fn execute(&self, sql: &str) -> Result<(), SinkError> {
-        self.client.query(sql).execute().await.map_err(ch(first_line(sql)))
+        self.client
+            .query(sql)
+            .execute()
+            .await
+            .map_err(ch(first_line(sql)))
     }
 
     /// Runs a query and returns its rows as tab-separated fields (escapes
@@ -161,7 +180,12 @@ impl ClickHouseSink {
 }
 
 fn first_line(sql: &str) -> String {
-    sql.lines().next().unwrap_or_default().chars().take(120).collect()
+    sql.lines()
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .take(120)
+        .collect()
 }
 
 fn unescape_tsv(field: &str) -> String {

@@ -54,7 +54,9 @@ impl std::str::FromStr for ValueFormat {
             "json" => Ok(Self::Json),
             "avro" => Ok(Self::Avro),
             "confluent" => Ok(Self::Confluent),
-            _ => Err(format!("unknown value format {s:?}: expected auto, json, avro or confluent")),
+            _ => Err(format!(
+                "unknown value format {s:?}: expected auto, json, avro or confluent"
+            )),
         }
     }
 }
@@ -74,7 +76,10 @@ impl Decoder {
         let format = match self.format {
             ValueFormat::Auto => match payload.first() {
                 None => {
-                    return Err(DecodeError::Rejected(Rejection::new(RejectReason::MalformedPayload, "empty message")))
+                    return Err(DecodeError::Rejected(Rejection::new(
+                        RejectReason::MalformedPayload,
+                        "empty message",
+                    )))
                 }
                 Some(b'{') => ValueFormat::Json,
                 Some(0) => ValueFormat::Confluent,
@@ -106,7 +111,10 @@ mod tests {
         assert_eq!(decoder.decode(&confluent).unwrap(), event);
         for bad in [&b""[..], b"\xff\xfe garbage", b"\x00\x00"] {
             let err = decoder.decode(bad).unwrap_err();
-            assert!(matches!(err, DecodeError::Rejected(ref r) if r.reason == RejectReason::MalformedPayload), "{err:?}");
+            assert!(
+                matches!(err, DecodeError::Rejected(ref r) if r.reason == RejectReason::MalformedPayload),
+                "{err:?}"
+            );
         }
     }
 }

@@ -32,12 +32,18 @@ pub struct SchemaResolver {
 impl SchemaResolver {
     /// Only the shipped schemas, by their pinned ids.
     pub fn pinned() -> Self {
-        Self { registry_url: None, cache: Mutex::new(HashMap::new()) }
+        Self {
+            registry_url: None,
+            cache: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Ids resolved by the registry at `url` (e.g. `http://registry:8081`).
     pub fn registry(url: impl Into<String>) -> Self {
-        Self { registry_url: Some(url.into().trim_end_matches('/').to_owned()), cache: Mutex::new(HashMap::new()) }
+        Self {
+            registry_url: Some(url.into().trim_end_matches('/').to_owned()),
+            cache: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn resolve(&self, id: u32) -> Result<Arc<Schema>, SchemaResolverError> {
@@ -46,12 +52,10 @@ impl SchemaResolver {
         }
         let schema = Arc::new(match &self.registry_url {
             None if id == crate::PINNED_SCHEMA_ID => crate::usage_event_schema().clone(),
-            None => {
-                return Err(SchemaResolverError::UnknownId(format!(
-                    "schema id {id} is not pinned (pinned: {}); set SCHEMA_REGISTRY_URL to resolve ids",
-                    crate::PINNED_SCHEMA_ID
-                )))
-            }
+            None => return Err(SchemaResolverError::UnknownId(format!(
+                "schema id {id} is not pinned (pinned: {}); set SCHEMA_REGISTRY_URL to resolve ids",
+                crate::PINNED_SCHEMA_ID
+            ))),
             Some(url) => fetch(url, id)?,
         });
         let mut cache = self.cache.lock().expect("cache lock");
@@ -87,13 +91,24 @@ fn fetch(url: &str, id: u32) -> Result<Schema, SchemaResolverError> {
         .map_err(|e| SchemaResolverError::Unavailable(format!("{address}: {e}")))?;
     match status {
         200 => {}
-        404 => return Err(SchemaResolverError::UnknownId(format!("schema id {id} is not in the registry"))),
-        _ => return Err(SchemaResolverError::Unavailable(format!("{address}: HTTP {status}: {body}"))),
+        404 => {
+            return Err(SchemaResolverError::UnknownId(format!(
+                "schema id {id} is not in the registry"
+            )))
+        }
+        _ => {
+            return Err(SchemaResolverError::Unavailable(format!(
+                "{address}: HTTP {status}: {body}"
+            )))
+        }
     }
-    let answer: Answer = serde_json::from_str(&body)
-        .map_err(|e| SchemaResolverError::Unavailable(format!("{address}: unexpected answer: {e}")))?;
+    let answer: Answer = serde_json::from_str(&body).map_err(|e| {
+        SchemaResolverError::Unavailable(format!("{address}: unexpected answer: {e}"))
+    })?;
     if answer.schema_type.as_deref().is_some_and(|t| t != "AVRO") {
-        return Err(SchemaResolverError::UnknownId(format!("schema id {id} is not an Avro schema")));
+        return Err(SchemaResolverError::UnknownId(format!(
+            "schema id {id} is not an Avro schema"
+        )));
     }
     Schema::parse_str(&answer.schema)
         .map_err(|e| SchemaResolverError::UnknownId(format!("schema id {id} does not parse: {e}")))

@@ -14,8 +14,12 @@ impl ClientContext for RebalanceLogger {}
 impl ConsumerContext for RebalanceLogger {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
-            Rebalance::Assign(tpl) => tracing::info!(partitions = %describe(tpl), "partitions assigned"),
-            Rebalance::Revoke(tpl) => tracing::info!(partitions = %describe(tpl), "partitions revoked"),
+            Rebalance::Assign(tpl) => {
+                tracing::info!(partitions = %describe(tpl), "partitions assigned")
+            }
+            Rebalance::Revoke(tpl) => {
+                tracing::info!(partitions = %describe(tpl), "partitions revoked")
+            }
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
         }
     }
@@ -28,7 +32,11 @@ impl ConsumerContext for RebalanceLogger {
 }
 
 fn describe(tpl: &TopicPartitionList) -> String {
-    tpl.elements().iter().map(|e| format!("{}/{}", e.topic(), e.partition())).collect::<Vec<_>>().join(",")
+    tpl.elements()
+        .iter()
+        .map(|e| format!("{}/{}", e.topic(), e.partition()))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 pub type GroupConsumer = StreamConsumer<RebalanceLogger>;
@@ -39,7 +47,11 @@ pub type GroupConsumer = StreamConsumer<RebalanceLogger>;
 /// `queued_kbytes_max` bounds what librdkafka prefetches per partition
 /// while the pipeline is busy or blocked (ClickHouse down): memory stays
 /// bounded, and the broker keeps the rest.
-pub fn consumer(settings: &KafkaSettings, group: &str, queued_kbytes_max: u32) -> Result<GroupConsumer, KafkaError> {
+pub fn consumer(
+    settings: &KafkaSettings,
+    group: &str,
+    queued_kbytes_max: u32,
+) -> Result<GroupConsumer, KafkaError> {
     let mut config = settings.client_config("consumer");
     config
         .set("group.id", group)
@@ -83,7 +95,9 @@ pub fn committed_lag(
     timeout: Duration,
 ) -> Result<Vec<PartitionLag>, KafkaError> {
     let mut config = settings.client_config("lag");
-    config.set("group.id", group).set("enable.auto.commit", "false");
+    config
+        .set("group.id", group)
+        .set("enable.auto.commit", "false");
     let client: BaseConsumer = config.create()?;
     let metadata = client.fetch_metadata(Some(topic), timeout)?;
     let partitions: Vec<i32> = metadata
@@ -106,7 +120,12 @@ pub fn committed_lag(
                 Offset::Offset(o) => Some(o),
                 _ => None,
             });
-        out.push(PartitionLag { partition: p, committed, low, high });
+        out.push(PartitionLag {
+            partition: p,
+            committed,
+            low,
+            high,
+        });
     }
     Ok(out)
 }

@@ -48,7 +48,10 @@ pub struct UsageCounts {
 
 impl Default for UsageCounts {
     fn default() -> Self {
-        Self { reported: UnitSet::default(), counts: [0; UNIT_COUNT] }
+        Self {
+            reported: UnitSet::default(),
+            counts: [0; UNIT_COUNT],
+        }
     }
 }
 
@@ -60,7 +63,9 @@ impl UsageCounts {
 
     /// The reported count, or `None` when the event did not report the unit.
     pub fn get(&self, unit: Unit) -> Option<u64> {
-        self.reported.contains(unit).then(|| self.counts[unit.index()])
+        self.reported
+            .contains(unit)
+            .then(|| self.counts[unit.index()])
     }
 
     /// The reported count, 0 when absent.
@@ -142,13 +147,19 @@ impl EventLimits {
         if id_len == 0 || id_len > self.id_chars_max {
             return Err(Rejection::new(
                 RejectReason::InvalidField,
-                format!("event_id must have 1..={} characters, has {id_len}", self.id_chars_max),
+                format!(
+                    "event_id must have 1..={} characters, has {id_len}",
+                    self.id_chars_max
+                ),
             ));
         }
         self.check_name("account_id", &event.account_id, self.id_chars_max)?;
         self.check_name("provider", &event.provider, self.name_chars_max)?;
         self.check_name("model", &event.model, self.name_chars_max)?;
-        for (field, value) in [("api_key_id", &event.api_key_id), ("project_id", &event.project_id)] {
+        for (field, value) in [
+            ("api_key_id", &event.api_key_id),
+            ("project_id", &event.project_id),
+        ] {
             if let Some(v) = value {
                 self.check_name(field, v, self.id_chars_max)?;
             }
@@ -156,17 +167,27 @@ impl EventLimits {
         if event.attributes.len() > self.attributes_max {
             return Err(Rejection::new(
                 RejectReason::InvalidField,
-                format!("attributes has {} entries, at most {} allowed", event.attributes.len(), self.attributes_max),
+                format!(
+                    "attributes has {} entries, at most {} allowed",
+                    event.attributes.len(),
+                    self.attributes_max
+                ),
             ));
         }
         if event.usage.is_empty() {
-            return Err(Rejection::new(RejectReason::InvalidField, "usage reports no unit"));
+            return Err(Rejection::new(
+                RejectReason::InvalidField,
+                "usage reports no unit",
+            ));
         }
         for (unit, count) in event.usage.iter() {
             if count > self.count_max {
                 return Err(Rejection::new(
                     RejectReason::CountOutOfRange,
-                    format!("usage.{unit} = {count} exceeds the plausible maximum {}", self.count_max),
+                    format!(
+                        "usage.{unit} = {count} exceeds the plausible maximum {}",
+                        self.count_max
+                    ),
                 ));
             }
         }
@@ -184,7 +205,11 @@ impl EventLimits {
         if event.occurred_at < self.occurred_after {
             return Err(Rejection::new(
                 RejectReason::TimestampOutOfRange,
-                format!("occurred_at {} is before {}", event.occurred_at.to_rfc3339(), self.occurred_after.to_rfc3339()),
+                format!(
+                    "occurred_at {} is before {}",
+                    event.occurred_at.to_rfc3339(),
+                    self.occurred_after.to_rfc3339()
+                ),
             ));
         }
         Ok(())
@@ -199,7 +224,10 @@ impl EventLimits {
             ));
         }
         if value.chars().any(char::is_control) {
-            return Err(Rejection::new(RejectReason::InvalidField, format!("{field} contains control characters")));
+            return Err(Rejection::new(
+                RejectReason::InvalidField,
+                format!("{field} contains control characters"),
+            ));
         }
         Ok(())
     }
@@ -239,13 +267,34 @@ mod tests {
     fn limits_reject_with_the_right_reason() {
         let limits = EventLimits::default();
         let cases: Vec<(Box<dyn Fn(&mut UsageEvent)>, RejectReason)> = vec![
-            (Box::new(|e| e.event_id = String::new()), RejectReason::InvalidField),
-            (Box::new(|e| e.event_id = "x".repeat(129)), RejectReason::InvalidField),
-            (Box::new(|e| e.account_id = "a\nb".into()), RejectReason::InvalidField),
-            (Box::new(|e| e.usage = UsageCounts::default()), RejectReason::InvalidField),
-            (Box::new(|e| e.usage.set(Unit::OUTPUT_TOKENS, u64::MAX)), RejectReason::CountOutOfRange),
-            (Box::new(|e| e.occurred_at = now() + Duration::hours(1)), RejectReason::TimestampOutOfRange),
-            (Box::new(|e| e.occurred_at = "1970-01-01T00:00:00Z".parse().unwrap()), RejectReason::TimestampOutOfRange),
+            (
+                Box::new(|e| e.event_id = String::new()),
+                RejectReason::InvalidField,
+            ),
+            (
+                Box::new(|e| e.event_id = "x".repeat(129)),
+                RejectReason::InvalidField,
+            ),
+            (
+                Box::new(|e| e.account_id = "a\nb".into()),
+                RejectReason::InvalidField,
+            ),
+            (
+                Box::new(|e| e.usage = UsageCounts::default()),
+                RejectReason::InvalidField,
+            ),
+            (
+                Box::new(|e| e.usage.set(Unit::OUTPUT_TOKENS, u64::MAX)),
+                RejectReason::CountOutOfRange,
+            ),
+            (
+                Box::new(|e| e.occurred_at = now() + Duration::hours(1)),
+                RejectReason::TimestampOutOfRange,
+            ),
+            (
+                Box::new(|e| e.occurred_at = "1970-01-01T00:00:00Z".parse().unwrap()),
+                RejectReason::TimestampOutOfRange,
+            ),
         ];
         for (mutate, reason) in cases {
             let mut e = event();

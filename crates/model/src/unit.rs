@@ -66,7 +66,10 @@ impl Unit {
 
     /// Looks a unit up by its usage-event name.
     pub fn from_key(key: &str) -> Option<Unit> {
-        UNIT_TABLE.iter().position(|d| d.key == key).map(|i| Unit(i as u8))
+        UNIT_TABLE
+            .iter()
+            .position(|d| d.key == key)
+            .map(|i| Unit(i as u8))
     }
 
     /// Looks a unit up by its rate-card price name.
@@ -99,12 +102,19 @@ impl Unit {
     }
 
     pub fn dimension(self, name: &str) -> Option<&'static str> {
-        self.def().dimensions.iter().find(|(k, _)| *k == name).map(|(_, v)| *v)
+        self.def()
+            .dimensions
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| *v)
     }
 }
 
 fn is_dimension_subset(ancestor: &UnitDef, unit: &UnitDef) -> bool {
-    ancestor.dimensions.iter().all(|d| unit.dimensions.contains(d))
+    ancestor
+        .dimensions
+        .iter()
+        .all(|d| unit.dimensions.contains(d))
 }
 
 impl fmt::Debug for Unit {

@@ -65,7 +65,9 @@ pub struct ModelPrice {
 
 impl ModelPrice {
     pub fn prices_for(&self, tier: ServiceTier) -> &PriceSet {
-        self.service_tiers.get(tier.as_str()).unwrap_or(&self.standard)
+        self.service_tiers
+            .get(tier.as_str())
+            .unwrap_or(&self.standard)
     }
 }
 
@@ -99,7 +101,15 @@ impl RateCardVersion {
                 ruled.entry(m.provider.clone()).or_default().push(i);
             }
         }
-        Self { rate_card, version, effective_from, currency, models, by_id, ruled }
+        Self {
+            rate_card,
+            version,
+            effective_from,
+            currency,
+            models,
+            by_id,
+            ruled,
+        }
     }
 
     /// Finds the model entry for a reported model name. Precedence: an entry

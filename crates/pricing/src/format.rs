@@ -66,7 +66,10 @@ impl<'de> Deserialize<'de> for PriceKey {
         let key = String::deserialize(d)?;
         Unit::from_price_key(&key).map(PriceKey).ok_or_else(|| {
             let known: Vec<&str> = Unit::all().map(Unit::price_key).collect();
-            de::Error::custom(format!("unknown price key `{key}`; known keys: {}", known.join(", ")))
+            de::Error::custom(format!(
+                "unknown price key `{key}`; known keys: {}",
+                known.join(", ")
+            ))
         })
     }
 }
@@ -136,9 +139,14 @@ impl<'de> Deserialize<'de> for PriceValue {
                 }
                 let t = Tiered::deserialize(de::value::MapAccessDeserializer::new(map))?;
                 if t.tiers.windows(2).any(|w| w[0].start >= w[1].start) {
-                    return Err(de::Error::custom("tiers must be in increasing order of `start`"));
+                    return Err(de::Error::custom(
+                        "tiers must be in increasing order of `start`",
+                    ));
                 }
-                Ok(PriceValue::Tiered { base: t.base, tiers: t.tiers })
+                Ok(PriceValue::Tiered {
+                    base: t.base,
+                    tiers: t.tiers,
+                })
             }
         }
         d.deserialize_any(PriceVisitor)
@@ -187,5 +195,9 @@ fn instant<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
     };
     DateTime::parse_from_rfc3339(&text)
         .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| de::Error::custom(format!("`{text}` is not an instant with an offset (RFC 3339): {e}")))
+        .map_err(|e| {
+            de::Error::custom(format!(
+                "`{text}` is not an instant with an offset (RFC 3339): {e}"
+            ))
+        })
 }

@@ -24,7 +24,10 @@ pub struct LoadError {
 
 impl LoadError {
     fn new(file: &Path, message: impl Into<String>) -> Self {
-        Self { file: file.to_owned(), message: message.into() }
+        Self {
+            file: file.to_owned(),
+            message: message.into(),
+        }
     }
 }
 
@@ -40,7 +43,8 @@ pub fn load_dir(dir: &Path, default_card: Option<&str>) -> Result<RateBook, Load
     }
     let mut versions = Vec::with_capacity(files.len());
     for file in &files {
-        let text = std::fs::read_to_string(file).map_err(|e| LoadError::new(file, e.to_string()))?;
+        let text =
+            std::fs::read_to_string(file).map_err(|e| LoadError::new(file, e.to_string()))?;
         versions.push((file.clone(), parse_version_file(file, &text)?));
     }
     assemble(dir, versions, default_card)
@@ -49,7 +53,9 @@ pub fn load_dir(dir: &Path, default_card: Option<&str>) -> Result<RateBook, Load
 fn collect_toml_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), LoadError> {
     let entries = std::fs::read_dir(dir).map_err(|e| LoadError::new(dir, e.to_string()))?;
     for entry in entries {
-        let path = entry.map_err(|e| LoadError::new(dir, e.to_string()))?.path();
+        let path = entry
+            .map_err(|e| LoadError::new(dir, e.to_string()))?
+            .path();
         if path.is_dir() {
             collect_toml_files(&path, out)?;
         } else if path.extension().is_some_and(|e| e == "toml") {
@@ -62,7 +68,10 @@ fn collect_toml_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), LoadErro
 /// Parses and validates one version file. `file` names it in errors.
 pub fn parse_version_file(file: &Path, text: &str) -> Result<RateCardVersion, LoadError> {
     let raw: VersionFile = toml::from_str(text).map_err(|e| LoadError::new(file, e.to_string()))?;
-    let currency: Currency = raw.currency.parse().map_err(|e| LoadError::new(file, format!("currency: {e}")))?;
+    let currency: Currency = raw
+        .currency
+        .parse()
+        .map_err(|e| LoadError::new(file, format!("currency: {e}")))?;
     if raw.rate_card.is_empty() {
         return Err(LoadError::new(file, "rate_card: must not be empty"));
     }
@@ -71,16 +80,24 @@ pub fn parse_version_file(file: &Path, text: &str) -> Result<RateCardVersion, Lo
     for (i, m) in raw.models.into_iter().enumerate() {
         let at = |field: &str| format!("models[{i}] ({}/{}).{field}", m.provider, m.id);
         if !seen.insert((m.provider.clone(), m.id.clone())) {
-            return Err(LoadError::new(file, format!("{}: duplicate model entry", at("id"))));
+            return Err(LoadError::new(
+                file,
+                format!("{}: duplicate model entry", at("id")),
+            ));
         }
         if m.prices.is_empty() {
             return Err(LoadError::new(file, format!("{}: no price", at("prices"))));
         }
-        let standard = price_set(&m.prices).map_err(|e| LoadError::new(file, format!("{}.{e}", at("prices"))))?;
+        let standard = price_set(&m.prices)
+            .map_err(|e| LoadError::new(file, format!("{}.{e}", at("prices"))))?;
         let mut service_tiers = BTreeMap::new();
         for (tier, prices) in &m.service_tiers {
-            let set = price_set(prices)
-                .map_err(|e| LoadError::new(file, format!("{}.{e}", at(&format!("service_tiers.{}", tier.0)))))?;
+            let set = price_set(prices).map_err(|e| {
+                LoadError::new(
+                    file,
+                    format!("{}.{e}", at(&format!("service_tiers.{}", tier.0))),
+                )
+            })?;
             service_tiers.insert(tier.0.as_str(), set);
         }
         models.push(ModelPrice {
@@ -91,7 +108,13 @@ pub fn parse_version_file(file: &Path, text: &str) -> Result<RateCardVersion, Lo
             service_tiers,
         });
     }
-    Ok(RateCardVersion::new(raw.rate_card, raw.version, raw.effective_from, currency, models))
+    Ok(RateCardVersion::new(
+        raw.rate_card,
+        raw.version,
+        raw.effective_from,
+        currency,
+        models,
+    ))
 }
 
 fn price_set(prices: &BTreeMap<PriceKey, PriceValue>) -> Result<PriceSet, String> {
@@ -108,10 +131,16 @@ fn price_set(prices: &BTreeMap<PriceKey, PriceValue>) -> Result<PriceSet, String
             })
         };
         let price = match value {
-            PriceValue::Flat(p) => UnitPrice { base: per_unit(*p)?, tiers: Vec::new() },
+            PriceValue::Flat(p) => UnitPrice {
+                base: per_unit(*p)?,
+                tiers: Vec::new(),
+            },
             PriceValue::Tiered { base, tiers } => UnitPrice {
                 base: per_unit(*base)?,
-                tiers: tiers.iter().map(|t| Ok((t.start, per_unit(t.price)?))).collect::<Result<_, String>>()?,
+                tiers: tiers
+                    .iter()
+                    .map(|t| Ok((t.start, per_unit(t.price)?)))
+                    .collect::<Result<_, String>>()?,
             },
         };
         out.push((unit, price));
@@ -144,7 +173,10 @@ fn assemble(
         if let Some(v) = versions.iter().find(|v| v.currency != currency) {
             return Err(LoadError::new(
                 first_file,
-                format!("rate card {id}: version {} is in {} but others are in {currency}", v.version, v.currency),
+                format!(
+                    "rate card {id}: version {} is in {} but others are in {currency}",
+                    v.version, v.currency
+                ),
             ));
         }
         versions.sort_by_key(|v| (v.effective_from, v.version));
@@ -161,25 +193,41 @@ fn assemble(
                 ));
             }
         }
-        book.insert(id.clone(), RateCard { id, currency, versions });
+        book.insert(
+            id.clone(),
+            RateCard {
+                id,
+                currency,
+                versions,
+            },
+        );
     }
     let default_card = match default_card {
         Some(name) if book.contains_key(name) => name.to_owned(),
         Some(name) => {
             return Err(LoadError::new(
                 dir,
-                format!("default rate card `{name}` not found; cards here: {}", book.keys().cloned().collect::<Vec<_>>().join(", ")),
+                format!(
+                    "default rate card `{name}` not found; cards here: {}",
+                    book.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
             ))
         }
         None if book.len() == 1 => book.keys().next().expect("one card").clone(),
         None => {
             return Err(LoadError::new(
                 dir,
-                format!("several rate cards ({}); say which is the default", book.keys().cloned().collect::<Vec<_>>().join(", ")),
+                format!(
+                    "several rate cards ({}); say which is the default",
+                    book.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
             ))
         }
     };
-    Ok(RateBook { cards: book, default_card })
+    Ok(RateBook {
+        cards: book,
+        default_card,
+    })
 }
 
 #[cfg(test)]
@@ -210,24 +258,53 @@ service_tiers.batch = {{ input_mtok = \"0.625\", output_mtok = \"5\" }}
         let (unit, input) = &m.standard.prices[0];
         assert_eq!(*unit, Unit::INPUT_TOKENS);
         assert_eq!(input.base, "0.00000125".parse().unwrap());
-        assert_eq!(input.for_input_tokens(200_000), "0.00000125".parse().unwrap());
-        assert_eq!(input.for_input_tokens(200_001), "0.0000025".parse().unwrap());
-        assert_eq!(m.prices_for(usage_model::ServiceTier::Batch).prices[1].1.base, "0.000005".parse().unwrap());
-        assert_eq!(m.prices_for(usage_model::ServiceTier::Flex).prices[1].1.base, "0.00001".parse().unwrap());
+        assert_eq!(
+            input.for_input_tokens(200_000),
+            "0.00000125".parse().unwrap()
+        );
+        assert_eq!(
+            input.for_input_tokens(200_001),
+            "0.0000025".parse().unwrap()
+        );
+        assert_eq!(
+            m.prices_for(usage_model::ServiceTier::Batch).prices[1]
+                .1
+                .base,
+            "0.000005".parse().unwrap()
+        );
+        assert_eq!(
+            m.prices_for(usage_model::ServiceTier::Flex).prices[1]
+                .1
+                .base,
+            "0.00001".parse().unwrap()
+        );
     }
 
     #[test]
     fn errors_name_the_line_and_the_field() {
         let cases = [
             ("prices = { input_mtok = 2.5 }", "float"),
-            ("prices = { inptu_mtok = \"2.5\" }", "unknown price key `inptu_mtok`"),
+            (
+                "prices = { inptu_mtok = \"2.5\" }",
+                "unknown price key `inptu_mtok`",
+            ),
             ("prices = { input_mtok = \"-1\" }", "negative"),
-            ("prices = { input_mtok = \"0.0000000000001\" }", "not exact at 18 decimal places"),
-            ("prices = { input_mtok = \"1\" }\nservice_tiers.cheap = { input_mtok = \"1\" }", "unknown service tier"),
-            ("match = { regex = \"(\" }\nprices = { input_mtok = \"1\" }", "invalid regex"),
+            (
+                "prices = { input_mtok = \"0.0000000000001\" }",
+                "not exact at 18 decimal places",
+            ),
+            (
+                "prices = { input_mtok = \"1\" }\nservice_tiers.cheap = { input_mtok = \"1\" }",
+                "unknown service tier",
+            ),
+            (
+                "match = { regex = \"(\" }\nprices = { input_mtok = \"1\" }",
+                "invalid regex",
+            ),
         ];
         for (model_body, expected) in cases {
-            let text = format!("{HEADER}\n[[models]]\nprovider = \"p\"\nid = \"m\"\n{model_body}\n");
+            let text =
+                format!("{HEADER}\n[[models]]\nprovider = \"p\"\nid = \"m\"\n{model_body}\n");
             let err = parse(&text).unwrap_err().to_string();
             assert!(err.contains(expected), "{err}");
             assert!(err.starts_with("card.toml"), "{err}");

@@ -16,7 +16,10 @@ use crate::book::{RateBook, RateCardVersion};
 use rust_decimal::Decimal;
 use std::collections::HashMap;
 use std::sync::Arc;
-use usage_model::{exact_add, exact_mul, CostLine, PricedEvent, RejectReason, Rejection, Unit, UsageEvent, UNIT_COUNT};
+use usage_model::{
+    exact_add, exact_mul, CostLine, PricedEvent, RejectReason, Rejection, Unit, UsageEvent,
+    UNIT_COUNT,
+};
 
 /// Entries kept in the model-match cache before it is cleared. Real streams
 /// have a few thousand distinct model names; 65,536 entries of short strings
@@ -34,7 +37,11 @@ pub struct Pricer {
 
 impl Pricer {
     pub fn new(book: Arc<RateBook>) -> Self {
-        Self { book, match_cache: HashMap::new(), match_cache_entries: 0 }
+        Self {
+            book,
+            match_cache: HashMap::new(),
+            match_cache_entries: 0,
+        }
     }
 
     pub fn book(&self) -> &Arc<RateBook> {
@@ -49,18 +56,24 @@ impl Pricer {
         let version = card.version_at(event.occurred_at).ok_or_else(|| {
             Rejection::new(
                 RejectReason::NoRateCardVersion,
-                format!("rate card {} has no version in force at {}", card.id, event.occurred_at.to_rfc3339()),
-            )
-        })?;
-        let model_idx = self.find_model(version, &event.provider, &event.model).ok_or_else(|| {
-            Rejection::new(
-                RejectReason::UnknownModel,
                 format!(
-                    "rate card {} version {} has no price for provider {:?} model {:?}",
-                    card.id, version.version, event.provider, event.model
+                    "rate card {} has no version in force at {}",
+                    card.id,
+                    event.occurred_at.to_rfc3339()
                 ),
             )
         })?;
+        let model_idx = self
+            .find_model(version, &event.provider, &event.model)
+            .ok_or_else(|| {
+                Rejection::new(
+                    RejectReason::UnknownModel,
+                    format!(
+                        "rate card {} version {} has no price for provider {:?} model {:?}",
+                        card.id, version.version, event.provider, event.model
+                    ),
+                )
+            })?;
         let model = &version.models[model_idx];
         let prices = model.prices_for(event.service_tier);
         let priced_quantities = priced_quantities(&event, prices.units())?;
@@ -76,9 +89,16 @@ impl Pricer {
                 (event.usage.count(*unit), priced_quantities[unit.index()])
             };
             let unit_price = price.for_input_tokens(input_tokens);
-            let line_cost = exact_mul(unit_price, Decimal::from(priced_quantity)).map_err(overflow)?;
+            let line_cost =
+                exact_mul(unit_price, Decimal::from(priced_quantity)).map_err(overflow)?;
             cost = exact_add(cost, line_cost).map_err(overflow)?;
-            lines.push(CostLine { unit: *unit, quantity, priced_quantity, unit_price, cost: line_cost });
+            lines.push(CostLine {
+                unit: *unit,
+                quantity,
+                priced_quantity,
+                unit_price,
+                cost: line_cost,
+            });
         }
         Ok(PricedEvent {
             matched_model: model.id.clone(),
@@ -91,9 +111,19 @@ impl Pricer {
         })
     }
 
-    fn find_model(&mut self, version: &Arc<RateCardVersion>, provider: &str, model: &str) -> Option<usize> {
+    fn find_model(
+        &mut self,
+        version: &Arc<RateCardVersion>,
+        provider: &str,
+        model: &str,
+    ) -> Option<usize> {
         let key = Arc::as_ptr(version) as usize;
-        if let Some(hit) = self.match_cache.get(&key).and_then(|p| p.get(provider)).and_then(|m| m.get(model)) {
+        if let Some(hit) = self
+            .match_cache
+            .get(&key)
+            .and_then(|p| p.get(provider))
+            .and_then(|m| m.get(model))
+        {
             return *hit;
         }
         let found = version.find_model(provider, model);
@@ -119,7 +149,10 @@ fn overflow(e: usage_model::MoneyError) -> Rejection {
 /// Splits reported counts into disjoint parts over the priced units (step 1
 /// above). Most specific units first, so each unit's parts are known when it
 /// is reached. `requests` is not a part of anything and is left out.
-fn priced_quantities(event: &UsageEvent, priced: usage_model::UnitSet) -> Result<[u64; UNIT_COUNT], Rejection> {
+fn priced_quantities(
+    event: &UsageEvent,
+    priced: usage_model::UnitSet,
+) -> Result<[u64; UNIT_COUNT], Rejection> {
     let mut order: Vec<Unit> = priced.iter().filter(|u| *u != Unit::REQUESTS).collect();
     order.sort_by_key(|u| (std::cmp::Reverse(u.specificity()), *u));
     let mut leaf = [0u64; UNIT_COUNT];
@@ -152,8 +185,8 @@ fn priced_quantities(event: &UsageEvent, priced: usage_model::UnitSet) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::load::parse_version_file;
     use crate::book::RateCard;
+    use crate::load::parse_version_file;
     use chrono::{DateTime, Utc};
     use proptest::prelude::*;
     use std::collections::BTreeMap;
@@ -166,8 +199,15 @@ mod tests {
             .map(|t| Arc::new(parse_version_file(Path::new("t.toml"), t).unwrap()))
             .collect();
         versions.sort_by_key(|v| v.effective_from);
-        let card = RateCard { id: "list".into(), currency: versions[0].currency, versions };
-        Arc::new(RateBook { cards: BTreeMap::from([("list".into(), card)]), default_card: "list".into() })
+        let card = RateCard {
+            id: "list".into(),
+            currency: versions[0].currency,
+            versions,
+        };
+        Arc::new(RateBook {
+            cards: BTreeMap::from([("list".into(), card)]),
+            default_card: "list".into(),
+        })
     }
 
     const V1: &str = r#"
@@ -232,29 +272,48 @@ prices = { input_mtok = "2", output_mtok = "8" }
     #[test]
     fn cache_reads_are_taken_out_of_input_tokens() {
         let mut p = Pricer::new(book(&[V1, V2]));
-        let e = event("openai", "gpt-4o-2024-08-06", "2025-03-01T00:00:00Z", &[
-            ("input_tokens", 1_000_000),
-            ("cache_read_tokens", 400_000),
-            ("output_tokens", 100_000),
-        ]);
+        let e = event(
+            "openai",
+            "gpt-4o-2024-08-06",
+            "2025-03-01T00:00:00Z",
+            &[
+                ("input_tokens", 1_000_000),
+                ("cache_read_tokens", 400_000),
+                ("output_tokens", 100_000),
+            ],
+        );
         let priced = p.price(e).unwrap();
         assert_eq!(priced.matched_model, "gpt-4o");
         assert_eq!(priced.rate_card_version, 1);
         // 600k × 2.5/M + 400k × 1.25/M + 100k × 10/M = 1.5 + 0.5 + 1.0
         assert_eq!(priced.cost, d("3"));
         let input = &priced.lines[0];
-        assert_eq!((input.unit, input.quantity, input.priced_quantity), (Unit::INPUT_TOKENS, 1_000_000, 600_000));
+        assert_eq!(
+            (input.unit, input.quantity, input.priced_quantity),
+            (Unit::INPUT_TOKENS, 1_000_000, 600_000)
+        );
     }
 
     #[test]
     fn the_version_in_force_at_occurred_at_applies() {
         let mut p = Pricer::new(book(&[V1, V2]));
         let usage = [("input_tokens", 1_000_000)];
-        let before = p.price(event("openai", "gpt-4o", "2025-06-30T23:59:59.999999Z", &usage)).unwrap();
-        let at = p.price(event("openai", "gpt-4o", "2025-07-01T00:00:00Z", &usage)).unwrap();
+        let before = p
+            .price(event(
+                "openai",
+                "gpt-4o",
+                "2025-06-30T23:59:59.999999Z",
+                &usage,
+            ))
+            .unwrap();
+        let at = p
+            .price(event("openai", "gpt-4o", "2025-07-01T00:00:00Z", &usage))
+            .unwrap();
         assert_eq!((before.rate_card_version, before.cost), (1, d("2.5")));
         assert_eq!((at.rate_card_version, at.cost), (2, d("2")));
-        let early = p.price(event("openai", "gpt-4o", "2024-12-31T23:59:59Z", &usage)).unwrap_err();
+        let early = p
+            .price(event("openai", "gpt-4o", "2024-12-31T23:59:59Z", &usage))
+            .unwrap_err();
         assert_eq!(early.reason, RejectReason::NoRateCardVersion);
     }
 
@@ -262,8 +321,22 @@ prices = { input_mtok = "2", output_mtok = "8" }
     fn tiers_move_the_whole_request() {
         let mut p = Pricer::new(book(&[V1]));
         let at = "2025-03-01T00:00:00Z";
-        let small = p.price(event("google", "gemini-2.5-pro", at, &[("input_tokens", 200_000), ("output_tokens", 1000)])).unwrap();
-        let large = p.price(event("google", "gemini-2.5-pro", at, &[("input_tokens", 200_001), ("output_tokens", 1000)])).unwrap();
+        let small = p
+            .price(event(
+                "google",
+                "gemini-2.5-pro",
+                at,
+                &[("input_tokens", 200_000), ("output_tokens", 1000)],
+            ))
+            .unwrap();
+        let large = p
+            .price(event(
+                "google",
+                "gemini-2.5-pro",
+                at,
+                &[("input_tokens", 200_001), ("output_tokens", 1000)],
+            ))
+            .unwrap();
         assert_eq!(small.cost, d("0.26")); // 0.25 + 0.01
         assert_eq!(large.cost, d("0.5150025")); // 200001 × 2.5/M + 1000 × 15/M
     }
@@ -275,9 +348,18 @@ prices = { input_mtok = "2", output_mtok = "8" }
         let mut e = event("openai", "gpt-4o", at, &[("input_tokens", 1_000_000)]);
         e.service_tier = ServiceTier::Batch;
         assert_eq!(p.price(e).unwrap().cost, d("1.25"));
-        let search = p.price(event("acme", "search", at, &[("input_tokens", 1000)])).unwrap();
+        let search = p
+            .price(event("acme", "search", at, &[("input_tokens", 1000)]))
+            .unwrap();
         assert_eq!(search.cost, d("0.006")); // 1 request × 5/K + 1000 × 1/M
-        let three = p.price(event("acme", "search", at, &[("input_tokens", 0), ("requests", 3)])).unwrap();
+        let three = p
+            .price(event(
+                "acme",
+                "search",
+                at,
+                &[("input_tokens", 0), ("requests", 3)],
+            ))
+            .unwrap();
         assert_eq!(three.cost, d("0.015"));
     }
 
@@ -285,13 +367,28 @@ prices = { input_mtok = "2", output_mtok = "8" }
     fn unknown_models_and_inconsistent_usage_are_rejected() {
         let mut p = Pricer::new(book(&[V1]));
         let at = "2025-03-01T00:00:00Z";
-        let unknown = p.price(event("openai", "gpt-5", at, &[("input_tokens", 1)])).unwrap_err();
+        let unknown = p
+            .price(event("openai", "gpt-5", at, &[("input_tokens", 1)]))
+            .unwrap_err();
         assert_eq!(unknown.reason, RejectReason::UnknownModel);
-        let wrong_provider = p.price(event("azure", "gpt-4o", at, &[("input_tokens", 1)])).unwrap_err();
+        let wrong_provider = p
+            .price(event("azure", "gpt-4o", at, &[("input_tokens", 1)]))
+            .unwrap_err();
         assert_eq!(wrong_provider.reason, RejectReason::UnknownModel);
-        let bad = p.price(event("openai", "gpt-4o", at, &[("input_tokens", 10), ("cache_read_tokens", 11)])).unwrap_err();
+        let bad = p
+            .price(event(
+                "openai",
+                "gpt-4o",
+                at,
+                &[("input_tokens", 10), ("cache_read_tokens", 11)],
+            ))
+            .unwrap_err();
         assert_eq!(bad.reason, RejectReason::InconsistentUsage);
-        assert!(bad.detail.contains("cache_read_tokens = 11"), "{}", bad.detail);
+        assert!(
+            bad.detail.contains("cache_read_tokens = 11"),
+            "{}",
+            bad.detail
+        );
     }
 
     proptest! {

@@ -132,7 +132,9 @@ impl Generator {
         let account = ((u * u) * self.config.accounts as f64) as u32 + 1;
         let (provider, model) = self.pick_model();
         let seconds_back = self.rng.random_range(0..86_400);
-        let occurred_at = self.config.end - Duration::seconds(seconds_back) - Duration::milliseconds(self.rng.random_range(0..1000));
+        let occurred_at = self.config.end
+            - Duration::seconds(seconds_back)
+            - Duration::milliseconds(self.rng.random_range(0..1000));
 
         let mut usage = UsageCounts::default();
         // Input sizes spread over orders of magnitude (log-uniform).
@@ -156,8 +158,14 @@ impl Generator {
         }
         if model.starts_with("gpt-4o-audio") {
             let audio_in = self.rng.random_range(0..=input);
-            usage.set(Unit::from_key("input_audio_tokens").expect("registered unit"), audio_in);
-            usage.set(Unit::from_key("output_audio_tokens").expect("registered unit"), output / 2);
+            usage.set(
+                Unit::from_key("input_audio_tokens").expect("registered unit"),
+                audio_in,
+            );
+            usage.set(
+                Unit::from_key("output_audio_tokens").expect("registered unit"),
+                output / 2,
+            );
         }
         let service_tier = match (provider, self.rng.random_range(0..20)) {
             ("openai" | "anthropic", 0..=2) => ServiceTier::Batch,
@@ -169,7 +177,10 @@ impl Generator {
         let key = self.rng.random_range(0..n_keys);
         let mut attributes = BTreeMap::new();
         if self.rng.random_bool(0.3) {
-            attributes.insert("region".to_owned(), ["us-east", "eu-west", "ap-south"][account as usize % 3].to_owned());
+            attributes.insert(
+                "region".to_owned(),
+                ["us-east", "eu-west", "ap-south"][account as usize % 3].to_owned(),
+            );
         }
         UsageEvent {
             event_id: format!("{}-{i}", self.config.id_prefix),
@@ -187,7 +198,9 @@ impl Generator {
 
     fn encode(&self, event: &UsageEvent) -> Vec<u8> {
         let encoding = match self.config.encoding {
-            Encoding::Mixed => [Encoding::Json, Encoding::Avro, Encoding::Confluent][(self.index % 3) as usize],
+            Encoding::Mixed => {
+                [Encoding::Json, Encoding::Avro, Encoding::Confluent][(self.index % 3) as usize]
+            }
             e => e,
         };
         match encoding {
@@ -205,9 +218,15 @@ impl Generator {
         let json = String::from_utf8(encode_json(&event)).expect("JSON is UTF-8");
         let payload = match kind {
             RejectReason::MalformedPayload => json[..json.len() / 2].to_owned(),
-            RejectReason::MissingField => json.replacen(&format!("\"model\":\"{}\",", event.model), "", 1),
-            RejectReason::UnknownUnit => json.replacen("\"output_tokens\"", "\"completion_tokens\"", 1),
-            RejectReason::CountOutOfRange => json.replacen("\"input_tokens\":", "\"input_tokens\":-", 1),
+            RejectReason::MissingField => {
+                json.replacen(&format!("\"model\":\"{}\",", event.model), "", 1)
+            }
+            RejectReason::UnknownUnit => {
+                json.replacen("\"output_tokens\"", "\"completion_tokens\"", 1)
+            }
+            RejectReason::CountOutOfRange => {
+                json.replacen("\"input_tokens\":", "\"input_tokens\":-", 1)
+            }
             RejectReason::TimestampOutOfRange => {
                 event.occurred_at = self.config.end + Duration::days(3);
                 String::from_utf8(encode_json(&event)).expect("JSON is UTF-8")
@@ -221,10 +240,19 @@ impl Generator {
                 event.usage.set(Unit::CACHE_READ_TOKENS, input + 1);
                 String::from_utf8(encode_json(&event)).expect("JSON is UTF-8")
             }
-            RejectReason::InvalidField => json.replacen(&format!("\"service_tier\":\"{}\"", event.service_tier), "\"service_tier\":\"turbo\"", 1),
+            RejectReason::InvalidField => json.replacen(
+                &format!("\"service_tier\":\"{}\"", event.service_tier),
+                "\"service_tier\":\"turbo\"",
+                1,
+            ),
             other => unreachable!("{other:?} is not a generated kind"),
         };
-        SynthMessage { key, payload: payload.into_bytes(), event: None, expected_rejection: Some(kind) }
+        SynthMessage {
+            key,
+            payload: payload.into_bytes(),
+            event: None,
+            expected_rejection: Some(kind),
+        }
     }
 }
 
@@ -232,12 +260,18 @@ impl Iterator for Generator {
     type Item = SynthMessage;
 
     fn next(&mut self) -> Option<SynthMessage> {
-        let bad = self.config.bad_every > 0 && self.index % self.config.bad_every as u64 == (self.config.bad_every as u64 - 1);
+        let bad = self.config.bad_every > 0
+            && self.index % self.config.bad_every as u64 == (self.config.bad_every as u64 - 1);
         let message = if bad {
             self.bad()
         } else {
             let event = self.event();
-            SynthMessage { key: event.account_id.clone().into_bytes(), payload: self.encode(&event), event: Some(event), expected_rejection: None }
+            SynthMessage {
+                key: event.account_id.clone().into_bytes(),
+                payload: self.encode(&event),
+                event: Some(event),
+                expected_rejection: None,
+            }
         };
         self.index += 1;
         Some(message)
@@ -261,13 +295,25 @@ mod tests {
     use usage_model::EventLimits;
 
     fn config() -> SynthConfig {
-        SynthConfig { seed: 7, end: "2026-06-15T12:00:00Z".parse().unwrap(), bad_every: 10, encoding: Encoding::Mixed, ..Default::default() }
+        SynthConfig {
+            seed: 7,
+            end: "2026-06-15T12:00:00Z".parse().unwrap(),
+            bad_every: 10,
+            encoding: Encoding::Mixed,
+            ..Default::default()
+        }
     }
 
     #[test]
     fn same_seed_same_bytes() {
-        let a: Vec<_> = Generator::new(config()).take(200).map(|m| m.payload).collect();
-        let b: Vec<_> = Generator::new(config()).take(200).map(|m| m.payload).collect();
+        let a: Vec<_> = Generator::new(config())
+            .take(200)
+            .map(|m| m.payload)
+            .collect();
+        let b: Vec<_> = Generator::new(config())
+            .take(200)
+            .map(|m| m.payload)
+            .collect();
         assert!(a == b, "payloads differ between two runs with one seed");
     }
 
@@ -280,7 +326,9 @@ mod tests {
         for m in Generator::new(config()).take(1000) {
             match (&m.event, m.expected_rejection) {
                 (Some(e), None) => {
-                    let decoded = decoder.decode(&m.payload).unwrap_or_else(|err| panic!("{err:?}"));
+                    let decoded = decoder
+                        .decode(&m.payload)
+                        .unwrap_or_else(|err| panic!("{err:?}"));
                     assert_eq!(&decoded, e);
                     limits.check(e, now).unwrap();
                 }

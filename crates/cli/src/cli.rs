@@ -1,0 +1,108 @@
+//! Command-line interface.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "usage-pipeline",
+    version,
+    about = "Prices AI API usage events from Kafka into ClickHouse"
+)]
+pub struct Cli {
+    /// Configuration file (TOML). Also USAGE_PIPELINE_CONFIG. Environment
+    /// variables override it; flags override both.
+    #[arg(long, global = true, env = "USAGE_PIPELINE_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the pipeline: consume, price, insert into ClickHouse, dead-letter, commit.
+    Run(RunArgs),
+    /// Publish usage events to the raw topic: NDJSON from a file or stdin, or synthetic ones.
+    Produce(ProduceArgs),
+    /// Price NDJSON usage events offline, with the same engine as the stream.
+    Price(PriceArgs),
+    /// Create the topics and apply the ClickHouse migrations, then exit.
+    Setup(RatesArg),
+    /// Show how far the consumer group is behind the raw topic.
+    Status(StatusArgs),
+}
+
+#[derive(Args)]
+pub struct RatesArg {
+    /// Directory of rate-card files (default: `rate-cards`, or the config file's `pipeline.rate_cards`).
+    #[arg(long)]
+    pub rate_cards: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub rates: RatesArg,
+    /// Stop once every assigned partition is consumed to its end (batch mode).
+    #[arg(long)]
+    pub until_caught_up: bool,
+    /// With --until-caught-up: how long nothing must arrive before stopping.
+    #[arg(long, default_value_t = 2000)]
+    pub idle_ms: u64,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum EncodingArg {
+    Json,
+    Avro,
+    Confluent,
+    Mixed,
+}
+
+#[derive(Args)]
+pub struct ProduceArgs {
+    /// NDJSON file of usage events (`-` or omitted: stdin). Ignored with --synthetic.
+    #[arg(long)]
+    pub input: Option<PathBuf>,
+    /// Generate this many synthetic events instead of reading input.
+    #[arg(long)]
+    pub synthetic: Option<u64>,
+    /// Seed of the synthetic stream: the same seed gives the same events.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// One synthetic event in this many is deliberately bad (0: none).
+    #[arg(long, default_value_t = 500)]
+    pub bad_every: u32,
+    /// Number of synthetic accounts.
+    #[arg(long, default_value_t = 300)]
+    pub accounts: u32,
+    /// Wire encoding of synthetic events.
+    #[arg(long, value_enum, default_value_t = EncodingArg::Json)]
+    pub encoding: EncodingArg,
+    /// Prefix of synthetic event ids (default: `synthetic-<seed>`).
+    #[arg(long)]
+    pub id_prefix: Option<String>,
+}
+
+#[derive(Args)]
+pub struct PriceArgs {
+    #[command(flatten)]
+    pub rates: RatesArg,
+    /// NDJSON usage events (`-` or omitted: stdin).
+    #[arg(long)]
+    pub input: Option<PathBuf>,
+    /// Where to write NDJSON priced rows (`-` or omitted: stdout).
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    /// The clock used to refuse events from the future (RFC 3339; default:
+    /// now). Pin it for reproducible output on events near "now".
+    #[arg(long)]
+    pub now: Option<String>,
+}
+
+#[derive(Args)]
+pub struct StatusArgs {
+    /// Wait up to this many seconds for the group to catch up; exit 1 if it does not.
+    #[arg(long)]
+    pub wait: Option<u64>,
+}

@@ -1,0 +1,41 @@
+//! One module per command.
+
+mod price;
+mod produce;
+mod run;
+mod status;
+
+use crate::cli::{Cli, Command, RatesArg};
+use crate::config::Settings;
+use anyhow::{Context, Result};
+use std::process::ExitCode;
+use std::sync::Arc;
+use usage_pricing::RateBook;
+
+pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
+    let settings = Settings::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Run(args) => run::run(settings, args).await,
+        Command::Produce(args) => produce::produce(settings, args).await,
+        Command::Price(args) => price::price(settings, args),
+        Command::Setup(args) => run::setup(settings, args).await,
+        Command::Status(args) => status::status(settings, args).await,
+    }
+}
+
+/// Loads the rate cards named by `--rate-cards` or the settings.
+pub fn load_rate_book(settings: &Settings, rates: &RatesArg) -> Result<Arc<RateBook>> {
+    let dir = rates.rate_cards.as_ref().unwrap_or(&settings.rate_cards);
+    let book = usage_pricing::load_dir(dir, settings.default_rate_card.as_deref())
+        .with_context(|| format!("loading rate cards from {}", dir.display()))?;
+    for card in book.cards.values() {
+        tracing::info!(
+            rate_card = %card.id,
+            currency = %card.currency,
+            versions = card.versions.len(),
+            models = card.versions.last().map_or(0, |v| v.models.len()),
+            "rate card loaded"
+        );
+    }
+    Ok(Arc::new(book))
+}

@@ -1,0 +1,190 @@
+//! Configuration: defaults, then the config file, then the environment,
+//! then flags. Validated once into [`Settings`].
+//!
+//! ```toml
+//! [kafka]
+//! brokers = "127.0.0.1:9092"          # KAFKA_BROKERS
+//! client_id = "usage-pipeline"
+//! [kafka.librdkafka]                  # any librdkafka property
+//! "security.protocol" = "SASL_SSL"
+//!
+//! [topics]
+//! raw = "usage.raw"                   # USAGE_RAW_TOPIC
+//! dead_letter = "usage.dead-letter"   # USAGE_DEAD_LETTER_TOPIC
+//! partitions = 4                      # for topics the pipeline creates
+//!
+//! [clickhouse]
+//! url = "http://127.0.0.1:8123"       # CLICKHOUSE_URL
+//! database = "usage"                  # CLICKHOUSE_DATABASE
+//! user = "default"                    # CLICKHOUSE_USER
+//! password = ""                       # CLICKHOUSE_PASSWORD
+//!
+//! [pipeline]
+//! group_id = "usage-pipeline"         # USAGE_GROUP_ID
+//! rate_cards = "rate-cards"           # USAGE_RATE_CARDS
+//! default_rate_card = "list-prices"
+//! value_format = "auto"               # auto | json | avro | confluent
+//! schema_registry_url = "http://..."  # SCHEMA_REGISTRY_URL
+//! batch_events_max = 20000
+//! batch_linger_ms = 500
+//! ```
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use usage_clickhouse::ClickHouseSettings;
+use usage_codec::ValueFormat;
+use usage_kafka::KafkaSettings;
+use usage_stream::StreamConfig;
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct FileConfig {
+    kafka: KafkaSection,
+    topics: TopicsSection,
+    clickhouse: ClickHouseSection,
+    pipeline: PipelineSection,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct KafkaSection {
+    brokers: Option<String>,
+    client_id: Option<String>,
+    librdkafka: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct TopicsSection {
+    raw: Option<String>,
+    dead_letter: Option<String>,
+    partitions: Option<i32>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct ClickHouseSection {
+    url: Option<String>,
+    database: Option<String>,
+    user: Option<String>,
+    password: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct PipelineSection {
+    group_id: Option<String>,
+    rate_cards: Option<PathBuf>,
+    default_rate_card: Option<String>,
+    value_format: Option<String>,
+    schema_registry_url: Option<String>,
+    batch_events_max: Option<usize>,
+    batch_linger_ms: Option<u64>,
+}
+
+/// Everything a command needs, validated.
+pub struct Settings {
+    pub kafka: KafkaSettings,
+    pub clickhouse: ClickHouseSettings,
+    pub stream: StreamConfig,
+    pub rate_cards: PathBuf,
+    pub default_rate_card: Option<String>,
+    pub schema_registry_url: Option<String>,
+}
+
+/// Upper bound on `batch_events_max`: one INSERT must stay below
+/// ClickHouse's `max_insert_block_size` (1,048,576) to stay one block.
+const BATCH_EVENTS_MAX_LIMIT: usize = 1_000_000;
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+impl Settings {
+    pub fn load(path: Option<&Path>) -> Result<Self> {
+        let file: FileConfig = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("reading {}", p.display()))?;
+                toml::from_str(&text).with_context(|| format!("in {}", p.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let kafka = KafkaSettings {
+            brokers: env("KAFKA_BROKERS")
+                .or(file.kafka.brokers)
+                .unwrap_or_else(|| "127.0.0.1:9092".into()),
+            client_id: file
+                .kafka
+                .client_id
+                .unwrap_or_else(|| "usage-pipeline".into()),
+            overrides: file.kafka.librdkafka,
+        };
+        let clickhouse = ClickHouseSettings {
+            url: env("CLICKHOUSE_URL")
+                .or(file.clickhouse.url)
+                .unwrap_or_else(|| "http://127.0.0.1:8123".into()),
+            database: env("CLICKHOUSE_DATABASE")
+                .or(file.clickhouse.database)
+                .unwrap_or_else(|| "usage".into()),
+            user: env("CLICKHOUSE_USER").or(file.clickhouse.user),
+            password: env("CLICKHOUSE_PASSWORD").or(file.clickhouse.password),
+            ..ClickHouseSettings::default()
+        };
+        let defaults = StreamConfig::default();
+        let p = file.pipeline;
+        let value_format: ValueFormat = match p.value_format {
+            Some(f) => f
+                .parse()
+                .map_err(anyhow::Error::msg)
+                .context("pipeline.value_format")?,
+            None => ValueFormat::Auto,
+        };
+        let batch_events_max = p.batch_events_max.unwrap_or(defaults.batch_events_max);
+        if batch_events_max == 0 || batch_events_max > BATCH_EVENTS_MAX_LIMIT {
+            bail!("pipeline.batch_events_max must be 1..={BATCH_EVENTS_MAX_LIMIT}, is {batch_events_max}");
+        }
+        let stream = StreamConfig {
+            raw_topic: env("USAGE_RAW_TOPIC")
+                .or(file.topics.raw)
+                .unwrap_or(defaults.raw_topic),
+            dead_letter_topic: env("USAGE_DEAD_LETTER_TOPIC")
+                .or(file.topics.dead_letter)
+                .unwrap_or(defaults.dead_letter_topic),
+            group_id: env("USAGE_GROUP_ID")
+                .or(p.group_id)
+                .unwrap_or(defaults.group_id),
+            topic_partitions: file.topics.partitions.unwrap_or(defaults.topic_partitions),
+            batch_events_max,
+            batch_linger: p
+                .batch_linger_ms
+                .map(Duration::from_millis)
+                .unwrap_or(defaults.batch_linger),
+            value_format,
+            ..defaults
+        };
+        if stream.raw_topic == stream.dead_letter_topic {
+            bail!(
+                "topics.raw and topics.dead_letter must differ (both are {:?})",
+                stream.raw_topic
+            );
+        }
+        if stream.topic_partitions < 1 {
+            bail!("topics.partitions must be at least 1");
+        }
+        Ok(Self {
+            kafka,
+            clickhouse,
+            stream,
+            rate_cards: env("USAGE_RATE_CARDS")
+                .map(PathBuf::from)
+                .or(p.rate_cards)
+                .unwrap_or_else(|| "rate-cards".into()),
+            default_rate_card: p.default_rate_card,
+            schema_registry_url: env("SCHEMA_REGISTRY_URL").or(p.schema_registry_url),
+        })
+    }
+}

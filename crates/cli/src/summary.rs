@@ -1,0 +1,76 @@
+//! The summary printed when `run` ends: what the pipeline did, and what
+//! ClickHouse holds for the offsets it consumed, side by side.
+
+use anyhow::Result;
+use rust_decimal::Decimal;
+use usage_clickhouse::{ClickHouseSink, OffsetRanges};
+use usage_stream::RunReport;
+
+const TOP_N: usize = 10;
+
+/// Prints the summary; returns whether the numbers agree.
+pub async fn print_run_summary(report: &RunReport, sink: &ClickHouseSink) -> Result<bool> {
+    let dead = report.dead_lettered_total();
+    let own_cost = report.cost().map_or_else(
+        || "(too large to sum exactly)".to_owned(),
+        |c| c.normalize().to_string(),
+    );
+    println!();
+    println!("== usage-pipeline run summary ==");
+    println!("events in          {:>10}", report.consumed);
+    println!(
+        "rows priced        {:>10}   total cost {own_cost}",
+        report.priced
+    );
+    println!("dead-lettered      {:>10}", dead);
+    for (reason, n) in &report.dead_lettered {
+        println!("  {:<17}{n:>10}", reason.code());
+    }
+    let mut consistent = report.consumed == report.priced + dead;
+    println!(
+        "check: in = priced + dead-lettered: {} = {} + {}  {}",
+        report.consumed,
+        report.priced,
+        dead,
+        if consistent { "OK" } else { "MISMATCH" }
+    );
+    if report.offsets.is_empty() {
+        println!("(nothing consumed)");
+        return Ok(consistent);
+    }
+    let ranges: Vec<(String, i32, i64, i64)> = report
+        .offsets
+        .iter()
+        .map(|((t, p), (first, next))| (t.clone(), *p, *first, *next))
+        .collect();
+    let condition = OffsetRanges(&ranges).sql_condition();
+    let totals = sink.totals(&condition).await?;
+    let ch_cost = Decimal::from_str_exact(&totals.cost).ok();
+    let cost_matches = ch_cost.is_some() && ch_cost == report.cost();
+    let rows_match = totals.rows == report.priced;
+    println!(
+        "ClickHouse {} (rows from the offsets consumed): {} rows, sum(cost) {}  {}",
+        sink.table("priced_events"),
+        totals.rows,
+        ch_cost.map_or(totals.cost.clone(), |c| c.normalize().to_string()),
+        if rows_match && cost_matches {
+            "OK: equal to the rows priced"
+        } else {
+            "MISMATCH"
+        }
+    );
+    consistent &= rows_match && cost_matches;
+    for (title, column) in [
+        ("cost by account", "account_id"),
+        ("cost by model", "matched_model"),
+    ] {
+        println!("{title} (top {TOP_N}, from ClickHouse):");
+        for line in sink.cost_by(column, &condition, TOP_N).await? {
+            let cost = Decimal::from_str_exact(&line.cost)
+                .map_or(line.cost.clone(), |c| c.round_dp(6).to_string());
+            println!("  {:<32}{:>8} rows  {:>16}", line.key, line.rows, cost);
+        }
+    }
+    println!("(costs in the rate card's currency; per-account lines rounded to 6 places for display only)");
+    Ok(consistent)
+}

@@ -1,0 +1,64 @@
+//! Settings of the streaming loop, validated by the binary.
+
+use std::time::Duration;
+use usage_codec::ValueFormat;
+use usage_model::EventLimits;
+
+/// When `run` returns by itself (it always returns on shutdown).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StopWhen {
+    /// Run until told to stop: the service.
+    Never,
+    /// Stop once every assigned partition is consumed up to its end and
+    /// nothing arrived for `idle`: batch jobs, demos, tests.
+    CaughtUp { idle: Duration },
+}
+
+#[derive(Clone, Debug)]
+pub struct StreamConfig {
+    pub raw_topic: String,
+    pub dead_letter_topic: String,
+    pub group_id: String,
+    /// Partitions of topics the pipeline creates (existing ones are kept).
+    pub topic_partitions: i32,
+    /// At most this many messages per batch (and per INSERT). ClickHouse
+    /// spends ~15 ms of server CPU per INSERT whatever its size, so batches
+    /// are large; 20,000 rows of ~600 bytes are ~12 MB in memory.
+    pub batch_events_max: usize,
+    /// A batch closes this long after its first message, full or not.
+    pub batch_linger: Duration,
+    pub value_format: ValueFormat,
+    pub limits: EventLimits,
+    /// Backoff between retries of a failed INSERT or dead-letter send.
+    pub retry_backoff_initial: Duration,
+    pub retry_backoff_max: Duration,
+    /// After a shutdown request, how long a failing delivery keeps retrying
+    /// before the process exits without committing (at-least-once).
+    pub shutdown_grace: Duration,
+    /// librdkafka prefetch bound, KiB per partition.
+    pub queued_kbytes_max: u32,
+    pub stop_when: StopWhen,
+    /// Give up if no partition is assigned within this time.
+    pub assignment_timeout: Duration,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        Self {
+            raw_topic: "usage.raw".into(),
+            dead_letter_topic: "usage.dead-letter".into(),
+            group_id: "usage-pipeline".into(),
+            topic_partitions: 4,
+            batch_events_max: 20_000,
+            batch_linger: Duration::from_millis(500),
+            value_format: ValueFormat::Auto,
+            limits: EventLimits::default(),
+            retry_backoff_initial: Duration::from_millis(200),
+            retry_backoff_max: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(30),
+            queued_kbytes_max: 16 * 1024,
+            stop_when: StopWhen::Never,
+            assignment_timeout: Duration::from_secs(60),
+        }
+    }
+}
