@@ -52,10 +52,12 @@ impl SchemaResolver {
         }
         let schema = Arc::new(match &self.registry_url {
             None if id == crate::PINNED_SCHEMA_ID => crate::usage_event_schema().clone(),
-            None => return Err(SchemaResolverError::UnknownId(format!(
+            None => {
+                return Err(SchemaResolverError::UnknownId(format!(
                 "schema id {id} is not pinned (pinned: {}); set SCHEMA_REGISTRY_URL to resolve ids",
                 crate::PINNED_SCHEMA_ID
-            ))),
+            )))
+            }
             Some(url) => fetch(url, id)?,
         });
         let mut cache = self.cache.lock().expect("cache lock");

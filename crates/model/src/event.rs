@@ -191,6 +191,23 @@ impl EventLimits {
                 ));
             }
         }
+        // A part never exceeds its whole (cache reads are part of input
+        // tokens), whatever the rate card prices.
+        for (whole, whole_count) in event.usage.iter() {
+            for part in whole
+                .descendants()
+                .intersection(event.usage.reported())
+                .iter()
+            {
+                let part_count = event.usage.count(part);
+                if part_count > whole_count {
+                    return Err(Rejection::new(
+                        RejectReason::InconsistentUsage,
+                        format!("usage.{part} = {part_count} exceeds usage.{whole} = {whole_count}, which includes it"),
+                    ));
+                }
+            }
+        }
         if event.occurred_at > now + self.future_skew_max {
             return Err(Rejection::new(
                 RejectReason::TimestampOutOfRange,

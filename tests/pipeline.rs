@@ -1,0 +1,338 @@
+//! The walking skeleton end to end, in process: synthetic events (good and
+//! bad, JSON and Avro) through the real broker, priced into the real
+//! ClickHouse, bad ones into the dead-letter topic.
+//!
+//! Expected costs are computed here independently of `usage-pricing`: the
+//! rate-card files are read as plain TOML and the few rules the synthetic
+//! models need are written out by hand.
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+use usage_codec::{Decoder, SchemaResolver, ValueFormat};
+use usage_integration_tests::{clickhouse, header, kafka_settings, read_topic, repo_root, unique};
+use usage_kafka::{ensure_topics, Outgoing, Producer, TopicSpec};
+use usage_model::{ServiceTier, Unit, UsageEvent};
+use usage_pricing::{load_dir, Pricer};
+use usage_stream::{Pipeline, Processor, Shutdown, StopWhen, StreamConfig, SystemClock};
+use usage_synth::{Encoding, Generator, SynthConfig, SynthMessage};
+
+const PARTITIONS: i32 = 3;
+const RUN_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// The rate-card files, read without `usage-pricing`.
+struct ReferencePrices {
+    /// `(effective_from, models)`, ascending.
+    versions: Vec<(DateTime<Utc>, Vec<toml::Table>)>,
+}
+
+impl ReferencePrices {
+    fn load() -> Self {
+        let mut versions = Vec::new();
+        for entry in std::fs::read_dir(repo_root().join("rate-cards/list-prices")).unwrap() {
+            let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+            let table: toml::Table = text.parse().unwrap();
+            let from: DateTime<Utc> = table["effective_from"]
+                .as_datetime()
+                .unwrap()
+                .to_string()
+                .parse()
+                .unwrap();
+            let models = table["models"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m.as_table().unwrap().clone())
+                .collect();
+            versions.push((from, models));
+        }
+        versions.sort_by_key(|v| v.0);
+        Self { versions }
+    }
+
+    /// The rate-card entry of each model the generator reports.
+    fn model_id(reported: &str) -> &'static str {
+        match reported {
+            "gpt-4o-2024-08-06" => "gpt-4o",
+            "gpt-4o-mini" => "gpt-4o-mini",
+            "gpt-4.1-2025-04-14" => "gpt-4.1",
+            "o3" => "o3",
+            "gpt-4o-audio-preview-2024-12-17" => "gpt-4o-audio-preview",
+            "claude-sonnet-4-20250514" => "claude-sonnet-4",
+            "claude-opus-4-20250514" => "claude-opus-4",
+            "claude-3-5-haiku-20241022" => "claude-3-5-haiku",
+            "gemini-2.5-pro" => "gemini-2.5-pro",
+            "gemini-2.5-flash" => "gemini-2.5-flash",
+            "deepseek-chat" => "deepseek-chat",
+            "deepseek-reasoner" => "deepseek-reasoner",
+            "mistral-large-latest" => "mistral-large",
+            "sonar" => "sonar",
+            other => panic!("the generator reported an unexpected model {other}"),
+        }
+    }
+
+    fn expected_cost(&self, e: &UsageEvent) -> Decimal {
+        let (_, models) = self
+            .versions
+            .iter()
+            .rev()
+            .find(|(from, _)| *from <= e.occurred_at)
+            .expect("a version");
+        let id = Self::model_id(&e.model);
+        let model = models
+            .iter()
+            .find(|m| m["provider"].as_str() == Some(&e.provider) && m["id"].as_str() == Some(id))
+            .expect("model entry");
+        let mut prices = model["prices"].as_table().unwrap();
+        if e.service_tier != ServiceTier::Standard {
+            if let Some(tier) = model
+                .get("service_tiers")
+                .and_then(|t| t.get(e.service_tier.as_str()))
+            {
+                prices = tier.as_table().unwrap();
+            }
+        }
+        let count = |unit: &str| Decimal::from(e.usage.count(Unit::from_key(unit).unwrap()));
+        let input = count("input_tokens");
+        let price = |key: &str| -> Option<Decimal> {
+            let v = prices.get(key)?;
+            let text = match v {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Table(t) => {
+                    let mut chosen = t["base"].as_str().unwrap().to_owned();
+                    for tier in t["tiers"].as_array().unwrap() {
+                        if input > Decimal::from(tier["start"].as_integer().unwrap()) {
+                            chosen = tier["price"].as_str().unwrap().to_owned();
+                        }
+                    }
+                    chosen
+                }
+                other => panic!("unexpected price {other}"),
+            };
+            Some(text.parse().unwrap())
+        };
+        let priced = |key: &str| prices.contains_key(key);
+        let million = Decimal::from(1_000_000);
+        let mut cost = Decimal::ZERO;
+        // Input tokens include cache reads and writes and audio: each priced
+        // part is billed at its own price and taken out of the input price.
+        let mut plain_input = input;
+        for (part, key) in [
+            ("cache_read_tokens", "cache_read_mtok"),
+            ("cache_write_tokens", "cache_write_mtok"),
+            ("input_audio_tokens", "input_audio_mtok"),
+        ] {
+            if let Some(p) = price(key) {
+                cost += p * count(part) / million;
+                plain_input -= count(part);
+            }
+        }
+        cost += price("input_mtok").unwrap() * plain_input / million;
+        let mut plain_output = count("output_tokens");
+        if let Some(p) = price("output_audio_mtok") {
+            cost += p * count("output_audio_tokens") / million;
+            plain_output -= count("output_audio_tokens");
+        }
+        cost += price("output_mtok").unwrap() * plain_output / million;
+        if priced("requests_kcount") {
+            cost += price("requests_kcount").unwrap() / Decimal::from(1000);
+        }
+        cost
+    }
+}
+
+async fn produce(topic: &str, messages: &[SynthMessage]) -> Vec<(i32, i64)> {
+    let producer = Producer::new(&kafka_settings(), "test-produce").unwrap();
+    producer
+        .send_all(messages.iter().map(|m| Outgoing {
+            topic,
+            key: Some(&m.key),
+            payload: &m.payload,
+            headers: None,
+        }))
+        .await
+        .expect("every message acknowledged")
+}
+
+fn build_pipeline(raw: &str, dlq: &str, database: &str, group: &str) -> Pipeline {
+    let config = StreamConfig {
+        raw_topic: raw.to_owned(),
+        dead_letter_topic: dlq.to_owned(),
+        group_id: group.to_owned(),
+        topic_partitions: PARTITIONS,
+        batch_events_max: 700,
+        batch_linger: Duration::from_millis(200),
+        stop_when: StopWhen::CaughtUp {
+            idle: Duration::from_secs(1),
+        },
+        ..StreamConfig::default()
+    };
+    let book = Arc::new(load_dir(&repo_root().join("rate-cards"), None).unwrap());
+    let processor = Processor::new(
+        Decoder::new(ValueFormat::Auto, SchemaResolver::pinned()),
+        Pricer::new(book),
+        config.limits.clone(),
+        Arc::new(SystemClock),
+    );
+    Pipeline::new(config, kafka_settings(), clickhouse(database), processor).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_is_priced_exactly_or_dead_lettered_with_its_reason() {
+    let (raw, dlq, database) = (unique("raw"), unique("dlq"), unique("it"));
+    ensure_topics(
+        &kafka_settings(),
+        &[TopicSpec::new(&raw, PARTITIONS)],
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    let n_events = 4000;
+    let messages: Vec<SynthMessage> = Generator::new(SynthConfig {
+        seed: 11,
+        end: Utc::now(),
+        bad_every: 37,
+        encoding: Encoding::Mixed,
+        id_prefix: unique("ev"),
+        ..SynthConfig::default()
+    })
+    .take(n_events)
+    .collect();
+    let locations = produce(&raw, &messages).await;
+    let by_location: HashMap<(i32, i64), &SynthMessage> =
+        locations.iter().copied().zip(messages.iter()).collect();
+    let n_bad = messages
+        .iter()
+        .filter(|m| m.expected_rejection.is_some())
+        .count();
+    assert!(n_bad >= 100, "the stream must carry bad events ({n_bad})");
+
+    let group = unique("group");
+    let mut pipeline = build_pipeline(&raw, &dlq, &database, &group);
+    pipeline.prepare().await.unwrap();
+    let (_stop, shutdown) = Shutdown::new();
+    let report = tokio::time::timeout(RUN_TIMEOUT, pipeline.run(shutdown))
+        .await
+        .expect("run ends")
+        .unwrap();
+
+    assert_eq!(report.consumed, n_events as u64);
+    assert_eq!(report.priced, (n_events - n_bad) as u64);
+    assert_eq!(report.dead_lettered_total(), n_bad as u64);
+    assert!(report.batches > 1, "several batches ({})", report.batches);
+
+    // Every good event has exactly one row, at its own offset, with the cost
+    // computed independently here.
+    let reference = ReferencePrices::load();
+    let sink = clickhouse(&database);
+    let rows = sink
+        .query_tsv(&format!(
+            "SELECT event_id, toString(cost), kafka_partition, kafka_offset, rate_card, rate_card_version, currency FROM {}",
+            sink.table("priced_events")
+        ))
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), n_events - n_bad);
+    let mut seen = HashSet::new();
+    let mut total = Decimal::ZERO;
+    for row in &rows {
+        let location = (
+            row[2].parse::<i32>().unwrap(),
+            row[3].parse::<i64>().unwrap(),
+        );
+        let message = by_location[&location];
+        let event = message
+            .event
+            .as_ref()
+            .expect("a row comes from a good event");
+        assert_eq!(row[0], event.event_id);
+        assert!(seen.insert(row[0].clone()), "{} inserted twice", row[0]);
+        let cost = Decimal::from_str_exact(&row[1]).unwrap();
+        assert_eq!(cost, reference.expected_cost(event), "{event:?}");
+        assert_eq!(
+            (row[4].as_str(), row[5].as_str(), row[6].as_str()),
+            ("list-prices", "2", "USD")
+        );
+        total += cost;
+    }
+    assert_eq!(Some(total), report.cost());
+
+    // Every bad event is in the dead-letter topic, unchanged, with the reason.
+    let letters = read_topic(&dlq, PARTITIONS, n_bad, Duration::from_secs(60));
+    assert_eq!(letters.len(), n_bad);
+    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+    for letter in &letters {
+        use rdkafka::Message;
+        let partition: i32 = header(letter, usage_kafka::HEADER_SOURCE_PARTITION)
+            .unwrap()
+            .parse()
+            .unwrap();
+        let offset: i64 = header(letter, usage_kafka::HEADER_SOURCE_OFFSET)
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(
+            header(letter, usage_kafka::HEADER_SOURCE_TOPIC).as_deref(),
+            Some(raw.as_str())
+        );
+        let original = by_location[&(partition, offset)];
+        let reason = header(letter, usage_kafka::HEADER_REASON).unwrap();
+        assert_eq!(
+            Some(reason.as_str()),
+            original.expected_rejection.map(|r| r.code()),
+            "{:?}",
+            header(letter, usage_kafka::HEADER_DETAIL)
+        );
+        assert!(!header(letter, usage_kafka::HEADER_DETAIL)
+            .unwrap()
+            .is_empty());
+        assert_eq!(letter.payload(), Some(original.payload.as_slice()));
+        assert_eq!(letter.key(), Some(original.key.as_slice()));
+        *reasons.entry(reason).or_default() += 1;
+    }
+    assert_eq!(reasons.len(), usage_synth::BAD_KINDS.len(), "{reasons:?}");
+
+    // The offsets are committed: a second member of the group finds nothing to do.
+    let mut again = build_pipeline(&raw, &dlq, &database, &group);
+    let (_stop, shutdown) = Shutdown::new();
+    let report_again = tokio::time::timeout(RUN_TIMEOUT, again.run(shutdown))
+        .await
+        .expect("run ends")
+        .unwrap();
+    assert_eq!(report_again.consumed, 0);
+    let _ = sink
+        .execute(&format!("DROP DATABASE IF EXISTS {database}"))
+        .await;
+}
+
+#[tokio::test]
+async fn migrations_are_idempotent_and_recorded_once() {
+    let database = unique("mig");
+    let sink = clickhouse(&database);
+    assert_eq!(sink.migrate().await.unwrap(), vec![1]);
+    assert_eq!(sink.migrate().await.unwrap(), Vec::<u32>::new());
+    let recorded = sink
+        .query_tsv(&format!("SELECT count() FROM {database}.schema_migrations"))
+        .await
+        .unwrap();
+    assert_eq!(recorded, vec![vec!["1".to_owned()]]);
+    let tables = sink
+        .query_tsv(&format!(
+            "SELECT name FROM system.tables WHERE database = '{database}' ORDER BY name"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        tables,
+        vec![
+            vec!["priced_events".to_owned()],
+            vec!["schema_migrations".to_owned()]
+        ]
+    );
+    sink.execute(&format!("DROP DATABASE {database}"))
+        .await
+        .unwrap();
+}

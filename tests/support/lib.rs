@@ -1,0 +1,108 @@
+//! Helpers shared by the integration tests: where the services are, unique
+//! names so tests never share a topic or a database, and bounded reads.
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::OwnedMessage;
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use usage_clickhouse::{ClickHouseSettings, ClickHouseSink};
+use usage_kafka::KafkaSettings;
+
+pub fn kafka_settings() -> KafkaSettings {
+    KafkaSettings {
+        brokers: std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into()),
+        client_id: "usage-tests".into(),
+        ..KafkaSettings::default()
+    }
+}
+
+/// A ClickHouse sink on a fresh database named after the test.
+pub fn clickhouse(database: &str) -> ClickHouseSink {
+    ClickHouseSink::new(ClickHouseSettings {
+        url: std::env::var("CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8123".into()),
+        database: database.to_owned(),
+        ..ClickHouseSettings::default()
+    })
+    .expect("valid database name")
+}
+
+/// A name no other test (or earlier run) uses: `prefix_<pid>_<nanos>`.
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "{prefix}_{}_{}",
+        std::process::id(),
+        nanos % 1_000_000_000_000
+    )
+}
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_owned()
+}
+
+/// The `usage-pipeline` binary of the same build profile as this test.
+pub fn binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps/<test>");
+    let bin = profile_dir.join("usage-pipeline");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --bin usage-pipeline` first (make test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// Reads `topic` from the beginning until `expected` messages arrived or
+/// `timeout` passed; returns what it read.
+pub fn read_topic(
+    topic: &str,
+    partitions: i32,
+    expected: usize,
+    timeout: Duration,
+) -> Vec<OwnedMessage> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka_settings().brokers)
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .expect("partition");
+    }
+    consumer.assign(&tpl).expect("assign");
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    while out.len() < expected && Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => out.push(m.detach()),
+            Some(Err(e)) => eprintln!("read_topic {topic}: {e}"),
+            None => {}
+        }
+    }
+    out
+}
+
+/// Header `name` of a message, as UTF-8.
+pub fn header(m: &OwnedMessage, name: &str) -> Option<String> {
+    use rdkafka::message::Headers;
+    let headers = m.headers()?;
+    headers
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
