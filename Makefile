@@ -1,0 +1,37 @@
+# Entry points. Every service the project needs is installed and started by
+# deploy/local/*.sh, idempotently, on loopback, with data under .data/.
+SHELL := /bin/bash
+CARGO ?= cargo
+
+.PHONY: run test up down build lint clean-data
+
+## Start what is missing, run the pipeline end to end on a synthetic stream, show the result.
+run: up build
+	deploy/local/demo.sh
+
+## Every test, unit and integration, against the real services.
+test: up build
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+	  $(CARGO) nextest run --workspace --no-fail-fast; \
+	else \
+	  $(CARGO) test --workspace --no-fail-fast; \
+	fi
+
+## Install (once) and start the broker and ClickHouse.
+up:
+	deploy/local/up.sh
+
+## Stop them (data stays in .data/).
+down:
+	deploy/local/down.sh
+
+build:
+	$(CARGO) build --workspace --bins
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## Stop the services and delete their data.
+clean-data: down
+	rm -rf .data
