@@ -44,9 +44,9 @@ pub type GroupConsumer = StreamConsumer<RebalanceLogger>;
 /// A member of `group` with manual commits, starting at the earliest offset
 /// of partitions the group never committed.
 ///
-/// `queued_kbytes_max` bounds what librdkafka prefetches per partition
-/// while the pipeline is busy or blocked (ClickHouse down): memory stays
-/// bounded, and the broker keeps the rest.
+/// `queued_kbytes_max` bounds what librdkafka prefetches into the consumer's
+/// queue while the pipeline is busy or blocked (ClickHouse down): memory
+/// stays bounded, and the broker keeps the rest.
 pub fn consumer(
     settings: &KafkaSettings,
     group: &str,

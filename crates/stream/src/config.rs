@@ -35,7 +35,7 @@ pub struct StreamConfig {
     /// After a shutdown request, how long a failing delivery keeps retrying
     /// before the process exits without committing (at-least-once).
     pub shutdown_grace: Duration,
-    /// librdkafka prefetch bound, KiB per partition.
+    /// librdkafka prefetch bound (`queued.max.messages.kbytes`), KiB.
     pub queued_kbytes_max: u32,
     pub stop_when: StopWhen,
     /// Give up if no partition is assigned within this time.
