@@ -283,7 +283,8 @@ mod tests {
     #[test]
     fn limits_reject_with_the_right_reason() {
         let limits = EventLimits::default();
-        let cases: Vec<(Box<dyn Fn(&mut UsageEvent)>, RejectReason)> = vec![
+        type Mutation = Box<dyn Fn(&mut UsageEvent)>;
+        let cases: Vec<(Mutation, RejectReason)> = vec![
             (
                 Box::new(|e| e.event_id = String::new()),
                 RejectReason::InvalidField,

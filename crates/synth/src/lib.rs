@@ -189,7 +189,8 @@ impl Generator {
             provider: provider.into(),
             model: model.into(),
             api_key_id: Some(format!("key-{account:04}-{key}")),
-            project_id: (account % 4 != 0).then(|| format!("proj-{account:04}-{}", key % 2)),
+            project_id: (!account.is_multiple_of(4))
+                .then(|| format!("proj-{account:04}-{}", key % 2)),
             service_tier,
             attributes,
             usage,
