@@ -3,14 +3,14 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: run test up down build lint clean-data
+.PHONY: run test up down build venv lint clean-data
 
 ## Start what is missing, run the pipeline end to end on a synthetic stream, show the result.
 run: up build
 	deploy/local/demo.sh
 
 ## Every test, unit and integration, against the real services.
-test: up build
+test: up build venv
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 	  $(CARGO) nextest run --workspace --no-fail-fast; \
 	else \
@@ -27,6 +27,13 @@ down:
 
 build:
 	$(CARGO) build --workspace --bins
+
+## Python reference tools for the tests (chdb: current ClickHouse; genai-prices), once per requirements change.
+venv: .venv/.installed
+.venv/.installed: tests/python/requirements.txt
+	python3 -m venv .venv
+	.venv/bin/pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+	touch $@
 
 lint:
 	$(CARGO) fmt --all --check

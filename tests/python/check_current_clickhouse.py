@@ -1,0 +1,79 @@
+"""Applies every ClickHouse migration of schemas/clickhouse/ on a current
+ClickHouse engine (chdb, in process) and runs the read-back queries the
+pipeline uses, on rows inserted the way the pipeline lays them out.
+
+The local server is ClickHouse 18.16; production runs current releases.
+The Rust test `current_clickhouse` runs this script."""
+
+import pathlib
+import sys
+import tempfile
+
+from chdb import session
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+DATABASE = "usage"
+
+
+def statements(sql: str):
+    """Splits a migration as crates/clickhouse/src/migrations.rs does."""
+    for chunk in sql.split(";\n"):
+        body = "\n".join(l for l in chunk.splitlines() if not l.lstrip().startswith("--")).strip().rstrip(";")
+        if body:
+            yield body.replace("{database}", DATABASE)
+
+
+def main() -> int:
+    passed, failed = 0, 0
+
+    def check(name, fn):
+        nonlocal passed, failed
+        try:
+            fn()
+            passed += 1
+            print(f"ok   {name}")
+        except Exception as e:  # noqa: BLE001 - report every failure
+            failed += 1
+            print(f"FAIL {name}: {e}")
+
+    with tempfile.TemporaryDirectory() as path:
+        s = session.Session(path)
+        print("ClickHouse", s.query("SELECT version()", "TSV").bytes().decode().strip())
+        s.query(f"CREATE DATABASE IF NOT EXISTS {DATABASE}")
+        for file in sorted((ROOT / "schemas" / "clickhouse").glob("*.sql")):
+            def apply(file=file):
+                for stmt in statements(file.read_text()):
+                    s.query(stmt)
+                    s.query(stmt)  # idempotent: applying twice is harmless
+            check(f"migration {file.name} applies twice", apply)
+
+        def insert_and_read():
+            s.query(
+                f"INSERT INTO {DATABASE}.priced_events (event_id, account_id, provider, model, matched_model, "
+                "rate_card, rate_card_version, occurred_at, currency, cost, `lines.unit`, `lines.quantity`, "
+                "`lines.priced_quantity`, `lines.unit_price`, `lines.cost`, kafka_topic, kafka_partition, kafka_offset) VALUES "
+                "('e1', 'a1', 'openai', 'gpt-4o-2024-08-06', 'gpt-4o', 'list', 1, '2026-01-01 00:00:00', 'USD', "
+                "toDecimal128('0.000000000000000001', 18), ['input_tokens'], [1], [1], [toDecimal128('0.0000025', 18)], "
+                "[toDecimal128('0.000000000000000001', 18)], 'usage.raw', 0, 7), "
+                "('e2', 'a1', 'openai', 'gpt-4o', 'gpt-4o', 'list', 1, '2026-01-01 00:00:01', 'USD', "
+                "toDecimal128('2.5', 18), [], [], [], [], [], 'usage.raw', 0, 8)"
+            )
+            cond = "(kafka_topic = 'usage.raw' AND kafka_partition = 0 AND kafka_offset >= 7 AND kafka_offset < 9)"
+            totals = s.query(
+                f"SELECT count(), toString(sum(cost)) FROM {DATABASE}.priced_events WHERE {cond}", "TSV"
+            ).bytes().decode().split()
+            assert totals == ["2", "2.500000000000000001"], totals
+            by = s.query(
+                f"SELECT account_id, count(), toString(sum(cost)) AS total FROM {DATABASE}.priced_events WHERE {cond} "
+                "GROUP BY account_id ORDER BY sum(cost) DESC, account_id LIMIT 10",
+                "TSV",
+            ).bytes().decode().split()
+            assert by == ["a1", "2", "2.500000000000000001"], by
+        check("priced rows insert and read back exactly", insert_and_read)
+
+    print(f"{passed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
