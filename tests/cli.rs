@@ -17,10 +17,7 @@ fn isolated_env(raw: &str, dlq: &str, group: &str, database: &str) -> Vec<(&'sta
         ("USAGE_GROUP_ID", group.to_owned()),
         ("CLICKHOUSE_DATABASE", database.to_owned()),
         ("KAFKA_BROKERS", kafka_settings().brokers),
-        (
-            "USAGE_RATE_CARDS",
-            repo_root().join("rate-cards").display().to_string(),
-        ),
+        ("USAGE_RATE_CARDS", repo_root().join("rate-cards").display().to_string()),
     ]
 }
 
@@ -70,10 +67,7 @@ fn offline_price_is_byte_identical_and_agrees_with_the_stream() {
     })
     .take(1500)
     .collect();
-    let ndjson: String = generated
-        .iter()
-        .map(|m| format!("{}\n", String::from_utf8_lossy(&m.payload)))
-        .collect();
+    let ndjson: String = generated.iter().map(|m| format!("{}\n", String::from_utf8_lossy(&m.payload))).collect();
     std::fs::write(&events, ndjson).unwrap();
 
     // Offline, twice: byte-identical.
@@ -100,72 +94,38 @@ fn offline_price_is_byte_identical_and_agrees_with_the_stream() {
     };
     let first = price("a.ndjson");
     assert_eq!(first, price("b.ndjson"), "two runs of `price` differ");
-    let lines: Vec<serde_json::Value> = String::from_utf8(first)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert_eq!(
-        lines.len(),
-        generated.len(),
-        "one output line per input event, in order"
-    );
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8(first).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), generated.len(), "one output line per input event, in order");
     for (line, message) in lines.iter().zip(&generated) {
-        assert_eq!(
-            line.get("error").is_some(),
-            message.expected_rejection.is_some(),
-            "{line}"
-        );
+        assert_eq!(line.get("error").is_some(), message.expected_rejection.is_some(), "{line}");
         if let Some(e) = &message.event {
             assert_eq!(line["event_id"], e.event_id.as_str());
         }
     }
 
     // Through the stream: produce the file, run until caught up.
-    let (raw, dlq, group, database) =
-        (unique("raw"), unique("dlq"), unique("group"), unique("cli"));
+    let (raw, dlq, group, database) = (unique("raw"), unique("dlq"), unique("group"), unique("cli"));
     let env = isolated_env(&raw, &dlq, &group, &database);
-    let produced = ok(&run_binary(
-        &["produce", "--input", events.to_str().unwrap()],
-        &env,
-        Duration::from_secs(120),
-    ));
+    let produced = ok(&run_binary(&["produce", "--input", events.to_str().unwrap()], &env, Duration::from_secs(120)));
+    assert!(produced.contains(&format!("produced {} events", generated.len())), "{produced}");
+    let summary = ok(&run_binary(&["run", "--until-caught-up", "--idle-ms", "1000"], &env, Duration::from_secs(180)));
     assert!(
-        produced.contains(&format!("produced {} events", generated.len())),
-        "{produced}"
-    );
-    let summary = ok(&run_binary(
-        &["run", "--until-caught-up", "--idle-ms", "1000"],
-        &env,
-        Duration::from_secs(180),
-    ));
-    assert!(
-        summary.contains("in = priced + dead-lettered")
-            && summary.contains("OK: equal to the rows priced"),
+        summary.contains("in = priced + dead-lettered") && summary.contains("OK: equal to the rows priced"),
         "{summary}"
     );
 
     let sink = clickhouse(&database);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let rows = rt
-        .block_on(sink.query_tsv(&format!(
-            "SELECT event_id, toString(cost) FROM {}",
-            sink.table("priced_events")
-        )))
+        .block_on(sink.query_tsv(&format!("SELECT event_id, toString(cost) FROM {}", sink.table("priced_events"))))
         .unwrap();
-    let streamed: HashMap<String, Decimal> = rows
-        .iter()
-        .map(|r| (r[0].clone(), Decimal::from_str_exact(&r[1]).unwrap()))
-        .collect();
+    let streamed: HashMap<String, Decimal> =
+        rows.iter().map(|r| (r[0].clone(), Decimal::from_str_exact(&r[1]).unwrap())).collect();
     let offline: HashMap<String, Decimal> = lines
         .iter()
         .filter(|l| l.get("cost").is_some())
-        .map(|l| {
-            (
-                l["event_id"].as_str().unwrap().to_owned(),
-                l["cost"].as_str().unwrap().parse().unwrap(),
-            )
-        })
+        .map(|l| (l["event_id"].as_str().unwrap().to_owned(), l["cost"].as_str().unwrap().parse().unwrap()))
         .collect();
     assert_eq!(streamed.len(), offline.len());
     assert_eq!(streamed, offline, "the stream and `price` disagree");
@@ -175,25 +135,10 @@ fn offline_price_is_byte_identical_and_agrees_with_the_stream() {
 
 #[test]
 fn sigterm_finishes_the_batch_in_flight_commits_and_exits() {
-    let (raw, dlq, group, database) = (
-        unique("raw"),
-        unique("dlq"),
-        unique("group"),
-        unique("term"),
-    );
+    let (raw, dlq, group, database) = (unique("raw"), unique("dlq"), unique("group"), unique("term"));
     let env = isolated_env(&raw, &dlq, &group, &database);
     let produced = ok(&run_binary(
-        &[
-            "produce",
-            "--synthetic",
-            "30000",
-            "--seed",
-            "9",
-            "--bad-every",
-            "100",
-            "--id-prefix",
-            &unique("term"),
-        ],
+        &["produce", "--synthetic", "30000", "--seed", "9", "--bad-every", "100", "--id-prefix", &unique("term")],
         &env,
         Duration::from_secs(180),
     ));
@@ -210,32 +155,22 @@ fn sigterm_finishes_the_batch_in_flight_commits_and_exits() {
     let kafka = kafka_settings();
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let lag = usage_kafka::committed_lag(&kafka, &group, &raw, Duration::from_secs(10))
-            .unwrap_or_default();
+        let lag = usage_kafka::committed_lag(&kafka, &group, &raw, Duration::from_secs(10)).unwrap_or_default();
         if lag.iter().any(|l| l.committed.is_some()) {
             break;
         }
         assert!(Instant::now() < deadline, "nothing committed within 120 s");
         std::thread::sleep(Duration::from_millis(100));
     }
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     let deadline = Instant::now() + Duration::from_secs(90);
     while child.try_wait().unwrap().is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "the pipeline did not exit within 90 s of SIGTERM"
-        );
+        assert!(Instant::now() < deadline, "the pipeline did not exit within 90 s of SIGTERM");
         std::thread::sleep(Duration::from_millis(50));
     }
     let output = child.wait_with_output().unwrap();
     let summary = ok(&output);
-    assert!(
-        summary.contains("OK: equal to the rows priced"),
-        "{summary}"
-    );
+    assert!(summary.contains("OK: equal to the rows priced"), "{summary}");
 
     // Exactly what was committed is in ClickHouse or the dead-letter topic:
     // no row beyond a committed offset, none missing below it.
@@ -253,11 +188,7 @@ fn sigterm_finishes_the_batch_in_flight_commits_and_exits() {
                 l.partition
             )))
             .unwrap();
-        assert_eq!(
-            beyond[0][0], "0",
-            "rows beyond the committed offset of partition {}",
-            l.partition
-        );
+        assert_eq!(beyond[0][0], "0", "rows beyond the committed offset of partition {}", l.partition);
         let below = rt
             .block_on(sink.query_tsv(&format!(
                 "SELECT count(), uniqExact(kafka_offset) FROM {} WHERE kafka_partition = {}",
@@ -265,20 +196,11 @@ fn sigterm_finishes_the_batch_in_flight_commits_and_exits() {
                 l.partition
             )))
             .unwrap();
-        assert_eq!(
-            below[0][0], below[0][1],
-            "an offset inserted twice in partition {}",
-            l.partition
-        );
+        assert_eq!(below[0][0], below[0][1], "an offset inserted twice in partition {}", l.partition);
         rows_total += below[0][0].parse::<i64>().unwrap();
     }
-    let letters = usage_integration_tests::read_topic(&dlq, 4, usize::MAX, Duration::from_secs(5))
-        .len() as i64;
-    assert_eq!(
-        committed_total,
-        rows_total + letters,
-        "committed offsets = rows + dead letters"
-    );
+    let letters = usage_integration_tests::read_topic(&dlq, 4, usize::MAX, Duration::from_secs(5)).len() as i64;
+    assert_eq!(committed_total, rows_total + letters, "committed offsets = rows + dead letters");
     assert!(committed_total > 0);
     let _ = rt.block_on(sink.execute(&format!("DROP DATABASE IF EXISTS {database}")));
 }

@@ -9,17 +9,8 @@ use usage_integration_tests::{python, repo_root};
 #[test]
 fn migrations_and_read_back_queries_work_on_current_clickhouse() {
     let script = repo_root().join("tests/python/check_current_clickhouse.py");
-    let output = Command::new(python())
-        .arg(&script)
-        .output()
-        .expect("run python");
+    let output = Command::new(python()).arg(&script).output().expect("run python");
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{}\n{}\n{}",
-        script.display(),
-        stdout,
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "{}\n{}\n{}", script.display(), stdout, String::from_utf8_lossy(&output.stderr));
     assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
 }

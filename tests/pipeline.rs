@@ -34,18 +34,8 @@ impl ReferencePrices {
         for entry in std::fs::read_dir(repo_root().join("rate-cards/list-prices")).unwrap() {
             let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
             let table: toml::Table = text.parse().unwrap();
-            let from: DateTime<Utc> = table["effective_from"]
-                .as_datetime()
-                .unwrap()
-                .to_string()
-                .parse()
-                .unwrap();
-            let models = table["models"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|m| m.as_table().unwrap().clone())
-                .collect();
+            let from: DateTime<Utc> = table["effective_from"].as_datetime().unwrap().to_string().parse().unwrap();
+            let models = table["models"].as_array().unwrap().iter().map(|m| m.as_table().unwrap().clone()).collect();
             versions.push((from, models));
         }
         versions.sort_by_key(|v| v.0);
@@ -74,12 +64,7 @@ impl ReferencePrices {
     }
 
     fn expected_cost(&self, e: &UsageEvent) -> Decimal {
-        let (_, models) = self
-            .versions
-            .iter()
-            .rev()
-            .find(|(from, _)| *from <= e.occurred_at)
-            .expect("a version");
+        let (_, models) = self.versions.iter().rev().find(|(from, _)| *from <= e.occurred_at).expect("a version");
         let id = Self::model_id(&e.model);
         let model = models
             .iter()
@@ -87,10 +72,7 @@ impl ReferencePrices {
             .expect("model entry");
         let mut prices = model["prices"].as_table().unwrap();
         if e.service_tier != ServiceTier::Standard {
-            if let Some(tier) = model
-                .get("service_tiers")
-                .and_then(|t| t.get(e.service_tier.as_str()))
-            {
+            if let Some(tier) = model.get("service_tiers").and_then(|t| t.get(e.service_tier.as_str())) {
                 prices = tier.as_table().unwrap();
             }
         }
@@ -147,12 +129,7 @@ impl ReferencePrices {
 async fn produce(topic: &str, messages: &[SynthMessage]) -> Vec<(i32, i64)> {
     let producer = Producer::new(&kafka_settings(), "test-produce").unwrap();
     producer
-        .send_all(messages.iter().map(|m| Outgoing {
-            topic,
-            key: Some(&m.key),
-            payload: &m.payload,
-            headers: None,
-        }))
+        .send_all(messages.iter().map(|m| Outgoing { topic, key: Some(&m.key), payload: &m.payload, headers: None }))
         .await
         .expect("every message acknowledged")
 }
@@ -165,9 +142,7 @@ fn build_pipeline(raw: &str, dlq: &str, database: &str, group: &str) -> Pipeline
         topic_partitions: PARTITIONS,
         batch_events_max: 700,
         batch_linger: Duration::from_millis(200),
-        stop_when: StopWhen::CaughtUp {
-            idle: Duration::from_secs(1),
-        },
+        stop_when: StopWhen::CaughtUp { idle: Duration::from_secs(1) },
         ..StreamConfig::default()
     };
     let book = Arc::new(load_dir(&repo_root().join("rate-cards"), None).unwrap());
@@ -183,13 +158,7 @@ fn build_pipeline(raw: &str, dlq: &str, database: &str, group: &str) -> Pipeline
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_event_is_priced_exactly_or_dead_lettered_with_its_reason() {
     let (raw, dlq, database) = (unique("raw"), unique("dlq"), unique("it"));
-    ensure_topics(
-        &kafka_settings(),
-        &[TopicSpec::new(&raw, PARTITIONS)],
-        Duration::from_secs(10),
-    )
-    .await
-    .unwrap();
+    ensure_topics(&kafka_settings(), &[TopicSpec::new(&raw, PARTITIONS)], Duration::from_secs(10)).await.unwrap();
     let n_events = 4000;
     let messages: Vec<SynthMessage> = Generator::new(SynthConfig {
         seed: 11,
@@ -202,22 +171,15 @@ async fn every_event_is_priced_exactly_or_dead_lettered_with_its_reason() {
     .take(n_events)
     .collect();
     let locations = produce(&raw, &messages).await;
-    let by_location: HashMap<(i32, i64), &SynthMessage> =
-        locations.iter().copied().zip(messages.iter()).collect();
-    let n_bad = messages
-        .iter()
-        .filter(|m| m.expected_rejection.is_some())
-        .count();
+    let by_location: HashMap<(i32, i64), &SynthMessage> = locations.iter().copied().zip(messages.iter()).collect();
+    let n_bad = messages.iter().filter(|m| m.expected_rejection.is_some()).count();
     assert!(n_bad >= 100, "the stream must carry bad events ({n_bad})");
 
     let group = unique("group");
     let mut pipeline = build_pipeline(&raw, &dlq, &database, &group);
     pipeline.prepare().await.unwrap();
     let (_stop, shutdown) = Shutdown::new();
-    let report = tokio::time::timeout(RUN_TIMEOUT, pipeline.run(shutdown))
-        .await
-        .expect("run ends")
-        .unwrap();
+    let report = tokio::time::timeout(RUN_TIMEOUT, pipeline.run(shutdown)).await.expect("run ends").unwrap();
 
     assert_eq!(report.consumed, n_events as u64);
     assert_eq!(report.priced, (n_events - n_bad) as u64);
@@ -239,23 +201,14 @@ async fn every_event_is_priced_exactly_or_dead_lettered_with_its_reason() {
     let mut seen = HashSet::new();
     let mut total = Decimal::ZERO;
     for row in &rows {
-        let location = (
-            row[2].parse::<i32>().unwrap(),
-            row[3].parse::<i64>().unwrap(),
-        );
+        let location = (row[2].parse::<i32>().unwrap(), row[3].parse::<i64>().unwrap());
         let message = by_location[&location];
-        let event = message
-            .event
-            .as_ref()
-            .expect("a row comes from a good event");
+        let event = message.event.as_ref().expect("a row comes from a good event");
         assert_eq!(row[0], event.event_id);
         assert!(seen.insert(row[0].clone()), "{} inserted twice", row[0]);
         let cost = Decimal::from_str_exact(&row[1]).unwrap();
         assert_eq!(cost, reference.expected_cost(event), "{event:?}");
-        assert_eq!(
-            (row[4].as_str(), row[5].as_str(), row[6].as_str()),
-            ("list-prices", "2", "USD")
-        );
+        assert_eq!((row[4].as_str(), row[5].as_str(), row[6].as_str()), ("list-prices", "2", "USD"));
         total += cost;
     }
     assert_eq!(Some(total), report.cost());
@@ -266,18 +219,9 @@ async fn every_event_is_priced_exactly_or_dead_lettered_with_its_reason() {
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
     for letter in &letters {
         use rdkafka::Message;
-        let partition: i32 = header(letter, usage_kafka::HEADER_SOURCE_PARTITION)
-            .unwrap()
-            .parse()
-            .unwrap();
-        let offset: i64 = header(letter, usage_kafka::HEADER_SOURCE_OFFSET)
-            .unwrap()
-            .parse()
-            .unwrap();
-        assert_eq!(
-            header(letter, usage_kafka::HEADER_SOURCE_TOPIC).as_deref(),
-            Some(raw.as_str())
-        );
+        let partition: i32 = header(letter, usage_kafka::HEADER_SOURCE_PARTITION).unwrap().parse().unwrap();
+        let offset: i64 = header(letter, usage_kafka::HEADER_SOURCE_OFFSET).unwrap().parse().unwrap();
+        assert_eq!(header(letter, usage_kafka::HEADER_SOURCE_TOPIC).as_deref(), Some(raw.as_str()));
         let original = by_location[&(partition, offset)];
         let reason = header(letter, usage_kafka::HEADER_REASON).unwrap();
         assert_eq!(
@@ -286,9 +230,7 @@ async fn every_event_is_priced_exactly_or_dead_lettered_with_its_reason() {
             "{:?}",
             header(letter, usage_kafka::HEADER_DETAIL)
         );
-        assert!(!header(letter, usage_kafka::HEADER_DETAIL)
-            .unwrap()
-            .is_empty());
+        assert!(!header(letter, usage_kafka::HEADER_DETAIL).unwrap().is_empty());
         assert_eq!(letter.payload(), Some(original.payload.as_slice()));
         assert_eq!(letter.key(), Some(original.key.as_slice()));
         *reasons.entry(reason).or_default() += 1;
@@ -298,14 +240,9 @@ async fn every_event_is_priced_exactly_or_dead_lettered_with_its_reason() {
     // The offsets are committed: a second member of the group finds nothing to do.
     let mut again = build_pipeline(&raw, &dlq, &database, &group);
     let (_stop, shutdown) = Shutdown::new();
-    let report_again = tokio::time::timeout(RUN_TIMEOUT, again.run(shutdown))
-        .await
-        .expect("run ends")
-        .unwrap();
+    let report_again = tokio::time::timeout(RUN_TIMEOUT, again.run(shutdown)).await.expect("run ends").unwrap();
     assert_eq!(report_again.consumed, 0);
-    let _ = sink
-        .execute(&format!("DROP DATABASE IF EXISTS {database}"))
-        .await;
+    let _ = sink.execute(&format!("DROP DATABASE IF EXISTS {database}")).await;
 }
 
 #[tokio::test]
@@ -314,25 +251,12 @@ async fn migrations_are_idempotent_and_recorded_once() {
     let sink = clickhouse(&database);
     assert_eq!(sink.migrate().await.unwrap(), vec![1]);
     assert_eq!(sink.migrate().await.unwrap(), Vec::<u32>::new());
-    let recorded = sink
-        .query_tsv(&format!("SELECT count() FROM {database}.schema_migrations"))
-        .await
-        .unwrap();
+    let recorded = sink.query_tsv(&format!("SELECT count() FROM {database}.schema_migrations")).await.unwrap();
     assert_eq!(recorded, vec![vec!["1".to_owned()]]);
     let tables = sink
-        .query_tsv(&format!(
-            "SELECT name FROM system.tables WHERE database = '{database}' ORDER BY name"
-        ))
+        .query_tsv(&format!("SELECT name FROM system.tables WHERE database = '{database}' ORDER BY name"))
         .await
         .unwrap();
-    assert_eq!(
-        tables,
-        vec![
-            vec!["priced_events".to_owned()],
-            vec!["schema_migrations".to_owned()]
-        ]
-    );
-    sink.execute(&format!("DROP DATABASE {database}"))
-        .await
-        .unwrap();
+    assert_eq!(tables, vec![vec!["priced_events".to_owned()], vec!["schema_migrations".to_owned()]]);
+    sink.execute(&format!("DROP DATABASE {database}")).await.unwrap();
 }

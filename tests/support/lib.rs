@@ -29,32 +29,19 @@ pub fn clickhouse(database: &str) -> ClickHouseSink {
 
 /// A name no other test (or earlier run) uses: `prefix_<pid>_<nanos>`.
 pub fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!(
-        "{prefix}_{}_{}",
-        std::process::id(),
-        nanos % 1_000_000_000_000
-    )
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("{prefix}_{}_{}", std::process::id(), nanos % 1_000_000_000_000)
 }
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_owned()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_owned()
 }
 
 /// The `usage-pipeline` binary of the same build profile as this test.
 pub fn binary() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>/deps/<test>");
+    let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>/deps/<test>");
     let bin = profile_dir.join("usage-pipeline");
     assert!(
         bin.exists(),
@@ -66,12 +53,7 @@ pub fn binary() -> PathBuf {
 
 /// Reads `topic` from the beginning until `expected` messages arrived or
 /// `timeout` passed; returns what it read.
-pub fn read_topic(
-    topic: &str,
-    partitions: i32,
-    expected: usize,
-    timeout: Duration,
-) -> Vec<OwnedMessage> {
+pub fn read_topic(topic: &str, partitions: i32, expected: usize, timeout: Duration) -> Vec<OwnedMessage> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", kafka_settings().brokers)
         .set("group.id", unique("reader"))
@@ -80,8 +62,7 @@ pub fn read_topic(
         .expect("consumer");
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .expect("partition");
+        tpl.add_partition_offset(topic, p, Offset::Beginning).expect("partition");
     }
     consumer.assign(&tpl).expect("assign");
     let deadline = Instant::now() + timeout;
@@ -100,20 +81,12 @@ pub fn read_topic(
 pub fn header(m: &OwnedMessage, name: &str) -> Option<String> {
     use rdkafka::message::Headers;
     let headers = m.headers()?;
-    headers
-        .iter()
-        .find(|h| h.key == name)
-        .and_then(|h| h.value)
-        .map(|v| String::from_utf8_lossy(v).into_owned())
+    headers.iter().find(|h| h.key == name).and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
 /// The Python of the project's `.venv` (reference tools: chdb, genai-prices).
 pub fn python() -> PathBuf {
     let python = repo_root().join(".venv/bin/python");
-    assert!(
-        python.exists(),
-        "{} is missing: run `make venv` (make test does)",
-        python.display()
-    );
+    assert!(python.exists(), "{} is missing: run `make venv` (make test does)", python.display());
     python
 }

@@ -4,11 +4,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(
-    name = "usage-pipeline",
-    version,
-    about = "Prices AI API usage events from Kafka into ClickHouse"
-)]
+#[command(name = "usage-pipeline", version, about = "Prices AI API usage events from Kafka into ClickHouse")]
 pub struct Cli {
     /// Configuration file (TOML). Also USAGE_PIPELINE_CONFIG. Environment
     /// variables override it; flags override both.

@@ -107,29 +107,19 @@ impl Settings {
     pub fn load(path: Option<&Path>) -> Result<Self> {
         let file: FileConfig = match path {
             Some(p) => {
-                let text = std::fs::read_to_string(p)
-                    .with_context(|| format!("reading {}", p.display()))?;
+                let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
                 toml::from_str(&text).with_context(|| format!("in {}", p.display()))?
             }
             None => FileConfig::default(),
         };
         let kafka = KafkaSettings {
-            brokers: env("KAFKA_BROKERS")
-                .or(file.kafka.brokers)
-                .unwrap_or_else(|| "127.0.0.1:9092".into()),
-            client_id: file
-                .kafka
-                .client_id
-                .unwrap_or_else(|| "usage-pipeline".into()),
+            brokers: env("KAFKA_BROKERS").or(file.kafka.brokers).unwrap_or_else(|| "127.0.0.1:9092".into()),
+            client_id: file.kafka.client_id.unwrap_or_else(|| "usage-pipeline".into()),
             overrides: file.kafka.librdkafka,
         };
         let clickhouse = ClickHouseSettings {
-            url: env("CLICKHOUSE_URL")
-                .or(file.clickhouse.url)
-                .unwrap_or_else(|| "http://127.0.0.1:8123".into()),
-            database: env("CLICKHOUSE_DATABASE")
-                .or(file.clickhouse.database)
-                .unwrap_or_else(|| "usage".into()),
+            url: env("CLICKHOUSE_URL").or(file.clickhouse.url).unwrap_or_else(|| "http://127.0.0.1:8123".into()),
+            database: env("CLICKHOUSE_DATABASE").or(file.clickhouse.database).unwrap_or_else(|| "usage".into()),
             user: env("CLICKHOUSE_USER").or(file.clickhouse.user),
             password: env("CLICKHOUSE_PASSWORD").or(file.clickhouse.password),
             ..ClickHouseSettings::default()
@@ -137,10 +127,7 @@ impl Settings {
         let defaults = StreamConfig::default();
         let p = file.pipeline;
         let value_format: ValueFormat = match p.value_format {
-            Some(f) => f
-                .parse()
-                .map_err(anyhow::Error::msg)
-                .context("pipeline.value_format")?,
+            Some(f) => f.parse().map_err(anyhow::Error::msg).context("pipeline.value_format")?,
             None => ValueFormat::Auto,
         };
         let batch_events_max = p.batch_events_max.unwrap_or(defaults.batch_events_max);
@@ -148,29 +135,19 @@ impl Settings {
             bail!("pipeline.batch_events_max must be 1..={BATCH_EVENTS_MAX_LIMIT}, is {batch_events_max}");
         }
         let stream = StreamConfig {
-            raw_topic: env("USAGE_RAW_TOPIC")
-                .or(file.topics.raw)
-                .unwrap_or(defaults.raw_topic),
+            raw_topic: env("USAGE_RAW_TOPIC").or(file.topics.raw).unwrap_or(defaults.raw_topic),
             dead_letter_topic: env("USAGE_DEAD_LETTER_TOPIC")
                 .or(file.topics.dead_letter)
                 .unwrap_or(defaults.dead_letter_topic),
-            group_id: env("USAGE_GROUP_ID")
-                .or(p.group_id)
-                .unwrap_or(defaults.group_id),
+            group_id: env("USAGE_GROUP_ID").or(p.group_id).unwrap_or(defaults.group_id),
             topic_partitions: file.topics.partitions.unwrap_or(defaults.topic_partitions),
             batch_events_max,
-            batch_linger: p
-                .batch_linger_ms
-                .map(Duration::from_millis)
-                .unwrap_or(defaults.batch_linger),
+            batch_linger: p.batch_linger_ms.map(Duration::from_millis).unwrap_or(defaults.batch_linger),
             value_format,
             ..defaults
         };
         if stream.raw_topic == stream.dead_letter_topic {
-            bail!(
-                "topics.raw and topics.dead_letter must differ (both are {:?})",
-                stream.raw_topic
-            );
+            bail!("topics.raw and topics.dead_letter must differ (both are {:?})", stream.raw_topic);
         }
         if stream.topic_partitions < 1 {
             bail!("topics.partitions must be at least 1");

@@ -11,17 +11,11 @@ const TOP_N: usize = 10;
 /// Prints the summary; returns whether the numbers agree.
 pub async fn print_run_summary(report: &RunReport, sink: &ClickHouseSink) -> Result<bool> {
     let dead = report.dead_lettered_total();
-    let own_cost = report.cost().map_or_else(
-        || "(too large to sum exactly)".to_owned(),
-        |c| c.normalize().to_string(),
-    );
+    let own_cost = report.cost().map_or_else(|| "(too large to sum exactly)".to_owned(), |c| c.normalize().to_string());
     println!();
     println!("== usage-pipeline run summary ==");
     println!("events in          {:>10}", report.consumed);
-    println!(
-        "rows priced        {:>10}   total cost {own_cost}",
-        report.priced
-    );
+    println!("rows priced        {:>10}   total cost {own_cost}", report.priced);
     println!("dead-lettered      {:>10}", dead);
     for (reason, n) in &report.dead_lettered {
         println!("  {:<17}{n:>10}", reason.code());
@@ -38,11 +32,8 @@ pub async fn print_run_summary(report: &RunReport, sink: &ClickHouseSink) -> Res
         println!("(nothing consumed)");
         return Ok(consistent);
     }
-    let ranges: Vec<(String, i32, i64, i64)> = report
-        .offsets
-        .iter()
-        .map(|((t, p), (first, next))| (t.clone(), *p, *first, *next))
-        .collect();
+    let ranges: Vec<(String, i32, i64, i64)> =
+        report.offsets.iter().map(|((t, p), (first, next))| (t.clone(), *p, *first, *next)).collect();
     let condition = OffsetRanges(&ranges).sql_condition();
     let totals = sink.totals(&condition).await?;
     let ch_cost = Decimal::from_str_exact(&totals.cost).ok();
@@ -53,21 +44,13 @@ pub async fn print_run_summary(report: &RunReport, sink: &ClickHouseSink) -> Res
         sink.table("priced_events"),
         totals.rows,
         ch_cost.map_or(totals.cost.clone(), |c| c.normalize().to_string()),
-        if rows_match && cost_matches {
-            "OK: equal to the rows priced"
-        } else {
-            "MISMATCH"
-        }
+        if rows_match && cost_matches { "OK: equal to the rows priced" } else { "MISMATCH" }
     );
     consistent &= rows_match && cost_matches;
-    for (title, column) in [
-        ("cost by account", "account_id"),
-        ("cost by model", "matched_model"),
-    ] {
+    for (title, column) in [("cost by account", "account_id"), ("cost by model", "matched_model")] {
         println!("{title} (top {TOP_N}, from ClickHouse):");
         for line in sink.cost_by(column, &condition, TOP_N).await? {
-            let cost = Decimal::from_str_exact(&line.cost)
-                .map_or(line.cost.clone(), |c| c.round_dp(6).to_string());
+            let cost = Decimal::from_str_exact(&line.cost).map_or(line.cost.clone(), |c| c.round_dp(6).to_string());
             println!("  {:<32}{:>8} rows  {:>16}", line.key, line.rows, cost);
         }
     }

@@ -4,21 +4,13 @@
 
 /// `(version, name, sql)`, in the order they apply. Never edit a released
 /// migration: add a new one.
-pub const MIGRATIONS: &[(u32, &str, &str)] = &[(
-    1,
-    "priced_events",
-    include_str!("../../../schemas/clickhouse/0001_priced_events.sql"),
-)];
+pub const MIGRATIONS: &[(u32, &str, &str)] =
+    &[(1, "priced_events", include_str!("../../../schemas/clickhouse/0001_priced_events.sql"))];
 
 /// The statements of a migration, with the database filled in.
 pub(crate) fn statements(sql: &str, database: &str) -> Vec<String> {
     sql.split(";\n")
-        .map(|s| {
-            s.lines()
-                .filter(|l| !l.trim_start().starts_with("--"))
-                .collect::<Vec<_>>()
-                .join("\n")
-        })
+        .map(|s| s.lines().filter(|l| !l.trim_start().starts_with("--")).collect::<Vec<_>>().join("\n"))
         .map(|s| s.trim().trim_end_matches(';').to_owned())
         .filter(|s| !s.is_empty())
         .map(|s| s.replace("{database}", database))

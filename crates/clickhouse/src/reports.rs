@@ -47,33 +47,18 @@ pub struct CostBy {
 
 impl ClickHouseSink {
     pub async fn totals(&self, condition: &str) -> Result<Totals, SinkError> {
-        let sql = format!(
-            "SELECT count(), toString(sum(cost)) FROM {} WHERE {condition}",
-            self.table("priced_events")
-        );
+        let sql = format!("SELECT count(), toString(sum(cost)) FROM {} WHERE {condition}", self.table("priced_events"));
         let rows = self.query_tsv(&sql).await?;
-        let row = rows
-            .first()
-            .ok_or_else(|| SinkError::Unexpected("no answer to a count".into()))?;
+        let row = rows.first().ok_or_else(|| SinkError::Unexpected("no answer to a count".into()))?;
         Ok(Totals {
-            rows: row[0]
-                .parse()
-                .map_err(|e| SinkError::Unexpected(format!("count {:?}: {e}", row[0])))?,
+            rows: row[0].parse().map_err(|e| SinkError::Unexpected(format!("count {:?}: {e}", row[0])))?,
             cost: row[1].clone(),
         })
     }
 
     /// Cost by `column` (a column name of `priced_events`), largest first.
-    pub async fn cost_by(
-        &self,
-        column: &str,
-        condition: &str,
-        limit: usize,
-    ) -> Result<Vec<CostBy>, SinkError> {
-        if !column
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_')
-        {
+    pub async fn cost_by(&self, column: &str, condition: &str, limit: usize) -> Result<Vec<CostBy>, SinkError> {
+        if !column.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             return Err(SinkError::Unexpected(format!("bad column name {column:?}")));
         }
         let sql = format!(
@@ -87,9 +72,7 @@ impl ClickHouseSink {
             .map(|r| {
                 Ok(CostBy {
                     key: r[0].clone(),
-                    rows: r[1]
-                        .parse()
-                        .map_err(|e| SinkError::Unexpected(format!("count {:?}: {e}", r[1])))?,
+                    rows: r[1].parse().map_err(|e| SinkError::Unexpected(format!("count {:?}: {e}", r[1])))?,
                     cost: r[2].clone(),
                 })
             })

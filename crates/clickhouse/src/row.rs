@@ -118,9 +118,6 @@ mod tests {
         assert_eq!(decimal_to_i128(d("1.5")), Some(1_500_000_000_000_000_000));
         assert_eq!(decimal_to_i128(d("0.000000000000000001")), Some(1));
         assert_eq!(decimal_to_i128(d("0.0000000000000000001")), None);
-        assert_eq!(
-            i128_to_decimal(1_500_000_000_000_000_000).unwrap(),
-            d("1.5")
-        );
+        assert_eq!(i128_to_decimal(1_500_000_000_000_000_000).unwrap(), d("1.5"));
     }
 }

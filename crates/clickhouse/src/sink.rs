@@ -62,9 +62,7 @@ impl ClickHouseSink {
         if db.is_empty() || !db.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             return Err(SinkError::BadDatabaseName(db.clone()));
         }
-        let mut client = Client::default()
-            .with_url(&settings.url)
-            .with_validation(false);
+        let mut client = Client::default().with_url(&settings.url).with_validation(false);
         if let Some(user) = &settings.user {
             client = client.with_user(user);
         }
@@ -72,11 +70,7 @@ impl ClickHouseSink {
             client = client.with_password(password);
         }
         let database_client = client.clone().with_database(db);
-        Ok(Self {
-            client,
-            database_client,
-            settings,
-        })
+        Ok(Self { client, database_client, settings })
     }
 
     pub fn database(&self) -> &str {
@@ -97,17 +91,14 @@ impl ClickHouseSink {
     /// repeatedly: every statement is `IF NOT EXISTS`.
     pub async fn migrate(&self) -> Result<Vec<u32>, SinkError> {
         let db = &self.settings.database;
-        self.execute(&format!("CREATE DATABASE IF NOT EXISTS {db}"))
-            .await?;
+        self.execute(&format!("CREATE DATABASE IF NOT EXISTS {db}")).await?;
         self.execute(&format!(
             "CREATE TABLE IF NOT EXISTS {db}.schema_migrations (version UInt32, name String, applied_at DateTime) \
              ENGINE = TinyLog"
         ))
         .await?;
         let applied: Vec<u32> = self
-            .query_tsv(&format!(
-                "SELECT DISTINCT version FROM {db}.schema_migrations"
-            ))
+            .query_tsv(&format!("SELECT DISTINCT version FROM {db}.schema_migrations"))
             .await?
             .iter()
             .filter_map(|r| r.first()?.parse().ok())
@@ -145,19 +136,12 @@ impl ClickHouseSink {
         for row in rows {
             insert.write(row).await.map_err(ch("writing INSERT"))?;
         }
-        insert
-            .end()
-            .await
-            .map_err(ch(format!("INSERT of {} rows", rows.len())))
+        insert.end().await.map_err(ch(format!("INSERT of {} rows", rows.len())))
     }
 
     /// Runs a statement that returns nothing.
     pub async fn execute(&self, sql: &str) -> Result<(), SinkError> {
-        self.client
-            .query(sql)
-            .execute()
-            .await
-            .map_err(ch(first_line(sql)))
+        self.client.query(sql).execute().await.map_err(ch(first_line(sql)))
     }
 
     /// Runs a query and returns its rows as tab-separated fields (escapes
@@ -172,20 +156,12 @@ impl ClickHouseSink {
             .await
             .map_err(ch(first_line(sql)))?;
         let text = std::str::from_utf8(&bytes).map_err(|e| SinkError::Unexpected(e.to_string()))?;
-        Ok(text
-            .lines()
-            .map(|line| line.split('\t').map(unescape_tsv).collect())
-            .collect())
+        Ok(text.lines().map(|line| line.split('\t').map(unescape_tsv).collect()).collect())
     }
 }
 
 fn first_line(sql: &str) -> String {
-    sql.lines()
-        .next()
-        .unwrap_or_default()
-        .chars()
-        .take(120)
-        .collect()
+    sql.lines().next().unwrap_or_default().chars().take(120).collect()
 }
 
 fn unescape_tsv(field: &str) -> String {

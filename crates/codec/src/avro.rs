@@ -44,10 +44,7 @@ pub(crate) fn decode_plain(payload: &[u8]) -> Result<UsageEvent, DecodeError> {
     from_value(value).map_err(DecodeError::Rejected)
 }
 
-pub(crate) fn decode_confluent(
-    payload: &[u8],
-    schemas: &SchemaResolver,
-) -> Result<UsageEvent, DecodeError> {
+pub(crate) fn decode_confluent(payload: &[u8], schemas: &SchemaResolver) -> Result<UsageEvent, DecodeError> {
     if payload.len() < 5 || payload[0] != 0 {
         return Err(DecodeError::Rejected(Rejection::new(
             RejectReason::MalformedPayload,
@@ -58,45 +55,28 @@ pub(crate) fn decode_confluent(
     let writer = match schemas.resolve(id) {
         Ok(s) => s,
         Err(SchemaResolverError::UnknownId(detail)) => {
-            return Err(DecodeError::Rejected(Rejection::new(
-                RejectReason::UnknownSchema,
-                detail,
-            )))
+            return Err(DecodeError::Rejected(Rejection::new(RejectReason::UnknownSchema, detail)))
         }
-        Err(e @ SchemaResolverError::Unavailable(_)) => {
-            return Err(DecodeError::Unavailable(e.to_string()))
-        }
+        Err(e @ SchemaResolverError::Unavailable(_)) => return Err(DecodeError::Unavailable(e.to_string())),
     };
     let value = read_datum(&payload[5..], &writer, Some(usage_event_schema()))?;
     from_value(value).map_err(DecodeError::Rejected)
 }
 
-fn read_datum(
-    bytes: &[u8],
-    writer: &Schema,
-    reader: Option<&Schema>,
-) -> Result<Value, DecodeError> {
-    let malformed = |detail: String| {
-        DecodeError::Rejected(Rejection::new(RejectReason::MalformedPayload, detail))
-    };
+fn read_datum(bytes: &[u8], writer: &Schema, reader: Option<&Schema>) -> Result<Value, DecodeError> {
+    let malformed = |detail: String| DecodeError::Rejected(Rejection::new(RejectReason::MalformedPayload, detail));
     let mut cursor = bytes;
-    let value = apache_avro::from_avro_datum(writer, &mut cursor, reader)
-        .map_err(|e| malformed(format!("Avro: {e}")))?;
+    let value =
+        apache_avro::from_avro_datum(writer, &mut cursor, reader).map_err(|e| malformed(format!("Avro: {e}")))?;
     if !cursor.is_empty() {
-        return Err(malformed(format!(
-            "Avro: {} bytes left after the datum",
-            cursor.len()
-        )));
+        return Err(malformed(format!("Avro: {} bytes left after the datum", cursor.len())));
     }
     Ok(value)
 }
 
 fn from_value(value: Value) -> Result<UsageEvent, Rejection> {
     let Value::Record(fields) = value else {
-        return Err(Rejection::new(
-            RejectReason::MalformedPayload,
-            "Avro datum is not a record",
-        ));
+        return Err(Rejection::new(RejectReason::MalformedPayload, "Avro datum is not a record"));
     };
     let mut fields: HashMap<String, Value> = fields.into_iter().collect();
     let mut take_string = |name: &str| -> Result<Option<String>, Rejection> {
@@ -141,10 +121,7 @@ fn from_value(value: Value) -> Result<UsageEvent, Rejection> {
             entries.sort_by(|a, b| a.0.cmp(&b.0));
             for (name, v) in entries {
                 let unit = Unit::from_key(&name).ok_or_else(|| {
-                    Rejection::new(
-                        RejectReason::UnknownUnit,
-                        format!("usage.{name} is not a known unit"),
-                    )
+                    Rejection::new(RejectReason::UnknownUnit, format!("usage.{name} is not a known unit"))
                 })?;
                 match v {
                     Value::Long(n) if n >= 0 => usage.set(unit, n as u64),
@@ -158,12 +135,7 @@ fn from_value(value: Value) -> Result<UsageEvent, Rejection> {
                 }
             }
         }
-        None => {
-            return Err(Rejection::new(
-                RejectReason::MissingField,
-                "usage is missing",
-            ))
-        }
+        None => return Err(Rejection::new(RejectReason::MissingField, "usage is missing")),
         Some(other) => return Err(invalid("usage", &other)),
     }
     Ok(UsageEvent {
@@ -181,10 +153,7 @@ fn from_value(value: Value) -> Result<UsageEvent, Rejection> {
 }
 
 fn invalid(name: &str, value: &Value) -> Rejection {
-    Rejection::new(
-        RejectReason::InvalidField,
-        format!("{name} has an unexpected Avro value {value:?}"),
-    )
+    Rejection::new(RejectReason::InvalidField, format!("{name} has an unexpected Avro value {value:?}"))
 }
 
 /// Encodes an event as an Avro datum of the shipped schema. Written by hand
@@ -199,19 +168,10 @@ pub fn encode_avro(event: &UsageEvent, wire: AvroWire) -> Vec<u8> {
     }
     put_string(&mut out, &event.event_id);
     put_string(&mut out, &event.account_id);
-    put_string(
-        &mut out,
-        &event
-            .occurred_at
-            .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
-    );
+    put_string(&mut out, &event.occurred_at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true));
     put_string(&mut out, &event.provider);
     put_string(&mut out, &event.model);
-    for optional in [
-        event.api_key_id.as_deref(),
-        event.project_id.as_deref(),
-        Some(event.service_tier.as_str()),
-    ] {
+    for optional in [event.api_key_id.as_deref(), event.project_id.as_deref(), Some(event.service_tier.as_str())] {
         match optional {
             None => put_long(&mut out, 0),
             Some(s) => {
@@ -268,18 +228,14 @@ mod tests {
         let e = event();
         assert_eq!(decode_plain(&encode_avro(&e, AvroWire::Plain)).unwrap(), e);
         let resolver = SchemaResolver::pinned();
-        assert_eq!(
-            decode_confluent(&encode_avro(&e, AvroWire::Confluent(1)), &resolver).unwrap(),
-            e
-        );
+        assert_eq!(decode_confluent(&encode_avro(&e, AvroWire::Confluent(1)), &resolver).unwrap(), e);
     }
 
     #[test]
     fn unknown_schema_ids_and_trailing_bytes_are_rejected() {
         let e = event();
         let resolver = SchemaResolver::pinned();
-        let err =
-            decode_confluent(&encode_avro(&e, AvroWire::Confluent(99)), &resolver).unwrap_err();
+        let err = decode_confluent(&encode_avro(&e, AvroWire::Confluent(99)), &resolver).unwrap_err();
         assert!(matches!(err, DecodeError::Rejected(r) if r.reason == RejectReason::UnknownSchema));
         let mut bytes = encode_avro(&e, AvroWire::Plain);
         bytes.push(0);
@@ -297,10 +253,7 @@ mod tests {
         // event_id claims 2^40 bytes.
         let mut bytes = vec![0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01];
         bytes.extend_from_slice(b"abc");
-        assert!(matches!(
-            decode_plain(&bytes).unwrap_err(),
-            DecodeError::Rejected(_)
-        ));
+        assert!(matches!(decode_plain(&bytes).unwrap_err(), DecodeError::Rejected(_)));
     }
 
     #[test]
@@ -310,23 +263,17 @@ mod tests {
         e.usage.set(Unit::INPUT_TOKENS, 1);
         let mut bytes = encode_avro(&e, AvroWire::Plain);
         // Re-encode with a raw map holding an unknown unit and a negative count.
-        for (name, count, reason) in [
-            ("tokens_in", 1i64, RejectReason::UnknownUnit),
-            ("input_tokens", -1, RejectReason::CountOutOfRange),
-        ] {
+        for (name, count, reason) in
+            [("tokens_in", 1i64, RejectReason::UnknownUnit), ("input_tokens", -1, RejectReason::CountOutOfRange)]
+        {
             let Value::Record(mut fields) =
-                apache_avro::from_avro_datum(usage_event_schema(), &mut bytes.as_slice(), None)
-                    .unwrap()
+                apache_avro::from_avro_datum(usage_event_schema(), &mut bytes.as_slice(), None).unwrap()
             else {
                 panic!()
             };
-            fields.last_mut().unwrap().1 =
-                Value::Map(HashMap::from([(name.to_owned(), Value::Long(count))]));
-            let raw =
-                apache_avro::to_avro_datum(usage_event_schema(), Value::Record(fields)).unwrap();
-            assert!(
-                matches!(decode_plain(&raw).unwrap_err(), DecodeError::Rejected(r) if r.reason == reason)
-            );
+            fields.last_mut().unwrap().1 = Value::Map(HashMap::from([(name.to_owned(), Value::Long(count))]));
+            let raw = apache_avro::to_avro_datum(usage_event_schema(), Value::Record(fields)).unwrap();
+            assert!(matches!(decode_plain(&raw).unwrap_err(), DecodeError::Rejected(r) if r.reason == reason));
         }
         bytes.clear();
     }

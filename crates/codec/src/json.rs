@@ -87,11 +87,7 @@ impl<'de> Deserialize<'de> for RawCountDe {
                 Ok(RawCountDe(RawCount::Count(v)))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawCountDe, E> {
-                Ok(RawCountDe(if v < 0 {
-                    RawCount::Negative(v)
-                } else {
-                    RawCount::Count(v as u64)
-                }))
+                Ok(RawCountDe(if v < 0 { RawCount::Negative(v) } else { RawCount::Count(v as u64) }))
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<RawCountDe, E> {
                 Ok(RawCountDe(RawCount::Fraction(v)))
@@ -117,30 +113,16 @@ pub fn decode_json(payload: &[u8]) -> Result<UsageEvent, Rejection> {
     };
     let occurred_at = parse_instant(&required("occurred_at", raw.occurred_at)?)?;
     let mut usage = UsageCounts::default();
-    for (name, count) in raw
-        .usage
-        .ok_or_else(|| Rejection::new(RejectReason::MissingField, "usage is missing"))?
-        .0
-    {
-        let unit = Unit::from_key(&name).ok_or_else(|| {
-            Rejection::new(
-                RejectReason::UnknownUnit,
-                format!("usage.{name} is not a known unit"),
-            )
-        })?;
+    for (name, count) in raw.usage.ok_or_else(|| Rejection::new(RejectReason::MissingField, "usage is missing"))?.0 {
+        let unit = Unit::from_key(&name)
+            .ok_or_else(|| Rejection::new(RejectReason::UnknownUnit, format!("usage.{name} is not a known unit")))?;
         match count {
             RawCount::Count(n) => usage.set(unit, n),
             RawCount::Negative(n) => {
-                return Err(Rejection::new(
-                    RejectReason::CountOutOfRange,
-                    format!("usage.{name} = {n} is negative"),
-                ))
+                return Err(Rejection::new(RejectReason::CountOutOfRange, format!("usage.{name} = {n} is negative")))
             }
             RawCount::Fraction(f) => {
-                return Err(Rejection::new(
-                    RejectReason::InvalidField,
-                    format!("usage.{name} = {f} is not an integer"),
-                ))
+                return Err(Rejection::new(RejectReason::InvalidField, format!("usage.{name} = {f} is not an integer")))
             }
         }
     }
@@ -159,14 +141,9 @@ pub fn decode_json(payload: &[u8]) -> Result<UsageEvent, Rejection> {
 }
 
 pub(crate) fn parse_instant(text: &str) -> Result<DateTime<Utc>, Rejection> {
-    DateTime::parse_from_rfc3339(text)
-        .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| {
-            Rejection::new(
-                RejectReason::InvalidField,
-                format!("occurred_at {text:?} is not RFC 3339 with an offset: {e}"),
-            )
-        })
+    DateTime::parse_from_rfc3339(text).map(|t| t.with_timezone(&Utc)).map_err(|e| {
+        Rejection::new(RejectReason::InvalidField, format!("occurred_at {text:?} is not RFC 3339 with an offset: {e}"))
+    })
 }
 
 pub(crate) fn parse_service_tier(text: Option<&str>) -> Result<ServiceTier, Rejection> {
@@ -203,9 +180,7 @@ pub fn encode_json(event: &UsageEvent) -> Vec<u8> {
     let json = JsonEvent {
         event_id: &event.event_id,
         account_id: &event.account_id,
-        occurred_at: event
-            .occurred_at
-            .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+        occurred_at: event.occurred_at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
         provider: &event.provider,
         model: &event.model,
         api_key_id: event.api_key_id.as_deref(),
@@ -249,10 +224,7 @@ mod tests {
         let cases = [
             ("not json", RejectReason::MalformedPayload),
             (r#"{"event_id":"e1""#, RejectReason::MalformedPayload),
-            (
-                &GOOD.replace(r#""model":"gpt-4o-2024-08-06","#, ""),
-                RejectReason::MissingField,
-            ),
+            (&GOOD.replace(r#""model":"gpt-4o-2024-08-06","#, ""), RejectReason::MissingField),
             (
                 &GOOD.replace(
                     r#""usage":{"input_tokens":1200,"cache_read_tokens":200,"output_tokens":300}"#,
@@ -260,42 +232,15 @@ mod tests {
                 ),
                 RejectReason::MissingField,
             ),
-            (
-                &GOOD.replace(r#""event_id":"e1""#, r#""event_id":7"#),
-                RejectReason::InvalidField,
-            ),
-            (
-                &GOOD.replace("input_tokens\":1200", "input_tokens\":-5"),
-                RejectReason::CountOutOfRange,
-            ),
-            (
-                &GOOD.replace("input_tokens\":1200", "input_tokens\":12.5"),
-                RejectReason::InvalidField,
-            ),
-            (
-                &GOOD.replace("input_tokens\":1200", "input_tokens\":\"1200\""),
-                RejectReason::InvalidField,
-            ),
-            (
-                &GOOD.replace("input_tokens", "input_tokenz"),
-                RejectReason::UnknownUnit,
-            ),
-            (
-                &GOOD.replace("2025-06-01T12:00:00+02:00", "2025-06-01 12:00"),
-                RejectReason::InvalidField,
-            ),
-            (
-                &GOOD.replace("2025-06-01T12:00:00+02:00", "2025-06-01T12:00:00"),
-                RejectReason::InvalidField,
-            ),
-            (
-                &GOOD.replace("\"batch\"", "\"cheap\""),
-                RejectReason::InvalidField,
-            ),
-            (
-                &GOOD.replace("\"provider\"", "\"vendor\""),
-                RejectReason::InvalidField,
-            ),
+            (&GOOD.replace(r#""event_id":"e1""#, r#""event_id":7"#), RejectReason::InvalidField),
+            (&GOOD.replace("input_tokens\":1200", "input_tokens\":-5"), RejectReason::CountOutOfRange),
+            (&GOOD.replace("input_tokens\":1200", "input_tokens\":12.5"), RejectReason::InvalidField),
+            (&GOOD.replace("input_tokens\":1200", "input_tokens\":\"1200\""), RejectReason::InvalidField),
+            (&GOOD.replace("input_tokens", "input_tokenz"), RejectReason::UnknownUnit),
+            (&GOOD.replace("2025-06-01T12:00:00+02:00", "2025-06-01 12:00"), RejectReason::InvalidField),
+            (&GOOD.replace("2025-06-01T12:00:00+02:00", "2025-06-01T12:00:00"), RejectReason::InvalidField),
+            (&GOOD.replace("\"batch\"", "\"cheap\""), RejectReason::InvalidField),
+            (&GOOD.replace("\"provider\"", "\"vendor\""), RejectReason::InvalidField),
         ];
         for (input, reason) in cases {
             let err = decode(input).unwrap_err();

@@ -54,9 +54,7 @@ impl std::str::FromStr for ValueFormat {
             "json" => Ok(Self::Json),
             "avro" => Ok(Self::Avro),
             "confluent" => Ok(Self::Confluent),
-            _ => Err(format!(
-                "unknown value format {s:?}: expected auto, json, avro or confluent"
-            )),
+            _ => Err(format!("unknown value format {s:?}: expected auto, json, avro or confluent")),
         }
     }
 }
@@ -76,10 +74,7 @@ impl Decoder {
         let format = match self.format {
             ValueFormat::Auto => match payload.first() {
                 None => {
-                    return Err(DecodeError::Rejected(Rejection::new(
-                        RejectReason::MalformedPayload,
-                        "empty message",
-                    )))
+                    return Err(DecodeError::Rejected(Rejection::new(RejectReason::MalformedPayload, "empty message")))
                 }
                 Some(b'{') => ValueFormat::Json,
                 Some(0) => ValueFormat::Confluent,

@@ -34,10 +34,7 @@ pub fn priced_to_json(p: &PricedEvent) -> String {
     let row = PricedJson {
         event_id: &p.event.event_id,
         account_id: &p.event.account_id,
-        occurred_at: p
-            .event
-            .occurred_at
-            .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+        occurred_at: p.event.occurred_at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
         provider: &p.event.provider,
         model: &p.event.model,
         matched_model: &p.matched_model,
@@ -70,10 +67,6 @@ pub fn rejection_to_json(event_id: Option<&str>, rejection: &Rejection) -> Strin
         error: String,
         reason: &'static str,
     }
-    serde_json::to_string(&ErrorJson {
-        event_id,
-        error: rejection.to_string(),
-        reason: rejection.reason.code(),
-    })
-    .expect("plain data serialises")
+    serde_json::to_string(&ErrorJson { event_id, error: rejection.to_string(), reason: rejection.reason.code() })
+        .expect("plain data serialises")
 }

@@ -32,18 +32,12 @@ pub struct SchemaResolver {
 impl SchemaResolver {
     /// Only the shipped schemas, by their pinned ids.
     pub fn pinned() -> Self {
-        Self {
-            registry_url: None,
-            cache: Mutex::new(HashMap::new()),
-        }
+        Self { registry_url: None, cache: Mutex::new(HashMap::new()) }
     }
 
     /// Ids resolved by the registry at `url` (e.g. `http://registry:8081`).
     pub fn registry(url: impl Into<String>) -> Self {
-        Self {
-            registry_url: Some(url.into().trim_end_matches('/').to_owned()),
-            cache: Mutex::new(HashMap::new()),
-        }
+        Self { registry_url: Some(url.into().trim_end_matches('/').to_owned()), cache: Mutex::new(HashMap::new()) }
     }
 
     pub fn resolve(&self, id: u32) -> Result<Arc<Schema>, SchemaResolverError> {
@@ -54,9 +48,9 @@ impl SchemaResolver {
             None if id == crate::PINNED_SCHEMA_ID => crate::usage_event_schema().clone(),
             None => {
                 return Err(SchemaResolverError::UnknownId(format!(
-                "schema id {id} is not pinned (pinned: {}); set SCHEMA_REGISTRY_URL to resolve ids",
-                crate::PINNED_SCHEMA_ID
-            )))
+                    "schema id {id} is not pinned (pinned: {}); set SCHEMA_REGISTRY_URL to resolve ids",
+                    crate::PINNED_SCHEMA_ID
+                )))
             }
             Some(url) => fetch(url, id)?,
         });
@@ -76,16 +70,11 @@ fn fetch(url: &str, id: u32) -> Result<Schema, SchemaResolverError> {
         #[serde(rename = "schemaType")]
         schema_type: Option<String>,
     }
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(REGISTRY_TIMEOUT))
-        .http_status_as_error(false)
-        .build()
-        .into();
+    let agent: ureq::Agent =
+        ureq::Agent::config_builder().timeout_global(Some(REGISTRY_TIMEOUT)).http_status_as_error(false).build().into();
     let address = format!("{url}/schemas/ids/{id}");
-    let mut response = agent
-        .get(&address)
-        .call()
-        .map_err(|e| SchemaResolverError::Unavailable(format!("{address}: {e}")))?;
+    let mut response =
+        agent.get(&address).call().map_err(|e| SchemaResolverError::Unavailable(format!("{address}: {e}")))?;
     let status = response.status().as_u16();
     let body = response
         .body_mut()
@@ -93,24 +82,13 @@ fn fetch(url: &str, id: u32) -> Result<Schema, SchemaResolverError> {
         .map_err(|e| SchemaResolverError::Unavailable(format!("{address}: {e}")))?;
     match status {
         200 => {}
-        404 => {
-            return Err(SchemaResolverError::UnknownId(format!(
-                "schema id {id} is not in the registry"
-            )))
-        }
-        _ => {
-            return Err(SchemaResolverError::Unavailable(format!(
-                "{address}: HTTP {status}: {body}"
-            )))
-        }
+        404 => return Err(SchemaResolverError::UnknownId(format!("schema id {id} is not in the registry"))),
+        _ => return Err(SchemaResolverError::Unavailable(format!("{address}: HTTP {status}: {body}"))),
     }
-    let answer: Answer = serde_json::from_str(&body).map_err(|e| {
-        SchemaResolverError::Unavailable(format!("{address}: unexpected answer: {e}"))
-    })?;
+    let answer: Answer = serde_json::from_str(&body)
+        .map_err(|e| SchemaResolverError::Unavailable(format!("{address}: unexpected answer: {e}")))?;
     if answer.schema_type.as_deref().is_some_and(|t| t != "AVRO") {
-        return Err(SchemaResolverError::UnknownId(format!(
-            "schema id {id} is not an Avro schema"
-        )));
+        return Err(SchemaResolverError::UnknownId(format!("schema id {id} is not an Avro schema")));
     }
     Schema::parse_str(&answer.schema)
         .map_err(|e| SchemaResolverError::UnknownId(format!("schema id {id} does not parse: {e}")))

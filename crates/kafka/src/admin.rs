@@ -19,12 +19,7 @@ pub struct TopicSpec {
 
 impl TopicSpec {
     pub fn new(name: impl Into<String>, partitions: i32) -> Self {
-        Self {
-            name: name.into(),
-            partitions,
-            replication: 1,
-            config: Vec::new(),
-        }
+        Self { name: name.into(), partitions, replication: 1, config: Vec::new() }
     }
 }
 
@@ -38,12 +33,7 @@ pub async fn ensure_topics(
     let metadata = admin.inner().fetch_metadata(None, timeout)?;
     let missing: Vec<&TopicSpec> = topics
         .iter()
-        .filter(|t| {
-            !metadata
-                .topics()
-                .iter()
-                .any(|m| m.name() == t.name && !m.partitions().is_empty())
-        })
+        .filter(|t| !metadata.topics().iter().any(|m| m.name() == t.name && !m.partitions().is_empty()))
         .collect();
     if missing.is_empty() {
         return Ok(Vec::new());
@@ -51,19 +41,14 @@ pub async fn ensure_topics(
     let new_topics: Vec<NewTopic> = missing
         .iter()
         .map(|t| {
-            t.config.iter().fold(
-                NewTopic::new(
-                    &t.name,
-                    t.partitions,
-                    TopicReplication::Fixed(t.replication),
-                ),
-                |nt, (k, v)| nt.set(k, v),
-            )
+            t.config
+                .iter()
+                .fold(NewTopic::new(&t.name, t.partitions, TopicReplication::Fixed(t.replication)), |nt, (k, v)| {
+                    nt.set(k, v)
+                })
         })
         .collect();
-    let options = AdminOptions::new()
-        .operation_timeout(Some(timeout))
-        .request_timeout(Some(timeout));
+    let options = AdminOptions::new().operation_timeout(Some(timeout)).request_timeout(Some(timeout));
     let results = admin.create_topics(&new_topics, &options).await?;
     let mut created = Vec::new();
     for result in results {

@@ -32,11 +32,7 @@ impl ConsumerContext for RebalanceLogger {
 }
 
 fn describe(tpl: &TopicPartitionList) -> String {
-    tpl.elements()
-        .iter()
-        .map(|e| format!("{}/{}", e.topic(), e.partition()))
-        .collect::<Vec<_>>()
-        .join(",")
+    tpl.elements().iter().map(|e| format!("{}/{}", e.topic(), e.partition())).collect::<Vec<_>>().join(",")
 }
 
 pub type GroupConsumer = StreamConsumer<RebalanceLogger>;
@@ -47,11 +43,7 @@ pub type GroupConsumer = StreamConsumer<RebalanceLogger>;
 /// `queued_kbytes_max` bounds what librdkafka prefetches into the consumer's
 /// queue while the pipeline is busy or blocked (ClickHouse down): memory
 /// stays bounded, and the broker keeps the rest.
-pub fn consumer(
-    settings: &KafkaSettings,
-    group: &str,
-    queued_kbytes_max: u32,
-) -> Result<GroupConsumer, KafkaError> {
+pub fn consumer(settings: &KafkaSettings, group: &str, queued_kbytes_max: u32) -> Result<GroupConsumer, KafkaError> {
     let mut config = settings.client_config("consumer");
     config
         .set("group.id", group)
@@ -95,9 +87,7 @@ pub fn committed_lag(
     timeout: Duration,
 ) -> Result<Vec<PartitionLag>, KafkaError> {
     let mut config = settings.client_config("lag");
-    config
-        .set("group.id", group)
-        .set("enable.auto.commit", "false");
+    config.set("group.id", group).set("enable.auto.commit", "false");
     let client: BaseConsumer = config.create()?;
     let metadata = client.fetch_metadata(Some(topic), timeout)?;
     let partitions: Vec<i32> = metadata
@@ -114,18 +104,11 @@ pub fn committed_lag(
     let mut out = Vec::with_capacity(partitions.len());
     for p in partitions {
         let (low, high) = client.fetch_watermarks(topic, p, timeout)?;
-        let committed = committed
-            .find_partition(topic, p)
-            .and_then(|e| match e.offset() {
-                Offset::Offset(o) => Some(o),
-                _ => None,
-            });
-        out.push(PartitionLag {
-            partition: p,
-            committed,
-            low,
-            high,
+        let committed = committed.find_partition(topic, p).and_then(|e| match e.offset() {
+            Offset::Offset(o) => Some(o),
+            _ => None,
         });
+        out.push(PartitionLag { partition: p, committed, low, high });
     }
     Ok(out)
 }

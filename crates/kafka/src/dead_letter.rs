@@ -47,25 +47,10 @@ impl DeadLetter {
         let partition = self.source_partition.to_string();
         let offset = self.source_offset.to_string();
         OwnedHeaders::new_with_capacity(5)
-            .insert(Header {
-                key: HEADER_REASON,
-                value: Some(self.reason),
-            })
-            .insert(Header {
-                key: HEADER_DETAIL,
-                value: Some(detail),
-            })
-            .insert(Header {
-                key: HEADER_SOURCE_TOPIC,
-                value: Some(self.source_topic.as_str()),
-            })
-            .insert(Header {
-                key: HEADER_SOURCE_PARTITION,
-                value: Some(partition.as_str()),
-            })
-            .insert(Header {
-                key: HEADER_SOURCE_OFFSET,
-                value: Some(offset.as_str()),
-            })
+            .insert(Header { key: HEADER_REASON, value: Some(self.reason) })
+            .insert(Header { key: HEADER_DETAIL, value: Some(detail) })
+            .insert(Header { key: HEADER_SOURCE_TOPIC, value: Some(self.source_topic.as_str()) })
+            .insert(Header { key: HEADER_SOURCE_PARTITION, value: Some(partition.as_str()) })
+            .insert(Header { key: HEADER_SOURCE_OFFSET, value: Some(offset.as_str()) })
     }
 }

@@ -18,8 +18,7 @@ mod settings;
 pub use admin::{ensure_topics, TopicSpec};
 pub use consumer::{committed_lag, consumer, GroupConsumer, PartitionLag, RebalanceLogger};
 pub use dead_letter::{
-    DeadLetter, HEADER_DETAIL, HEADER_REASON, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION,
-    HEADER_SOURCE_TOPIC,
+    DeadLetter, HEADER_DETAIL, HEADER_REASON, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION, HEADER_SOURCE_TOPIC,
 };
 pub use producer::{Outgoing, Producer, ProducerError, SendBatchError};
 pub use settings::KafkaSettings;

@@ -26,11 +26,7 @@ pub enum ProducerError {
     #[error("cannot create the Kafka producer: {0}")]
     Create(#[source] KafkaError),
     #[error("message {index} to {topic} not delivered: {error}")]
-    NotDelivered {
-        index: usize,
-        topic: String,
-        error: KafkaError,
-    },
+    NotDelivered { index: usize, topic: String, error: KafkaError },
 }
 
 /// Outcome of [`Producer::send_all`] when some messages failed.
@@ -63,17 +59,12 @@ impl Producer {
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "5")
-            .set(
-                "message.timeout.ms",
-                MESSAGE_TIMEOUT.as_millis().to_string(),
-            );
+            .set("message.timeout.ms", MESSAGE_TIMEOUT.as_millis().to_string());
         // Overrides win over the defaults above.
         for (k, v) in &settings.overrides {
             config.set(k, v);
         }
-        Ok(Self {
-            inner: config.create().map_err(ProducerError::Create)?,
-        })
+        Ok(Self { inner: config.create().map_err(ProducerError::Create)? })
     }
 
     /// Sends every message and waits for every delivery report. Returns the
@@ -108,19 +99,13 @@ impl Producer {
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                         record = back;
                         match pending.pop_front() {
-                            Some((i, topic, fut)) => {
-                                settle(i, topic, fut.await, &mut delivered, &mut failed)
-                            }
+                            Some((i, topic, fut)) => settle(i, topic, fut.await, &mut delivered, &mut failed),
                             // Another producer user filled the queue: let it drain.
                             None => tokio::time::sleep(Duration::from_millis(5)).await,
                         }
                     }
                     Err((error, _)) => {
-                        failed.push(ProducerError::NotDelivered {
-                            index,
-                            topic: message.topic.to_owned(),
-                            error,
-                        });
+                        failed.push(ProducerError::NotDelivered { index, topic: message.topic.to_owned(), error });
                         break;
                     }
                 }
@@ -138,11 +123,7 @@ impl Producer {
     }
 
     /// Sends dead letters to `topic`, keyed as the originals were.
-    pub async fn send_dead_letters(
-        &self,
-        topic: &str,
-        letters: &[DeadLetter],
-    ) -> Result<(), SendBatchError> {
+    pub async fn send_dead_letters(&self, topic: &str, letters: &[DeadLetter]) -> Result<(), SendBatchError> {
         self.send_all(letters.iter().map(|l| Outgoing {
             topic,
             key: l.key.as_deref(),
@@ -159,10 +140,8 @@ impl Producer {
     }
 }
 
-type DeliveryOutcome = Result<
-    rdkafka::producer::future_producer::Delivery,
-    (KafkaError, rdkafka::message::OwnedMessage),
->;
+type DeliveryOutcome =
+    Result<rdkafka::producer::future_producer::Delivery, (KafkaError, rdkafka::message::OwnedMessage)>;
 
 fn settle(
     index: usize,
@@ -173,15 +152,7 @@ fn settle(
 ) {
     match result {
         Ok(Ok(delivery)) => delivered.push((index, (delivery.partition, delivery.offset))),
-        Ok(Err((error, _))) => failed.push(ProducerError::NotDelivered {
-            index,
-            topic,
-            error,
-        }),
-        Err(_) => failed.push(ProducerError::NotDelivered {
-            index,
-            topic,
-            error: KafkaError::Canceled,
-        }),
+        Ok(Err((error, _))) => failed.push(ProducerError::NotDelivered { index, topic, error }),
+        Err(_) => failed.push(ProducerError::NotDelivered { index, topic, error: KafkaError::Canceled }),
     }
 }

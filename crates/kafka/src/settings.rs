@@ -16,11 +16,7 @@ pub struct KafkaSettings {
 
 impl Default for KafkaSettings {
     fn default() -> Self {
-        Self {
-            brokers: "127.0.0.1:9092".into(),
-            client_id: "usage-pipeline".into(),
-            overrides: BTreeMap::new(),
-        }
+        Self { brokers: "127.0.0.1:9092".into(), client_id: "usage-pipeline".into(), overrides: BTreeMap::new() }
     }
 }
 

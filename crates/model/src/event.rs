@@ -48,10 +48,7 @@ pub struct UsageCounts {
 
 impl Default for UsageCounts {
     fn default() -> Self {
-        Self {
-            reported: UnitSet::default(),
-            counts: [0; UNIT_COUNT],
-        }
+        Self { reported: UnitSet::default(), counts: [0; UNIT_COUNT] }
     }
 }
 
@@ -63,9 +60,7 @@ impl UsageCounts {
 
     /// The reported count, or `None` when the event did not report the unit.
     pub fn get(&self, unit: Unit) -> Option<u64> {
-        self.reported
-            .contains(unit)
-            .then(|| self.counts[unit.index()])
+        self.reported.contains(unit).then(|| self.counts[unit.index()])
     }
 
     /// The reported count, 0 when absent.
@@ -147,19 +142,13 @@ impl EventLimits {
         if id_len == 0 || id_len > self.id_chars_max {
             return Err(Rejection::new(
                 RejectReason::InvalidField,
-                format!(
-                    "event_id must have 1..={} characters, has {id_len}",
-                    self.id_chars_max
-                ),
+                format!("event_id must have 1..={} characters, has {id_len}", self.id_chars_max),
             ));
         }
         self.check_name("account_id", &event.account_id, self.id_chars_max)?;
         self.check_name("provider", &event.provider, self.name_chars_max)?;
         self.check_name("model", &event.model, self.name_chars_max)?;
-        for (field, value) in [
-            ("api_key_id", &event.api_key_id),
-            ("project_id", &event.project_id),
-        ] {
+        for (field, value) in [("api_key_id", &event.api_key_id), ("project_id", &event.project_id)] {
             if let Some(v) = value {
                 self.check_name(field, v, self.id_chars_max)?;
             }
@@ -167,38 +156,24 @@ impl EventLimits {
         if event.attributes.len() > self.attributes_max {
             return Err(Rejection::new(
                 RejectReason::InvalidField,
-                format!(
-                    "attributes has {} entries, at most {} allowed",
-                    event.attributes.len(),
-                    self.attributes_max
-                ),
+                format!("attributes has {} entries, at most {} allowed", event.attributes.len(), self.attributes_max),
             ));
         }
         if event.usage.is_empty() {
-            return Err(Rejection::new(
-                RejectReason::InvalidField,
-                "usage reports no unit",
-            ));
+            return Err(Rejection::new(RejectReason::InvalidField, "usage reports no unit"));
         }
         for (unit, count) in event.usage.iter() {
             if count > self.count_max {
                 return Err(Rejection::new(
                     RejectReason::CountOutOfRange,
-                    format!(
-                        "usage.{unit} = {count} exceeds the plausible maximum {}",
-                        self.count_max
-                    ),
+                    format!("usage.{unit} = {count} exceeds the plausible maximum {}", self.count_max),
                 ));
             }
         }
         // A part never exceeds its whole (cache reads are part of input
         // tokens), whatever the rate card prices.
         for (whole, whole_count) in event.usage.iter() {
-            for part in whole
-                .descendants()
-                .intersection(event.usage.reported())
-                .iter()
-            {
+            for part in whole.descendants().intersection(event.usage.reported()).iter() {
                 let part_count = event.usage.count(part);
                 if part_count > whole_count {
                     return Err(Rejection::new(
@@ -241,10 +216,7 @@ impl EventLimits {
             ));
         }
         if value.chars().any(char::is_control) {
-            return Err(Rejection::new(
-                RejectReason::InvalidField,
-                format!("{field} contains control characters"),
-            ));
+            return Err(Rejection::new(RejectReason::InvalidField, format!("{field} contains control characters")));
         }
         Ok(())
     }
@@ -285,34 +257,13 @@ mod tests {
         let limits = EventLimits::default();
         type Mutation = Box<dyn Fn(&mut UsageEvent)>;
         let cases: Vec<(Mutation, RejectReason)> = vec![
-            (
-                Box::new(|e| e.event_id = String::new()),
-                RejectReason::InvalidField,
-            ),
-            (
-                Box::new(|e| e.event_id = "x".repeat(129)),
-                RejectReason::InvalidField,
-            ),
-            (
-                Box::new(|e| e.account_id = "a\nb".into()),
-                RejectReason::InvalidField,
-            ),
-            (
-                Box::new(|e| e.usage = UsageCounts::default()),
-                RejectReason::InvalidField,
-            ),
-            (
-                Box::new(|e| e.usage.set(Unit::OUTPUT_TOKENS, u64::MAX)),
-                RejectReason::CountOutOfRange,
-            ),
-            (
-                Box::new(|e| e.occurred_at = now() + Duration::hours(1)),
-                RejectReason::TimestampOutOfRange,
-            ),
-            (
-                Box::new(|e| e.occurred_at = "1970-01-01T00:00:00Z".parse().unwrap()),
-                RejectReason::TimestampOutOfRange,
-            ),
+            (Box::new(|e| e.event_id = String::new()), RejectReason::InvalidField),
+            (Box::new(|e| e.event_id = "x".repeat(129)), RejectReason::InvalidField),
+            (Box::new(|e| e.account_id = "a\nb".into()), RejectReason::InvalidField),
+            (Box::new(|e| e.usage = UsageCounts::default()), RejectReason::InvalidField),
+            (Box::new(|e| e.usage.set(Unit::OUTPUT_TOKENS, u64::MAX)), RejectReason::CountOutOfRange),
+            (Box::new(|e| e.occurred_at = now() + Duration::hours(1)), RejectReason::TimestampOutOfRange),
+            (Box::new(|e| e.occurred_at = "1970-01-01T00:00:00Z".parse().unwrap()), RejectReason::TimestampOutOfRange),
         ];
         for (mutate, reason) in cases {
             let mut e = event();

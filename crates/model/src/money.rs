@@ -87,20 +87,14 @@ pub struct Money {
 
 impl Money {
     pub fn zero(currency: Currency) -> Self {
-        Self {
-            amount: Decimal::ZERO,
-            currency,
-        }
+        Self { amount: Decimal::ZERO, currency }
     }
 
     pub fn checked_add(self, other: Money) -> Result<Money, MoneyError> {
         if self.currency != other.currency {
             return Err(MoneyError::CurrencyMismatch(self.currency, other.currency));
         }
-        Ok(Money {
-            amount: exact_add(self.amount, other.amount)?,
-            currency: self.currency,
-        })
+        Ok(Money { amount: exact_add(self.amount, other.amount)?, currency: self.currency })
     }
 }
 
@@ -128,10 +122,7 @@ mod tests {
 
     #[test]
     fn exact_mul_refuses_to_round() {
-        assert_eq!(
-            exact_mul(d("0.0000025"), d("1234567")).unwrap(),
-            d("3.0864175")
-        );
+        assert_eq!(exact_mul(d("0.0000025"), d("1234567")).unwrap(), d("3.0864175"));
         // 29 fractional digits cannot be held: rust_decimal would round.
         assert!(exact_mul(d("0.00000000000001"), d("0.000000000000001")).is_err());
         // Mantissa overflow.
@@ -149,18 +140,9 @@ mod tests {
 
     #[test]
     fn money_refuses_mixed_currencies() {
-        let usd = Money {
-            amount: d("1"),
-            currency: Currency::USD,
-        };
-        let eur = Money {
-            amount: d("1"),
-            currency: "EUR".parse().unwrap(),
-        };
-        assert!(matches!(
-            usd.checked_add(eur),
-            Err(MoneyError::CurrencyMismatch(..))
-        ));
+        let usd = Money { amount: d("1"), currency: Currency::USD };
+        let eur = Money { amount: d("1"), currency: "EUR".parse().unwrap() };
+        assert!(matches!(usd.checked_add(eur), Err(MoneyError::CurrencyMismatch(..))));
     }
 
     proptest! {

@@ -66,18 +66,12 @@ impl Unit {
 
     /// Looks a unit up by its usage-event name.
     pub fn from_key(key: &str) -> Option<Unit> {
-        UNIT_TABLE
-            .iter()
-            .position(|d| d.key == key)
-            .map(|i| Unit(i as u8))
+        UNIT_TABLE.iter().position(|d| d.key == key).map(|i| Unit(i as u8))
     }
 
     /// Looks a unit up by its rate-card price name.
     pub fn from_price_key(price_key: &str) -> Option<Unit> {
-        UNIT_TABLE
-            .iter()
-            .position(|d| d.price_key == price_key)
-            .map(|i| Unit(i as u8))
+        UNIT_TABLE.iter().position(|d| d.price_key == price_key).map(|i| Unit(i as u8))
     }
 
     /// Units whose dimensions strictly include this unit's: its parts.
@@ -102,19 +96,12 @@ impl Unit {
     }
 
     pub fn dimension(self, name: &str) -> Option<&'static str> {
-        self.def()
-            .dimensions
-            .iter()
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| *v)
+        self.def().dimensions.iter().find(|(k, _)| *k == name).map(|(_, v)| *v)
     }
 }
 
 fn is_dimension_subset(ancestor: &UnitDef, unit: &UnitDef) -> bool {
-    ancestor
-        .dimensions
-        .iter()
-        .all(|d| unit.dimensions.contains(d))
+    ancestor.dimensions.iter().all(|d| unit.dimensions.contains(d))
 }
 
 impl fmt::Debug for Unit {
@@ -186,8 +173,6 @@ mod tests {
         assert!(input.contains(Unit::from_key("cache_audio_read_tokens").unwrap()));
         assert!(!input.contains(Unit::OUTPUT_TOKENS));
         assert!(!input.contains(Unit::INPUT_TOKENS));
-        assert!(Unit::OUTPUT_TOKENS
-            .descendants()
-            .contains(Unit::from_key("output_reasoning_tokens").unwrap()));
+        assert!(Unit::OUTPUT_TOKENS.descendants().contains(Unit::from_key("output_reasoning_tokens").unwrap()));
     }
 }

@@ -1,7 +1,7 @@
 //! The in-memory form of rate cards, validated and indexed for pricing.
 
 use crate::matching::MatchRule;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveTime, Utc};
 use rust_decimal::Decimal;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -19,11 +19,7 @@ pub struct UnitPrice {
 
 impl UnitPrice {
     pub fn for_input_tokens(&self, input_tokens: u64) -> Decimal {
-        self.tiers
-            .iter()
-            .rev()
-            .find(|(start, _)| input_tokens > *start)
-            .map_or(self.base, |(_, price)| *price)
+        self.tiers.iter().rev().find(|(start, _)| input_tokens > *start).map_or(self.base, |(_, price)| *price)
     }
 }
 
@@ -51,24 +47,77 @@ impl PriceSet {
     }
 }
 
-/// One model entry of a rate-card version.
-#[derive(Clone, Debug)]
-pub struct ModelPrice {
-    pub provider: String,
-    pub id: String,
-    pub match_rule: Option<MatchRule>,
+/// Prices for every service tier: standard, and the tiers that differ.
+#[derive(Clone, Debug, Default)]
+pub struct PriceBlock {
     pub standard: PriceSet,
     /// Batch, flex and priority prices where the card has them; a tier
     /// without its own prices is billed at standard prices.
     pub service_tiers: BTreeMap<&'static str, PriceSet>,
 }
 
-impl ModelPrice {
-    pub fn prices_for(&self, tier: ServiceTier) -> &PriceSet {
-        self.service_tiers
-            .get(tier.as_str())
-            .unwrap_or(&self.standard)
+impl PriceBlock {
+    pub fn for_tier(&self, tier: ServiceTier) -> &PriceSet {
+        self.service_tiers.get(tier.as_str()).unwrap_or(&self.standard)
     }
+}
+
+/// When a conditional price block is in force.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Condition {
+    /// From this instant on (a dated price change).
+    pub from: Option<DateTime<Utc>>,
+    /// Every day within `[from, until)` UTC; wraps past midnight when
+    /// `until < from`.
+    pub daily: Option<(NaiveTime, NaiveTime)>,
+}
+
+impl Condition {
+    pub fn holds_at(&self, at: DateTime<Utc>) -> bool {
+        let after_start = self.from.is_none_or(|from| at >= from);
+        let in_window = self.daily.is_none_or(|(from, until)| {
+            let t = at.time();
+            if until < from {
+                t >= from || t < until
+            } else {
+                from <= t && t < until
+            }
+        });
+        after_start && in_window
+    }
+}
+
+/// One model entry of a rate-card version.
+#[derive(Clone, Debug)]
+pub struct ModelPrice {
+    pub provider: String,
+    pub id: String,
+    /// Lower-cased; an entry written without `match` gets `equals = id`.
+    pub match_rule: MatchRule,
+    pub prices: PriceBlock,
+    /// Blocks replacing `prices` while their condition holds; the last one
+    /// that holds wins (genai-prices' conditional prices).
+    pub conditional: Vec<(Condition, PriceBlock)>,
+}
+
+impl ModelPrice {
+    /// The prices in force at `at` for `tier`.
+    pub fn prices_at(&self, at: DateTime<Utc>, tier: ServiceTier) -> &PriceSet {
+        self.conditional
+            .iter()
+            .rev()
+            .find(|(condition, _)| condition.holds_at(at))
+            .map_or(&self.prices, |(_, block)| block)
+            .for_tier(tier)
+    }
+}
+
+/// A provider's other names and the providers it falls back to.
+#[derive(Clone, Debug)]
+pub struct ProviderInfo {
+    pub id: String,
+    pub aliases: Option<MatchRule>,
+    pub fallback: Vec<String>,
 }
 
 /// One immutable version of a rate card.
@@ -79,10 +128,10 @@ pub struct RateCardVersion {
     pub effective_from: DateTime<Utc>,
     pub currency: Currency,
     pub models: Vec<ModelPrice>,
-    /// `(provider, id)` → model index: the exact match, tried first.
-    pub(crate) by_id: HashMap<(String, String), usize>,
-    /// provider → indices of models with a match rule, in file order.
-    pub(crate) ruled: HashMap<String, Vec<usize>>,
+    /// Declared providers (aliases, fallbacks), in file order.
+    pub providers: Vec<ProviderInfo>,
+    /// provider id (lower case) → its model entries, in file order.
+    by_provider: HashMap<String, Vec<usize>>,
 }
 
 impl RateCardVersion {
@@ -92,41 +141,89 @@ impl RateCardVersion {
         effective_from: DateTime<Utc>,
         currency: Currency,
         models: Vec<ModelPrice>,
+        providers: Vec<ProviderInfo>,
     ) -> Self {
-        let mut by_id = HashMap::new();
-        let mut ruled: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut by_provider: HashMap<String, Vec<usize>> = HashMap::new();
         for (i, m) in models.iter().enumerate() {
-            by_id.insert((m.provider.clone(), m.id.clone()), i);
-            if m.match_rule.is_some() {
-                ruled.entry(m.provider.clone()).or_default().push(i);
-            }
+            by_provider.entry(m.provider.to_lowercase()).or_default().push(i);
         }
-        Self {
-            rate_card,
-            version,
-            effective_from,
-            currency,
-            models,
-            by_id,
-            ruled,
-        }
+        Self { rate_card, version, effective_from, currency, models, providers, by_provider }
     }
 
-    /// Finds the model entry for a reported model name. Precedence: an entry
-    /// whose `id` equals the name; else the first entry, in file order, whose
-    /// match rule accepts it. This is a scan of the provider's ruled entries;
-    /// [`crate::Pricer`] caches its answers per name.
+    /// Finds the model entry for a reported provider and model, as
+    /// genai-prices does:
+    /// 1. the provider is the one whose id equals the reported name (lower
+    ///    case, trimmed), else the first declared provider whose `aliases`
+    ///    accept it;
+    /// 2. the model is the first of that provider's entries, in file order,
+    ///    whose `match` accepts the lower-cased name; failing that, the same
+    ///    in each `fallback` provider, in order;
+    /// 3. failing that, once more with a compact date suffix `-YYYYMMDD`
+    ///    rewritten as `-YYYY-MM-DD`.
+    ///
+    /// This scans the provider's entries; [`crate::Pricer`] caches answers
+    /// per reported name, so a stream pays for it once per distinct name.
     pub fn find_model(&self, provider: &str, model: &str) -> Option<usize> {
-        if let Some(&i) = self.by_id.get(&(provider.to_owned(), model.to_owned())) {
-            return Some(i);
-        }
-        self.ruled.get(provider)?.iter().copied().find(|&i| {
-            self.models[i]
-                .match_rule
-                .as_ref()
-                .is_some_and(|r| r.is_match(model))
+        let provider_id = self.resolve_provider(provider)?;
+        let model = model.to_lowercase();
+        self.find_in_provider(&provider_id, &model, true).or_else(|| {
+            let normalized = normalize_compact_date(&model);
+            (normalized != model).then(|| self.find_in_provider(&provider_id, &normalized, true)).flatten()
         })
     }
+
+    fn resolve_provider(&self, reported: &str) -> Option<String> {
+        let name = reported.trim().to_lowercase();
+        if self.by_provider.contains_key(&name) || self.providers.iter().any(|p| p.id == name) {
+            return Some(name);
+        }
+        self.providers.iter().find(|p| p.aliases.as_ref().is_some_and(|a| a.is_match(&name))).map(|p| p.id.clone())
+    }
+
+    fn find_in_provider(&self, provider_id: &str, model: &str, with_fallback: bool) -> Option<usize> {
+        let own = self
+            .by_provider
+            .get(provider_id)
+            .and_then(|entries| entries.iter().copied().find(|&i| self.models[i].match_rule.is_match(model)));
+        if own.is_some() || !with_fallback {
+            return own;
+        }
+        let info = self.providers.iter().find(|p| p.id == provider_id)?;
+        // One step only: a fallback's own fallbacks are not followed.
+        info.fallback.iter().find_map(|f| self.find_in_provider(f, model, false))
+    }
+}
+
+/// `gpt-5.2-20251211` → `gpt-5.2-2025-12-11` when the digits are a real date
+/// (providers and proxies write dated names both ways).
+fn normalize_compact_date(model: &str) -> String {
+    let bytes = model.as_bytes();
+    let mut out = String::with_capacity(model.len() + 2);
+    let mut i = 0;
+    while i < bytes.len() {
+        let rest = &model[i..];
+        if bytes[i] == b'-' && rest.len() >= 9 && rest.as_bytes()[1..9].iter().all(u8::is_ascii_digit) {
+            let digits = &rest[1..9];
+            let boundary = rest.len() == 9 || matches!(rest.as_bytes()[9], b'-' | b':');
+            let (year, month, day) = (&digits[0..4], &digits[4..6], &digits[6..8]);
+            let valid = year.starts_with("20")
+                && chrono::NaiveDate::from_ymd_opt(
+                    year.parse().unwrap_or(0),
+                    month.parse().unwrap_or(0),
+                    day.parse().unwrap_or(0),
+                )
+                .is_some();
+            if boundary && valid {
+                out.push_str(&format!("-{year}-{month}-{day}"));
+                i += 9;
+                continue;
+            }
+        }
+        let c = rest.chars().next().expect("i < len");
+        out.push(c);
+        i += c.len_utf8();
+    }
+    out
 }
 
 /// A named price list and its versions, ordered by `effective_from`.
@@ -159,5 +256,30 @@ impl RateBook {
     /// card until account assignments exist.
     pub fn card_for(&self, _account_id: &str) -> &RateCard {
         &self.cards[&self.default_card]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compact_dates_are_rewritten_only_when_real() {
+        assert_eq!(normalize_compact_date("gpt-5.2-20251211"), "gpt-5.2-2025-12-11");
+        assert_eq!(normalize_compact_date("m-20251211-x"), "m-2025-12-11-x");
+        assert_eq!(normalize_compact_date("m-20251311"), "m-20251311");
+        assert_eq!(normalize_compact_date("m-202512111"), "m-202512111");
+        assert_eq!(normalize_compact_date("m-19991211"), "m-19991211");
+    }
+
+    #[test]
+    fn daily_windows_wrap_past_midnight() {
+        let t = |s: &str| NaiveTime::parse_from_str(s, "%H:%M").unwrap();
+        let at = |s: &str| format!("2025-01-01T{s}:00Z").parse::<DateTime<Utc>>().unwrap();
+        let day = Condition { from: None, daily: Some((t("00:30"), t("16:30"))) };
+        assert!(day.holds_at(at("00:30")) && day.holds_at(at("16:29")));
+        assert!(!day.holds_at(at("16:30")) && !day.holds_at(at("00:29")));
+        let night = Condition { from: None, daily: Some((t("16:30"), t("00:30"))) };
+        assert!(night.holds_at(at("23:00")) && night.holds_at(at("00:10")) && !night.holds_at(at("12:00")));
     }
 }

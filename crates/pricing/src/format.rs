@@ -38,8 +38,51 @@ pub(crate) struct VersionFile {
     #[serde(default)]
     #[allow(dead_code)] // For reviewers of the file; carried, not used.
     pub description: Option<String>,
+    /// Provider aliases and fallbacks; providers are otherwise known by the
+    /// `provider` of their models.
+    #[serde(default)]
+    pub providers: Vec<ProviderFile>,
     #[serde(default)]
     pub models: Vec<ModelFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ProviderFile {
+    pub id: String,
+    /// Other names events may use for this provider (`azure-openai`).
+    #[serde(default)]
+    pub aliases: Option<MatchRule>,
+    /// Providers whose models this one also serves, tried in order when it
+    /// has no entry for a model (Azure serves OpenAI's models).
+    #[serde(default)]
+    pub fallback: Vec<String>,
+}
+
+/// Prices that replace the model's `prices` while a condition holds. The
+/// last condition that holds wins.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ConditionalFile {
+    /// In force from this instant on (a dated price change).
+    #[serde(default, deserialize_with = "optional_instant")]
+    pub from: Option<DateTime<Utc>>,
+    /// In force every day between these UTC times of day (off-peak prices);
+    /// `until` before `from` wraps past midnight.
+    #[serde(default)]
+    pub daily: Option<DailyWindowFile>,
+    pub prices: BTreeMap<PriceKey, PriceValue>,
+    #[serde(default)]
+    pub service_tiers: BTreeMap<TierKey, BTreeMap<PriceKey, PriceValue>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DailyWindowFile {
+    #[serde(deserialize_with = "time_of_day")]
+    pub from: chrono::NaiveTime,
+    #[serde(deserialize_with = "time_of_day")]
+    pub until: chrono::NaiveTime,
 }
 
 #[derive(Debug, Deserialize)]
@@ -55,6 +98,8 @@ pub(crate) struct ModelFile {
     pub prices: BTreeMap<PriceKey, PriceValue>,
     #[serde(default)]
     pub service_tiers: BTreeMap<TierKey, BTreeMap<PriceKey, PriceValue>>,
+    #[serde(default)]
+    pub conditional_prices: Vec<ConditionalFile>,
 }
 
 /// A price name such as `input_mtok`: a unit of the registry.
@@ -66,10 +111,7 @@ impl<'de> Deserialize<'de> for PriceKey {
         let key = String::deserialize(d)?;
         Unit::from_price_key(&key).map(PriceKey).ok_or_else(|| {
             let known: Vec<&str> = Unit::all().map(Unit::price_key).collect();
-            de::Error::custom(format!(
-                "unknown price key `{key}`; known keys: {}",
-                known.join(", ")
-            ))
+            de::Error::custom(format!("unknown price key `{key}`; known keys: {}", known.join(", ")))
         })
     }
 }
@@ -81,13 +123,11 @@ impl<'de> Deserialize<'de> for TierKey {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let key = String::deserialize(d)?;
         match ServiceTier::parse(&key) {
-            Some(ServiceTier::Standard) => Err(de::Error::custom(
-                "`service_tiers.standard` is not allowed: standard prices are `prices`",
-            )),
+            Some(ServiceTier::Standard) => {
+                Err(de::Error::custom("`service_tiers.standard` is not allowed: standard prices are `prices`"))
+            }
             Some(tier) => Ok(TierKey(tier)),
-            None => Err(de::Error::custom(format!(
-                "unknown service tier `{key}`; known: batch, flex, priority"
-            ))),
+            None => Err(de::Error::custom(format!("unknown service tier `{key}`; known: batch, flex, priority"))),
         }
     }
 }
@@ -139,14 +179,9 @@ impl<'de> Deserialize<'de> for PriceValue {
                 }
                 let t = Tiered::deserialize(de::value::MapAccessDeserializer::new(map))?;
                 if t.tiers.windows(2).any(|w| w[0].start >= w[1].start) {
-                    return Err(de::Error::custom(
-                        "tiers must be in increasing order of `start`",
-                    ));
+                    return Err(de::Error::custom("tiers must be in increasing order of `start`"));
                 }
-                Ok(PriceValue::Tiered {
-                    base: t.base,
-                    tiers: t.tiers,
-                })
+                Ok(PriceValue::Tiered { base: t.base, tiers: t.tiers })
             }
         }
         d.deserialize_any(PriceVisitor)
@@ -154,9 +189,7 @@ impl<'de> Deserialize<'de> for PriceValue {
 }
 
 fn float_error<E: de::Error>(v: f64) -> E {
-    E::custom(format!(
-        "price {v} is a float; write it as a string (\"{v}\") so that it stays exact"
-    ))
+    E::custom(format!("price {v} is a float; write it as a string (\"{v}\") so that it stays exact"))
 }
 
 fn parse_decimal<E: de::Error>(s: &str) -> Result<Decimal, E> {
@@ -195,9 +228,26 @@ fn instant<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
     };
     DateTime::parse_from_rfc3339(&text)
         .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| {
-            de::Error::custom(format!(
-                "`{text}` is not an instant with an offset (RFC 3339): {e}"
-            ))
-        })
+        .map_err(|e| de::Error::custom(format!("`{text}` is not an instant with an offset (RFC 3339): {e}")))
+}
+
+fn optional_instant<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DateTime<Utc>>, D::Error> {
+    instant(d).map(Some)
+}
+
+/// `HH:MM` or `HH:MM:SS`, UTC.
+fn time_of_day<'de, D: Deserializer<'de>>(d: D) -> Result<chrono::NaiveTime, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Toml(toml::value::Datetime),
+        Text(String),
+    }
+    let text = match Raw::deserialize(d)? {
+        Raw::Toml(dt) => dt.to_string(),
+        Raw::Text(s) => s,
+    };
+    chrono::NaiveTime::parse_from_str(&text, "%H:%M:%S")
+        .or_else(|_| chrono::NaiveTime::parse_from_str(&text, "%H:%M"))
+        .map_err(|e| de::Error::custom(format!("`{text}` is not a UTC time of day (HH:MM[:SS]): {e}")))
 }

@@ -16,7 +16,9 @@ mod load;
 mod matching;
 mod pricer;
 
-pub use book::{ModelPrice, PriceSet, RateBook, RateCard, RateCardVersion, UnitPrice};
+pub use book::{
+    Condition, ModelPrice, PriceBlock, PriceSet, ProviderInfo, RateBook, RateCard, RateCardVersion, UnitPrice,
+};
 pub use load::{load_dir, parse_version_file, LoadError};
 pub use matching::MatchRule;
 pub use pricer::Pricer;

@@ -1,7 +1,10 @@
 //! Reading a directory of rate-card version files into a [`RateBook`].
 
-use crate::book::{ModelPrice, PriceSet, RateBook, RateCard, RateCardVersion, UnitPrice};
-use crate::format::{PriceKey, PriceValue, VersionFile};
+use crate::book::{
+    Condition, ModelPrice, PriceBlock, PriceSet, ProviderInfo, RateBook, RateCard, RateCardVersion, UnitPrice,
+};
+use crate::format::{PriceKey, PriceValue, TierKey, VersionFile};
+use crate::matching::MatchRule;
 use rust_decimal::Decimal;
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -24,10 +27,7 @@ pub struct LoadError {
 
 impl LoadError {
     fn new(file: &Path, message: impl Into<String>) -> Self {
-        Self {
-            file: file.to_owned(),
-            message: message.into(),
-        }
+        Self { file: file.to_owned(), message: message.into() }
     }
 }
 
@@ -43,8 +43,7 @@ pub fn load_dir(dir: &Path, default_card: Option<&str>) -> Result<RateBook, Load
     }
     let mut versions = Vec::with_capacity(files.len());
     for file in &files {
-        let text =
-            std::fs::read_to_string(file).map_err(|e| LoadError::new(file, e.to_string()))?;
+        let text = std::fs::read_to_string(file).map_err(|e| LoadError::new(file, e.to_string()))?;
         versions.push((file.clone(), parse_version_file(file, &text)?));
     }
     assemble(dir, versions, default_card)
@@ -53,9 +52,7 @@ pub fn load_dir(dir: &Path, default_card: Option<&str>) -> Result<RateBook, Load
 fn collect_toml_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), LoadError> {
     let entries = std::fs::read_dir(dir).map_err(|e| LoadError::new(dir, e.to_string()))?;
     for entry in entries {
-        let path = entry
-            .map_err(|e| LoadError::new(dir, e.to_string()))?
-            .path();
+        let path = entry.map_err(|e| LoadError::new(dir, e.to_string()))?.path();
         if path.is_dir() {
             collect_toml_files(&path, out)?;
         } else if path.extension().is_some_and(|e| e == "toml") {
@@ -68,10 +65,7 @@ fn collect_toml_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), LoadErro
 /// Parses and validates one version file. `file` names it in errors.
 pub fn parse_version_file(file: &Path, text: &str) -> Result<RateCardVersion, LoadError> {
     let raw: VersionFile = toml::from_str(text).map_err(|e| LoadError::new(file, e.to_string()))?;
-    let currency: Currency = raw
-        .currency
-        .parse()
-        .map_err(|e| LoadError::new(file, format!("currency: {e}")))?;
+    let currency: Currency = raw.currency.parse().map_err(|e| LoadError::new(file, format!("currency: {e}")))?;
     if raw.rate_card.is_empty() {
         return Err(LoadError::new(file, "rate_card: must not be empty"));
     }
@@ -80,41 +74,48 @@ pub fn parse_version_file(file: &Path, text: &str) -> Result<RateCardVersion, Lo
     for (i, m) in raw.models.into_iter().enumerate() {
         let at = |field: &str| format!("models[{i}] ({}/{}).{field}", m.provider, m.id);
         if !seen.insert((m.provider.clone(), m.id.clone())) {
-            return Err(LoadError::new(
-                file,
-                format!("{}: duplicate model entry", at("id")),
-            ));
+            return Err(LoadError::new(file, format!("{}: duplicate model entry", at("id"))));
         }
         if m.prices.is_empty() {
             return Err(LoadError::new(file, format!("{}: no price", at("prices"))));
         }
-        let standard = price_set(&m.prices)
+        let prices = price_block(&m.prices, &m.service_tiers)
             .map_err(|e| LoadError::new(file, format!("{}.{e}", at("prices"))))?;
-        let mut service_tiers = BTreeMap::new();
-        for (tier, prices) in &m.service_tiers {
-            let set = price_set(prices).map_err(|e| {
-                LoadError::new(
-                    file,
-                    format!("{}.{e}", at(&format!("service_tiers.{}", tier.0))),
-                )
-            })?;
-            service_tiers.insert(tier.0.as_str(), set);
+        let mut conditional = Vec::with_capacity(m.conditional_prices.len());
+        for (j, c) in m.conditional_prices.iter().enumerate() {
+            let place = at(&format!("conditional_prices[{j}]"));
+            if c.from.is_none() && c.daily.is_none() {
+                return Err(LoadError::new(file, format!("{place}: needs `from` or `daily`")));
+            }
+            let block =
+                price_block(&c.prices, &c.service_tiers).map_err(|e| LoadError::new(file, format!("{place}.{e}")))?;
+            conditional.push((Condition { from: c.from, daily: c.daily.as_ref().map(|d| (d.from, d.until)) }, block));
         }
-        models.push(ModelPrice {
-            provider: m.provider,
-            id: m.id,
-            match_rule: m.match_rule,
-            standard,
-            service_tiers,
-        });
+        let match_rule = m.match_rule.unwrap_or_else(|| MatchRule::Equals(m.id.clone())).lowercased();
+        models.push(ModelPrice { provider: m.provider.to_lowercase(), id: m.id, match_rule, prices, conditional });
     }
-    Ok(RateCardVersion::new(
-        raw.rate_card,
-        raw.version,
-        raw.effective_from,
-        currency,
-        models,
-    ))
+    let providers = raw
+        .providers
+        .into_iter()
+        .map(|p| ProviderInfo {
+            id: p.id.to_lowercase(),
+            aliases: p.aliases.map(MatchRule::lowercased),
+            fallback: p.fallback.iter().map(|f| f.to_lowercase()).collect(),
+        })
+        .collect();
+    Ok(RateCardVersion::new(raw.rate_card, raw.version, raw.effective_from, currency, models, providers))
+}
+
+fn price_block(
+    standard: &BTreeMap<PriceKey, PriceValue>,
+    tiers: &BTreeMap<TierKey, BTreeMap<PriceKey, PriceValue>>,
+) -> Result<PriceBlock, String> {
+    let mut service_tiers = BTreeMap::new();
+    for (tier, prices) in tiers {
+        let set = price_set(prices).map_err(|e| format!("service_tiers.{}.{e}", tier.0))?;
+        service_tiers.insert(tier.0.as_str(), set);
+    }
+    Ok(PriceBlock { standard: price_set(standard)?, service_tiers })
 }
 
 fn price_set(prices: &BTreeMap<PriceKey, PriceValue>) -> Result<PriceSet, String> {
@@ -131,16 +132,10 @@ fn price_set(prices: &BTreeMap<PriceKey, PriceValue>) -> Result<PriceSet, String
             })
         };
         let price = match value {
-            PriceValue::Flat(p) => UnitPrice {
-                base: per_unit(*p)?,
-                tiers: Vec::new(),
-            },
+            PriceValue::Flat(p) => UnitPrice { base: per_unit(*p)?, tiers: Vec::new() },
             PriceValue::Tiered { base, tiers } => UnitPrice {
                 base: per_unit(*base)?,
-                tiers: tiers
-                    .iter()
-                    .map(|t| Ok((t.start, per_unit(t.price)?)))
-                    .collect::<Result<_, String>>()?,
+                tiers: tiers.iter().map(|t| Ok((t.start, per_unit(t.price)?))).collect::<Result<_, String>>()?,
             },
         };
         out.push((unit, price));
@@ -173,10 +168,7 @@ fn assemble(
         if let Some(v) = versions.iter().find(|v| v.currency != currency) {
             return Err(LoadError::new(
                 first_file,
-                format!(
-                    "rate card {id}: version {} is in {} but others are in {currency}",
-                    v.version, v.currency
-                ),
+                format!("rate card {id}: version {} is in {} but others are in {currency}", v.version, v.currency),
             ));
         }
         versions.sort_by_key(|v| (v.effective_from, v.version));
@@ -193,14 +185,7 @@ fn assemble(
                 ));
             }
         }
-        book.insert(
-            id.clone(),
-            RateCard {
-                id,
-                currency,
-                versions,
-            },
-        );
+        book.insert(id.clone(), RateCard { id, currency, versions });
     }
     let default_card = match default_card {
         Some(name) if book.contains_key(name) => name.to_owned(),
@@ -224,10 +209,7 @@ fn assemble(
             ))
         }
     };
-    Ok(RateBook {
-        cards: book,
-        default_card,
-    })
+    Ok(RateBook { cards: book, default_card })
 }
 
 #[cfg(test)]
@@ -239,7 +221,8 @@ mod tests {
         parse_version_file(Path::new("card.toml"), text)
     }
 
-    const HEADER: &str = "rate_card = \"list\"\nversion = 1\neffective_from = 2025-01-01T00:00:00Z\ncurrency = \"USD\"\n";
+    const HEADER: &str =
+        "rate_card = \"list\"\nversion = 1\neffective_from = 2025-01-01T00:00:00Z\ncurrency = \"USD\"\n";
 
     #[test]
     fn parses_flat_tiered_and_service_tier_prices() {
@@ -255,56 +238,28 @@ service_tiers.batch = {{ input_mtok = \"0.625\", output_mtok = \"5\" }}
         ))
         .unwrap();
         let m = &v.models[0];
-        let (unit, input) = &m.standard.prices[0];
+        let (unit, input) = &m.prices.standard.prices[0];
         assert_eq!(*unit, Unit::INPUT_TOKENS);
         assert_eq!(input.base, "0.00000125".parse().unwrap());
-        assert_eq!(
-            input.for_input_tokens(200_000),
-            "0.00000125".parse().unwrap()
-        );
-        assert_eq!(
-            input.for_input_tokens(200_001),
-            "0.0000025".parse().unwrap()
-        );
-        assert_eq!(
-            m.prices_for(usage_model::ServiceTier::Batch).prices[1]
-                .1
-                .base,
-            "0.000005".parse().unwrap()
-        );
-        assert_eq!(
-            m.prices_for(usage_model::ServiceTier::Flex).prices[1]
-                .1
-                .base,
-            "0.00001".parse().unwrap()
-        );
+        assert_eq!(input.for_input_tokens(200_000), "0.00000125".parse().unwrap());
+        assert_eq!(input.for_input_tokens(200_001), "0.0000025".parse().unwrap());
+        let at = "2025-06-01T00:00:00Z".parse().unwrap();
+        assert_eq!(m.prices_at(at, usage_model::ServiceTier::Batch).prices[1].1.base, "0.000005".parse().unwrap());
+        assert_eq!(m.prices_at(at, usage_model::ServiceTier::Flex).prices[1].1.base, "0.00001".parse().unwrap());
     }
 
     #[test]
     fn errors_name_the_line_and_the_field() {
         let cases = [
             ("prices = { input_mtok = 2.5 }", "float"),
-            (
-                "prices = { inptu_mtok = \"2.5\" }",
-                "unknown price key `inptu_mtok`",
-            ),
+            ("prices = { inptu_mtok = \"2.5\" }", "unknown price key `inptu_mtok`"),
             ("prices = { input_mtok = \"-1\" }", "negative"),
-            (
-                "prices = { input_mtok = \"0.0000000000001\" }",
-                "not exact at 18 decimal places",
-            ),
-            (
-                "prices = { input_mtok = \"1\" }\nservice_tiers.cheap = { input_mtok = \"1\" }",
-                "unknown service tier",
-            ),
-            (
-                "match = { regex = \"(\" }\nprices = { input_mtok = \"1\" }",
-                "invalid regex",
-            ),
+            ("prices = { input_mtok = \"0.0000000000001\" }", "not exact at 18 decimal places"),
+            ("prices = { input_mtok = \"1\" }\nservice_tiers.cheap = { input_mtok = \"1\" }", "unknown service tier"),
+            ("match = { regex = \"(\" }\nprices = { input_mtok = \"1\" }", "invalid regex"),
         ];
         for (model_body, expected) in cases {
-            let text =
-                format!("{HEADER}\n[[models]]\nprovider = \"p\"\nid = \"m\"\n{model_body}\n");
+            let text = format!("{HEADER}\n[[models]]\nprovider = \"p\"\nid = \"m\"\n{model_body}\n");
             let err = parse(&text).unwrap_err().to_string();
             assert!(err.contains(expected), "{err}");
             assert!(err.starts_with("card.toml"), "{err}");

@@ -4,9 +4,10 @@
 use regex::Regex;
 use serde::Deserialize;
 
-/// A rule on the model name as the provider reports it. Comparisons are
-/// case-sensitive and exact; `regex` must match somewhere in the name unless
-/// anchored.
+/// A rule on a name as events report it (a model, a provider). Matching is
+/// case-insensitive, as in genai-prices: names and rule strings are compared
+/// in lower case, and `regex` runs on the lower-cased name, matching
+/// anywhere in it unless anchored.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum MatchRule {
@@ -20,6 +21,21 @@ pub enum MatchRule {
 }
 
 impl MatchRule {
+    /// The rule with its strings in lower case; [`MatchRule::is_match`]
+    /// expects this form and a lower-cased name.
+    pub fn lowercased(self) -> Self {
+        match self {
+            Self::Equals(s) => Self::Equals(s.to_lowercase()),
+            Self::StartsWith(s) => Self::StartsWith(s.to_lowercase()),
+            Self::EndsWith(s) => Self::EndsWith(s.to_lowercase()),
+            Self::Contains(s) => Self::Contains(s.to_lowercase()),
+            Self::Regex(r) => Self::Regex(r),
+            Self::Or(rules) => Self::Or(rules.into_iter().map(Self::lowercased).collect()),
+            Self::And(rules) => Self::And(rules.into_iter().map(Self::lowercased).collect()),
+        }
+    }
+
+    /// Whether the lower-cased `model` matches (see [`MatchRule::lowercased`]).
     pub fn is_match(&self, model: &str) -> bool {
         match self {
             Self::Equals(s) => model == s,

@@ -16,10 +16,7 @@ use crate::book::{RateBook, RateCardVersion};
 use rust_decimal::Decimal;
 use std::collections::HashMap;
 use std::sync::Arc;
-use usage_model::{
-    exact_add, exact_mul, CostLine, PricedEvent, RejectReason, Rejection, Unit, UsageEvent,
-    UNIT_COUNT,
-};
+use usage_model::{exact_add, exact_mul, CostLine, PricedEvent, RejectReason, Rejection, Unit, UsageEvent, UNIT_COUNT};
 
 /// Entries kept in the model-match cache before it is cleared. Real streams
 /// have a few thousand distinct model names; 65,536 entries of short strings
@@ -37,11 +34,7 @@ pub struct Pricer {
 
 impl Pricer {
     pub fn new(book: Arc<RateBook>) -> Self {
-        Self {
-            book,
-            match_cache: HashMap::new(),
-            match_cache_entries: 0,
-        }
+        Self { book, match_cache: HashMap::new(), match_cache_entries: 0 }
     }
 
     pub fn book(&self) -> &Arc<RateBook> {
@@ -56,26 +49,20 @@ impl Pricer {
         let version = card.version_at(event.occurred_at).ok_or_else(|| {
             Rejection::new(
                 RejectReason::NoRateCardVersion,
+                format!("rate card {} has no version in force at {}", card.id, event.occurred_at.to_rfc3339()),
+            )
+        })?;
+        let model_idx = self.find_model(version, &event.provider, &event.model).ok_or_else(|| {
+            Rejection::new(
+                RejectReason::UnknownModel,
                 format!(
-                    "rate card {} has no version in force at {}",
-                    card.id,
-                    event.occurred_at.to_rfc3339()
+                    "rate card {} version {} has no price for provider {:?} model {:?}",
+                    card.id, version.version, event.provider, event.model
                 ),
             )
         })?;
-        let model_idx = self
-            .find_model(version, &event.provider, &event.model)
-            .ok_or_else(|| {
-                Rejection::new(
-                    RejectReason::UnknownModel,
-                    format!(
-                        "rate card {} version {} has no price for provider {:?} model {:?}",
-                        card.id, version.version, event.provider, event.model
-                    ),
-                )
-            })?;
         let model = &version.models[model_idx];
-        let prices = model.prices_for(event.service_tier);
+        let prices = model.prices_at(event.occurred_at, event.service_tier);
         let priced_quantities = priced_quantities(&event, prices.units())?;
         let input_tokens = event.usage.count(Unit::INPUT_TOKENS);
 
@@ -89,16 +76,9 @@ impl Pricer {
                 (event.usage.count(*unit), priced_quantities[unit.index()])
             };
             let unit_price = price.for_input_tokens(input_tokens);
-            let line_cost =
-                exact_mul(unit_price, Decimal::from(priced_quantity)).map_err(overflow)?;
+            let line_cost = exact_mul(unit_price, Decimal::from(priced_quantity)).map_err(overflow)?;
             cost = exact_add(cost, line_cost).map_err(overflow)?;
-            lines.push(CostLine {
-                unit: *unit,
-                quantity,
-                priced_quantity,
-                unit_price,
-                cost: line_cost,
-            });
+            lines.push(CostLine { unit: *unit, quantity, priced_quantity, unit_price, cost: line_cost });
         }
         Ok(PricedEvent {
             matched_model: model.id.clone(),
@@ -111,19 +91,9 @@ impl Pricer {
         })
     }
 
-    fn find_model(
-        &mut self,
-        version: &Arc<RateCardVersion>,
-        provider: &str,
-        model: &str,
-    ) -> Option<usize> {
+    fn find_model(&mut self, version: &Arc<RateCardVersion>, provider: &str, model: &str) -> Option<usize> {
         let key = Arc::as_ptr(version) as usize;
-        if let Some(hit) = self
-            .match_cache
-            .get(&key)
-            .and_then(|p| p.get(provider))
-            .and_then(|m| m.get(model))
-        {
+        if let Some(hit) = self.match_cache.get(&key).and_then(|p| p.get(provider)).and_then(|m| m.get(model)) {
             return *hit;
         }
         let found = version.find_model(provider, model);
@@ -149,20 +119,12 @@ fn overflow(e: usage_model::MoneyError) -> Rejection {
 /// Splits reported counts into disjoint parts over the priced units (step 1
 /// above). Most specific units first, so each unit's parts are known when it
 /// is reached. `requests` is not a part of anything and is left out.
-fn priced_quantities(
-    event: &UsageEvent,
-    priced: usage_model::UnitSet,
-) -> Result<[u64; UNIT_COUNT], Rejection> {
+fn priced_quantities(event: &UsageEvent, priced: usage_model::UnitSet) -> Result<[u64; UNIT_COUNT], Rejection> {
     let mut order: Vec<Unit> = priced.iter().filter(|u| *u != Unit::REQUESTS).collect();
     order.sort_by_key(|u| (std::cmp::Reverse(u.specificity()), *u));
     let mut leaf = [0u64; UNIT_COUNT];
     for unit in order {
-        let parts: u128 = unit
-            .descendants()
-            .intersection(priced)
-            .iter()
-            .map(|d| leaf[d.index()] as u128)
-            .sum();
+        let parts: u128 = unit.descendants().intersection(priced).iter().map(|d| leaf[d.index()] as u128).sum();
         let reported = event.usage.count(unit) as u128;
         if parts > reported {
             let part_names: Vec<String> = unit
@@ -194,20 +156,11 @@ mod tests {
     use usage_model::{ServiceTier, UsageCounts};
 
     fn book(files: &[&str]) -> Arc<RateBook> {
-        let mut versions: Vec<_> = files
-            .iter()
-            .map(|t| Arc::new(parse_version_file(Path::new("t.toml"), t).unwrap()))
-            .collect();
+        let mut versions: Vec<_> =
+            files.iter().map(|t| Arc::new(parse_version_file(Path::new("t.toml"), t).unwrap())).collect();
         versions.sort_by_key(|v| v.effective_from);
-        let card = RateCard {
-            id: "list".into(),
-            currency: versions[0].currency,
-            versions,
-        };
-        Arc::new(RateBook {
-            cards: BTreeMap::from([("list".into(), card)]),
-            default_card: "list".into(),
-        })
+        let card = RateCard { id: "list".into(), currency: versions[0].currency, versions };
+        Arc::new(RateBook { cards: BTreeMap::from([("list".into(), card)]), default_card: "list".into() })
     }
 
     const V1: &str = r#"
@@ -219,7 +172,7 @@ currency = "USD"
 [[models]]
 provider = "openai"
 id = "gpt-4o"
-match = { starts_with = "gpt-4o-20" }
+match = { or = [{ equals = "gpt-4o" }, { starts_with = "gpt-4o-20" }] }
 prices = { input_mtok = "2.5", cache_read_mtok = "1.25", output_mtok = "10" }
 service_tiers.batch = { input_mtok = "1.25", cache_read_mtok = "0.625", output_mtok = "5" }
 
@@ -276,11 +229,7 @@ prices = { input_mtok = "2", output_mtok = "8" }
             "openai",
             "gpt-4o-2024-08-06",
             "2025-03-01T00:00:00Z",
-            &[
-                ("input_tokens", 1_000_000),
-                ("cache_read_tokens", 400_000),
-                ("output_tokens", 100_000),
-            ],
+            &[("input_tokens", 1_000_000), ("cache_read_tokens", 400_000), ("output_tokens", 100_000)],
         );
         let priced = p.price(e).unwrap();
         assert_eq!(priced.matched_model, "gpt-4o");
@@ -288,32 +237,18 @@ prices = { input_mtok = "2", output_mtok = "8" }
         // 600k × 2.5/M + 400k × 1.25/M + 100k × 10/M = 1.5 + 0.5 + 1.0
         assert_eq!(priced.cost, d("3"));
         let input = &priced.lines[0];
-        assert_eq!(
-            (input.unit, input.quantity, input.priced_quantity),
-            (Unit::INPUT_TOKENS, 1_000_000, 600_000)
-        );
+        assert_eq!((input.unit, input.quantity, input.priced_quantity), (Unit::INPUT_TOKENS, 1_000_000, 600_000));
     }
 
     #[test]
     fn the_version_in_force_at_occurred_at_applies() {
         let mut p = Pricer::new(book(&[V1, V2]));
         let usage = [("input_tokens", 1_000_000)];
-        let before = p
-            .price(event(
-                "openai",
-                "gpt-4o",
-                "2025-06-30T23:59:59.999999Z",
-                &usage,
-            ))
-            .unwrap();
-        let at = p
-            .price(event("openai", "gpt-4o", "2025-07-01T00:00:00Z", &usage))
-            .unwrap();
+        let before = p.price(event("openai", "gpt-4o", "2025-06-30T23:59:59.999999Z", &usage)).unwrap();
+        let at = p.price(event("openai", "gpt-4o", "2025-07-01T00:00:00Z", &usage)).unwrap();
         assert_eq!((before.rate_card_version, before.cost), (1, d("2.5")));
         assert_eq!((at.rate_card_version, at.cost), (2, d("2")));
-        let early = p
-            .price(event("openai", "gpt-4o", "2024-12-31T23:59:59Z", &usage))
-            .unwrap_err();
+        let early = p.price(event("openai", "gpt-4o", "2024-12-31T23:59:59Z", &usage)).unwrap_err();
         assert_eq!(early.reason, RejectReason::NoRateCardVersion);
     }
 
@@ -322,20 +257,10 @@ prices = { input_mtok = "2", output_mtok = "8" }
         let mut p = Pricer::new(book(&[V1]));
         let at = "2025-03-01T00:00:00Z";
         let small = p
-            .price(event(
-                "google",
-                "gemini-2.5-pro",
-                at,
-                &[("input_tokens", 200_000), ("output_tokens", 1000)],
-            ))
+            .price(event("google", "gemini-2.5-pro", at, &[("input_tokens", 200_000), ("output_tokens", 1000)]))
             .unwrap();
         let large = p
-            .price(event(
-                "google",
-                "gemini-2.5-pro",
-                at,
-                &[("input_tokens", 200_001), ("output_tokens", 1000)],
-            ))
+            .price(event("google", "gemini-2.5-pro", at, &[("input_tokens", 200_001), ("output_tokens", 1000)]))
             .unwrap();
         assert_eq!(small.cost, d("0.26")); // 0.25 + 0.01
         assert_eq!(large.cost, d("0.5150025")); // 200001 × 2.5/M + 1000 × 15/M
@@ -348,18 +273,9 @@ prices = { input_mtok = "2", output_mtok = "8" }
         let mut e = event("openai", "gpt-4o", at, &[("input_tokens", 1_000_000)]);
         e.service_tier = ServiceTier::Batch;
         assert_eq!(p.price(e).unwrap().cost, d("1.25"));
-        let search = p
-            .price(event("acme", "search", at, &[("input_tokens", 1000)]))
-            .unwrap();
+        let search = p.price(event("acme", "search", at, &[("input_tokens", 1000)])).unwrap();
         assert_eq!(search.cost, d("0.006")); // 1 request × 5/K + 1000 × 1/M
-        let three = p
-            .price(event(
-                "acme",
-                "search",
-                at,
-                &[("input_tokens", 0), ("requests", 3)],
-            ))
-            .unwrap();
+        let three = p.price(event("acme", "search", at, &[("input_tokens", 0), ("requests", 3)])).unwrap();
         assert_eq!(three.cost, d("0.015"));
     }
 
@@ -367,28 +283,79 @@ prices = { input_mtok = "2", output_mtok = "8" }
     fn unknown_models_and_inconsistent_usage_are_rejected() {
         let mut p = Pricer::new(book(&[V1]));
         let at = "2025-03-01T00:00:00Z";
-        let unknown = p
-            .price(event("openai", "gpt-5", at, &[("input_tokens", 1)]))
-            .unwrap_err();
+        let unknown = p.price(event("openai", "gpt-5", at, &[("input_tokens", 1)])).unwrap_err();
         assert_eq!(unknown.reason, RejectReason::UnknownModel);
-        let wrong_provider = p
-            .price(event("azure", "gpt-4o", at, &[("input_tokens", 1)]))
-            .unwrap_err();
+        let wrong_provider = p.price(event("azure", "gpt-4o", at, &[("input_tokens", 1)])).unwrap_err();
         assert_eq!(wrong_provider.reason, RejectReason::UnknownModel);
-        let bad = p
-            .price(event(
-                "openai",
-                "gpt-4o",
-                at,
-                &[("input_tokens", 10), ("cache_read_tokens", 11)],
-            ))
-            .unwrap_err();
+        let bad =
+            p.price(event("openai", "gpt-4o", at, &[("input_tokens", 10), ("cache_read_tokens", 11)])).unwrap_err();
         assert_eq!(bad.reason, RejectReason::InconsistentUsage);
-        assert!(
-            bad.detail.contains("cache_read_tokens = 11"),
-            "{}",
-            bad.detail
+        assert!(bad.detail.contains("cache_read_tokens = 11"), "{}", bad.detail);
+    }
+
+    const CATALOG: &str = r#"
+rate_card = "list"
+version = 1
+effective_from = 2020-01-01T00:00:00Z
+currency = "USD"
+
+[[providers]]
+id = "azure"
+aliases = { or = [{ equals = "azure-openai" }, { contains = "azure" }] }
+fallback = ["openai"]
+
+[[models]]
+provider = "openai"
+id = "gpt-4o-mini"
+match = { starts_with = "gpt-4o-mini" }
+prices = { input_mtok = "0.15" }
+
+[[models]]
+provider = "openai"
+id = "gpt-4o"
+match = { starts_with = "GPT-4o" }
+prices = { input_mtok = "2.5" }
+
+[[models]]
+provider = "deepseek"
+id = "deepseek-chat"
+prices = { input_mtok = "0.27" }
+[[models.conditional_prices]]
+from = 2025-09-05T00:00:00Z
+prices = { input_mtok = "0.28" }
+[[models.conditional_prices]]
+daily = { from = "16:30", until = "00:30" }
+prices = { input_mtok = "0.135" }
+"#;
+
+    #[test]
+    fn matching_is_case_insensitive_first_in_file_order_with_provider_aliases_and_fallback() {
+        let mut p = Pricer::new(book(&[CATALOG]));
+        let at = "2025-03-01T12:00:00Z";
+        let usage = [("input_tokens", 1_000_000)];
+        // `gpt-4o-mini` also starts with `gpt-4o`: the earlier entry wins.
+        assert_eq!(
+            p.price(event("openai", "GPT-4o-Mini-2024-07-18", at, &usage)).unwrap().matched_model,
+            "gpt-4o-mini"
         );
+        assert_eq!(p.price(event("OpenAI", "gpt-4o-2024-08-06", at, &usage)).unwrap().matched_model, "gpt-4o");
+        // Azure has no entries of its own: aliases lead to it, fallback to OpenAI's.
+        let azure = p.price(event("my-azure-deployment", "gpt-4o", at, &usage)).unwrap();
+        assert_eq!((azure.matched_model.as_str(), azure.cost), ("gpt-4o", d("2.5")));
+        assert_eq!(p.price(event("anthropic", "gpt-4o", at, &usage)).unwrap_err().reason, RejectReason::UnknownModel);
+    }
+
+    #[test]
+    fn conditional_prices_dated_and_daily_last_one_that_holds_wins() {
+        let mut p = Pricer::new(book(&[CATALOG]));
+        let usage = [("input_tokens", 1_000_000)];
+        let mut cost_at = |at: &str| p.price(event("deepseek", "deepseek-chat", at, &usage)).unwrap().cost;
+        assert_eq!(cost_at("2025-09-04T12:00:00Z"), d("0.27"));
+        assert_eq!(cost_at("2025-09-05T00:00:00Z"), d("0.135")); // off-peak window, listed last, wins
+        assert_eq!(cost_at("2025-09-05T00:30:00Z"), d("0.28"));
+        assert_eq!(cost_at("2025-09-05T16:29:59Z"), d("0.28"));
+        assert_eq!(cost_at("2025-09-05T16:30:00Z"), d("0.135"));
+        assert_eq!(cost_at("2025-01-01T20:00:00Z"), d("0.135"));
     }
 
     proptest! {

@@ -27,18 +27,8 @@ pub enum MessageOutcome {
 }
 
 impl Processor {
-    pub fn new(
-        decoder: Decoder,
-        pricer: Pricer,
-        limits: EventLimits,
-        clock: Arc<dyn Clock>,
-    ) -> Self {
-        Self {
-            decoder,
-            pricer,
-            limits,
-            clock,
-        }
+    pub fn new(decoder: Decoder, pricer: Pricer, limits: EventLimits, clock: Arc<dyn Clock>) -> Self {
+        Self { decoder, pricer, limits, clock }
     }
 
     pub fn evaluate(&mut self, payload: &[u8]) -> MessageOutcome {
@@ -86,10 +76,7 @@ impl Batch {
         outcome: Result<PricedEvent, Rejection>,
     ) {
         self.n_messages += 1;
-        let range = self
-            .offsets
-            .entry((topic.to_owned(), partition))
-            .or_insert((offset, offset + 1));
+        let range = self.offsets.entry((topic.to_owned(), partition)).or_insert((offset, offset + 1));
         range.0 = range.0.min(offset);
         range.1 = range.1.max(offset + 1);
         let rejection = match outcome {

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use usage_clickhouse::{ClickHouseSink, SinkError};
 use usage_kafka::{
-    ensure_topics, CommitMode, Consumer, GroupConsumer, KafkaError, KafkaSettings, Message, Offset,
-    Producer, ProducerError, TopicPartitionList, TopicSpec,
+    ensure_topics, CommitMode, Consumer, GroupConsumer, KafkaError, KafkaSettings, Message, Offset, Producer,
+    ProducerError, TopicPartitionList, TopicSpec,
 };
 
 /// How often the loop logs its running totals.
@@ -28,11 +28,7 @@ pub enum PipelineError {
     #[error("no partition of {topic} was assigned within {seconds}s (is the topic there, is the group stuck?)")]
     NoAssignment { topic: String, seconds: u64 },
     #[error("shutting down with a batch of {n_messages} messages undelivered ({what}: {error}); it will be consumed again on restart")]
-    Undelivered {
-        n_messages: u64,
-        what: &'static str,
-        error: String,
-    },
+    Undelivered { n_messages: u64, what: &'static str, error: String },
 }
 
 /// A shutdown request (SIGTERM, Ctrl-C, a test), observed between messages.
@@ -76,13 +72,7 @@ impl Pipeline {
         processor: Processor,
     ) -> Result<Self, PipelineError> {
         let producer = Producer::new(&kafka, "dead-letter")?;
-        Ok(Self {
-            config,
-            kafka,
-            sink,
-            processor,
-            producer,
-        })
+        Ok(Self { config, kafka, sink, processor, producer })
     }
 
     /// Creates missing topics and applies ClickHouse migrations.
@@ -99,11 +89,7 @@ impl Pipeline {
     /// Runs until `shutdown`, or until caught up when configured so. A batch
     /// in flight is finished, delivered and committed before returning.
     pub async fn run(&mut self, shutdown: Shutdown) -> Result<RunReport, PipelineError> {
-        let consumer = usage_kafka::consumer(
-            &self.kafka,
-            &self.config.group_id,
-            self.config.queued_kbytes_max,
-        )?;
+        let consumer = usage_kafka::consumer(&self.kafka, &self.config.group_id, self.config.queued_kbytes_max)?;
         consumer.subscribe(&[&self.config.raw_topic])?;
         tracing::info!(topic = %self.config.raw_topic, group = %self.config.group_id, "consuming");
         let started = Instant::now();
@@ -145,11 +131,7 @@ impl Pipeline {
                         seconds: self.config.assignment_timeout.as_secs(),
                     });
                 }
-                if assigned
-                    && batch.is_empty()
-                    && last_activity.elapsed() >= idle
-                    && caught_up(&consumer, &report)?
-                {
+                if assigned && batch.is_empty() && last_activity.elapsed() >= idle && caught_up(&consumer, &report)? {
                     tracing::info!("caught up with the end of every assigned partition, stopping");
                     break;
                 }
@@ -195,14 +177,7 @@ impl Pipeline {
                 // in the batch, so its offset is not committed.
                 None => break,
             };
-            batch.add(
-                message.topic(),
-                message.partition(),
-                message.offset(),
-                message.key(),
-                payload,
-                outcome,
-            );
+            batch.add(message.topic(), message.partition(), message.offset(), message.key(), payload, outcome);
         }
         batch
     }
@@ -237,16 +212,11 @@ impl Pipeline {
     async fn deliver(&self, batch: &Batch, shutdown: &Shutdown) -> Result<(), PipelineError> {
         if !batch.dead_letters.is_empty() {
             let topic = &self.config.dead_letter_topic;
-            self.retry("dead letters", batch, shutdown, || {
-                self.producer.send_dead_letters(topic, &batch.dead_letters)
-            })
-            .await?;
+            self.retry("dead letters", batch, shutdown, || self.producer.send_dead_letters(topic, &batch.dead_letters))
+                .await?;
         }
         if !batch.rows.is_empty() {
-            self.retry("ClickHouse insert", batch, shutdown, || {
-                self.sink.insert(&batch.rows)
-            })
-            .await?;
+            self.retry("ClickHouse insert", batch, shutdown, || self.sink.insert(&batch.rows)).await?;
         }
         Ok(())
     }
@@ -278,14 +248,9 @@ impl Pipeline {
             };
             failures += 1;
             if shutdown.is_requested() {
-                let deadline =
-                    *give_up_at.get_or_insert_with(|| Instant::now() + self.config.shutdown_grace);
+                let deadline = *give_up_at.get_or_insert_with(|| Instant::now() + self.config.shutdown_grace);
                 if Instant::now() >= deadline {
-                    return Err(PipelineError::Undelivered {
-                        n_messages: batch.n_messages,
-                        what,
-                        error,
-                    });
+                    return Err(PipelineError::Undelivered { n_messages: batch.n_messages, what, error });
                 }
             }
             tracing::warn!(what, failures, error = %error, retry_in_ms = backoff.as_millis() as u64, "delivery failed; retrying");
@@ -320,20 +285,14 @@ fn caught_up(consumer: &GroupConsumer, report: &RunReport) -> Result<bool, Kafka
     let assignment = consumer.assignment()?;
     let committed = consumer.committed(KAFKA_CALL_TIMEOUT)?;
     for e in assignment.elements() {
-        let (low, high) =
-            consumer.fetch_watermarks(e.topic(), e.partition(), KAFKA_CALL_TIMEOUT)?;
+        let (low, high) = consumer.fetch_watermarks(e.topic(), e.partition(), KAFKA_CALL_TIMEOUT)?;
         let next = report
             .offsets
             .get(&(e.topic().to_owned(), e.partition()))
             .map(|(_, next)| *next)
-            .or_else(|| {
-                match committed
-                    .find_partition(e.topic(), e.partition())
-                    .map(|c| c.offset())
-                {
-                    Some(Offset::Offset(o)) => Some(o),
-                    _ => None,
-                }
+            .or_else(|| match committed.find_partition(e.topic(), e.partition()).map(|c| c.offset()) {
+                Some(Offset::Offset(o)) => Some(o),
+                _ => None,
             })
             .unwrap_or(low);
         if next < high {

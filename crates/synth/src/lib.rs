@@ -132,9 +132,8 @@ impl Generator {
         let account = ((u * u) * self.config.accounts as f64) as u32 + 1;
         let (provider, model) = self.pick_model();
         let seconds_back = self.rng.random_range(0..86_400);
-        let occurred_at = self.config.end
-            - Duration::seconds(seconds_back)
-            - Duration::milliseconds(self.rng.random_range(0..1000));
+        let occurred_at =
+            self.config.end - Duration::seconds(seconds_back) - Duration::milliseconds(self.rng.random_range(0..1000));
 
         let mut usage = UsageCounts::default();
         // Input sizes spread over orders of magnitude (log-uniform).
@@ -158,14 +157,8 @@ impl Generator {
         }
         if model.starts_with("gpt-4o-audio") {
             let audio_in = self.rng.random_range(0..=input);
-            usage.set(
-                Unit::from_key("input_audio_tokens").expect("registered unit"),
-                audio_in,
-            );
-            usage.set(
-                Unit::from_key("output_audio_tokens").expect("registered unit"),
-                output / 2,
-            );
+            usage.set(Unit::from_key("input_audio_tokens").expect("registered unit"), audio_in);
+            usage.set(Unit::from_key("output_audio_tokens").expect("registered unit"), output / 2);
         }
         let service_tier = match (provider, self.rng.random_range(0..20)) {
             ("openai" | "anthropic", 0..=2) => ServiceTier::Batch,
@@ -177,10 +170,7 @@ impl Generator {
         let key = self.rng.random_range(0..n_keys);
         let mut attributes = BTreeMap::new();
         if self.rng.random_bool(0.3) {
-            attributes.insert(
-                "region".to_owned(),
-                ["us-east", "eu-west", "ap-south"][account as usize % 3].to_owned(),
-            );
+            attributes.insert("region".to_owned(), ["us-east", "eu-west", "ap-south"][account as usize % 3].to_owned());
         }
         UsageEvent {
             event_id: format!("{}-{i}", self.config.id_prefix),
@@ -189,8 +179,7 @@ impl Generator {
             provider: provider.into(),
             model: model.into(),
             api_key_id: Some(format!("key-{account:04}-{key}")),
-            project_id: (!account.is_multiple_of(4))
-                .then(|| format!("proj-{account:04}-{}", key % 2)),
+            project_id: (!account.is_multiple_of(4)).then(|| format!("proj-{account:04}-{}", key % 2)),
             service_tier,
             attributes,
             usage,
@@ -199,9 +188,7 @@ impl Generator {
 
     fn encode(&self, event: &UsageEvent) -> Vec<u8> {
         let encoding = match self.config.encoding {
-            Encoding::Mixed => {
-                [Encoding::Json, Encoding::Avro, Encoding::Confluent][(self.index % 3) as usize]
-            }
+            Encoding::Mixed => [Encoding::Json, Encoding::Avro, Encoding::Confluent][(self.index % 3) as usize],
             e => e,
         };
         match encoding {
@@ -219,15 +206,9 @@ impl Generator {
         let json = String::from_utf8(encode_json(&event)).expect("JSON is UTF-8");
         let payload = match kind {
             RejectReason::MalformedPayload => json[..json.len() / 2].to_owned(),
-            RejectReason::MissingField => {
-                json.replacen(&format!("\"model\":\"{}\",", event.model), "", 1)
-            }
-            RejectReason::UnknownUnit => {
-                json.replacen("\"output_tokens\"", "\"completion_tokens\"", 1)
-            }
-            RejectReason::CountOutOfRange => {
-                json.replacen("\"input_tokens\":", "\"input_tokens\":-", 1)
-            }
+            RejectReason::MissingField => json.replacen(&format!("\"model\":\"{}\",", event.model), "", 1),
+            RejectReason::UnknownUnit => json.replacen("\"output_tokens\"", "\"completion_tokens\"", 1),
+            RejectReason::CountOutOfRange => json.replacen("\"input_tokens\":", "\"input_tokens\":-", 1),
             RejectReason::TimestampOutOfRange => {
                 event.occurred_at = self.config.end + Duration::days(3);
                 String::from_utf8(encode_json(&event)).expect("JSON is UTF-8")
@@ -241,19 +222,12 @@ impl Generator {
                 event.usage.set(Unit::CACHE_READ_TOKENS, input + 1);
                 String::from_utf8(encode_json(&event)).expect("JSON is UTF-8")
             }
-            RejectReason::InvalidField => json.replacen(
-                &format!("\"service_tier\":\"{}\"", event.service_tier),
-                "\"service_tier\":\"turbo\"",
-                1,
-            ),
+            RejectReason::InvalidField => {
+                json.replacen(&format!("\"service_tier\":\"{}\"", event.service_tier), "\"service_tier\":\"turbo\"", 1)
+            }
             other => unreachable!("{other:?} is not a generated kind"),
         };
-        SynthMessage {
-            key,
-            payload: payload.into_bytes(),
-            event: None,
-            expected_rejection: Some(kind),
-        }
+        SynthMessage { key, payload: payload.into_bytes(), event: None, expected_rejection: Some(kind) }
     }
 }
 
@@ -307,14 +281,8 @@ mod tests {
 
     #[test]
     fn same_seed_same_bytes() {
-        let a: Vec<_> = Generator::new(config())
-            .take(200)
-            .map(|m| m.payload)
-            .collect();
-        let b: Vec<_> = Generator::new(config())
-            .take(200)
-            .map(|m| m.payload)
-            .collect();
+        let a: Vec<_> = Generator::new(config()).take(200).map(|m| m.payload).collect();
+        let b: Vec<_> = Generator::new(config()).take(200).map(|m| m.payload).collect();
         assert!(a == b, "payloads differ between two runs with one seed");
     }
 
@@ -327,9 +295,7 @@ mod tests {
         for m in Generator::new(config()).take(1000) {
             match (&m.event, m.expected_rejection) {
                 (Some(e), None) => {
-                    let decoded = decoder
-                        .decode(&m.payload)
-                        .unwrap_or_else(|err| panic!("{err:?}"));
+                    let decoded = decoder.decode(&m.payload).unwrap_or_else(|err| panic!("{err:?}"));
                     assert_eq!(&decoded, e);
                     limits.check(e, now).unwrap();
                 }

@@ -26,19 +26,12 @@ pub fn price(settings: Settings, args: PriceArgs) -> Result<ExitCode> {
     let book = load_rate_book(&settings, &args.rates)?;
     let clock: Arc<dyn Clock> = match &args.now {
         Some(t) => Arc::new(FixedClock(
-            DateTime::parse_from_rfc3339(t)
-                .context("--now must be RFC 3339 with an offset")?
-                .with_timezone(&Utc),
+            DateTime::parse_from_rfc3339(t).context("--now must be RFC 3339 with an offset")?.with_timezone(&Utc),
         )),
         None => Arc::new(SystemClock),
     };
     let decoder = Decoder::new(ValueFormat::Json, SchemaResolver::pinned());
-    let mut processor = Processor::new(
-        decoder,
-        Pricer::new(book),
-        settings.stream.limits.clone(),
-        clock,
-    );
+    let mut processor = Processor::new(decoder, Pricer::new(book), settings.stream.limits.clone(), clock);
 
     let reader: Box<dyn BufRead> = match args.input.as_deref() {
         Some(p) if p.as_os_str() != "-" => Box::new(std::io::BufReader::new(
@@ -70,10 +63,7 @@ pub fn price(settings: Settings, args: PriceArgs) -> Result<ExitCode> {
             MessageOutcome::Unavailable(why) => {
                 // JSON needs no schema registry; kept total for safety.
                 failed += 1;
-                rejection_to_json(
-                    loose_event_id(&line).as_deref(),
-                    &Rejection::new(RejectReason::UnknownSchema, why),
-                )
+                rejection_to_json(loose_event_id(&line).as_deref(), &Rejection::new(RejectReason::UnknownSchema, why))
             }
         };
         writeln!(writer, "{out}").context("writing output")?;

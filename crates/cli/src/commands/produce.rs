@@ -27,10 +27,8 @@ pub async fn produce(settings: Settings, args: ProduceArgs) -> Result<ExitCode> 
     let producer = Producer::new(&settings.kafka, "produce")?;
     let progress = ProgressBar::new(args.synthetic.unwrap_or(0));
     progress.set_style(
-        ProgressStyle::with_template(
-            "{spinner} {pos}/{len} events {per_sec} [{elapsed_precise}] {wide_bar}",
-        )
-        .expect("valid template"),
+        ProgressStyle::with_template("{spinner} {pos}/{len} events {per_sec} [{elapsed_precise}] {wide_bar}")
+            .expect("valid template"),
     );
     let mut sent = 0u64;
     let mut bad_by_kind: BTreeMap<&'static str, u64> = BTreeMap::new();
@@ -67,10 +65,7 @@ pub async fn produce(settings: Settings, args: ProduceArgs) -> Result<ExitCode> 
             accounts: args.accounts,
             bad_every: args.bad_every,
             encoding,
-            id_prefix: args
-                .id_prefix
-                .clone()
-                .unwrap_or_else(|| format!("synthetic-{}", args.seed)),
+            id_prefix: args.id_prefix.clone().unwrap_or_else(|| format!("synthetic-{}", args.seed)),
             ..SynthConfig::default()
         };
         for message in Generator::new(config).take(n as usize) {
@@ -99,9 +94,7 @@ pub async fn produce(settings: Settings, args: ProduceArgs) -> Result<ExitCode> 
             // Keyed by account so that one account's events stay in order on
             // one partition; a line that does not decode is sent unkeyed and
             // the pipeline dead-letters it.
-            let key = usage_codec::decode_json(line.as_bytes())
-                .map(|e| e.account_id.into_bytes())
-                .unwrap_or_default();
+            let key = usage_codec::decode_json(line.as_bytes()).map(|e| e.account_id.into_bytes()).unwrap_or_default();
             chunk.push((key, line.into_bytes()));
             if chunk.len() == CHUNK_MESSAGES {
                 sent += send_chunk(&mut chunk).await?;
@@ -114,10 +107,7 @@ pub async fn produce(settings: Settings, args: ProduceArgs) -> Result<ExitCode> 
     }
     progress.finish_and_clear();
     let bad: u64 = bad_by_kind.values().sum();
-    println!(
-        "produced {sent} events to {topic} on {} (every one acknowledged)",
-        settings.kafka.brokers
-    );
+    println!("produced {sent} events to {topic} on {} (every one acknowledged)", settings.kafka.brokers);
     if args.synthetic.is_some() {
         println!("  of which deliberately bad: {bad}");
         for (kind, n) in &bad_by_kind {

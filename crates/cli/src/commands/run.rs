@@ -23,28 +23,15 @@ pub fn schema_resolver(settings: &Settings) -> SchemaResolver {
 fn build(settings: &Settings, rates: &RatesArg) -> Result<(Pipeline, ClickHouseSink)> {
     let book = load_rate_book(settings, rates)?;
     let decoder = Decoder::new(settings.stream.value_format, schema_resolver(settings));
-    let processor = Processor::new(
-        decoder,
-        Pricer::new(book),
-        settings.stream.limits.clone(),
-        Arc::new(SystemClock),
-    );
+    let processor = Processor::new(decoder, Pricer::new(book), settings.stream.limits.clone(), Arc::new(SystemClock));
     let sink = ClickHouseSink::new(settings.clickhouse.clone())?;
-    let pipeline = Pipeline::new(
-        settings.stream.clone(),
-        settings.kafka.clone(),
-        sink.clone(),
-        processor,
-    )?;
+    let pipeline = Pipeline::new(settings.stream.clone(), settings.kafka.clone(), sink.clone(), processor)?;
     Ok((pipeline, sink))
 }
 
 pub async fn setup(settings: Settings, rates: RatesArg) -> Result<ExitCode> {
     let (pipeline, sink) = build(&settings, &rates)?;
-    pipeline
-        .prepare()
-        .await
-        .context("preparing topics and ClickHouse")?;
+    pipeline.prepare().await.context("preparing topics and ClickHouse")?;
     println!(
         "topics {} and {} ready on {}; ClickHouse {} database {} migrated",
         settings.stream.raw_topic,
@@ -58,15 +45,10 @@ pub async fn setup(settings: Settings, rates: RatesArg) -> Result<ExitCode> {
 
 pub async fn run(mut settings: Settings, args: RunArgs) -> Result<ExitCode> {
     if args.until_caught_up {
-        settings.stream.stop_when = StopWhen::CaughtUp {
-            idle: Duration::from_millis(args.idle_ms),
-        };
+        settings.stream.stop_when = StopWhen::CaughtUp { idle: Duration::from_millis(args.idle_ms) };
     }
     let (mut pipeline, sink) = build(&settings, &args.rates)?;
-    pipeline
-        .prepare()
-        .await
-        .context("preparing topics and ClickHouse")?;
+    pipeline.prepare().await.context("preparing topics and ClickHouse")?;
     tracing::info!(
         brokers = %settings.kafka.brokers,
         clickhouse = %settings.clickhouse.url,
@@ -81,11 +63,7 @@ pub async fn run(mut settings: Settings, args: RunArgs) -> Result<ExitCode> {
     });
     let report = pipeline.run(shutdown).await?;
     let consistent = print_run_summary(&report, &sink).await?;
-    Ok(if consistent {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(3)
-    })
+    Ok(if consistent { ExitCode::SUCCESS } else { ExitCode::from(3) })
 }
 
 async fn wait_for_signal() {

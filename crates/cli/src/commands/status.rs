@@ -16,9 +16,7 @@ pub async fn status(settings: Settings, args: StatusArgs) -> Result<ExitCode> {
     let deadline = args.wait.map(|s| Instant::now() + Duration::from_secs(s));
     loop {
         let (kafka, g, t) = (settings.kafka.clone(), group.clone(), topic.clone());
-        let lags =
-            tokio::task::spawn_blocking(move || committed_lag(&kafka, &g, &t, KAFKA_TIMEOUT))
-                .await??;
+        let lags = tokio::task::spawn_blocking(move || committed_lag(&kafka, &g, &t, KAFKA_TIMEOUT)).await??;
         let total: i64 = lags.iter().map(|l| l.lag()).sum();
         match deadline {
             Some(d) if total > 0 && Instant::now() < d => {
@@ -37,10 +35,6 @@ pub async fn status(settings: Settings, args: StatusArgs) -> Result<ExitCode> {
                 l.lag()
             );
         }
-        return Ok(if total > 0 && deadline.is_some() {
-            ExitCode::FAILURE
-        } else {
-            ExitCode::SUCCESS
-        });
+        return Ok(if total > 0 && deadline.is_some() { ExitCode::FAILURE } else { ExitCode::SUCCESS });
     }
 }
