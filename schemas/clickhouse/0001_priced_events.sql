@@ -4,7 +4,7 @@
 -- PARTITION BY month: analysts filter by time, and old months can be
 -- detached or dropped whole. ORDER BY starts with the account, then time:
 -- "spend of account X this month" reads one narrow range.
--- `cost` and every price are exact Decimal(38, 18); never Float64.
+-- `cost` and every price are exact Decimal(38, 24); never Float64.
 -- `lines.*` hold one entry per priced unit (ARRAY JOIN lines for detail).
 -- `kafka_*` say where the event came from: the delivery guarantees build on it.
 CREATE TABLE IF NOT EXISTS {database}.priced_events
@@ -25,13 +25,13 @@ CREATE TABLE IF NOT EXISTS {database}.priced_events
     cache_read_tokens UInt64,
     cache_write_tokens UInt64,
     output_tokens UInt64,
-    cost Decimal(38, 18),
+    cost Decimal(38, 24),
     lines Nested(
         unit String,
         quantity UInt64,
         priced_quantity UInt64,
-        unit_price Decimal(38, 18),
-        cost Decimal(38, 18)
+        unit_price Decimal(38, 24),
+        cost Decimal(38, 24)
     ),
     attributes Nested(
         key String,

@@ -53,22 +53,22 @@ def main() -> int:
                 "rate_card, rate_card_version, occurred_at, currency, cost, `lines.unit`, `lines.quantity`, "
                 "`lines.priced_quantity`, `lines.unit_price`, `lines.cost`, kafka_topic, kafka_partition, kafka_offset) VALUES "
                 "('e1', 'a1', 'openai', 'gpt-4o-2024-08-06', 'gpt-4o', 'list', 1, '2026-01-01 00:00:00', 'USD', "
-                "toDecimal128('0.000000000000000001', 18), ['input_tokens'], [1], [1], [toDecimal128('0.0000025', 18)], "
-                "[toDecimal128('0.000000000000000001', 18)], 'usage.raw', 0, 7), "
+                "toDecimal128('0.000000000000000000000001', 24), ['input_tokens'], [1], [1], [toDecimal128('0.0000025', 24)], "
+                "[toDecimal128('0.000000000000000000000001', 24)], 'usage.raw', 0, 7), "
                 "('e2', 'a1', 'openai', 'gpt-4o', 'gpt-4o', 'list', 1, '2026-01-01 00:00:01', 'USD', "
-                "toDecimal128('2.5', 18), [], [], [], [], [], 'usage.raw', 0, 8)"
+                "toDecimal128('2.5', 24), [], [], [], [], [], 'usage.raw', 0, 8)"
             )
             cond = "(kafka_topic = 'usage.raw' AND kafka_partition = 0 AND kafka_offset >= 7 AND kafka_offset < 9)"
             totals = s.query(
                 f"SELECT count(), toString(sum(cost)) FROM {DATABASE}.priced_events WHERE {cond}", "TSV"
             ).bytes().decode().split()
-            assert totals == ["2", "2.500000000000000001"], totals
+            assert totals == ["2", "2.500000000000000000000001"], totals
             by = s.query(
                 f"SELECT account_id, count(), toString(sum(cost)) AS total FROM {DATABASE}.priced_events WHERE {cond} "
                 "GROUP BY account_id ORDER BY sum(cost) DESC, account_id LIMIT 10",
                 "TSV",
             ).bytes().decode().split()
-            assert by == ["a1", "2", "2.500000000000000001"], by
+            assert by == ["a1", "2", "2.500000000000000000000001"], by
         check("priced rows insert and read back exactly", insert_and_read)
 
     print(f"{passed} passed, {failed} failed")

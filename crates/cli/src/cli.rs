@@ -26,6 +26,42 @@ pub enum Command {
     Setup(RatesArg),
     /// Show how far the consumer group is behind the raw topic.
     Status(StatusArgs),
+    /// Rate-card tools: import public catalogs.
+    #[command(subcommand)]
+    RateCards(RateCardsCommand),
+}
+
+#[derive(Subcommand)]
+pub enum RateCardsCommand {
+    /// Convert a public price catalog into a rate-card file and an import report.
+    Import(ImportArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum CatalogKind {
+    /// pydantic genai-prices v2 data (genai-prices-data.json).
+    GenaiPrices,
+    /// LiteLLM's model price map (model_prices_and_context_window.json).
+    Litellm,
+}
+
+#[derive(Args)]
+pub struct ImportArgs {
+    #[arg(long = "from", value_enum)]
+    pub from: CatalogKind,
+    /// The catalog file.
+    pub file: PathBuf,
+    /// Directory to write `<rate-card>-v<version>.toml` and its import report into.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Name of the rate card (default: genai-prices or litellm).
+    #[arg(long)]
+    pub rate_card: Option<String>,
+    #[arg(long, default_value_t = 1)]
+    pub version: u32,
+    /// When the imported prices come into force (RFC 3339; default: the beginning of time).
+    #[arg(long)]
+    pub effective_from: Option<String>,
 }
 
 #[derive(Args)]

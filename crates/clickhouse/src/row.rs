@@ -5,8 +5,9 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 use usage_model::{PricedEvent, Unit};
 
-/// Scale of every `Decimal(38, 18)` column.
-pub const DECIMAL_SCALE: u32 = 18;
+/// Scale of every `Decimal(38, 24)` column: 24 decimal places hold every
+/// unit price a rate card accepts, and leave 14 integer digits.
+pub const DECIMAL_SCALE: u32 = 24;
 
 /// Field order is column order of the RowBinary INSERT; names are columns.
 #[derive(Debug, Row, Serialize)]
@@ -29,7 +30,7 @@ pub struct PricedRow {
     pub cache_read_tokens: u64,
     pub cache_write_tokens: u64,
     pub output_tokens: u64,
-    /// `Decimal(38, 18)` as its scaled integer.
+    /// `Decimal(38, 24)` as its scaled integer.
     pub cost: i128,
     #[serde(rename = "lines.unit")]
     pub line_units: Vec<&'static str>,
@@ -50,8 +51,8 @@ pub struct PricedRow {
     pub kafka_offset: i64,
 }
 
-/// A decimal as the scaled integer of `Decimal(38, 18)`, or `None` when it
-/// has more than 18 decimal places (it would need rounding).
+/// A decimal as the scaled integer of `Decimal(38, 24)`, or `None` when it
+/// has more than 24 decimal places (it would need rounding).
 pub fn decimal_to_i128(d: Decimal) -> Option<i128> {
     let scale = d.scale();
     if scale > DECIMAL_SCALE {
@@ -66,7 +67,7 @@ pub fn i128_to_decimal(v: i128) -> Option<Decimal> {
 
 impl PricedRow {
     /// The row for a priced event read from `topic`/`partition`/`offset`.
-    /// `None` if an amount has more than 18 decimal places, which rate-card
+    /// `None` if an amount has more than 24 decimal places, which rate-card
     /// validation rules out.
     pub fn new(p: &PricedEvent, topic: &str, partition: i32, offset: i64) -> Option<Self> {
         let e = &p.event;
@@ -113,11 +114,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn decimals_scale_to_18_places_exactly() {
+    fn decimals_scale_to_24_places_exactly() {
         let d = |s: &str| s.parse::<Decimal>().unwrap();
-        assert_eq!(decimal_to_i128(d("1.5")), Some(1_500_000_000_000_000_000));
-        assert_eq!(decimal_to_i128(d("0.000000000000000001")), Some(1));
-        assert_eq!(decimal_to_i128(d("0.0000000000000000001")), None);
-        assert_eq!(i128_to_decimal(1_500_000_000_000_000_000).unwrap(), d("1.5"));
+        assert_eq!(decimal_to_i128(d("1.5")), Some(15 * 10i128.pow(23)));
+        assert_eq!(decimal_to_i128(d("0.000000000000000000000001")), Some(1));
+        assert_eq!(decimal_to_i128(d("0.0000000000000000000000001")), None);
+        assert_eq!(i128_to_decimal(15 * 10i128.pow(23)).unwrap(), d("1.5"));
     }
 }

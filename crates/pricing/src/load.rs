@@ -12,10 +12,12 @@ use std::sync::Arc;
 use usage_model::Currency;
 
 /// Scale limit of a price per single unit. Costs are stored exactly in
-/// ClickHouse as `Decimal(38, 18)`, and a cost is a unit price times an
-/// integer count, so unit prices must fit 18 decimal places: that is 12 for
-/// a price per million tokens, 15 for a price per thousand requests.
-pub const UNIT_PRICE_SCALE_MAX: u32 = 18;
+/// ClickHouse as `Decimal(38, 24)`, and a cost is a unit price times an
+/// integer count, so unit prices must fit 24 decimal places: 18 for a price
+/// per million tokens, 21 per thousand requests. Real catalogs need more
+/// than 18 per unit: genai-prices has `0.08333333333333334` per million
+/// tokens (23 places per token).
+pub const UNIT_PRICE_SCALE_MAX: u32 = 24;
 
 /// A rate-card file or directory that cannot be used, and why.
 #[derive(Debug, thiserror::Error)]
@@ -144,7 +146,7 @@ fn price_set(prices: &BTreeMap<PriceKey, PriceValue>) -> Result<PriceSet, String
 }
 
 /// `price / per`, when exact within [`UNIT_PRICE_SCALE_MAX`] places.
-fn unit_price(price: Decimal, per: u64) -> Option<Decimal> {
+pub fn unit_price(price: Decimal, per: u64) -> Option<Decimal> {
     let quotient = price.checked_div(Decimal::from(per))?.normalize();
     let exact = usage_model::exact_mul(quotient, Decimal::from(per)).ok()? == price;
     (exact && quotient.scale() <= UNIT_PRICE_SCALE_MAX).then_some(quotient)
@@ -254,7 +256,7 @@ service_tiers.batch = {{ input_mtok = \"0.625\", output_mtok = \"5\" }}
             ("prices = { input_mtok = 2.5 }", "float"),
             ("prices = { inptu_mtok = \"2.5\" }", "unknown price key `inptu_mtok`"),
             ("prices = { input_mtok = \"-1\" }", "negative"),
-            ("prices = { input_mtok = \"0.0000000000001\" }", "not exact at 18 decimal places"),
+            ("prices = { input_mtok = \"0.0000000000000000001\" }", "not exact at 24 decimal places"),
             ("prices = { input_mtok = \"1\" }\nservice_tiers.cheap = { input_mtok = \"1\" }", "unknown service tier"),
             ("match = { regex = \"(\" }\nprices = { input_mtok = \"1\" }", "invalid regex"),
         ];

@@ -87,7 +87,7 @@ impl Batch {
                 }
                 None => Rejection::new(
                     RejectReason::CostOverflow,
-                    "an amount does not fit Decimal(38, 18) exactly".to_owned(),
+                    "an amount does not fit Decimal(38, 24) exactly".to_owned(),
                 ),
             },
             Err(r) => r,

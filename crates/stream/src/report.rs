@@ -10,7 +10,7 @@ pub struct RunReport {
     pub consumed: u64,
     pub priced: u64,
     /// Sum of the cost of every row inserted, as the scaled integer of
-    /// `Decimal(38, 18)`; `None` if it overflowed `i128` (never silently wrong).
+    /// `Decimal(38, 24)`; `None` if it overflowed `i128` (never silently wrong).
     pub cost_scaled: Option<i128>,
     pub dead_lettered: BTreeMap<RejectReason, u64>,
     /// Per (topic, partition): the first and one-past-last offsets delivered.

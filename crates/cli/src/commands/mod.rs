@@ -1,11 +1,12 @@
 //! One module per command.
 
+mod import;
 mod price;
 mod produce;
 mod run;
 mod status;
 
-use crate::cli::{Cli, Command, RatesArg};
+use crate::cli::{Cli, Command, RateCardsCommand, RatesArg};
 use crate::config::Settings;
 use anyhow::{Context, Result};
 use std::process::ExitCode;
@@ -20,6 +21,7 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Price(args) => price::price(settings, args),
         Command::Setup(args) => run::setup(settings, args).await,
         Command::Status(args) => status::status(settings, args).await,
+        Command::RateCards(RateCardsCommand::Import(args)) => import::import(args),
     }
 }
 
