@@ -129,7 +129,12 @@ impl ReferencePrices {
 async fn produce(topic: &str, messages: &[SynthMessage]) -> Vec<(i32, i64)> {
     let producer = Producer::new(&kafka_settings(), "test-produce").unwrap();
     producer
-        .send_all(messages.iter().map(|m| Outgoing { topic, key: Some(&m.key), payload: &m.payload, headers: None }))
+        .send_all(
+            messages
+                .iter()
+                .map(|m| Outgoing { topic, key: Some(&m.key), payload: &m.payload, headers: None })
+                .collect(),
+        )
         .await
         .expect("every message acknowledged")
 }

@@ -35,6 +35,18 @@ pub enum Command {
 pub enum RateCardsCommand {
     /// Convert a public price catalog into a rate-card file and an import report.
     Import(ImportArgs),
+    /// Publish the versions of a directory to the rate-card topic: running
+    /// pipelines pick them up without a restart.
+    Publish(PublishArgs),
+}
+
+#[derive(Args)]
+pub struct PublishArgs {
+    /// Directory of rate-card files.
+    pub dir: PathBuf,
+    /// Publish versions whose effective_from is already past (then backfill that range).
+    #[arg(long)]
+    pub allow_past: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]

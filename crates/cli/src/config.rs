@@ -11,6 +11,7 @@
 //! [topics]
 //! raw = "usage.raw"                   # USAGE_RAW_TOPIC
 //! dead_letter = "usage.dead-letter"   # USAGE_DEAD_LETTER_TOPIC
+//! rate_cards = "usage.rate-cards"     # USAGE_RATE_CARDS_TOPIC (compacted)
 //! partitions = 4                      # for topics the pipeline creates
 //!
 //! [clickhouse]
@@ -61,6 +62,7 @@ struct KafkaSection {
 struct TopicsSection {
     raw: Option<String>,
     dead_letter: Option<String>,
+    rate_cards: Option<String>,
     partitions: Option<i32>,
 }
 
@@ -91,6 +93,8 @@ pub struct Settings {
     pub clickhouse: ClickHouseSettings,
     pub stream: StreamConfig,
     pub rate_cards: PathBuf,
+    /// Whether `rate_cards` was set (file or environment) rather than defaulted.
+    pub rate_cards_explicit: bool,
     pub default_rate_card: Option<String>,
     pub schema_registry_url: Option<String>,
 }
@@ -139,6 +143,9 @@ impl Settings {
             dead_letter_topic: env("USAGE_DEAD_LETTER_TOPIC")
                 .or(file.topics.dead_letter)
                 .unwrap_or(defaults.dead_letter_topic),
+            rate_cards_topic: env("USAGE_RATE_CARDS_TOPIC")
+                .or(file.topics.rate_cards)
+                .unwrap_or(defaults.rate_cards_topic),
             group_id: env("USAGE_GROUP_ID").or(p.group_id).unwrap_or(defaults.group_id),
             topic_partitions: file.topics.partitions.unwrap_or(defaults.topic_partitions),
             batch_events_max,
@@ -146,8 +153,9 @@ impl Settings {
             value_format,
             ..defaults
         };
-        if stream.raw_topic == stream.dead_letter_topic {
-            bail!("topics.raw and topics.dead_letter must differ (both are {:?})", stream.raw_topic);
+        let topics = [&stream.raw_topic, &stream.dead_letter_topic, &stream.rate_cards_topic];
+        if topics[0] == topics[1] || topics[0] == topics[2] || topics[1] == topics[2] {
+            bail!("topics.raw, topics.dead_letter and topics.rate_cards must differ (they are {topics:?})");
         }
         if stream.topic_partitions < 1 {
             bail!("topics.partitions must be at least 1");
@@ -156,6 +164,7 @@ impl Settings {
             kafka,
             clickhouse,
             stream,
+            rate_cards_explicit: env("USAGE_RATE_CARDS").is_some() || p.rate_cards.is_some(),
             rate_cards: env("USAGE_RATE_CARDS")
                 .map(PathBuf::from)
                 .or(p.rate_cards)

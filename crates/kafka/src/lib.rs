@@ -8,10 +8,12 @@
 //!   delivery report.
 //! - [`consumer`]: a consumer-group member with manual commits.
 //! - [`DeadLetter`]: the original bytes plus the reason, in headers.
+//! - [`TopicFollower`]: reads a whole topic, then follows it (rate cards).
 
 mod admin;
 mod consumer;
 mod dead_letter;
+mod follower;
 mod producer;
 mod settings;
 
@@ -20,10 +22,11 @@ pub use consumer::{committed_lag, consumer, GroupConsumer, PartitionLag, Rebalan
 pub use dead_letter::{
     DeadLetter, HEADER_DETAIL, HEADER_REASON, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION, HEADER_SOURCE_TOPIC,
 };
+pub use follower::{FollowError, Record, TopicFollower};
 pub use producer::{Outgoing, Producer, ProducerError, SendBatchError};
 pub use settings::KafkaSettings;
 
 pub use rdkafka::consumer::{CommitMode, Consumer};
 pub use rdkafka::error::KafkaError;
-pub use rdkafka::message::{BorrowedMessage, Headers, Message};
+pub use rdkafka::message::{BorrowedMessage, Headers, Message, OwnedMessage};
 pub use rdkafka::{Offset, TopicPartitionList};

@@ -69,10 +69,10 @@ impl Producer {
 
     /// Sends every message and waits for every delivery report. Returns the
     /// `(partition, offset)` of each, in input order, or every failure.
-    pub async fn send_all<'a>(
-        &self,
-        messages: impl IntoIterator<Item = Outgoing<'a>>,
-    ) -> Result<Vec<(i32, i64)>, SendBatchError> {
+    ///
+    /// Takes a `Vec`, not an iterator: a lazy iterator with a closure held
+    /// across awaits makes callers' futures fail rustc's `Send` check.
+    pub async fn send_all(&self, messages: Vec<Outgoing<'_>>) -> Result<Vec<(i32, i64)>, SendBatchError> {
         let mut pending: VecDeque<(usize, String, DeliveryFuture)> = VecDeque::new();
         let mut delivered = Vec::new();
         let mut failed = Vec::new();
@@ -124,14 +124,11 @@ impl Producer {
 
     /// Sends dead letters to `topic`, keyed as the originals were.
     pub async fn send_dead_letters(&self, topic: &str, letters: &[DeadLetter]) -> Result<(), SendBatchError> {
-        self.send_all(letters.iter().map(|l| Outgoing {
-            topic,
-            key: l.key.as_deref(),
-            payload: &l.payload,
-            headers: Some(l.headers()),
-        }))
-        .await
-        .map(|_| ())
+        let messages = letters
+            .iter()
+            .map(|l| Outgoing { topic, key: l.key.as_deref(), payload: &l.payload, headers: Some(l.headers()) })
+            .collect();
+        self.send_all(messages).await.map(|_| ())
     }
 
     /// Waits until queued messages are sent (bounded), e.g. before exit.

@@ -19,6 +19,8 @@ mod pricer;
 pub use book::{
     Condition, ModelPrice, PriceBlock, PriceSet, ProviderInfo, RateBook, RateCard, RateCardVersion, UnitPrice,
 };
-pub use load::{load_dir, parse_version_file, unit_price, LoadError, UNIT_PRICE_SCALE_MAX};
+pub use load::{
+    build_book, load_dir, parse_version_file, read_dir_versions, unit_price, LoadError, UNIT_PRICE_SCALE_MAX,
+};
 pub use matching::MatchRule;
 pub use pricer::Pricer;

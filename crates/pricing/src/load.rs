@@ -37,18 +37,24 @@ impl LoadError {
 /// `default_card` names the card for accounts without an assignment; when
 /// `None`, the directory must hold exactly one card.
 pub fn load_dir(dir: &Path, default_card: Option<&str>) -> Result<RateBook, LoadError> {
+    let versions = read_dir_versions(dir)?;
+    if versions.is_empty() {
+        return Err(LoadError::new(dir, "no rate-card files (*.toml) found"));
+    }
+    build_book(dir, versions.into_iter().map(|(f, v)| (f, Arc::new(v))).collect(), default_card)
+}
+
+/// Parses every `*.toml` file under `dir`, in path order.
+pub fn read_dir_versions(dir: &Path) -> Result<Vec<(PathBuf, RateCardVersion)>, LoadError> {
     let mut files = Vec::new();
     collect_toml_files(dir, &mut files)?;
     files.sort();
-    if files.is_empty() {
-        return Err(LoadError::new(dir, "no rate-card files (*.toml) found"));
-    }
     let mut versions = Vec::with_capacity(files.len());
     for file in &files {
         let text = std::fs::read_to_string(file).map_err(|e| LoadError::new(file, e.to_string()))?;
         versions.push((file.clone(), parse_version_file(file, &text)?));
     }
-    assemble(dir, versions, default_card)
+    Ok(versions)
 }
 
 fn collect_toml_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), LoadError> {
@@ -152,16 +158,19 @@ pub fn unit_price(price: Decimal, per: u64) -> Option<Decimal> {
     (exact && quotient.scale() <= UNIT_PRICE_SCALE_MAX).then_some(quotient)
 }
 
-fn assemble(
-    dir: &Path,
-    versions: Vec<(PathBuf, RateCardVersion)>,
+/// Assembles parsed versions (each named by where it came from: a file, a
+/// topic key) into a book, checking each card's versions against each other.
+pub fn build_book(
+    source: &Path,
+    versions: Vec<(PathBuf, Arc<RateCardVersion>)>,
     default_card: Option<&str>,
 ) -> Result<RateBook, LoadError> {
+    let dir = source;
     let mut cards: BTreeMap<String, (Vec<Arc<RateCardVersion>>, Vec<PathBuf>)> = BTreeMap::new();
     for (file, v) in versions {
         let entry = cards.entry(v.rate_card.clone()).or_default();
         entry.1.push(file);
-        entry.0.push(Arc::new(v));
+        entry.0.push(v);
     }
     let mut book = BTreeMap::new();
     for (id, (mut versions, files)) in cards {

@@ -41,6 +41,13 @@ impl Pricer {
         &self.book
     }
 
+    /// Prices from now on with `book` (a new rate-card version arrived).
+    pub fn set_book(&mut self, book: Arc<RateBook>) {
+        self.book = book;
+        self.match_cache.clear();
+        self.match_cache_entries = 0;
+    }
+
     /// Prices one event. A rejection says why it cannot be priced; it is
     /// never priced as zero.
     pub fn price(&mut self, event: UsageEvent) -> Result<PricedEvent, Rejection> {

@@ -31,6 +31,11 @@ impl Processor {
         Self { decoder, pricer, limits, clock }
     }
 
+    /// Prices from now on with `book` (new rate-card versions arrived).
+    pub fn set_rate_book(&mut self, book: Arc<usage_pricing::RateBook>) {
+        self.pricer.set_book(book);
+    }
+
     pub fn evaluate(&mut self, payload: &[u8]) -> MessageOutcome {
         let event = match self.decoder.decode(payload) {
             Ok(e) => e,

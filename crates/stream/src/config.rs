@@ -18,6 +18,8 @@ pub enum StopWhen {
 pub struct StreamConfig {
     pub raw_topic: String,
     pub dead_letter_topic: String,
+    /// Compacted topic of rate-card versions (see `rate_cards`).
+    pub rate_cards_topic: String,
     pub group_id: String,
     /// Partitions of topics the pipeline creates (existing ones are kept).
     pub topic_partitions: i32,
@@ -47,6 +49,7 @@ impl Default for StreamConfig {
         Self {
             raw_topic: "usage.raw".into(),
             dead_letter_topic: "usage.dead-letter".into(),
+            rate_cards_topic: "usage.rate-cards".into(),
             group_id: "usage-pipeline".into(),
             topic_partitions: 4,
             batch_events_max: 20_000,

@@ -4,13 +4,15 @@ use crate::batch::{Batch, MessageOutcome, Processor};
 use crate::config::{StopWhen, StreamConfig};
 use crate::report::RunReport;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use usage_clickhouse::{ClickHouseSink, SinkError};
 use usage_kafka::{
-    ensure_topics, CommitMode, Consumer, GroupConsumer, KafkaError, KafkaSettings, Message, Offset, Producer,
-    ProducerError, TopicPartitionList, TopicSpec,
+    ensure_topics, CommitMode, Consumer, GroupConsumer, KafkaError, KafkaSettings, Message, Offset, OwnedMessage,
+    Producer, ProducerError, TopicPartitionList, TopicSpec,
 };
+use usage_pricing::RateBook;
 
 /// How often the loop logs its running totals.
 const PROGRESS_LOG_INTERVAL: Duration = Duration::from_secs(10);
@@ -31,6 +33,22 @@ pub enum PipelineError {
     Undelivered { n_messages: u64, what: &'static str, error: String },
 }
 
+/// What [`Pipeline::deliver`] sends.
+#[derive(Clone, Copy)]
+enum Delivery {
+    DeadLetters,
+    Rows,
+}
+
+impl Delivery {
+    fn name(self) -> &'static str {
+        match self {
+            Self::DeadLetters => "dead letters",
+            Self::Rows => "ClickHouse insert",
+        }
+    }
+}
+
 /// A shutdown request (SIGTERM, Ctrl-C, a test), observed between messages.
 #[derive(Clone)]
 pub struct Shutdown(watch::Receiver<bool>);
@@ -46,12 +64,16 @@ impl Shutdown {
         *self.0.borrow()
     }
 
-    pub async fn requested(&self) {
+    /// Resolves when shutdown is requested. The future owns its receiver,
+    /// so it borrows nothing (and stays `Send` whatever holds it).
+    pub fn requested(&self) -> impl Future<Output = ()> + Send + 'static {
         let mut rx = self.0.clone();
-        // An error means the sender is gone: nobody can ask any more, so
-        // never resolve.
-        if rx.wait_for(|stop| *stop).await.is_err() {
-            std::future::pending::<()>().await;
+        async move {
+            // An error means the sender is gone: nobody can ask any more, so
+            // never resolve.
+            if rx.wait_for(|stop| *stop).await.is_err() {
+                std::future::pending::<()>().await;
+            }
         }
     }
 }
@@ -62,6 +84,21 @@ pub struct Pipeline {
     sink: ClickHouseSink,
     processor: Processor,
     producer: Producer,
+    /// New rate books from the rate-card feed, applied between batches.
+    rate_updates: Option<watch::Receiver<Arc<RateBook>>>,
+}
+
+/// Creates the missing topics (raw, dead letters, rate cards) and applies
+/// the ClickHouse migrations.
+pub async fn prepare(config: &StreamConfig, kafka: &KafkaSettings, sink: &ClickHouseSink) -> Result<(), PipelineError> {
+    let topics = [
+        TopicSpec::new(&config.raw_topic, config.topic_partitions),
+        TopicSpec::new(&config.dead_letter_topic, config.topic_partitions),
+        crate::rate_cards::rate_cards_topic_spec(&config.rate_cards_topic),
+    ];
+    ensure_topics(kafka, &topics, KAFKA_CALL_TIMEOUT).await?;
+    sink.migrate().await?;
+    Ok(())
 }
 
 impl Pipeline {
@@ -72,24 +109,27 @@ impl Pipeline {
         processor: Processor,
     ) -> Result<Self, PipelineError> {
         let producer = Producer::new(&kafka, "dead-letter")?;
-        Ok(Self { config, kafka, sink, processor, producer })
+        Ok(Self { config, kafka, sink, processor, producer, rate_updates: None })
+    }
+
+    /// Applies the books of a rate-card feed as they change.
+    pub fn with_rate_updates(mut self, updates: watch::Receiver<Arc<RateBook>>) -> Self {
+        self.rate_updates = Some(updates);
+        self
     }
 
     /// Creates missing topics and applies ClickHouse migrations.
     pub async fn prepare(&self) -> Result<(), PipelineError> {
-        let topics = [
-            TopicSpec::new(&self.config.raw_topic, self.config.topic_partitions),
-            TopicSpec::new(&self.config.dead_letter_topic, self.config.topic_partitions),
-        ];
-        ensure_topics(&self.kafka, &topics, KAFKA_CALL_TIMEOUT).await?;
-        self.sink.migrate().await?;
-        Ok(())
+        prepare(&self.config, &self.kafka, &self.sink).await
     }
 
     /// Runs until `shutdown`, or until caught up when configured so. A batch
     /// in flight is finished, delivered and committed before returning.
     pub async fn run(&mut self, shutdown: Shutdown) -> Result<RunReport, PipelineError> {
-        let consumer = usage_kafka::consumer(&self.kafka, &self.config.group_id, self.config.queued_kbytes_max)?;
+        // Shared by value with `fill`: a `&StreamConsumer` held across awaits
+        // makes this future fail rustc's `Send` check when spawned.
+        let consumer =
+            Arc::new(usage_kafka::consumer(&self.kafka, &self.config.group_id, self.config.queued_kbytes_max)?);
         consumer.subscribe(&[&self.config.raw_topic])?;
         tracing::info!(topic = %self.config.raw_topic, group = %self.config.group_id, "consuming");
         let started = Instant::now();
@@ -97,9 +137,10 @@ impl Pipeline {
         let mut last_activity = Instant::now();
         let mut last_progress_log = Instant::now();
         loop {
-            let batch = self.fill(&consumer, &shutdown).await;
+            self.apply_rate_updates();
+            let batch = self.fill(Arc::clone(&consumer), shutdown.clone()).await;
             if !batch.is_empty() {
-                self.deliver(&batch, &shutdown).await?;
+                self.deliver(&batch, shutdown.clone()).await?;
                 report.commit_failures += self.commit(&consumer, &batch);
                 report.add(&batch);
                 last_activity = Instant::now();
@@ -140,9 +181,18 @@ impl Pipeline {
         Ok(report)
     }
 
+    fn apply_rate_updates(&mut self) {
+        let Some(updates) = &mut self.rate_updates else { return };
+        if updates.has_changed().unwrap_or(false) {
+            let book = Arc::clone(&updates.borrow_and_update());
+            self.processor.set_rate_book(book);
+            tracing::info!("pricing with the updated rate cards from the next batch on");
+        }
+    }
+
     /// Consumes one batch: until it is full, `batch_linger` after its first
     /// message, nothing arrives for `batch_linger`, or shutdown.
-    async fn fill(&mut self, consumer: &GroupConsumer, shutdown: &Shutdown) -> Batch {
+    async fn fill(&mut self, consumer: Arc<GroupConsumer>, shutdown: Shutdown) -> Batch {
         let mut batch = Batch::default();
         let mut deadline = Instant::now() + self.config.batch_linger;
         let mut first = true;
@@ -156,28 +206,52 @@ impl Pipeline {
                 _ = shutdown.requested() => break,
                 r = tokio::time::timeout(wait, consumer.recv()) => r,
             };
-            let message = match received {
-                Err(_elapsed) => break,
-                Ok(Err(e)) => {
-                    // Transport errors are retried by librdkafka; say so and
-                    // hand back what we have.
-                    tracing::warn!(error = %e, "consume error");
-                    break;
-                }
-                Ok(Ok(m)) => m,
-            };
             if first {
                 first = false;
                 deadline = Instant::now() + self.config.batch_linger;
             }
-            let payload = message.payload().unwrap_or_default();
-            let outcome = match self.evaluate_until_available(payload, shutdown).await {
-                Some(outcome) => outcome,
-                // Shutdown while a dependency is down: this message is not
-                // in the batch, so its offset is not committed.
-                None => break,
+            // The message borrows from the consumer and is not `Send`: it is
+            // used and dropped within this block, never held across an await.
+            let waiting: Option<OwnedMessage> = {
+                let message = match received {
+                    Err(_elapsed) => break,
+                    Ok(Err(e)) => {
+                        // Transport errors are retried by librdkafka; say so
+                        // and hand back what we have.
+                        tracing::warn!(error = %e, "consume error");
+                        break;
+                    }
+                    Ok(Ok(m)) => m,
+                };
+                let payload = message.payload().unwrap_or_default();
+                let (topic, partition, offset, key) =
+                    (message.topic(), message.partition(), message.offset(), message.key());
+                match self.processor.evaluate(payload) {
+                    MessageOutcome::Priced(p) => {
+                        batch.add(topic, partition, offset, key, payload, Ok(*p));
+                        None
+                    }
+                    MessageOutcome::Rejected(r) => {
+                        batch.add(topic, partition, offset, key, payload, Err(r));
+                        None
+                    }
+                    MessageOutcome::Unavailable(why) => {
+                        tracing::warn!(error = %why, "cannot decode yet; waiting");
+                        Some(message.detach())
+                    }
+                }
             };
-            batch.add(message.topic(), message.partition(), message.offset(), message.key(), payload, outcome);
+            if let Some(owned) = waiting {
+                let payload = owned.payload().unwrap_or_default();
+                match self.evaluate_until_available(payload, &shutdown).await {
+                    Some(outcome) => {
+                        batch.add(owned.topic(), owned.partition(), owned.offset(), owned.key(), payload, outcome)
+                    }
+                    // Shutdown while a dependency is down: this message is
+                    // not in the batch, so its offset is not committed.
+                    None => break,
+                }
+            }
         }
         batch
     }
@@ -209,51 +283,55 @@ impl Pipeline {
     /// Dead letters first (every one acknowledged), then the rows. Both are
     /// retried until they succeed; after a shutdown request, for at most
     /// `shutdown_grace`.
-    async fn deliver(&self, batch: &Batch, shutdown: &Shutdown) -> Result<(), PipelineError> {
+    async fn deliver(&self, batch: &Batch, shutdown: Shutdown) -> Result<(), PipelineError> {
         if !batch.dead_letters.is_empty() {
-            let topic = &self.config.dead_letter_topic;
-            self.retry("dead letters", batch, shutdown, || self.producer.send_dead_letters(topic, &batch.dead_letters))
-                .await?;
+            self.deliver_with_retry(Delivery::DeadLetters, batch, shutdown.clone()).await?;
         }
         if !batch.rows.is_empty() {
-            self.retry("ClickHouse insert", batch, shutdown, || self.sink.insert(&batch.rows)).await?;
+            self.deliver_with_retry(Delivery::Rows, batch, shutdown).await?;
         }
         Ok(())
     }
 
-    async fn retry<F, Fut, E>(
-        &self,
-        what: &'static str,
-        batch: &Batch,
-        shutdown: &Shutdown,
-        mut attempt: F,
-    ) -> Result<(), PipelineError>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<(), E>>,
-        E: std::fmt::Display,
-    {
+    // Not generic over a closure: a closure returning a future that borrows
+    // `self` and the batch trips rustc's `Send` check when the pipeline is
+    // spawned.
+    async fn deliver_with_retry(&self, what: Delivery, batch: &Batch, shutdown: Shutdown) -> Result<(), PipelineError> {
         let mut backoff = self.config.retry_backoff_initial;
         let mut failures = 0u32;
         let mut give_up_at: Option<Instant> = None;
         loop {
-            let error = match attempt().await {
+            let result = match what {
+                Delivery::DeadLetters => self
+                    .producer
+                    .send_dead_letters(&self.config.dead_letter_topic, &batch.dead_letters)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Delivery::Rows => self.sink.insert(&batch.rows).await.map_err(|e| e.to_string()),
+            };
+            let error = match result {
                 Ok(()) => {
                     if failures > 0 {
-                        tracing::info!(what, failures, "delivery recovered");
+                        tracing::info!(what = what.name(), failures, "delivery recovered");
                     }
                     return Ok(());
                 }
-                Err(e) => e.to_string(),
+                Err(e) => e,
             };
             failures += 1;
             if shutdown.is_requested() {
                 let deadline = *give_up_at.get_or_insert_with(|| Instant::now() + self.config.shutdown_grace);
                 if Instant::now() >= deadline {
-                    return Err(PipelineError::Undelivered { n_messages: batch.n_messages, what, error });
+                    return Err(PipelineError::Undelivered { n_messages: batch.n_messages, what: what.name(), error });
                 }
             }
-            tracing::warn!(what, failures, error = %error, retry_in_ms = backoff.as_millis() as u64, "delivery failed; retrying");
+            tracing::warn!(
+                what = what.name(),
+                failures,
+                error = %error,
+                retry_in_ms = backoff.as_millis() as u64,
+                "delivery failed; retrying"
+            );
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(self.config.retry_backoff_max);
         }

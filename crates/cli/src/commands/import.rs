@@ -1,6 +1,8 @@
-//! `rate-cards import`: a public catalog → a rate-card file + import report.
+//! `rate-cards import` (a public catalog → a rate-card file + import report)
+//! and `rate-cards publish` (a directory → the rate-card topic).
 
-use crate::cli::{CatalogKind, ImportArgs};
+use crate::cli::{CatalogKind, ImportArgs, PublishArgs};
+use crate::config::Settings;
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 use std::process::ExitCode;
@@ -36,5 +38,29 @@ pub fn import(args: ImportArgs) -> Result<ExitCode> {
     std::fs::write(&report_path, report.to_string()).with_context(|| format!("writing {}", report_path.display()))?;
     print!("{report}");
     println!("wrote {} and {}", path.display(), report_path.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn publish(settings: Settings, args: PublishArgs) -> Result<ExitCode> {
+    let topic = &settings.stream.rate_cards_topic;
+    let report = usage_stream::publish(
+        &settings.kafka,
+        topic,
+        &args.dir,
+        args.allow_past,
+        Utc::now(),
+        std::time::Duration::from_secs(30),
+    )
+    .await
+    .with_context(|| format!("publishing {} to {topic}", args.dir.display()))?;
+    for key in &report.already_published {
+        println!("already published   {key}");
+    }
+    for key in &report.published {
+        let late =
+            if report.published_late.contains(key) { "  (effective_from is past: backfill that range)" } else { "" };
+        println!("published           {key}{late}");
+    }
+    println!("{} new version(s) on {topic} at {}", report.published.len(), settings.kafka.brokers);
     Ok(ExitCode::SUCCESS)
 }

@@ -22,6 +22,7 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Setup(args) => run::setup(settings, args).await,
         Command::Status(args) => status::status(settings, args).await,
         Command::RateCards(RateCardsCommand::Import(args)) => import::import(args),
+        Command::RateCards(RateCardsCommand::Publish(args)) => import::publish(settings, args).await,
     }
 }
 

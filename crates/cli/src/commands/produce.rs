@@ -41,12 +41,17 @@ pub async fn produce(settings: Settings, args: ProduceArgs) -> Result<ExitCode> 
         async move {
             let n = batch.len() as u64;
             producer
-                .send_all(batch.iter().map(|(k, v)| Outgoing {
-                    topic: &topic,
-                    key: (!k.is_empty()).then_some(k.as_slice()),
-                    payload: v,
-                    headers: None,
-                }))
+                .send_all(
+                    batch
+                        .iter()
+                        .map(|(k, v)| Outgoing {
+                            topic: &topic,
+                            key: (!k.is_empty()).then_some(k.as_slice()),
+                            payload: v,
+                            headers: None,
+                        })
+                        .collect(),
+                )
                 .await
                 .context("publishing to the raw topic")?;
             anyhow::Ok(n)

@@ -1,17 +1,20 @@
 //! `run` and `setup`.
 
-use super::load_rate_book;
 use crate::cli::{RatesArg, RunArgs};
 use crate::config::Settings;
 use crate::summary::print_run_summary;
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 use usage_clickhouse::ClickHouseSink;
 use usage_codec::{Decoder, SchemaResolver};
 use usage_pricing::Pricer;
-use usage_stream::{Pipeline, Processor, Shutdown, StopWhen, SystemClock};
+use usage_stream::{prepare, read_dir_texts, Pipeline, Processor, RateFeed, Shutdown, StopWhen, SystemClock};
+
+/// Bound on reading the rate-card topic at start.
+const RATE_FEED_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub fn schema_resolver(settings: &Settings) -> SchemaResolver {
     match &settings.schema_registry_url {
@@ -20,22 +23,30 @@ pub fn schema_resolver(settings: &Settings) -> SchemaResolver {
     }
 }
 
-fn build(settings: &Settings, rates: &RatesArg) -> Result<(Pipeline, ClickHouseSink)> {
-    let book = load_rate_book(settings, rates)?;
-    let decoder = Decoder::new(settings.stream.value_format, schema_resolver(settings));
-    let processor = Processor::new(decoder, Pricer::new(book), settings.stream.limits.clone(), Arc::new(SystemClock));
-    let sink = ClickHouseSink::new(settings.clickhouse.clone())?;
-    let pipeline = Pipeline::new(settings.stream.clone(), settings.kafka.clone(), sink.clone(), processor)?;
-    Ok((pipeline, sink))
+/// Local rate-card files: the directory of `--rate-cards` or the settings;
+/// a default directory that does not exist means "the topic only".
+fn local_rate_cards(settings: &Settings, rates: &RatesArg) -> Result<Vec<(PathBuf, String)>> {
+    let (dir, explicit) = match &rates.rate_cards {
+        Some(d) => (d.clone(), true),
+        None => (settings.rate_cards.clone(), settings.rate_cards_explicit),
+    };
+    if !dir.exists() {
+        if explicit {
+            bail!("rate-card directory {} does not exist", dir.display());
+        }
+        return Ok(Vec::new());
+    }
+    read_dir_texts(&dir).with_context(|| format!("reading rate cards from {}", dir.display()))
 }
 
-pub async fn setup(settings: Settings, rates: RatesArg) -> Result<ExitCode> {
-    let (pipeline, sink) = build(&settings, &rates)?;
-    pipeline.prepare().await.context("preparing topics and ClickHouse")?;
+pub async fn setup(settings: Settings, _rates: RatesArg) -> Result<ExitCode> {
+    let sink = ClickHouseSink::new(settings.clickhouse.clone())?;
+    prepare(&settings.stream, &settings.kafka, &sink).await.context("preparing topics and ClickHouse")?;
     println!(
-        "topics {} and {} ready on {}; ClickHouse {} database {} migrated",
+        "topics {}, {} and {} ready on {}; ClickHouse {} database {} migrated",
         settings.stream.raw_topic,
         settings.stream.dead_letter_topic,
+        settings.stream.rate_cards_topic,
         settings.kafka.brokers,
         settings.clickhouse.url,
         sink.database()
@@ -47,8 +58,20 @@ pub async fn run(mut settings: Settings, args: RunArgs) -> Result<ExitCode> {
     if args.until_caught_up {
         settings.stream.stop_when = StopWhen::CaughtUp { idle: Duration::from_millis(args.idle_ms) };
     }
-    let (mut pipeline, sink) = build(&settings, &args.rates)?;
-    pipeline.prepare().await.context("preparing topics and ClickHouse")?;
+    let sink = ClickHouseSink::new(settings.clickhouse.clone())?;
+    prepare(&settings.stream, &settings.kafka, &sink).await.context("preparing topics and ClickHouse")?;
+    let local = local_rate_cards(&settings, &args.rates)?;
+    let (kafka, topic, default_card) =
+        (settings.kafka.clone(), settings.stream.rate_cards_topic.clone(), settings.default_rate_card.clone());
+    let feed =
+        tokio::task::spawn_blocking(move || RateFeed::start(&kafka, &topic, local, default_card, RATE_FEED_TIMEOUT))
+            .await?
+            .context("loading rate cards (local files and the rate-card topic)")?;
+    let decoder = Decoder::new(settings.stream.value_format, schema_resolver(&settings));
+    let processor =
+        Processor::new(decoder, Pricer::new(feed.current()), settings.stream.limits.clone(), Arc::new(SystemClock));
+    let mut pipeline = Pipeline::new(settings.stream.clone(), settings.kafka.clone(), sink.clone(), processor)?
+        .with_rate_updates(feed.subscribe());
     tracing::info!(
         brokers = %settings.kafka.brokers,
         clickhouse = %settings.clickhouse.url,
@@ -62,6 +85,7 @@ pub async fn run(mut settings: Settings, args: RunArgs) -> Result<ExitCode> {
         let _ = stop.send(true);
     });
     let report = pipeline.run(shutdown).await?;
+    drop(feed);
     let consistent = print_run_summary(&report, &sink).await?;
     Ok(if consistent { ExitCode::SUCCESS } else { ExitCode::from(3) })
 }
