@@ -35,10 +35,7 @@ fn imported_genai_prices_agree_with_the_reference_library_to_the_last_digit() {
     assert_eq!(report.models_in_catalog - report.models_imported, report.count("model not imported: no price"));
     let catalog_providers: BTreeSet<String> = imported.models.iter().map(|m| m.provider.clone()).collect();
     let card = RateCard { id: "genai-prices".into(), currency: imported.currency, versions: vec![Arc::new(imported)] };
-    let book = Arc::new(RateBook {
-        cards: BTreeMap::from([("genai-prices".into(), card)]),
-        default_card: "genai-prices".into(),
-    });
+    let book = Arc::new(RateBook::new(BTreeMap::from([("genai-prices".into(), card)]), "genai-prices".into()));
     let mut pricer = Pricer::new(book);
 
     let sample = std::env::temp_dir().join(format!("{}.ndjson", unique("genai-reference")));

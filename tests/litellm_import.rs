@@ -66,7 +66,7 @@ fn every_litellm_entry_with_a_token_price_is_priced_with_its_variants() {
     let (version, report) = usage_catalogs::litellm::import(&json, &options).unwrap();
     let imported = parse_version_file(Path::new("litellm-v1.toml"), &version.to_toml()).unwrap();
     let card = RateCard { id: "litellm".into(), currency: imported.currency, versions: vec![Arc::new(imported)] };
-    let book = Arc::new(RateBook { cards: BTreeMap::from([("litellm".into(), card)]), default_card: "litellm".into() });
+    let book = Arc::new(RateBook::new(BTreeMap::from([("litellm".into(), card)]), "litellm".into()));
     let mut pricer = Pricer::new(book);
 
     // Reported keys carry their counts.

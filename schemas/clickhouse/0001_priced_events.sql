@@ -6,6 +6,7 @@
 -- "spend of account X this month" reads one narrow range.
 -- `cost` and every price are exact Decimal(38, 24); never Float64.
 -- `lines.*` hold one entry per priced unit (ARRAY JOIN lines for detail).
+-- `contract_version` is the account's contract version that applied (0: none).
 -- `kafka_*` say where the event came from: the delivery guarantees build on it.
 CREATE TABLE IF NOT EXISTS {database}.priced_events
 (
@@ -19,6 +20,7 @@ CREATE TABLE IF NOT EXISTS {database}.priced_events
     service_tier String,
     rate_card String,
     rate_card_version UInt32,
+    contract_version UInt32,
     occurred_at DateTime('UTC'),
     currency String,
     input_tokens UInt64,

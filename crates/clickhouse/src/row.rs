@@ -22,6 +22,8 @@ pub struct PricedRow {
     pub service_tier: &'static str,
     pub rate_card: String,
     pub rate_card_version: u32,
+    /// 0 when no contract applied.
+    pub contract_version: u32,
     /// Seconds since the epoch (`DateTime('UTC')`); sub-second precision is
     /// not stored.
     pub occurred_at: u32,
@@ -88,6 +90,7 @@ impl PricedRow {
             service_tier: e.service_tier.as_str(),
             rate_card: p.rate_card.clone(),
             rate_card_version: p.rate_card_version,
+            contract_version: p.contract_version.unwrap_or(0),
             occurred_at: u32::try_from(e.occurred_at.timestamp()).ok()?,
             currency: p.currency.as_str().to_owned(),
             input_tokens: e.usage.count(Unit::INPUT_TOKENS),

@@ -16,6 +16,8 @@ struct PricedJson<'a> {
     service_tier: &'a str,
     rate_card: &'a str,
     rate_card_version: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    contract_version: Option<u32>,
     currency: &'a str,
     cost: String,
     lines: Vec<LineJson>,
@@ -41,6 +43,7 @@ pub fn priced_to_json(p: &PricedEvent) -> String {
         service_tier: p.event.service_tier.as_str(),
         rate_card: &p.rate_card,
         rate_card_version: p.rate_card_version,
+        contract_version: p.contract_version,
         currency: p.currency.as_str(),
         cost: p.cost.normalize().to_string(),
         lines: p

@@ -28,6 +28,8 @@ pub struct PricedEvent {
     pub matched_model: String,
     pub rate_card: String,
     pub rate_card_version: u32,
+    /// The account's contract version that applied, if any.
+    pub contract_version: Option<u32>,
     pub currency: Currency,
     /// One line per priced unit, in unit-registry order.
     pub lines: Vec<CostLine>,

@@ -1,5 +1,6 @@
 //! The in-memory form of rate cards, validated and indexed for pricing.
 
+use crate::contract::Contract;
 use crate::matching::MatchRule;
 use chrono::{DateTime, NaiveTime, Utc};
 use rust_decimal::Decimal;
@@ -247,15 +248,30 @@ impl RateCard {
 #[derive(Debug)]
 pub struct RateBook {
     pub cards: BTreeMap<String, RateCard>,
-    /// The card for accounts without an assignment.
+    /// The card for accounts without a contract naming another.
     pub default_card: String,
+    /// account → its contract versions, ordered by `effective_from`.
+    pub contracts: HashMap<String, Vec<Arc<Contract>>>,
 }
 
 impl RateBook {
-    /// The rate card that prices `account_id`. Every account uses the default
-    /// card until account assignments exist.
-    pub fn card_for(&self, _account_id: &str) -> &RateCard {
-        &self.cards[&self.default_card]
+    /// A book without contracts. `default_card` must be one of `cards`.
+    pub fn new(cards: BTreeMap<String, RateCard>, default_card: String) -> Self {
+        assert!(cards.contains_key(&default_card), "the default card {default_card} is one of the cards");
+        Self { cards, default_card, contracts: HashMap::new() }
+    }
+
+    /// The contract of `account` in force at `at`, if any.
+    pub fn contract_at(&self, account: &str, at: DateTime<Utc>) -> Option<&Arc<Contract>> {
+        let versions = self.contracts.get(account)?;
+        let n_in_force = versions.partition_point(|c| c.effective_from <= at);
+        n_in_force.checked_sub(1).map(|i| &versions[i])
+    }
+
+    /// The card that prices under `contract` (the default card without one).
+    pub fn card_for(&self, contract: Option<&Contract>) -> &RateCard {
+        let id = contract.and_then(|c| c.rate_card.as_deref()).unwrap_or(&self.default_card);
+        &self.cards[id]
     }
 }
 

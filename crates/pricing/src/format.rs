@@ -215,7 +215,7 @@ fn exact_decimal<'de, D: Deserializer<'de>>(d: D) -> Result<Decimal, D::Error> {
 }
 
 /// An instant with an explicit offset: a TOML offset date-time or an RFC 3339 string.
-fn instant<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+pub(crate) fn instant<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Raw {

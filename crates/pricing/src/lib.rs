@@ -11,6 +11,7 @@
 //! and the offline `price` command share it, so they agree to the digit.
 
 mod book;
+mod contract;
 mod format;
 mod load;
 mod matching;
@@ -19,8 +20,10 @@ mod pricer;
 pub use book::{
     Condition, ModelPrice, PriceBlock, PriceSet, ProviderInfo, RateBook, RateCard, RateCardVersion, UnitPrice,
 };
+pub use contract::{discounted, parse_contract_file, Contract, ModelRef};
 pub use load::{
-    build_book, load_dir, parse_version_file, read_dir_versions, unit_price, LoadError, UNIT_PRICE_SCALE_MAX,
+    build_book, load_dir, parse_document, parse_version_file, read_dir_documents, unit_price, Document, LoadError,
+    UNIT_PRICE_SCALE_MAX,
 };
 pub use matching::MatchRule;
 pub use pricer::Pricer;

@@ -3,10 +3,12 @@
 use crate::book::{
     Condition, ModelPrice, PriceBlock, PriceSet, ProviderInfo, RateBook, RateCard, RateCardVersion, UnitPrice,
 };
+use crate::contract::{is_contract, parse_contract_file, Contract};
 use crate::format::{PriceKey, PriceValue, TierKey, VersionFile};
 use crate::matching::MatchRule;
+use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use usage_model::Currency;
@@ -28,7 +30,7 @@ pub struct LoadError {
 }
 
 impl LoadError {
-    fn new(file: &Path, message: impl Into<String>) -> Self {
+    pub(crate) fn new(file: &Path, message: impl Into<String>) -> Self {
         Self { file: file.to_owned(), message: message.into() }
     }
 }
@@ -37,24 +39,58 @@ impl LoadError {
 /// `default_card` names the card for accounts without an assignment; when
 /// `None`, the directory must hold exactly one card.
 pub fn load_dir(dir: &Path, default_card: Option<&str>) -> Result<RateBook, LoadError> {
-    let versions = read_dir_versions(dir)?;
-    if versions.is_empty() {
+    let documents = read_dir_documents(dir)?;
+    if documents.is_empty() {
         return Err(LoadError::new(dir, "no rate-card files (*.toml) found"));
     }
-    build_book(dir, versions.into_iter().map(|(f, v)| (f, Arc::new(v))).collect(), default_card)
+    build_book(dir, documents, default_card)
+}
+
+/// A file of a rate-card directory, or a message of the rate-card topic:
+/// a rate-card version or a contract version.
+#[derive(Clone, Debug)]
+pub enum Document {
+    Card(Arc<RateCardVersion>),
+    Contract(Arc<Contract>),
+}
+
+impl Document {
+    /// Its identity: `<rate card>/<version>` or `account:<account>/<version>`.
+    pub fn key(&self) -> String {
+        match self {
+            Self::Card(v) => format!("{}/{}", v.rate_card, v.version),
+            Self::Contract(c) => format!("account:{}/{}", c.account, c.version),
+        }
+    }
+
+    pub fn effective_from(&self) -> DateTime<Utc> {
+        match self {
+            Self::Card(v) => v.effective_from,
+            Self::Contract(c) => c.effective_from,
+        }
+    }
+}
+
+/// Parses a rate-card version, or a contract when the file names an `account`.
+pub fn parse_document(file: &Path, text: &str) -> Result<Document, LoadError> {
+    if is_contract(text) {
+        Ok(Document::Contract(Arc::new(parse_contract_file(file, text)?)))
+    } else {
+        Ok(Document::Card(Arc::new(parse_version_file(file, text)?)))
+    }
 }
 
 /// Parses every `*.toml` file under `dir`, in path order.
-pub fn read_dir_versions(dir: &Path) -> Result<Vec<(PathBuf, RateCardVersion)>, LoadError> {
+pub fn read_dir_documents(dir: &Path) -> Result<Vec<(PathBuf, Document)>, LoadError> {
     let mut files = Vec::new();
     collect_toml_files(dir, &mut files)?;
     files.sort();
-    let mut versions = Vec::with_capacity(files.len());
+    let mut documents = Vec::with_capacity(files.len());
     for file in &files {
         let text = std::fs::read_to_string(file).map_err(|e| LoadError::new(file, e.to_string()))?;
-        versions.push((file.clone(), parse_version_file(file, &text)?));
+        documents.push((file.clone(), parse_document(file, &text)?));
     }
-    Ok(versions)
+    Ok(documents)
 }
 
 fn collect_toml_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), LoadError> {
@@ -114,7 +150,7 @@ pub fn parse_version_file(file: &Path, text: &str) -> Result<RateCardVersion, Lo
     Ok(RateCardVersion::new(raw.rate_card, raw.version, raw.effective_from, currency, models, providers))
 }
 
-fn price_block(
+pub(crate) fn price_block(
     standard: &BTreeMap<PriceKey, PriceValue>,
     tiers: &BTreeMap<TierKey, BTreeMap<PriceKey, PriceValue>>,
 ) -> Result<PriceBlock, String> {
@@ -162,15 +198,21 @@ pub fn unit_price(price: Decimal, per: u64) -> Option<Decimal> {
 /// topic key) into a book, checking each card's versions against each other.
 pub fn build_book(
     source: &Path,
-    versions: Vec<(PathBuf, Arc<RateCardVersion>)>,
+    documents: Vec<(PathBuf, Document)>,
     default_card: Option<&str>,
 ) -> Result<RateBook, LoadError> {
     let dir = source;
     let mut cards: BTreeMap<String, (Vec<Arc<RateCardVersion>>, Vec<PathBuf>)> = BTreeMap::new();
-    for (file, v) in versions {
-        let entry = cards.entry(v.rate_card.clone()).or_default();
-        entry.1.push(file);
-        entry.0.push(v);
+    let mut contracts: Vec<(PathBuf, Arc<Contract>)> = Vec::new();
+    for (file, document) in documents {
+        match document {
+            Document::Card(v) => {
+                let entry = cards.entry(v.rate_card.clone()).or_default();
+                entry.1.push(file);
+                entry.0.push(v);
+            }
+            Document::Contract(c) => contracts.push((file, c)),
+        }
     }
     let mut book = BTreeMap::new();
     for (id, (mut versions, files)) in cards {
@@ -220,7 +262,51 @@ pub fn build_book(
             ))
         }
     };
-    Ok(RateBook { cards: book, default_card })
+    let mut book = RateBook::new(book, default_card);
+    book.contracts = check_contracts(&book, contracts)?;
+    Ok(book)
+}
+
+/// Each account's contract versions in order, each naming a card and models
+/// that exist.
+fn check_contracts(
+    book: &RateBook,
+    contracts: Vec<(PathBuf, Arc<Contract>)>,
+) -> Result<HashMap<String, Vec<Arc<Contract>>>, LoadError> {
+    let mut by_account: HashMap<String, Vec<Arc<Contract>>> = HashMap::new();
+    for (file, c) in contracts {
+        let card_id = c.rate_card.as_deref().unwrap_or(&book.default_card);
+        let Some(card) = book.cards.get(card_id) else {
+            return Err(LoadError::new(&file, format!("rate_card: no rate card `{card_id}`")));
+        };
+        let models = c.discount_models.keys().chain(c.custom_prices.keys());
+        for m in models {
+            let known =
+                card.versions.iter().any(|v| v.models.iter().any(|vm| vm.provider == m.provider && vm.id == m.model));
+            if !known {
+                return Err(LoadError::new(
+                    &file,
+                    format!("rate card `{card_id}` has no model `{}` of provider `{}`", m.model, m.provider),
+                ));
+            }
+        }
+        by_account.entry(c.account.clone()).or_default().push(c);
+    }
+    for (account, versions) in by_account.iter_mut() {
+        versions.sort_by_key(|c| (c.effective_from, c.version));
+        for pair in versions.windows(2) {
+            if pair[0].version >= pair[1].version || pair[0].effective_from == pair[1].effective_from {
+                return Err(LoadError::new(
+                    Path::new(account),
+                    format!(
+                        "contract of {account}: versions must have distinct effective_from instants and increase with them ({} and {})",
+                        pair[0].version, pair[1].version
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(by_account)
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@
 //!    its lines. Exact: no rounding, overflow is a rejection.
 
 use crate::book::{RateBook, RateCardVersion};
+use crate::contract::discounted;
 use rust_decimal::Decimal;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -52,7 +53,8 @@ impl Pricer {
     /// never priced as zero.
     pub fn price(&mut self, event: UsageEvent) -> Result<PricedEvent, Rejection> {
         let book = Arc::clone(&self.book);
-        let card = book.card_for(&event.account_id);
+        let contract = book.contract_at(&event.account_id, event.occurred_at).map(Arc::as_ref);
+        let card = book.card_for(contract);
         let version = card.version_at(event.occurred_at).ok_or_else(|| {
             Rejection::new(
                 RejectReason::NoRateCardVersion,
@@ -69,7 +71,15 @@ impl Pricer {
             )
         })?;
         let model = &version.models[model_idx];
-        let prices = model.prices_at(event.occurred_at, event.service_tier);
+        // A contract's custom prices replace the card's; otherwise its
+        // discount, if any, scales the card's unit prices.
+        let custom = contract.and_then(|c| c.custom_prices(&model.provider, &model.id));
+        let prices = match custom {
+            Some(block) => block.for_tier(event.service_tier),
+            None => model.prices_at(event.occurred_at, event.service_tier),
+        };
+        let discount =
+            if custom.is_some() { None } else { contract.and_then(|c| c.discount_factor(&model.provider, &model.id)) };
         let priced_quantities = priced_quantities(&event, prices.units())?;
         let input_tokens = event.usage.count(Unit::INPUT_TOKENS);
 
@@ -82,7 +92,10 @@ impl Pricer {
             } else {
                 (event.usage.count(*unit), priced_quantities[unit.index()])
             };
-            let unit_price = price.for_input_tokens(input_tokens);
+            let unit_price = match discount {
+                Some(factor) => discounted(price.for_input_tokens(input_tokens), factor),
+                None => price.for_input_tokens(input_tokens),
+            };
             let line_cost = exact_mul(unit_price, Decimal::from(priced_quantity)).map_err(overflow)?;
             cost = exact_add(cost, line_cost).map_err(overflow)?;
             lines.push(CostLine { unit: *unit, quantity, priced_quantity, unit_price, cost: line_cost });
@@ -91,6 +104,7 @@ impl Pricer {
             matched_model: model.id.clone(),
             rate_card: card.id.clone(),
             rate_card_version: version.version,
+            contract_version: contract.map(|c| c.version),
             currency: version.currency,
             lines,
             cost,
@@ -167,7 +181,7 @@ mod tests {
             files.iter().map(|t| Arc::new(parse_version_file(Path::new("t.toml"), t).unwrap())).collect();
         versions.sort_by_key(|v| v.effective_from);
         let card = RateCard { id: "list".into(), currency: versions[0].currency, versions };
-        Arc::new(RateBook { cards: BTreeMap::from([("list".into(), card)]), default_card: "list".into() })
+        Arc::new(RateBook::new(BTreeMap::from([("list".into(), card)]), "list".into()))
     }
 
     const V1: &str = r#"
@@ -363,6 +377,109 @@ prices = { input_mtok = "0.135" }
         assert_eq!(cost_at("2025-09-05T16:29:59Z"), d("0.28"));
         assert_eq!(cost_at("2025-09-05T16:30:00Z"), d("0.135"));
         assert_eq!(cost_at("2025-01-01T20:00:00Z"), d("0.135"));
+    }
+
+    fn book_with(files: &[&str]) -> Arc<RateBook> {
+        let docs = files
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let name = std::path::PathBuf::from(format!("f{i}.toml"));
+                let doc = crate::load::parse_document(&name, t).unwrap();
+                (name, doc)
+            })
+            .collect();
+        Arc::new(crate::load::build_book(Path::new("dir"), docs, Some("list")).unwrap())
+    }
+
+    const ENTERPRISE: &str = r#"
+rate_card = "enterprise"
+version = 1
+effective_from = 2025-01-01T00:00:00Z
+currency = "USD"
+
+[[models]]
+provider = "openai"
+id = "gpt-4o"
+prices = { input_mtok = "2", output_mtok = "8" }
+
+[[models]]
+provider = "google"
+id = "gemini-2.5-pro"
+prices = { input_mtok = "1", output_mtok = "3" }
+"#;
+
+    const CONTRACT_V1: &str = r#"
+account = "acme"
+version = 1
+effective_from = 2025-03-01T00:00:00Z
+rate_card = "enterprise"
+
+[[discounts]]
+percent = "10"
+
+[[discounts]]
+percent = "33.3333"
+models = [{ provider = "openai", model = "gpt-4o" }]
+
+[[custom_prices]]
+provider = "google"
+model = "gemini-2.5-pro"
+prices = { input_mtok = "0.5", output_mtok = "2" }
+"#;
+
+    const CONTRACT_V2: &str = r#"
+account = "acme"
+version = 2
+effective_from = 2025-06-01T00:00:00Z
+"#;
+
+    #[test]
+    fn contracts_assign_cards_and_apply_discounts_and_custom_prices_by_date() {
+        let mut p = Pricer::new(book_with(&[V1, ENTERPRISE, CONTRACT_V1, CONTRACT_V2]));
+        let usage = [("input_tokens", 1_000_000), ("output_tokens", 1_000_000)];
+        let mut priced = |account: &str, provider: &str, model: &str, at: &str| {
+            let mut e = event(provider, model, at, &usage);
+            e.account_id = account.into();
+            p.price(e).unwrap()
+        };
+        // Before the contract: the default card.
+        let before = priced("acme", "openai", "gpt-4o", "2025-02-01T00:00:00Z");
+        assert_eq!((before.rate_card.as_str(), before.contract_version, before.cost), ("list", None, d("12.5")));
+        // Model-specific discount: 33.3333% off 2 and 8 per million.
+        let gpt = priced("acme", "openai", "gpt-4o", "2025-03-01T00:00:00Z");
+        assert_eq!((gpt.rate_card.as_str(), gpt.contract_version), ("enterprise", Some(1)));
+        assert_eq!(gpt.lines[0].unit_price, d("0.000001333334"));
+        assert_eq!(gpt.cost, d("6.66667"));
+        // Custom prices win over the discount on every model.
+        let gemini = priced("acme", "google", "gemini-2.5-pro", "2025-04-01T00:00:00Z");
+        assert_eq!(gemini.cost, d("2.5"));
+        // Version 2: back to the default card, no overrides.
+        let later = priced("acme", "openai", "gpt-4o", "2025-07-01T00:00:00Z");
+        assert_eq!((later.rate_card.as_str(), later.contract_version, later.cost), ("list", Some(2), d("12.5")));
+        // Other accounts are untouched.
+        assert_eq!(priced("other", "openai", "gpt-4o", "2025-04-01T00:00:00Z").cost, d("12.5"));
+    }
+
+    #[test]
+    fn contracts_naming_unknown_cards_or_models_are_refused() {
+        let bad_card = CONTRACT_V2.replace("effective_from", "rate_card = \"nope\"\neffective_from");
+        let docs = vec![(
+            std::path::PathBuf::from("c.toml"),
+            crate::load::parse_document(Path::new("c.toml"), &bad_card).unwrap(),
+        )];
+        let mut all =
+            vec![(std::path::PathBuf::from("v1.toml"), crate::load::parse_document(Path::new("v1.toml"), V1).unwrap())];
+        all.extend(docs);
+        let err = crate::load::build_book(Path::new("dir"), all, Some("list")).unwrap_err().to_string();
+        assert!(err.contains("no rate card `nope`"), "{err}");
+        let bad_model = CONTRACT_V1.replace("model = \"gemini-2.5-pro\"", "model = \"gemini-9\"");
+        let docs = [V1, ENTERPRISE, &bad_model]
+            .iter()
+            .map(|t| (std::path::PathBuf::from("x.toml"), crate::load::parse_document(Path::new("x.toml"), t).unwrap()))
+            .collect();
+        let err = crate::load::build_book(Path::new("dir"), docs, Some("list")).unwrap_err().to_string();
+        assert!(err.contains("no model `gemini-9`"), "{err}");
     }
 
     proptest! {

@@ -26,7 +26,5 @@ pub use batch::{Batch, MessageOutcome, Processor};
 pub use clock::{Clock, SystemClock};
 pub use config::{StopWhen, StreamConfig};
 pub use pipeline::{prepare, Pipeline, PipelineError, Shutdown};
-pub use rate_cards::{
-    publish, rate_cards_topic_spec, read_dir_texts, version_key, PublishReport, RateCardsError, RateFeed,
-};
+pub use rate_cards::{publish, rate_cards_topic_spec, read_dir_texts, PublishReport, RateCardsError, RateFeed};
 pub use report::RunReport;

@@ -2,8 +2,9 @@
 //! topic reach every pipeline instance, which picks them up without a
 //! restart.
 //!
-//! The topic holds one message per version, keyed `<rate card>/<version>`,
-//! whose value is the version's TOML file. A version is immutable: a
+//! The topic holds one message per version, keyed `<rate card>/<version>`
+//! (or `account:<account>/<version>` for a contract), whose value is the
+//! version's TOML file. A version is immutable: a
 //! message that changes a known version is refused (logged, ignored), and
 //! `publish` refuses to send one. [`RateFeed`] reads the whole topic at
 //! start (together with local files, if any), then follows it from a
@@ -19,7 +20,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 use tokio::sync::watch;
 use usage_kafka::{ensure_topics, FollowError, KafkaSettings, Outgoing, Producer, TopicFollower, TopicSpec};
-use usage_pricing::{build_book, parse_version_file, LoadError, RateBook, RateCardVersion};
+use usage_pricing::{build_book, parse_document, Document, LoadError, RateBook};
 
 /// How long the follower waits for a message before checking for stop.
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
@@ -47,20 +48,16 @@ pub fn rate_cards_topic_spec(topic: &str) -> TopicSpec {
     spec
 }
 
-/// The key of a version on the topic.
-pub fn version_key(v: &RateCardVersion) -> String {
-    format!("{}/{}", v.rate_card, v.version)
-}
-
-/// Known versions: key → (file text, parsed version, where it came from).
+/// Known versions (of rate cards and contracts): key → (file text, parsed
+/// document, where it came from).
 #[derive(Default)]
-struct Versions(BTreeMap<String, (String, Arc<RateCardVersion>, PathBuf)>);
+struct Versions(BTreeMap<String, (String, Document, PathBuf)>);
 
 impl Versions {
     /// Adds a version; `Ok(false)` if it is already known with the same text.
     fn add(&mut self, origin: PathBuf, text: String) -> Result<bool, RateCardsError> {
-        let version = parse_version_file(&origin, &text)?;
-        let key = version_key(&version);
+        let document = parse_document(&origin, &text)?;
+        let key = document.key();
         match self.0.get(&key) {
             Some((known, _, _)) if *known == text => Ok(false),
             Some((_, _, known_origin)) => Err(RateCardsError::Refused(format!(
@@ -69,14 +66,14 @@ impl Versions {
                 known_origin.display()
             ))),
             None => {
-                self.0.insert(key, (text, Arc::new(version), origin));
+                self.0.insert(key, (text, document, origin));
                 Ok(true)
             }
         }
     }
 
     fn book(&self, default_card: Option<&str>, source: &Path) -> Result<RateBook, RateCardsError> {
-        let versions = self.0.values().map(|(_, v, origin)| (origin.clone(), Arc::clone(v))).collect();
+        let versions = self.0.values().map(|(_, d, origin)| (origin.clone(), d.clone())).collect();
         Ok(build_book(source, versions, default_card)?)
     }
 }
@@ -88,7 +85,7 @@ fn topic_origin(topic: &str, key: &Option<Vec<u8>>) -> PathBuf {
 /// Reads `*.toml` files of `dir` with their text.
 pub fn read_dir_texts(dir: &Path) -> Result<Vec<(PathBuf, String)>, RateCardsError> {
     let mut out = Vec::new();
-    for (path, _) in usage_pricing::read_dir_versions(dir)? {
+    for (path, _) in usage_pricing::read_dir_documents(dir)? {
         let text =
             std::fs::read_to_string(&path).map_err(|e| LoadError { file: path.clone(), message: e.to_string() })?;
         out.push((path, text));
@@ -231,28 +228,35 @@ pub async fn publish(
     let mut report = PublishReport::default();
     let mut to_send = Vec::new();
     for (path, text) in read_dir_texts(dir)? {
-        let parsed = parse_version_file(&path, &text)?;
-        let key = version_key(&parsed);
+        let parsed = parse_document(&path, &text)?;
+        let key = parsed.key();
         if !versions.add(path.clone(), text.clone())? {
             report.already_published.push(key);
             continue;
         }
-        if parsed.effective_from < now {
+        if parsed.effective_from() < now {
             if !allow_past {
                 return Err(RateCardsError::Refused(format!(
                     "{key} ({}) takes effect at {}, which is past: events since then may already be priced by the \
                      previous version. Publish with --allow-past to do it anyway, then backfill that range.",
                     path.display(),
-                    parsed.effective_from.to_rfc3339()
+                    parsed.effective_from().to_rfc3339()
                 )));
             }
-            tracing::warn!(version = %key, effective_from = %parsed.effective_from, "publishing a version whose effective_from is past");
+            tracing::warn!(version = %key, effective_from = %parsed.effective_from(), "publishing a version whose effective_from is past");
             report.published_late.push(key.clone());
         }
         to_send.push((key, text));
     }
     // The whole set must make a valid book (versions of one card in order...).
-    let mut cards: Vec<&str> = versions.0.values().map(|(_, v, _)| v.rate_card.as_str()).collect();
+    let mut cards: Vec<&str> = versions
+        .0
+        .values()
+        .filter_map(|(_, d, _)| match d {
+            Document::Card(v) => Some(v.rate_card.as_str()),
+            Document::Contract(_) => None,
+        })
+        .collect();
     cards.dedup();
     versions.book(cards.first().copied(), Path::new(topic))?;
     let producer = Producer::new(kafka, "rate-card-publisher")?;
