@@ -35,6 +35,15 @@ fn shipped_example_and_imported_rate_cards_follow_the_json_schema() {
     ));
     usage_pricing::build_book(Path::new("rate-cards"), docs, None).unwrap();
 
+    // The README's example is a valid rate card.
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    let section = &readme[readme.find("## Rate cards").expect("a Rate cards section")..];
+    let start = section.find("```toml\n").expect("a TOML example") + "```toml\n".len();
+    let example_text = &section[start..start + section[start..].find("```").unwrap()];
+    let readme_card = usage_pricing::parse_version_file(Path::new("README.md"), example_text).unwrap();
+    assert_eq!(readme_card.models.len(), 5);
+    std::fs::write(dir.join("readme.toml"), example_text).unwrap();
+
     let output = Command::new(python())
         .arg(repo_root().join("tests/python/check_rate_card_schema.py"))
         .arg(repo_root().join("rate-cards"))
@@ -44,6 +53,6 @@ fn shipped_example_and_imported_rate_cards_follow_the_json_schema() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
-    assert!(stdout.contains("6 passed, 0 failed"), "{stdout}");
+    assert!(stdout.contains("7 passed, 0 failed"), "{stdout}");
     let _ = std::fs::remove_dir_all(dir);
 }

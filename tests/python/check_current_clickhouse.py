@@ -64,11 +64,11 @@ def main() -> int:
             ).bytes().decode().split()
             assert totals == ["2", "2.500000000000000000000001"], totals
             by = s.query(
-                f"SELECT account_id, count(), toString(sum(cost)) AS total FROM {DATABASE}.priced_events WHERE {cond} "
-                "GROUP BY account_id ORDER BY sum(cost) DESC, account_id LIMIT 10",
+                f"SELECT account_id, currency, count(), toString(sum(cost)) AS total FROM {DATABASE}.priced_events WHERE {cond} "
+                "GROUP BY account_id, currency ORDER BY sum(cost) DESC, account_id LIMIT 10",
                 "TSV",
             ).bytes().decode().split()
-            assert by == ["a1", "2", "2.500000000000000000000001"], by
+            assert by == ["a1", "USD", "2", "2.500000000000000000000001"], by
         check("priced rows insert and read back exactly", insert_and_read)
 
     print(f"{passed} passed, {failed} failed")

@@ -4,6 +4,7 @@
 use anyhow::Result;
 use rust_decimal::Decimal;
 use usage_clickhouse::{ClickHouseSink, OffsetRanges};
+use usage_model::Currency;
 use usage_stream::RunReport;
 
 const TOP_N: usize = 10;
@@ -50,10 +51,13 @@ pub async fn print_run_summary(report: &RunReport, sink: &ClickHouseSink) -> Res
     for (title, column) in [("cost by account", "account_id"), ("cost by model", "matched_model")] {
         println!("{title} (top {TOP_N}, from ClickHouse):");
         for line in sink.cost_by(column, &condition, TOP_N).await? {
-            let cost = Decimal::from_str_exact(&line.cost).map_or(line.cost.clone(), |c| c.round_dp(6).to_string());
-            println!("  {:<32}{:>8} rows  {:>16}", line.key, line.rows, cost);
+            let cost = match (Decimal::from_str_exact(&line.cost), line.currency.parse::<Currency>()) {
+                (Ok(c), Ok(currency)) => usage_model::round_for_display(c, currency).to_string(),
+                _ => line.cost.clone(),
+            };
+            println!("  {:<32}{:>8} rows  {:>14} {}", line.key, line.rows, cost, line.currency);
         }
     }
-    println!("(costs in the rate card's currency; per-account lines rounded to 6 places for display only)");
+    println!("(breakdowns rounded half-even to the currency's minor unit for display; totals above are exact)");
     Ok(consistent)
 }

@@ -41,6 +41,7 @@ pub struct Totals {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CostBy {
     pub key: String,
+    pub currency: String,
     pub rows: u64,
     pub cost: String,
 }
@@ -56,14 +57,15 @@ impl ClickHouseSink {
         })
     }
 
-    /// Cost by `column` (a column name of `priced_events`), largest first.
+    /// Cost by `column` (a column name of `priced_events`) and currency,
+    /// largest first.
     pub async fn cost_by(&self, column: &str, condition: &str, limit: usize) -> Result<Vec<CostBy>, SinkError> {
         if !column.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             return Err(SinkError::Unexpected(format!("bad column name {column:?}")));
         }
         let sql = format!(
-            "SELECT {column}, count(), toString(sum(cost)) AS total FROM {} WHERE {condition} \
-             GROUP BY {column} ORDER BY sum(cost) DESC, {column} LIMIT {limit}",
+            "SELECT {column}, currency, count(), toString(sum(cost)) AS total FROM {} WHERE {condition} \
+             GROUP BY {column}, currency ORDER BY sum(cost) DESC, {column} LIMIT {limit}",
             self.table("priced_events")
         );
         self.query_tsv(&sql)
@@ -72,8 +74,9 @@ impl ClickHouseSink {
             .map(|r| {
                 Ok(CostBy {
                     key: r[0].clone(),
-                    rows: r[1].parse().map_err(|e| SinkError::Unexpected(format!("count {:?}: {e}", r[1])))?,
-                    cost: r[2].clone(),
+                    currency: r[1].clone(),
+                    rows: r[2].parse().map_err(|e| SinkError::Unexpected(format!("count {:?}: {e}", r[2])))?,
+                    cost: r[3].clone(),
                 })
             })
             .collect()

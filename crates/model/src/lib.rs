@@ -13,7 +13,7 @@ mod unit;
 mod units_table;
 
 pub use event::{EventLimits, ServiceTier, UsageCounts, UsageEvent};
-pub use money::{exact_add, exact_mul, Currency, CurrencyError, Money, MoneyError};
+pub use money::{exact_add, exact_mul, round_for_display, Currency, CurrencyError, Money, MoneyError};
 pub use priced::{CostLine, PricedEvent};
 pub use rejection::{RejectReason, Rejection};
 pub use unit::{Unit, UnitDef, UnitSet, UNIT_COUNT};

@@ -18,6 +18,17 @@ pub struct CurrencyError(pub String);
 impl Currency {
     pub const USD: Currency = Currency(*b"USD");
 
+    /// Decimal places of the currency's minor unit (ISO 4217): 2 for most,
+    /// 0 for JPY or KRW, 3 for the dinars.
+    pub fn minor_unit_places(&self) -> u32 {
+        match self.as_str() {
+            "BIF" | "CLP" | "DJF" | "GNF" | "ISK" | "JPY" | "KMF" | "KRW" | "PYG" | "RWF" | "UGX" | "UYI" | "VND"
+            | "VUV" | "XAF" | "XOF" | "XPF" => 0,
+            "BHD" | "IQD" | "JOD" | "KWD" | "LYD" | "OMR" | "TND" => 3,
+            _ => 2,
+        }
+    }
+
     pub fn as_str(&self) -> &str {
         std::str::from_utf8(&self.0).expect("constructed from ASCII capitals")
     }
@@ -78,6 +89,13 @@ pub fn exact_add(a: Decimal, b: Decimal) -> Result<Decimal, MoneyError> {
     }
 }
 
+/// An amount for people to read: rounded half-even to the currency's minor
+/// unit. The one rounding rule for display (summaries, alert texts, invoice
+/// lines); stored and summed amounts are never rounded.
+pub fn round_for_display(amount: Decimal, currency: Currency) -> Decimal {
+    amount.round_dp_with_strategy(currency.minor_unit_places(), rust_decimal::RoundingStrategy::MidpointNearestEven)
+}
+
 /// An exact amount in a currency.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Money {
@@ -136,6 +154,14 @@ mod tests {
         assert_eq!(exact_add(d("1.5"), d("0.25")).unwrap(), d("1.75"));
         assert!(exact_add(Decimal::MAX, d("1")).is_err());
         assert!(exact_add(d("7922816251426433759354395033.5"), d("0.01")).is_err());
+    }
+
+    #[test]
+    fn display_rounding_is_half_even_to_the_minor_unit() {
+        assert_eq!(round_for_display(d("0.125"), Currency::USD), d("0.12"));
+        assert_eq!(round_for_display(d("0.135"), Currency::USD), d("0.14"));
+        assert_eq!(round_for_display(d("12.5"), "JPY".parse().unwrap()), d("12"));
+        assert_eq!(round_for_display(d("1.2345"), "KWD".parse().unwrap()), d("1.234"));
     }
 
     #[test]
