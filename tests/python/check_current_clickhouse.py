@@ -69,6 +69,11 @@ def main() -> int:
                 "TSV",
             ).bytes().decode().split()
             assert by == ["a1", "USD", "2", "2.500000000000000000000001"], by
+            for table in ("cost_by_account_model_hour", "cost_by_account_day", "cost_by_api_key_day", "cost_by_project_day"):
+                rolled = s.query(
+                    f"SELECT sum(events), toString(sum(cost)) FROM {DATABASE}.{table} GROUP BY account_id", "TSV"
+                ).bytes().decode().split()
+                assert rolled == ["2", "2.500000000000000000000001"], (table, rolled)
         check("priced rows insert and read back exactly", insert_and_read)
 
     print(f"{passed} passed, {failed} failed")

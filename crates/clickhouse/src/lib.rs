@@ -4,7 +4,9 @@
 //! - [`ClickHouseSink::migrate`] applies `schemas/clickhouse/*.sql` in order,
 //!   idempotently, and records them in `schema_migrations`.
 //! - [`PricedRow`] is a priced event as a `priced_events` row (RowBinary).
-//! - [`ClickHouseSink::insert`] sends one batch as one INSERT.
+//! - [`ClickHouseSink::insert_with_id`] sends rows as one INSERT, under a
+//!   deterministic query id; [`ClickHouseSink::stored_event_ids`] and
+//!   [`ClickHouseSink::last_stored_offset`] serve exactly-once delivery.
 //! - [`ClickHouseSink::query_tsv`] serves read-backs (summaries, tests).
 //!
 //! The `clickhouse` client runs with validation off: ClickHouse 18.16 cannot
@@ -15,7 +17,7 @@ mod reports;
 mod row;
 mod sink;
 
-pub use migrations::MIGRATIONS;
+pub use migrations::{MIGRATIONS, ROLLUP_TABLES};
 pub use reports::{quote, CostBy, OffsetRanges, Totals};
 pub use row::{decimal_to_i128, i128_to_decimal, PricedRow, DECIMAL_SCALE};
 pub use sink::{ClickHouseSettings, ClickHouseSink, SinkError};

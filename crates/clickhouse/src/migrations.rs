@@ -4,8 +4,15 @@
 
 /// `(version, name, sql)`, in the order they apply. Never edit a released
 /// migration: add a new one.
-pub const MIGRATIONS: &[(u32, &str, &str)] =
-    &[(1, "priced_events", include_str!("../../../schemas/clickhouse/0001_priced_events.sql"))];
+pub const MIGRATIONS: &[(u32, &str, &str)] = &[
+    (1, "priced_events", include_str!("../../../schemas/clickhouse/0001_priced_events.sql")),
+    (2, "rollups", include_str!("../../../schemas/clickhouse/0002_rollups.sql")),
+    (3, "offsets", include_str!("../../../schemas/clickhouse/0003_offsets.sql")),
+];
+
+/// Rollup tables, for checks and tests.
+pub const ROLLUP_TABLES: &[&str] =
+    &["cost_by_account_model_hour", "cost_by_account_day", "cost_by_api_key_day", "cost_by_project_day"];
 
 /// The statements of a migration, with the database filled in.
 pub(crate) fn statements(sql: &str, database: &str) -> Vec<String> {
@@ -26,6 +33,7 @@ mod tests {
         assert!(MIGRATIONS.windows(2).all(|w| w[0].0 < w[1].0));
         let stmts = statements(MIGRATIONS[0].2, "usage");
         assert_eq!(stmts.len(), 1);
+        assert_eq!(statements(MIGRATIONS[1].2, "usage").len(), 2 * ROLLUP_TABLES.len());
         assert!(stmts[0].starts_with("CREATE TABLE IF NOT EXISTS usage.priced_events"));
         assert!(!stmts[0].contains("--"));
     }

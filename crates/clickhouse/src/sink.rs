@@ -121,24 +121,6 @@ impl ClickHouseSink {
         Ok(newly)
     }
 
-    /// Inserts `rows` as one INSERT statement (one block on the server).
-    pub async fn insert(&self, rows: &[PricedRow]) -> Result<(), SinkError> {
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let timeout = Some(self.settings.insert_timeout);
-        let mut insert = self
-            .database_client
-            .insert::<PricedRow>("priced_events")
-            .await
-            .map_err(ch("starting INSERT"))?
-            .with_timeouts(timeout, timeout);
-        for row in rows {
-            insert.write(row).await.map_err(ch("writing INSERT"))?;
-        }
-        insert.end().await.map_err(ch(format!("INSERT of {} rows", rows.len())))
-    }
-
     /// Runs a statement that returns nothing.
     pub async fn execute(&self, sql: &str) -> Result<(), SinkError> {
         self.client.query(sql).execute().await.map_err(ch(first_line(sql)))
@@ -185,4 +167,97 @@ fn unescape_tsv(field: &str) -> String {
         }
     }
     out
+}
+
+/// Rows per duplicate-check query: 2,000 ids of up to 128 characters stay
+/// under ClickHouse's default `max_query_size` (256 KiB).
+const DUPLICATE_CHECK_IDS_MAX: usize = 2_000;
+/// How often to look for a previous owner's INSERT still running.
+const IN_FLIGHT_POLL: Duration = Duration::from_millis(200);
+
+impl ClickHouseSink {
+    /// `(account_id, event_id)` of the given rows that are already stored.
+    /// Duplicates are identical re-sends, so the search is limited to the
+    /// rows' accounts and `occurred_at` span (the table's sort key).
+    pub async fn stored_event_ids(
+        &self,
+        rows: &[PricedRow],
+    ) -> Result<std::collections::HashSet<(String, String)>, SinkError> {
+        let mut found = std::collections::HashSet::new();
+        for chunk in rows.chunks(DUPLICATE_CHECK_IDS_MAX) {
+            let from = chunk.iter().map(|r| r.occurred_at).min().expect("non-empty chunk");
+            let until = chunk.iter().map(|r| r.occurred_at).max().expect("non-empty chunk");
+            let mut accounts: Vec<&str> = chunk.iter().map(|r| r.account_id.as_str()).collect();
+            accounts.sort_unstable();
+            accounts.dedup();
+            let list = |items: &mut dyn Iterator<Item = &str>| items.map(crate::quote).collect::<Vec<_>>().join(",");
+            let sql = format!(
+                "SELECT account_id, event_id FROM {} WHERE occurred_at >= toDateTime({from}) AND occurred_at <= toDateTime({until}) \
+                 AND account_id IN ({}) AND event_id IN ({})",
+                self.table("priced_events"),
+                list(&mut accounts.into_iter()),
+                list(&mut chunk.iter().map(|r| r.event_id.as_str())),
+            );
+            for row in self.query_tsv(&sql).await? {
+                if let [account, event] = &row[..] {
+                    found.insert((account.clone(), event.clone()));
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Inserts one unit of rows with a deterministic `query_id`: ClickHouse
+    /// refuses a second query with the id of one still running, so a retry
+    /// (or a new owner of the partition) cannot overlap an INSERT in flight.
+    pub async fn insert_with_id(&self, rows: &[&PricedRow], query_id: &str) -> Result<(), SinkError> {
+        let client = self.database_client.clone().with_setting("query_id", query_id);
+        let timeout = Some(self.settings.insert_timeout);
+        let mut insert = client
+            .insert::<PricedRow>("priced_events")
+            .await
+            .map_err(ch("starting INSERT"))?
+            .with_timeouts(timeout, timeout);
+        for row in rows {
+            insert.write(*row).await.map_err(ch("writing INSERT"))?;
+        }
+        insert.end().await.map_err(ch(format!("INSERT {query_id} of {} rows", rows.len())))
+    }
+
+    /// Waits until no query whose id starts with `prefix` is running, for at
+    /// most `timeout`. Returns whether none is.
+    pub async fn wait_for_queries(&self, prefix: &str, timeout: Duration) -> Result<bool, SinkError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let sql = format!(
+            "SELECT count() FROM system.processes WHERE substring(query_id, 1, {}) = {}",
+            prefix.len(),
+            crate::quote(prefix)
+        );
+        loop {
+            let running: u64 = self.query_tsv(&sql).await?.concat().concat().parse().unwrap_or(0);
+            if running == 0 {
+                return Ok(true);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(IN_FLIGHT_POLL).await;
+        }
+    }
+
+    /// The last offset stored for a topic partition, `None` if none is.
+    pub async fn last_stored_offset(&self, topic: &str, partition: i32) -> Result<Option<i64>, SinkError> {
+        let sql = format!(
+            "SELECT count(), max(last_offset) FROM {} WHERE kafka_topic = {} AND kafka_partition = {partition}",
+            self.table("pipeline_offsets"),
+            crate::quote(topic)
+        );
+        let rows = self.query_tsv(&sql).await?;
+        match rows.first().map(|r| r.as_slice()) {
+            Some([n, max]) if n != "0" => {
+                Ok(Some(max.parse().map_err(|e| SinkError::Unexpected(format!("offset {max:?}: {e}")))?))
+            }
+            _ => Ok(None),
+        }
+    }
 }

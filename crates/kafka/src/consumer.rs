@@ -4,21 +4,35 @@ use crate::settings::KafkaSettings;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use std::sync::Mutex;
 use std::time::Duration;
 
-/// Logs partition assignments and revocations, and commit failures.
-pub struct RebalanceLogger;
+/// Logs partition assignments and revocations, and commit failures, and
+/// remembers revoked partitions until the run loop takes them: work in
+/// progress for a partition that is no longer ours must be dropped (the
+/// new owner will redo it from what is stored).
+#[derive(Default)]
+pub struct RebalanceTracker {
+    revoked: Mutex<Vec<(String, i32)>>,
+}
 
-impl ClientContext for RebalanceLogger {}
+impl RebalanceTracker {
+    /// Partitions revoked since the last call.
+    pub fn take_revoked(&self) -> Vec<(String, i32)> {
+        std::mem::take(&mut *self.revoked.lock().expect("revocations lock"))
+    }
+}
 
-impl ConsumerContext for RebalanceLogger {
+impl ClientContext for RebalanceTracker {}
+
+impl ConsumerContext for RebalanceTracker {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
-            Rebalance::Assign(tpl) => {
-                tracing::info!(partitions = %describe(tpl), "partitions assigned")
-            }
+            Rebalance::Assign(tpl) => tracing::info!(partitions = %describe(tpl), "partitions assigned"),
             Rebalance::Revoke(tpl) => {
-                tracing::info!(partitions = %describe(tpl), "partitions revoked")
+                tracing::info!(partitions = %describe(tpl), "partitions revoked");
+                let mut revoked = self.revoked.lock().expect("revocations lock");
+                revoked.extend(tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())));
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
         }
@@ -35,7 +49,7 @@ fn describe(tpl: &TopicPartitionList) -> String {
     tpl.elements().iter().map(|e| format!("{}/{}", e.topic(), e.partition())).collect::<Vec<_>>().join(",")
 }
 
-pub type GroupConsumer = StreamConsumer<RebalanceLogger>;
+pub type GroupConsumer = StreamConsumer<RebalanceTracker>;
 
 /// A member of `group` with manual commits, starting at the earliest offset
 /// of partitions the group never committed.
@@ -51,15 +65,17 @@ pub fn consumer(settings: &KafkaSettings, group: &str, queued_kbytes_max: u32) -
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "30000")
-        // Large enough for a ClickHouse insert retried for minutes; the loop
-        // keeps polling while it waits, so this is a backstop.
-        .set("max.poll.interval.ms", "600000")
+        // The loop does not poll while it retries a delivery (ClickHouse
+        // down): leaving the group then would hand its partitions over with
+        // rows in hand. Heartbeats come from librdkafka's own thread, so a
+        // live process stays a member; this is librdkafka's maximum (24 h).
+        .set("max.poll.interval.ms", "86400000")
         .set("queued.max.messages.kbytes", queued_kbytes_max.to_string())
         .set("fetch.wait.max.ms", "100");
     for (k, v) in &settings.overrides {
         config.set(k, v);
     }
-    config.create_with_context(RebalanceLogger)
+    config.create_with_context(RebalanceTracker::default())
 }
 
 /// A partition's committed offset for a group, and its watermarks.

@@ -18,7 +18,7 @@ mod producer;
 mod settings;
 
 pub use admin::{ensure_topics, TopicSpec};
-pub use consumer::{committed_lag, consumer, GroupConsumer, PartitionLag, RebalanceLogger};
+pub use consumer::{committed_lag, consumer, GroupConsumer, PartitionLag, RebalanceTracker};
 pub use dead_letter::{
     DeadLetter, HEADER_DETAIL, HEADER_REASON, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION, HEADER_SOURCE_TOPIC,
 };

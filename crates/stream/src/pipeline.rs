@@ -1,13 +1,34 @@
-//! The consume → price → deliver → commit loop. See the crate docs.
+//! The consume → price → deliver → commit loop. See the crate docs for the
+//! shape, and the README's "Guarantees" for what it promises.
+//!
+//! Exactly once into ClickHouse, through crashes and rebalances:
+//! - **Resume from ClickHouse.** When a partition is first seen (after start
+//!   or an assignment), the loop waits until no INSERT of a previous owner is
+//!   still running for it (INSERTs carry a query id naming their topic,
+//!   partition and offsets), then resumes after the last offset stored
+//!   (`pipeline_offsets`); messages before it are skipped. Kafka commits
+//!   only report progress.
+//! - **Atomic, checkable INSERTs.** Rows are inserted per Kafka partition in
+//!   contiguous offset runs within one ClickHouse partition (month): one
+//!   INSERT, one part, all or nothing.
+//! - **Duplicates and ambiguous INSERTs.** Before every INSERT attempt, the
+//!   rows whose `(account_id, event_id)` is already stored are dropped: a
+//!   producer's re-send, or our own rows when a failed attempt had in fact
+//!   succeeded. A retry reuses the query id, which ClickHouse refuses while
+//!   the first attempt still runs.
+//! - **Revocation.** Work in progress for a revoked partition is dropped,
+//!   and rows are inserted only for partitions still assigned: the new owner
+//!   redoes that work from what is stored.
 
 use crate::batch::{Batch, MessageOutcome, Processor};
 use crate::config::{StopWhen, StreamConfig};
 use crate::report::RunReport;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
-use usage_clickhouse::{ClickHouseSink, SinkError};
+use usage_clickhouse::{ClickHouseSink, PricedRow, SinkError};
 use usage_kafka::{
     ensure_topics, CommitMode, Consumer, GroupConsumer, KafkaError, KafkaSettings, Message, Offset, OwnedMessage,
     Producer, ProducerError, TopicPartitionList, TopicSpec,
@@ -31,22 +52,6 @@ pub enum PipelineError {
     NoAssignment { topic: String, seconds: u64 },
     #[error("shutting down with a batch of {n_messages} messages undelivered ({what}: {error}); it will be consumed again on restart")]
     Undelivered { n_messages: u64, what: &'static str, error: String },
-}
-
-/// What [`Pipeline::deliver`] sends.
-#[derive(Clone, Copy)]
-enum Delivery {
-    DeadLetters,
-    Rows,
-}
-
-impl Delivery {
-    fn name(self) -> &'static str {
-        match self {
-            Self::DeadLetters => "dead letters",
-            Self::Rows => "ClickHouse insert",
-        }
-    }
 }
 
 /// A shutdown request (SIGTERM, Ctrl-C, a test), observed between messages.
@@ -78,6 +83,67 @@ impl Shutdown {
     }
 }
 
+/// Capped exponential backoff for a step retried until it succeeds; after a
+/// shutdown request, for at most `shutdown_grace`.
+struct Backoff {
+    what: &'static str,
+    next: Duration,
+    max: Duration,
+    grace: Duration,
+    failures: u32,
+    give_up_at: Option<Instant>,
+}
+
+impl Backoff {
+    fn new(what: &'static str, config: &StreamConfig) -> Self {
+        Self {
+            what,
+            next: config.retry_backoff_initial,
+            max: config.retry_backoff_max,
+            grace: config.shutdown_grace,
+            failures: 0,
+            give_up_at: None,
+        }
+    }
+
+    /// Waits before the next attempt, or gives up after a shutdown request.
+    async fn failed(&mut self, error: String, shutdown: &Shutdown, n_messages: u64) -> Result<(), PipelineError> {
+        self.failures += 1;
+        if shutdown.is_requested() {
+            let deadline = *self.give_up_at.get_or_insert_with(|| Instant::now() + self.grace);
+            if Instant::now() >= deadline {
+                return Err(PipelineError::Undelivered { n_messages, what: self.what, error });
+            }
+        }
+        tracing::warn!(
+            what = self.what,
+            failures = self.failures,
+            error = %error,
+            retry_in_ms = self.next.as_millis() as u64,
+            "failed; retrying"
+        );
+        tokio::time::sleep(self.next).await;
+        self.next = (self.next * 2).min(self.max);
+        Ok(())
+    }
+
+    fn succeeded(&self) {
+        if self.failures > 0 {
+            tracing::info!(what = self.what, failures = self.failures, "recovered");
+        }
+    }
+}
+
+/// What delivering a batch did.
+#[derive(Default)]
+pub(crate) struct Delivered {
+    pub inserted: u64,
+    pub duplicates: u64,
+    pub cost_scaled: i128,
+    /// Messages of partitions revoked before their rows were all inserted.
+    pub handed_over: u64,
+}
+
 pub struct Pipeline {
     config: StreamConfig,
     kafka: KafkaSettings,
@@ -86,6 +152,8 @@ pub struct Pipeline {
     producer: Producer,
     /// New rate books from the rate-card feed, applied between batches.
     rate_updates: Option<watch::Receiver<Arc<RateBook>>>,
+    /// Per assigned partition: the first offset not yet stored.
+    resume_from: HashMap<(String, i32), i64>,
 }
 
 /// Creates the missing topics (raw, dead letters, rate cards) and applies
@@ -109,7 +177,7 @@ impl Pipeline {
         processor: Processor,
     ) -> Result<Self, PipelineError> {
         let producer = Producer::new(&kafka, "dead-letter")?;
-        Ok(Self { config, kafka, sink, processor, producer, rate_updates: None })
+        Ok(Self { config, kafka, sink, processor, producer, rate_updates: None, resume_from: HashMap::new() })
     }
 
     /// Applies the books of a rate-card feed as they change.
@@ -121,6 +189,11 @@ impl Pipeline {
     /// Creates missing topics and applies ClickHouse migrations.
     pub async fn prepare(&self) -> Result<(), PipelineError> {
         prepare(&self.config, &self.kafka, &self.sink).await
+    }
+
+    /// Query ids of this pipeline's INSERTs for a topic partition start so.
+    fn query_id_prefix(&self, topic: &str, partition: i32) -> String {
+        format!("usage-pipeline:{}:{topic}:{partition}:", self.sink.database())
     }
 
     /// Runs until `shutdown`, or until caught up when configured so. A batch
@@ -138,24 +211,19 @@ impl Pipeline {
         let mut last_progress_log = Instant::now();
         loop {
             self.apply_rate_updates();
-            let batch = self.fill(Arc::clone(&consumer), shutdown.clone()).await;
+            let mut batch = self.fill(Arc::clone(&consumer), shutdown.clone()).await?;
             if !batch.is_empty() {
-                self.deliver(&batch, shutdown.clone()).await?;
+                let delivered = self.deliver(&consumer, &mut batch, &shutdown).await?;
                 report.commit_failures += self.commit(&consumer, &batch);
-                report.add(&batch);
+                report.add(&batch, &delivered);
                 last_activity = Instant::now();
-                tracing::debug!(
-                    messages = batch.n_messages,
-                    rows = batch.rows.len(),
-                    dead_letters = batch.dead_letters.len(),
-                    "batch delivered and committed"
-                );
             }
             if last_progress_log.elapsed() >= PROGRESS_LOG_INTERVAL {
                 last_progress_log = Instant::now();
                 tracing::info!(
                     consumed = report.consumed,
                     priced = report.priced,
+                    duplicates = report.duplicates,
                     dead_lettered = report.dead_lettered_total(),
                     "progress"
                 );
@@ -190,13 +258,33 @@ impl Pipeline {
         }
     }
 
+    /// Forgets the work and resume points of revoked partitions. Returns the
+    /// number of messages dropped.
+    fn apply_revocations(&mut self, consumer: &GroupConsumer, batch: &mut Batch) -> u64 {
+        let mut dropped = 0;
+        for (topic, partition) in consumer.context().take_revoked() {
+            self.resume_from.remove(&(topic.clone(), partition));
+            if let Some(part) = batch.drop_partition(&topic, partition) {
+                tracing::info!(
+                    topic,
+                    partition,
+                    messages = part.n_messages,
+                    "partition revoked: its new owner redoes this work"
+                );
+                dropped += part.n_messages;
+            }
+        }
+        dropped
+    }
+
     /// Consumes one batch: until it is full, `batch_linger` after its first
     /// message, nothing arrives for `batch_linger`, or shutdown.
-    async fn fill(&mut self, consumer: Arc<GroupConsumer>, shutdown: Shutdown) -> Batch {
+    async fn fill(&mut self, consumer: Arc<GroupConsumer>, shutdown: Shutdown) -> Result<Batch, PipelineError> {
         let mut batch = Batch::default();
         let mut deadline = Instant::now() + self.config.batch_linger;
         let mut first = true;
-        while batch.n_messages < self.config.batch_events_max as u64 {
+        while batch.n_messages() < self.config.batch_events_max as u64 {
+            batch.handed_over += self.apply_revocations(&consumer, &mut batch);
             let wait = deadline.saturating_duration_since(Instant::now());
             if wait.is_zero() {
                 break;
@@ -223,37 +311,86 @@ impl Pipeline {
                     }
                     Ok(Ok(m)) => m,
                 };
-                let payload = message.payload().unwrap_or_default();
-                let (topic, partition, offset, key) =
-                    (message.topic(), message.partition(), message.offset(), message.key());
-                match self.processor.evaluate(payload) {
-                    MessageOutcome::Priced(p) => {
-                        batch.add(topic, partition, offset, key, payload, Ok(*p));
+                let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
+                match self.resume_from.get(&(topic.to_owned(), partition)) {
+                    // First message of a partition: find where to resume.
+                    None => Some(message.detach()),
+                    Some(&next) if offset < next => {
+                        batch.skipped += 1;
                         None
                     }
-                    MessageOutcome::Rejected(r) => {
-                        batch.add(topic, partition, offset, key, payload, Err(r));
-                        None
-                    }
-                    MessageOutcome::Unavailable(why) => {
-                        tracing::warn!(error = %why, "cannot decode yet; waiting");
-                        Some(message.detach())
+                    Some(_) => {
+                        let payload = message.payload().unwrap_or_default();
+                        match self.processor.evaluate(payload) {
+                            MessageOutcome::Priced(p) => {
+                                batch.add(topic, partition, offset, message.key(), payload, Ok(*p));
+                                None
+                            }
+                            MessageOutcome::Rejected(r) => {
+                                batch.add(topic, partition, offset, message.key(), payload, Err(r));
+                                None
+                            }
+                            MessageOutcome::Unavailable(why) => {
+                                tracing::warn!(error = %why, "cannot decode yet; waiting");
+                                Some(message.detach())
+                            }
+                        }
                     }
                 }
             };
-            if let Some(owned) = waiting {
-                let payload = owned.payload().unwrap_or_default();
-                match self.evaluate_until_available(payload, &shutdown).await {
-                    Some(outcome) => {
-                        batch.add(owned.topic(), owned.partition(), owned.offset(), owned.key(), payload, outcome)
-                    }
-                    // Shutdown while a dependency is down: this message is
-                    // not in the batch, so its offset is not committed.
-                    None => break,
+            let Some(owned) = waiting else { continue };
+            let key = (owned.topic().to_owned(), owned.partition());
+            if !self.resume_from.contains_key(&key) {
+                let Some(next) = self.resume_point(&key.0, key.1, &shutdown).await? else { break };
+                self.resume_from.insert(key.clone(), next);
+            }
+            if owned.offset() < self.resume_from[&key] {
+                batch.skipped += 1;
+                continue;
+            }
+            let payload = owned.payload().unwrap_or_default();
+            match self.evaluate_until_available(payload, &shutdown).await {
+                Some(outcome) => {
+                    batch.add(owned.topic(), owned.partition(), owned.offset(), owned.key(), payload, outcome)
                 }
+                // Shutdown while a dependency is down: this message is not
+                // in the batch, so its offset is not committed.
+                None => break,
             }
         }
-        batch
+        Ok(batch)
+    }
+
+    /// Where to resume a partition: after the last offset stored, once no
+    /// INSERT of a previous owner is still running. `None` on shutdown.
+    async fn resume_point(
+        &self,
+        topic: &str,
+        partition: i32,
+        shutdown: &Shutdown,
+    ) -> Result<Option<i64>, PipelineError> {
+        let prefix = self.query_id_prefix(topic, partition);
+        let mut backoff = Backoff::new("finding where to resume", &self.config);
+        loop {
+            if shutdown.is_requested() {
+                return Ok(None);
+            }
+            let attempt = async {
+                if !self.sink.wait_for_queries(&prefix, self.config.retry_backoff_max).await? {
+                    return Err(SinkError::Unexpected(format!("an INSERT of {topic}/{partition} is still running")));
+                }
+                self.sink.last_stored_offset(topic, partition).await
+            };
+            match attempt.await {
+                Ok(last) => {
+                    backoff.succeeded();
+                    let next = last.map_or(i64::MIN, |o| o + 1);
+                    tracing::info!(topic, partition, resume_after = ?last, "resuming after the last stored offset");
+                    return Ok(Some(next));
+                }
+                Err(e) => backoff.failed(e.to_string(), shutdown, 0).await?,
+            }
+        }
     }
 
     /// Evaluates a payload, waiting out an unavailable schema registry.
@@ -280,70 +417,121 @@ impl Pipeline {
         }
     }
 
-    /// Dead letters first (every one acknowledged), then the rows. Both are
-    /// retried until they succeed; after a shutdown request, for at most
-    /// `shutdown_grace`.
-    async fn deliver(&self, batch: &Batch, shutdown: Shutdown) -> Result<(), PipelineError> {
-        if !batch.dead_letters.is_empty() {
-            self.deliver_with_retry(Delivery::DeadLetters, batch, shutdown.clone()).await?;
-        }
-        if !batch.rows.is_empty() {
-            self.deliver_with_retry(Delivery::Rows, batch, shutdown).await?;
-        }
-        Ok(())
-    }
-
-    // Not generic over a closure: a closure returning a future that borrows
-    // `self` and the batch trips rustc's `Send` check when the pipeline is
-    // spawned.
-    async fn deliver_with_retry(&self, what: Delivery, batch: &Batch, shutdown: Shutdown) -> Result<(), PipelineError> {
-        let mut backoff = self.config.retry_backoff_initial;
-        let mut failures = 0u32;
-        let mut give_up_at: Option<Instant> = None;
-        loop {
-            let result = match what {
-                Delivery::DeadLetters => self
-                    .producer
-                    .send_dead_letters(&self.config.dead_letter_topic, &batch.dead_letters)
-                    .await
-                    .map_err(|e| e.to_string()),
-                Delivery::Rows => self.sink.insert(&batch.rows).await.map_err(|e| e.to_string()),
-            };
-            let error = match result {
-                Ok(()) => {
-                    if failures > 0 {
-                        tracing::info!(what = what.name(), failures, "delivery recovered");
-                    }
-                    return Ok(());
-                }
-                Err(e) => e,
-            };
-            failures += 1;
-            if shutdown.is_requested() {
-                let deadline = *give_up_at.get_or_insert_with(|| Instant::now() + self.config.shutdown_grace);
-                if Instant::now() >= deadline {
-                    return Err(PipelineError::Undelivered { n_messages: batch.n_messages, what: what.name(), error });
+    /// Dead letters first (every one acknowledged), then the rows of each
+    /// partition still assigned, unit by unit. Each step is retried until it
+    /// succeeds; after a shutdown request, for at most `shutdown_grace`.
+    async fn deliver(
+        &mut self,
+        consumer: &GroupConsumer,
+        batch: &mut Batch,
+        shutdown: &Shutdown,
+    ) -> Result<Delivered, PipelineError> {
+        let mut delivered = Delivered { handed_over: self.apply_revocations(consumer, batch), ..Delivered::default() };
+        let n_messages = batch.n_messages();
+        let letters: Vec<_> = batch.dead_letters().cloned().collect();
+        if !letters.is_empty() {
+            let mut backoff = Backoff::new("dead letters", &self.config);
+            loop {
+                match self.producer.send_dead_letters(&self.config.dead_letter_topic, &letters).await {
+                    Ok(()) => break backoff.succeeded(),
+                    Err(e) => backoff.failed(e.to_string(), shutdown, n_messages).await?,
                 }
             }
-            tracing::warn!(
-                what = what.name(),
-                failures,
-                error = %error,
-                retry_in_ms = backoff.as_millis() as u64,
-                "delivery failed; retrying"
-            );
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(self.config.retry_backoff_max);
+        }
+        let keys: Vec<(String, i32)> = batch.partitions.keys().cloned().collect();
+        for key in keys {
+            let (topic, partition) = &key;
+            for unit in batch.partitions[&key].insert_units() {
+                if !self.owns(consumer, topic, *partition) {
+                    // Revoked while we delivered: the new owner resumes after
+                    // what is stored, which may include our earlier units.
+                    let part = batch.drop_partition(topic, *partition).expect("partition in batch");
+                    tracing::info!(topic, partition, "partition revoked during delivery: handing over");
+                    delivered.handed_over += part.n_messages;
+                    break;
+                }
+                let (inserted, duplicates, cost) =
+                    self.insert_unit(topic, *partition, unit, shutdown, n_messages).await?;
+                delivered.inserted += inserted;
+                delivered.duplicates += duplicates;
+                delivered.cost_scaled += cost;
+            }
+        }
+        Ok(delivered)
+    }
+
+    fn owns(&self, consumer: &GroupConsumer, topic: &str, partition: i32) -> bool {
+        !consumer.assignment_lost()
+            && consumer.assignment().is_ok_and(|a| a.find_partition(topic, partition).is_some())
+            && self.resume_from.contains_key(&(topic.to_owned(), partition))
+    }
+
+    /// Inserts one unit: drops the rows already stored (duplicates, or ours
+    /// from an attempt that failed after it succeeded), then inserts the rest
+    /// with the unit's query id; retried until it succeeds. Returns (rows
+    /// inserted, duplicates, cost of the inserted rows).
+    async fn insert_unit(
+        &self,
+        topic: &str,
+        partition: i32,
+        unit: &[PricedRow],
+        shutdown: &Shutdown,
+        n_messages: u64,
+    ) -> Result<(u64, u64, i128), PipelineError> {
+        let first = unit.first().expect("units are not empty").kafka_offset;
+        let last = unit.last().expect("units are not empty").kafka_offset;
+        let query_id = format!("{}{first}-{last}", self.query_id_prefix(topic, partition));
+        let mut backoff = Backoff::new("ClickHouse insert", &self.config);
+        let mut counted: Option<(u64, u64, i128)> = None;
+        loop {
+            let attempt = async {
+                let stored = self.sink.stored_event_ids(unit).await?;
+                let mut seen = HashSet::new();
+                let fresh: Vec<&PricedRow> = unit
+                    .iter()
+                    .filter(|r| {
+                        let key = (r.account_id.clone(), r.event_id.clone());
+                        !stored.contains(&key) && seen.insert(key)
+                    })
+                    .collect();
+                Ok::<_, SinkError>(fresh)
+            };
+            let fresh = match attempt.await {
+                Ok(f) => f,
+                Err(e) => {
+                    backoff.failed(e.to_string(), shutdown, n_messages).await?;
+                    continue;
+                }
+            };
+            // What the first look finds is what this unit contributes; later
+            // looks also find our own rows of an attempt that did succeed.
+            let counts = *counted.get_or_insert_with(|| {
+                let cost = fresh.iter().map(|r| r.cost).sum();
+                (fresh.len() as u64, (unit.len() - fresh.len()) as u64, cost)
+            });
+            if fresh.is_empty() {
+                backoff.succeeded();
+                return Ok(counts);
+            }
+            match self.sink.insert_with_id(&fresh, &query_id).await {
+                Ok(()) => {
+                    backoff.succeeded();
+                    return Ok(counts);
+                }
+                Err(e) => backoff.failed(e.to_string(), shutdown, n_messages).await?,
+            }
         }
     }
 
-    /// Commits the batch's offsets. A failed commit (a rebalance took the
-    /// partition away) is logged and counted: the rows are in ClickHouse,
-    /// and the next owner will read them again (at-least-once).
+    /// Commits the batch's offsets: a report of progress (resuming uses what
+    /// is stored in ClickHouse). A failure is logged and counted.
     fn commit(&self, consumer: &GroupConsumer, batch: &Batch) -> u64 {
+        if batch.partitions.is_empty() {
+            return 0;
+        }
         let mut tpl = TopicPartitionList::new();
-        for ((topic, partition), (_, next)) in &batch.offsets {
-            if let Err(e) = tpl.add_partition_offset(topic, *partition, Offset::Offset(*next)) {
+        for ((topic, partition), part) in &batch.partitions {
+            if let Err(e) = tpl.add_partition_offset(topic, *partition, Offset::Offset(part.next_offset)) {
                 tracing::error!(error = %e, topic, partition, "cannot build the commit");
                 return 1;
             }
@@ -351,7 +539,7 @@ impl Pipeline {
         match consumer.commit(&tpl, CommitMode::Sync) {
             Ok(()) => 0,
             Err(e) => {
-                tracing::warn!(error = %e, "offset commit failed; the batch may be consumed again");
+                tracing::warn!(error = %e, "offset commit failed (progress report only)");
                 1
             }
         }
@@ -362,17 +550,23 @@ impl Pipeline {
 fn caught_up(consumer: &GroupConsumer, report: &RunReport) -> Result<bool, KafkaError> {
     let assignment = consumer.assignment()?;
     let committed = consumer.committed(KAFKA_CALL_TIMEOUT)?;
+    let positions = consumer.position()?;
     for e in assignment.elements() {
         let (low, high) = consumer.fetch_watermarks(e.topic(), e.partition(), KAFKA_CALL_TIMEOUT)?;
-        let next = report
-            .offsets
-            .get(&(e.topic().to_owned(), e.partition()))
-            .map(|(_, next)| *next)
-            .or_else(|| match committed.find_partition(e.topic(), e.partition()).map(|c| c.offset()) {
+        let offset_of =
+            |tpl: &TopicPartitionList| match tpl.find_partition(e.topic(), e.partition()).map(|c| c.offset()) {
                 Some(Offset::Offset(o)) => Some(o),
                 _ => None,
-            })
-            .unwrap_or(low);
+            };
+        let next = [
+            report.offsets.get(&(e.topic().to_owned(), e.partition())).map(|(_, next)| *next),
+            offset_of(&committed),
+            offset_of(&positions),
+        ]
+        .into_iter()
+        .flatten()
+        .max()
+        .unwrap_or(low);
         if next < high {
             return Ok(false);
         }

@@ -1,6 +1,7 @@
 //! What a run did, for the summary at exit and for tests.
 
 use crate::batch::Batch;
+use crate::pipeline::Delivered;
 use rust_decimal::Decimal;
 use std::collections::BTreeMap;
 use usage_model::RejectReason;
@@ -8,7 +9,15 @@ use usage_model::RejectReason;
 #[derive(Clone, Debug)]
 pub struct RunReport {
     pub consumed: u64,
+    /// Rows inserted into ClickHouse.
     pub priced: u64,
+    /// Events whose `(account_id, event_id)` was already stored.
+    pub duplicates: u64,
+    /// Messages skipped because ClickHouse already held their offsets (a
+    /// previous run stored them but did not commit).
+    pub skipped: u64,
+    /// Messages left to a partition's new owner after a revocation.
+    pub handed_over: u64,
     /// Sum of the cost of every row inserted, as the scaled integer of
     /// `Decimal(38, 24)`; `None` if it overflowed `i128` (never silently wrong).
     pub cost_scaled: Option<i128>,
@@ -24,6 +33,9 @@ impl Default for RunReport {
         Self {
             consumed: 0,
             priced: 0,
+            duplicates: 0,
+            skipped: 0,
+            handed_over: 0,
             cost_scaled: Some(0),
             dead_lettered: BTreeMap::new(),
             offsets: BTreeMap::new(),
@@ -43,19 +55,26 @@ impl RunReport {
         self.dead_lettered.values().sum()
     }
 
-    pub(crate) fn add(&mut self, batch: &Batch) {
-        self.consumed += batch.n_messages;
-        self.priced += batch.rows.len() as u64;
-        for row in &batch.rows {
-            self.cost_scaled = self.cost_scaled.and_then(|sum| sum.checked_add(row.cost));
-        }
-        for (reason, n) in &batch.rejected {
-            *self.dead_lettered.entry(*reason).or_default() += n;
-        }
-        for (tp, (first, next)) in &batch.offsets {
-            let range = self.offsets.entry(tp.clone()).or_insert((*first, *next));
-            range.0 = range.0.min(*first);
-            range.1 = range.1.max(*next);
+    /// Whether every consumed message is accounted for.
+    pub fn balances(&self) -> bool {
+        self.consumed == self.priced + self.duplicates + self.dead_lettered_total() + self.skipped + self.handed_over
+    }
+
+    pub(crate) fn add(&mut self, batch: &Batch, delivered: &Delivered) {
+        self.consumed += batch.n_messages() + batch.skipped + batch.handed_over + delivered.handed_over;
+        self.skipped += batch.skipped;
+        self.handed_over += batch.handed_over + delivered.handed_over;
+        self.priced += delivered.inserted;
+        self.duplicates += delivered.duplicates;
+        self.cost_scaled = self.cost_scaled.and_then(|sum| sum.checked_add(delivered.cost_scaled));
+        for ((topic, partition), part) in &batch.partitions {
+            for (reason, n) in &part.rejected {
+                *self.dead_lettered.entry(*reason).or_default() += n;
+            }
+            let range =
+                self.offsets.entry((topic.clone(), *partition)).or_insert((part.first_offset, part.next_offset));
+            range.0 = range.0.min(part.first_offset);
+            range.1 = range.1.max(part.next_offset);
         }
         self.batches += 1;
     }
