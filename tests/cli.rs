@@ -6,20 +6,8 @@ use rust_decimal::Decimal;
 use std::collections::HashMap;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
-use usage_integration_tests::{binary, clickhouse, kafka_settings, repo_root, unique};
+use usage_integration_tests::{binary, clickhouse, isolated_env, kafka_settings, repo_root, unique};
 use usage_synth::{Encoding, Generator, SynthConfig};
-
-/// Environment that points the binary at test-only topics and database.
-fn isolated_env(raw: &str, dlq: &str, group: &str, database: &str) -> Vec<(&'static str, String)> {
-    vec![
-        ("USAGE_RAW_TOPIC", raw.to_owned()),
-        ("USAGE_DEAD_LETTER_TOPIC", dlq.to_owned()),
-        ("USAGE_GROUP_ID", group.to_owned()),
-        ("CLICKHOUSE_DATABASE", database.to_owned()),
-        ("KAFKA_BROKERS", kafka_settings().brokers),
-        ("USAGE_RATE_CARDS", repo_root().join("rate-cards").display().to_string()),
-    ]
-}
 
 fn run_binary(args: &[&str], env: &[(&'static str, String)], timeout: Duration) -> Output {
     let mut child = Command::new(binary())

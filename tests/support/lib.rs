@@ -90,3 +90,17 @@ pub fn python() -> PathBuf {
     assert!(python.exists(), "{} is missing: run `make venv` (make test does)", python.display());
     python
 }
+
+/// Environment that points the binary at test-only topics, group and
+/// database (every name unique to the caller).
+pub fn isolated_env(raw: &str, dlq: &str, group: &str, database: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("USAGE_RAW_TOPIC", raw.to_owned()),
+        ("USAGE_DEAD_LETTER_TOPIC", dlq.to_owned()),
+        ("USAGE_RATE_CARDS_TOPIC", format!("{raw}-rates")),
+        ("USAGE_GROUP_ID", group.to_owned()),
+        ("CLICKHOUSE_DATABASE", database.to_owned()),
+        ("KAFKA_BROKERS", kafka_settings().brokers),
+        ("USAGE_RATE_CARDS", repo_root().join("rate-cards").display().to_string()),
+    ]
+}

@@ -15,18 +15,26 @@ pub async fn print_run_summary(report: &RunReport, sink: &ClickHouseSink) -> Res
     let own_cost = report.cost().map_or_else(|| "(too large to sum exactly)".to_owned(), |c| c.normalize().to_string());
     println!();
     println!("== usage-pipeline run summary ==");
-    println!("events in          {:>10}", report.consumed);
-    println!("rows priced        {:>10}   total cost {own_cost}", report.priced);
-    println!("dead-lettered      {:>10}", dead);
+    println!("{:<28}{:>10}", "events in", report.consumed);
+    println!("{:<28}{:>10}   total cost {own_cost}", "rows priced", report.priced);
+    println!("{:<28}{:>10}", "dead-lettered", dead);
     for (reason, n) in &report.dead_lettered {
-        println!("  {:<17}{n:>10}", reason.code());
+        println!("  {:<26}{n:>10}", reason.code());
     }
-    let mut consistent = report.consumed == report.priced + dead;
+    println!("{:<28}{:>10}", "duplicates (not counted)", report.duplicates);
+    if report.skipped > 0 || report.handed_over > 0 {
+        println!("{:<28}{:>10}", "already stored (skipped)", report.skipped);
+        println!("{:<28}{:>10}", "handed over (rebalance)", report.handed_over);
+    }
+    let mut consistent = report.balances();
     println!(
-        "check: in = priced + dead-lettered: {} = {} + {}  {}",
+        "check: in = priced + dead-lettered + duplicates + skipped + handed over: {} = {} + {} + {} + {} + {}  {}",
         report.consumed,
         report.priced,
         dead,
+        report.duplicates,
+        report.skipped,
+        report.handed_over,
         if consistent { "OK" } else { "MISMATCH" }
     );
     if report.offsets.is_empty() {
@@ -38,16 +46,28 @@ pub async fn print_run_summary(report: &RunReport, sink: &ClickHouseSink) -> Res
     let condition = OffsetRanges(&ranges).sql_condition();
     let totals = sink.totals(&condition).await?;
     let ch_cost = Decimal::from_str_exact(&totals.cost).ok();
-    let cost_matches = ch_cost.is_some() && ch_cost == report.cost();
-    let rows_match = totals.rows == report.priced;
-    println!(
-        "ClickHouse {} (rows from the offsets consumed): {} rows, sum(cost) {}  {}",
-        sink.table("priced_events"),
-        totals.rows,
-        ch_cost.map_or(totals.cost.clone(), |c| c.normalize().to_string()),
-        if rows_match && cost_matches { "OK: equal to the rows priced" } else { "MISMATCH" }
-    );
-    consistent &= rows_match && cost_matches;
+    let shown_cost = ch_cost.map_or(totals.cost.clone(), |c| c.normalize().to_string());
+    if report.skipped == 0 && report.handed_over == 0 {
+        // Every row of these offsets was inserted by this run: they must
+        // be exactly the rows it priced.
+        let cost_matches = ch_cost.is_some() && ch_cost == report.cost();
+        let rows_match = totals.rows == report.priced;
+        println!(
+            "ClickHouse {} (rows from the offsets consumed): {} rows, sum(cost) {shown_cost}  {}",
+            sink.table("priced_events"),
+            totals.rows,
+            if rows_match && cost_matches { "OK: equal to the rows priced" } else { "MISMATCH" }
+        );
+        consistent &= rows_match && cost_matches;
+    } else {
+        // Resumed after a crash or a rebalance: some rows of these offsets
+        // were stored by an earlier run.
+        println!(
+            "ClickHouse {} (rows from the offsets consumed, some stored by an earlier run): {} rows, sum(cost) {shown_cost}",
+            sink.table("priced_events"),
+            totals.rows
+        );
+    }
     for (title, column) in [("cost by account", "account_id"), ("cost by model", "matched_model")] {
         println!("{title} (top {TOP_N}, from ClickHouse):");
         for line in sink.cost_by(column, &condition, TOP_N).await? {

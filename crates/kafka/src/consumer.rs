@@ -64,12 +64,14 @@ pub fn consumer(settings: &KafkaSettings, group: &str, queued_kbytes_max: u32) -
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
+        // A killed member's partitions wait this long for a new owner; the
+        // local broker answers heartbeats slowly under load, so not less.
         .set("session.timeout.ms", "30000")
         // The loop does not poll while it retries a delivery (ClickHouse
-        // down): leaving the group then would hand its partitions over with
-        // rows in hand. Heartbeats come from librdkafka's own thread, so a
-        // live process stays a member; this is librdkafka's maximum (24 h).
-        .set("max.poll.interval.ms", "86400000")
+        // down). Past this, librdkafka leaves the group and the partitions
+        // move; the loop then finds them no longer assigned and hands their
+        // rows over instead of inserting them (see usage-stream).
+        .set("max.poll.interval.ms", "300000")
         .set("queued.max.messages.kbytes", queued_kbytes_max.to_string())
         .set("fetch.wait.max.ms", "100");
     for (k, v) in &settings.overrides {

@@ -344,7 +344,8 @@ impl Pipeline {
                 let Some(next) = self.resume_point(&key.0, key.1, &shutdown).await? else { break };
                 self.resume_from.insert(key.clone(), next);
             }
-            if owned.offset() < self.resume_from[&key] {
+            let resume = self.resume_from[&key];
+            if owned.offset() < resume {
                 batch.skipped += 1;
                 continue;
             }
