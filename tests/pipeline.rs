@@ -242,6 +242,23 @@ async fn every_event_is_priced_exactly_or_dead_lettered_with_its_reason() {
     }
     assert_eq!(reasons.len(), usage_synth::BAD_KINDS.len(), "{reasons:?}");
 
+    // Every analyst query of docs/queries.md runs on this data; the rollups
+    // they read add up to exactly the rows priced.
+    let docs = std::fs::read_to_string(repo_root().join("docs/queries.md")).unwrap();
+    let queries: Vec<String> = docs
+        .split("```sql\n")
+        .skip(1)
+        .map(|q| q[..q.find("```").unwrap()].replace("usage.", &format!("{database}.")))
+        .collect();
+    assert!(queries.len() >= 5);
+    for (i, q) in queries.iter().enumerate() {
+        let rows = sink.query_tsv(q).await.unwrap_or_else(|e| panic!("docs/queries.md query {}: {e}", i + 1));
+        if i == 1 {
+            let by_model: Decimal = rows.iter().map(|r| Decimal::from_str_exact(&r[3]).unwrap()).sum();
+            assert_eq!(Some(by_model), report.cost(), "top models by cost adds up to every row priced");
+        }
+    }
+
     // The offsets are committed: a second member of the group finds nothing to do.
     let mut again = build_pipeline(&raw, &dlq, &database, &group);
     let (_stop, shutdown) = Shutdown::new();

@@ -76,6 +76,12 @@ def main() -> int:
                 assert rolled == ["2", "2.500000000000000000000001"], (table, rolled)
         check("priced rows insert and read back exactly", insert_and_read)
 
+        import re
+        queries = re.findall(r"```sql\n(.*?)```", (ROOT / "docs" / "queries.md").read_text(), re.S)
+        assert queries, "docs/queries.md has queries"
+        for i, q in enumerate(queries):
+            check(f"docs/queries.md query {i + 1} runs", lambda q=q: s.query(q.replace("usage.", f"{DATABASE}."), "TSV"))
+
     print(f"{passed} passed, {failed} failed")
     return 1 if failed else 0
 
