@@ -9,7 +9,7 @@ use chrono::{DateTime, Timelike, Utc};
 use rand::{Rng, SeedableRng};
 use rust_decimal::Decimal;
 use std::collections::{BTreeMap, HashSet};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use usage_integration_tests::{binary, clickhouse, isolated_env, kafka_settings, repo_root, unique};
