@@ -128,8 +128,8 @@ impl Generator {
         let i = self.index;
         // Squaring a uniform skews traffic to the low account numbers, as a
         // few big customers dominate real usage.
-        let u: f64 = self.rng.random();
-        let account = ((u * u) * self.config.accounts as f64) as u32 + 1;
+        let u: u64 = self.rng.random_range(0..1_000_000);
+        let account = (u * u * self.config.accounts as u64 / 1_000_000_000_000) as u32 + 1;
         let (provider, model) = self.pick_model();
         let seconds_back = self.rng.random_range(0..86_400);
         let occurred_at =
