@@ -38,7 +38,9 @@ use usage_pricing::RateBook;
 /// How often the loop logs its running totals.
 const PROGRESS_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// Bound on broker metadata calls made by the loop (watermarks, commits).
-const KAFKA_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+// The local broker (tansu on sqlite) can take seconds to answer metadata
+// requests under load; a real cluster answers in milliseconds.
+const KAFKA_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {

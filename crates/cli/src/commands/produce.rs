@@ -20,7 +20,7 @@ pub async fn produce(settings: Settings, args: ProduceArgs) -> Result<ExitCode> 
     ensure_topics(
         &settings.kafka,
         &[TopicSpec::new(&topic, settings.stream.topic_partitions)],
-        Duration::from_secs(10),
+        Duration::from_secs(30),
     )
     .await
     .context("creating the raw topic")?;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use usage_kafka::committed_lag;
 
 const POLL_INTERVAL: Duration = Duration::from_millis(500);
-const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
+const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub async fn status(settings: Settings, args: StatusArgs) -> Result<ExitCode> {
     let topic = settings.stream.raw_topic.clone();
