@@ -107,13 +107,7 @@ pub fn committed_lag(
     let mut config = settings.client_config("lag");
     config.set("group.id", group).set("enable.auto.commit", "false");
     let client: BaseConsumer = config.create()?;
-    let metadata = client.fetch_metadata(Some(topic), timeout)?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic)
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
+    let partitions = partition_ids(&client, topic, timeout)?;
     let mut tpl = TopicPartitionList::new();
     for p in &partitions {
         tpl.add_partition(topic, *p);
@@ -129,4 +123,19 @@ pub fn committed_lag(
         out.push(PartitionLag { partition: p, committed, low, high });
     }
     Ok(out)
+}
+
+/// The partition ids of `topic` (empty if the topic does not exist).
+pub(crate) fn partition_ids<C: rdkafka::consumer::ConsumerContext>(
+    client: &BaseConsumer<C>,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<i32>, KafkaError> {
+    let metadata = client.fetch_metadata(Some(topic), timeout)?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic)
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect())
 }

@@ -34,13 +34,7 @@ impl TopicFollower {
         // A group id is required by librdkafka even for assign(); nothing is committed.
         config.set("group.id", format!("{}-follower", settings.client_id)).set("enable.auto.commit", "false");
         let consumer: BaseConsumer = config.create()?;
-        let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
-        let partitions: Vec<i32> = metadata
-            .topics()
-            .iter()
-            .filter(|t| t.name() == topic)
-            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-            .collect();
+        let partitions = crate::consumer::partition_ids(&consumer, topic, timeout)?;
         if partitions.is_empty() {
             return Err(FollowError::NoTopic(topic.to_owned()));
         }
