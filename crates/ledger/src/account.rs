@@ -1,0 +1,535 @@
+//! One account's money: grants, overage, monthly spend, and the cycles that
+//! make each threshold event fire once.
+//!
+//! Rules (docs/ledger.md has the long form):
+//! - balance = Σ grant remainders − overage = granted − used − expired;
+//! - prepaid usage burns grants by (priority, expiry, grant time, id); what
+//!   no grant covers is overage, paid off first by the next grant;
+//! - a grant's remainder leaves the balance at its expiry instant;
+//! - every account's spend is kept per calendar month of its time zone and
+//!   compared with its budget.
+
+use crate::input::{AccountSettings, AutoReloadFailed, BillingMode, CreditGrant, GrantKind, PricedUsage};
+use crate::output::{Effects, EntryKind, EventKind, LedgerEntry, LedgerEvent};
+use chrono::{DateTime, Datelike, Duration, Timelike, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+/// Settings versions kept per account (older ones price nothing new).
+const SETTINGS_KEPT: usize = 4;
+/// Months of spend kept per account: late usage in an older month still
+/// lands in ClickHouse, but raises no budget event.
+const PERIODS_KEPT: usize = 3;
+/// Grant ids remembered after a grant is used up, to ignore one sent twice.
+const SPENT_GRANT_IDS_KEPT: usize = 16;
+/// The burn rate is never measured over less than this (one early event
+/// would otherwise project an absurd rate).
+const RATE_WINDOW_MIN_SECONDS: i64 = 300;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantState {
+    pub grant_id: String,
+    pub kind: GrantKind,
+    pub priority: u32,
+    pub granted_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub amount: Decimal,
+    pub remaining: Decimal,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeriodSpend {
+    /// `year * 100 + month` in the account's time zone.
+    pub period: u32,
+    pub spend: Decimal,
+    /// Threshold percentages already announced for this period.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub announced: Vec<u32>,
+}
+
+/// Spend per hour of usage time, for the runway projection.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BurnRate {
+    /// Hours since the epoch of `this_hour`.
+    pub hour: i64,
+    pub this_hour: Decimal,
+    pub previous_hour: Decimal,
+}
+
+/// An account's whole ledger state: what the changelog stores.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountState {
+    pub account_id: String,
+    /// Set by the settings, else by the first grant or usage.
+    pub currency: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub settings: Vec<AccountSettings>,
+    /// Grants with something left, in burn order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grants: Vec<GrantState>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub spent_grant_ids: Vec<String>,
+    pub overage: Decimal,
+    pub granted: Decimal,
+    /// Prepaid usage, exact sum of costs.
+    pub used: Decimal,
+    pub expired: Decimal,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub periods: Vec<PeriodSpend>,
+    pub depleted: bool,
+    /// Depletions so far: the id of the next `balance.depleted`.
+    pub depletion_cycle: u32,
+    pub reload_cycle: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reload_open: Option<String>,
+    /// A reload failed: none is requested again until the balance is back
+    /// above the threshold or the settings change.
+    pub reload_suppressed: bool,
+    #[serde(default)]
+    pub burn: BurnRate,
+    pub runway_cycle: u32,
+    pub runway_announced: bool,
+    /// Per origin topic partition of the pricing stage, the last offset
+    /// applied: a pricing replay re-sends records, this drops them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub origins: Vec<(String, i32, i64)>,
+    /// Last offsets applied from the ledger's own inputs.
+    pub priced_offset: i64,
+    pub commands_offset: i64,
+    /// Events emitted but not known to be sent: re-sent after a restore.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outbox: Vec<LedgerEvent>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LedgerError {
+    #[error("usage in {usage} cannot be charged to account {account} billed in {account_currency}")]
+    CurrencyMismatch { account: String, usage: String, account_currency: String },
+    #[error("amount overflow on account {0}")]
+    Overflow(String),
+}
+
+impl LedgerError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            LedgerError::CurrencyMismatch { .. } => "currency_mismatch",
+            LedgerError::Overflow(_) => "ledger_overflow",
+        }
+    }
+}
+
+/// `a + b`, exactly, or an error (never a silent rounding).
+fn add(a: Decimal, b: Decimal, account: &str) -> Result<Decimal, LedgerError> {
+    usage_model::exact_add(a, b).map_err(|_| LedgerError::Overflow(account.to_owned()))
+}
+
+impl AccountState {
+    pub fn new(account_id: &str) -> Self {
+        Self {
+            account_id: account_id.to_owned(),
+            currency: String::new(),
+            settings: Vec::new(),
+            grants: Vec::new(),
+            spent_grant_ids: Vec::new(),
+            overage: Decimal::ZERO,
+            granted: Decimal::ZERO,
+            used: Decimal::ZERO,
+            expired: Decimal::ZERO,
+            periods: Vec::new(),
+            depleted: false,
+            depletion_cycle: 1,
+            reload_cycle: 0,
+            reload_open: None,
+            reload_suppressed: false,
+            burn: BurnRate::default(),
+            runway_cycle: 1,
+            runway_announced: false,
+            origins: Vec::new(),
+            priced_offset: -1,
+            commands_offset: -1,
+            outbox: Vec::new(),
+        }
+    }
+
+    /// Σ grant remainders − overage; equals granted − used − expired.
+    pub fn balance(&self) -> Decimal {
+        self.grants.iter().map(|g| g.remaining).sum::<Decimal>() - self.overage
+    }
+
+    /// The settings in force at `at`, if any were ever given.
+    pub fn settings_at(&self, at: DateTime<Utc>) -> Option<&AccountSettings> {
+        self.settings.iter().rev().find(|s| s.effective_from <= at).or_else(|| self.settings.first())
+    }
+
+    /// Accounts without settings are postpaid, without a budget.
+    pub fn mode_at(&self, at: DateTime<Utc>) -> BillingMode {
+        match self.settings.iter().rev().find(|s| s.effective_from <= at) {
+            Some(s) => s.billing_mode,
+            None => BillingMode::Postpaid,
+        }
+    }
+
+    /// Takes `currency` as the account's if it has none; refuses another.
+    fn check_currency(&mut self, currency: &str) -> Result<(), LedgerError> {
+        if self.currency.is_empty() {
+            self.currency = currency.to_owned();
+        }
+        if self.currency == currency {
+            Ok(())
+        } else {
+            Err(LedgerError::CurrencyMismatch {
+                account: self.account_id.clone(),
+                usage: currency.to_owned(),
+                account_currency: self.currency.clone(),
+            })
+        }
+    }
+
+    pub fn spend_in(&self, period: u32) -> Decimal {
+        self.periods.iter().find(|p| p.period == period).map(|p| p.spend).unwrap_or_default()
+    }
+
+    /// The period of `at` in the account's time zone (as of `at`).
+    pub fn period_of(&self, at: DateTime<Utc>) -> u32 {
+        let tz: chrono_tz::Tz =
+            self.settings_at(at).and_then(|s| s.time_zone.parse().ok()).unwrap_or(chrono_tz::Tz::UTC);
+        let local = at.with_timezone(&tz);
+        local.year() as u32 * 100 + local.month()
+    }
+
+    /// Whether the origin of a priced record was applied already; records
+    /// it as applied otherwise.
+    pub(crate) fn first_time_from_origin(&mut self, topic: &str, partition: i32, offset: i64) -> bool {
+        match self.origins.iter_mut().find(|(t, p, _)| t == topic && *p == partition) {
+            Some((_, _, last)) if offset <= *last => false,
+            Some((_, _, last)) => {
+                *last = offset;
+                true
+            }
+            None => {
+                self.origins.push((topic.to_owned(), partition, offset));
+                true
+            }
+        }
+    }
+
+    /// New settings; the latest ones' currency becomes the account's.
+    pub fn apply_settings(&mut self, settings: AccountSettings) -> Effects {
+        self.currency = settings.currency.clone();
+        self.settings.retain(|s| s.effective_from != settings.effective_from);
+        let at = self.settings.partition_point(|s| s.effective_from < settings.effective_from);
+        self.settings.insert(at, settings);
+        if self.settings.len() > SETTINGS_KEPT {
+            self.settings.remove(0);
+        }
+        self.reload_suppressed = false;
+        Effects::default()
+    }
+
+    pub fn apply_grant(&mut self, grant: &CreditGrant) -> Result<Effects, LedgerError> {
+        let mut effects = self.expire_until(grant.granted_at)?;
+        let known = self.grants.iter().any(|g| g.grant_id == grant.grant_id)
+            || self.spent_grant_ids.iter().any(|id| *id == grant.grant_id);
+        if known {
+            return Ok(effects);
+        }
+        self.check_currency(&grant.currency)?;
+        self.granted = add(self.granted, grant.amount, &self.account_id)?;
+        let paid_off = grant.amount.min(self.overage);
+        self.overage -= paid_off;
+        let remaining = grant.amount - paid_off;
+        let state = GrantState {
+            grant_id: grant.grant_id.clone(),
+            kind: grant.kind,
+            priority: grant.priority,
+            granted_at: grant.granted_at,
+            expires_at: grant.expiry(),
+            amount: grant.amount,
+            remaining,
+        };
+        if remaining > Decimal::ZERO {
+            let key = burn_order(&state);
+            let at = self.grants.partition_point(|g| burn_order(g) < key);
+            self.grants.insert(at, state);
+        } else {
+            self.remember_spent(grant.grant_id.clone());
+        }
+        effects.entries.push(LedgerEntry {
+            entry_id: format!("grant:{}", grant.grant_id),
+            account_id: self.account_id.clone(),
+            kind: EntryKind::Grant,
+            amount: grant.amount,
+            currency: grant.currency.clone(),
+            at: grant.granted_at,
+            reference: grant.grant_id.clone(),
+        });
+        if grant.reload_key.is_some() && grant.reload_key == self.reload_open {
+            self.reload_open = None;
+        }
+        let balance = self.balance();
+        let settings = self.settings_at(grant.granted_at).cloned();
+        if let Some(reload) = settings.as_ref().and_then(|s| s.auto_reload.as_ref()) {
+            if balance >= reload.threshold {
+                self.reload_suppressed = false;
+            }
+        }
+        if self.runway_announced {
+            self.runway_announced = false;
+            self.runway_cycle += 1;
+        }
+        if self.depleted && balance > Decimal::ZERO {
+            self.depleted = false;
+            let mut event = self.event(EventKind::BalanceRestored, &self.depletion_cycle.to_string(), grant.granted_at);
+            event.balance = Some(balance);
+            event.grant_id = Some(grant.grant_id.clone());
+            self.depletion_cycle += 1;
+            effects.events.push(event);
+        }
+        Ok(effects)
+    }
+
+    pub fn apply_reload_failed(&mut self, failed: &AutoReloadFailed) -> Effects {
+        if self.reload_open.as_deref() == Some(failed.reload_key.as_str()) {
+            self.reload_open = None;
+            self.reload_suppressed = true;
+        }
+        Effects::default()
+    }
+
+    pub fn apply_usage(&mut self, usage: &PricedUsage) -> Result<Effects, LedgerError> {
+        let at = usage.occurred_at;
+        self.check_currency(&usage.currency)?;
+        let mut effects = self.expire_until(at)?;
+        self.add_spend(usage, &mut effects)?;
+        match self.mode_at(at) {
+            BillingMode::Prepaid => {
+                self.used = add(self.used, usage.cost, &self.account_id)?;
+                let mut rest = usage.cost;
+                for grant in &mut self.grants {
+                    let burnt = rest.min(grant.remaining);
+                    grant.remaining = add(grant.remaining, -burnt, &self.account_id)?;
+                    rest = add(rest, -burnt, &self.account_id)?;
+                    if rest.is_zero() {
+                        break;
+                    }
+                }
+                self.overage = add(self.overage, rest, &self.account_id)?;
+                self.drop_spent_grants();
+                effects.entries.push(LedgerEntry {
+                    entry_id: format!("usage:{}", usage.event_id),
+                    account_id: self.account_id.clone(),
+                    kind: EntryKind::Usage,
+                    amount: -usage.cost,
+                    currency: usage.currency.clone(),
+                    at,
+                    reference: usage.event_id.clone(),
+                });
+                self.track_burn(at, usage.cost);
+                self.after_balance_fell(at, Some(&usage.event_id), &mut effects);
+            }
+            BillingMode::Postpaid => {
+                // Switched from prepaid: the gateway may serve it again.
+                if self.depleted {
+                    self.depleted = false;
+                    let mut event = self.event(EventKind::BalanceRestored, &self.depletion_cycle.to_string(), at);
+                    event.balance = Some(self.balance());
+                    event.triggering_event_id = Some(usage.event_id.clone());
+                    self.depletion_cycle += 1;
+                    effects.events.push(event);
+                }
+            }
+        }
+        Ok(effects)
+    }
+
+    /// Expires every grant whose expiry is at or before `now`.
+    pub fn expire_until(&mut self, now: DateTime<Utc>) -> Result<Effects, LedgerError> {
+        let mut effects = Effects::default();
+        let mut expired_any = false;
+        let mut kept = Vec::with_capacity(self.grants.len());
+        for grant in std::mem::take(&mut self.grants) {
+            if grant.expires_at > now {
+                kept.push(grant);
+                continue;
+            }
+            expired_any = true;
+            self.expired = add(self.expired, grant.remaining, &self.account_id)?;
+            effects.entries.push(LedgerEntry {
+                entry_id: format!("expiry:{}", grant.grant_id),
+                account_id: self.account_id.clone(),
+                kind: EntryKind::Expiry,
+                amount: -grant.remaining,
+                currency: self.currency.clone(),
+                at: grant.expires_at,
+                reference: grant.grant_id.clone(),
+            });
+            let mut event = self.event(EventKind::CreditsExpired, &grant.grant_id, grant.expires_at);
+            event.amount = Some(grant.remaining);
+            event.grant_id = Some(grant.grant_id.clone());
+            effects.events.push(event);
+            self.remember_spent(grant.grant_id);
+        }
+        self.grants = kept;
+        if expired_any {
+            let balance = self.balance();
+            for event in &mut effects.events {
+                event.balance = Some(balance);
+            }
+            let at = effects.events.iter().map(|e| e.at).max().unwrap_or(now);
+            self.after_balance_fell(at, None, &mut effects);
+        }
+        Ok(effects)
+    }
+
+    /// The earliest expiry among the grants, for the expiry index.
+    pub fn next_expiry(&self) -> Option<DateTime<Utc>> {
+        self.grants.iter().map(|g| g.expires_at).min()
+    }
+
+    fn add_spend(&mut self, usage: &PricedUsage, effects: &mut Effects) -> Result<(), LedgerError> {
+        let period = self.period_of(usage.occurred_at);
+        let idx = match self.periods.iter().position(|p| p.period == period) {
+            Some(i) => i,
+            None => {
+                if self.periods.len() >= PERIODS_KEPT && self.periods.iter().all(|p| p.period > period) {
+                    return Ok(()); // Too late to alert on: ClickHouse still has it.
+                }
+                self.periods.push(PeriodSpend { period, spend: Decimal::ZERO, announced: Vec::new() });
+                self.periods.sort_by_key(|p| p.period);
+                if self.periods.len() > PERIODS_KEPT {
+                    self.periods.remove(0);
+                }
+                self.periods.iter().position(|p| p.period == period).expect("just inserted")
+            }
+        };
+        let spend = add(self.periods[idx].spend, usage.cost, &self.account_id)?;
+        self.periods[idx].spend = spend;
+        let Some(settings) = self.settings_at(usage.occurred_at).cloned() else { return Ok(()) };
+        let Some(budget) = settings.monthly_budget else { return Ok(()) };
+        let mut thresholds = settings.alert_thresholds.clone();
+        thresholds.sort_unstable();
+        for pct in thresholds {
+            // spend ≥ budget × pct / 100, without a division.
+            let reached = spend * Decimal::from(100) >= budget * Decimal::from(pct);
+            if !reached || self.periods[idx].announced.contains(&pct) {
+                continue;
+            }
+            self.periods[idx].announced.push(pct);
+            let label = format!("{}-{:02}", period / 100, period % 100);
+            let mut event = self.event(EventKind::BudgetThresholdCrossed, &format!("{label}/{pct}"), usage.occurred_at);
+            event.period = Some(label);
+            event.threshold_percent = Some(pct);
+            event.budget = Some(budget);
+            event.spend = Some(spend);
+            event.triggering_event_id = Some(usage.event_id.clone());
+            effects.events.push(event);
+        }
+        Ok(())
+    }
+
+    /// After usage or an expiry: depletion, auto-reload, runway.
+    fn after_balance_fell(&mut self, at: DateTime<Utc>, trigger: Option<&str>, effects: &mut Effects) {
+        if self.mode_at(at) != BillingMode::Prepaid {
+            return;
+        }
+        let balance = self.balance();
+        if !self.depleted && balance <= Decimal::ZERO {
+            self.depleted = true;
+            let mut event = self.event(EventKind::BalanceDepleted, &self.depletion_cycle.to_string(), at);
+            event.balance = Some(balance);
+            event.overage = Some(self.overage);
+            event.triggering_event_id = trigger.map(str::to_owned);
+            effects.events.push(event);
+        }
+        let reload = self.settings_at(at).and_then(|s| s.auto_reload.clone()).filter(|r| r.enabled);
+        if let Some(reload) = reload {
+            if self.reload_open.is_none() && !self.reload_suppressed && balance < reload.threshold {
+                self.reload_cycle += 1;
+                let key = format!("{}/reload/{}", self.account_id, self.reload_cycle);
+                // One reload covers the whole shortfall, overage included.
+                let amount = match (reload.target_balance, reload.amount) {
+                    (Some(target), _) => target - balance,
+                    (None, Some(amount)) => amount.max(reload.threshold - balance),
+                    (None, None) => unreachable!("validated: amount or target_balance"),
+                };
+                let mut event = self.event(EventKind::AutoReloadRequested, &self.reload_cycle.to_string(), at);
+                event.amount = Some(amount);
+                event.balance = Some(balance);
+                event.reload_key = Some(key.clone());
+                event.triggering_event_id = trigger.map(str::to_owned);
+                self.reload_open = Some(key);
+                effects.events.push(event);
+            }
+        }
+        if let Some(projected) = self.projected_depletion(at) {
+            let runway_hours = self.settings_at(at).map(|s| s.low_runway_hours).unwrap_or(72);
+            if !self.runway_announced && projected - at < Duration::hours(i64::from(runway_hours)) {
+                self.runway_announced = true;
+                let mut event = self.event(EventKind::BalanceLowRunway, &self.runway_cycle.to_string(), at);
+                event.balance = Some(balance);
+                event.projected_depletion_at = Some(projected);
+                event.triggering_event_id = trigger.map(str::to_owned);
+                effects.events.push(event);
+            }
+        }
+    }
+
+    fn track_burn(&mut self, at: DateTime<Utc>, cost: Decimal) {
+        let hour = at.timestamp().div_euclid(3600);
+        let burn = &mut self.burn;
+        if hour == burn.hour {
+            burn.this_hour += cost;
+        } else if hour == burn.hour + 1 {
+            burn.previous_hour = burn.this_hour;
+            burn.this_hour = cost;
+            burn.hour = hour;
+        } else if hour > burn.hour {
+            *burn = BurnRate { hour, this_hour: cost, previous_hour: Decimal::ZERO };
+        } else if hour == burn.hour - 1 {
+            burn.previous_hour += cost;
+        }
+    }
+
+    /// When the balance runs out at the recent spend rate (usage time):
+    /// spend of the previous and current hour over the time they span.
+    pub fn projected_depletion(&self, at: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let balance = self.balance();
+        if balance <= Decimal::ZERO || self.burn.hour != at.timestamp().div_euclid(3600) {
+            return None;
+        }
+        let into_hour = i64::from(at.minute() * 60 + at.second());
+        let window = into_hour.max(RATE_WINDOW_MIN_SECONDS) + if self.burn.previous_hour.is_zero() { 0 } else { 3600 };
+        let spent = self.burn.this_hour + self.burn.previous_hour;
+        if spent <= Decimal::ZERO {
+            return None;
+        }
+        // A projection, not money: the division may round.
+        let seconds = balance.checked_mul(Decimal::from(window))?.checked_div(spent)?;
+        let seconds: i64 = seconds.trunc().try_into().ok()?;
+        at.checked_add_signed(Duration::seconds(seconds.min(100 * 365 * 86_400)))
+    }
+
+    fn drop_spent_grants(&mut self) {
+        let spent: Vec<String> =
+            self.grants.iter().filter(|g| g.remaining.is_zero()).map(|g| g.grant_id.clone()).collect();
+        self.grants.retain(|g| !g.remaining.is_zero());
+        for id in spent {
+            self.remember_spent(id);
+        }
+    }
+
+    fn remember_spent(&mut self, grant_id: String) {
+        self.spent_grant_ids.push(grant_id);
+        if self.spent_grant_ids.len() > SPENT_GRANT_IDS_KEPT {
+            self.spent_grant_ids.remove(0);
+        }
+    }
+
+    fn event(&self, kind: EventKind, about: &str, at: DateTime<Utc>) -> LedgerEvent {
+        LedgerEvent::new(kind, &self.account_id, about, at, &self.currency)
+    }
+}
+
+fn burn_order(g: &GrantState) -> (u32, DateTime<Utc>, DateTime<Utc>, &str) {
+    (g.priority, g.expires_at, g.granted_at, g.grant_id.as_str())
+}

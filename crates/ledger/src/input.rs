@@ -1,0 +1,282 @@
+//! What the ledger reads: priced usage (written by the pricing stage) and
+//! billing commands (account settings, credit grants, reload failures,
+//! written by the billing system). Both are JSON on their topics, keyed by
+//! account id.
+
+use chrono::{DateTime, Months, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+/// One priced usage event, as the ledger needs it. `origin_*` say where the
+/// pricing stage read the usage event: a pricing replay re-sends records
+/// with origins the ledger has already applied, and it skips them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PricedUsage {
+    pub event_id: String,
+    pub account_id: String,
+    pub occurred_at: DateTime<Utc>,
+    pub currency: String,
+    /// Exact, never rounded (a decimal string on the wire).
+    pub cost: Decimal,
+    pub origin_topic: String,
+    pub origin_partition: i32,
+    pub origin_offset: i64,
+}
+
+impl PricedUsage {
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a priced usage record always serialises")
+    }
+
+    pub fn from_json(bytes: &[u8]) -> Result<Self, CommandError> {
+        serde_json::from_slice(bytes).map_err(|e| CommandError::Malformed(e.to_string()))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BillingMode {
+    Prepaid,
+    Postpaid,
+}
+
+/// Top up a prepaid account when its balance falls below `threshold`: by
+/// `amount`, or up to `target_balance` (exactly one of the two).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutoReload {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    pub threshold: Decimal,
+    #[serde(default)]
+    pub amount: Option<Decimal>,
+    #[serde(default)]
+    pub target_balance: Option<Decimal>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_thresholds() -> Vec<u32> {
+    vec![50, 80, 100]
+}
+
+fn default_runway_hours() -> u32 {
+    72
+}
+
+fn utc() -> String {
+    "UTC".into()
+}
+
+/// An account's billing settings from `effective_from` on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountSettings {
+    pub account_id: String,
+    pub effective_from: DateTime<Utc>,
+    pub billing_mode: BillingMode,
+    pub currency: String,
+    /// The rate card the account is priced with (informational here: the
+    /// pricing stage assigns cards through contracts).
+    #[serde(default)]
+    pub rate_card: Option<String>,
+    /// Monthly budget in `currency`; thresholds are percentages of it.
+    #[serde(default)]
+    pub monthly_budget: Option<Decimal>,
+    #[serde(default = "default_thresholds")]
+    pub alert_thresholds: Vec<u32>,
+    /// IANA name; the monthly period is the calendar month there.
+    #[serde(default = "utc")]
+    pub time_zone: String,
+    #[serde(default)]
+    pub auto_reload: Option<AutoReload>,
+    /// `balance.low_runway` fires when the balance would last less than this.
+    #[serde(default = "default_runway_hours")]
+    pub low_runway_hours: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GrantKind {
+    Purchase,
+    Promotional,
+    Refund,
+    Adjustment,
+}
+
+/// Credit added to an account.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreditGrant {
+    pub account_id: String,
+    /// Unique per account: a grant sent twice is applied once.
+    pub grant_id: String,
+    pub kind: GrantKind,
+    pub amount: Decimal,
+    pub currency: String,
+    pub granted_at: DateTime<Utc>,
+    /// Default: one year after `granted_at`.
+    #[serde(default)]
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Lower burns first (then earliest expiry, then oldest, then id).
+    #[serde(default)]
+    pub priority: u32,
+    /// Set when this grant is the payment of an `auto_reload.requested`.
+    #[serde(default)]
+    pub reload_key: Option<String>,
+}
+
+impl CreditGrant {
+    pub fn expiry(&self) -> DateTime<Utc> {
+        self.expires_at
+            .unwrap_or_else(|| self.granted_at.checked_add_months(Months::new(12)).unwrap_or(self.granted_at))
+    }
+}
+
+/// The payment of a requested reload failed: the reload cycle ends.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutoReloadFailed {
+    pub account_id: String,
+    pub reload_key: String,
+    pub at: DateTime<Utc>,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// A message of the billing-commands topic.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum AccountCommand {
+    AccountSettings(AccountSettings),
+    CreditGrant(CreditGrant),
+    AutoReloadFailed(AutoReloadFailed),
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CommandError {
+    #[error("malformed: {0}")]
+    Malformed(String),
+    #[error("invalid: {0}")]
+    Invalid(String),
+}
+
+impl CommandError {
+    /// Stable code for dead-letter headers.
+    pub fn code(&self) -> &'static str {
+        match self {
+            CommandError::Malformed(_) => "malformed_command",
+            CommandError::Invalid(_) => "invalid_command",
+        }
+    }
+}
+
+impl AccountCommand {
+    pub fn account_id(&self) -> &str {
+        match self {
+            AccountCommand::AccountSettings(s) => &s.account_id,
+            AccountCommand::CreditGrant(g) => &g.account_id,
+            AccountCommand::AutoReloadFailed(f) => &f.account_id,
+        }
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a command always serialises")
+    }
+
+    /// Parses and validates a command.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, CommandError> {
+        let command: AccountCommand =
+            serde_json::from_slice(bytes).map_err(|e| CommandError::Malformed(e.to_string()))?;
+        command.validate()?;
+        Ok(command)
+    }
+
+    fn validate(&self) -> Result<(), CommandError> {
+        let invalid = |m: String| Err(CommandError::Invalid(m));
+        if self.account_id().is_empty() || self.account_id().len() > 128 {
+            return invalid("account_id must be 1..=128 characters".into());
+        }
+        match self {
+            AccountCommand::AccountSettings(s) => {
+                check_currency(&s.currency)?;
+                if s.time_zone.parse::<chrono_tz::Tz>().is_err() {
+                    return invalid(format!("time_zone {:?} is not an IANA time zone", s.time_zone));
+                }
+                if s.monthly_budget.is_some_and(|b| b <= Decimal::ZERO) {
+                    return invalid("monthly_budget must be positive".into());
+                }
+                if s.alert_thresholds.is_empty() || s.alert_thresholds.len() > 16 {
+                    return invalid("alert_thresholds must hold 1..=16 percentages".into());
+                }
+                if s.alert_thresholds.iter().any(|t| *t == 0 || *t > 1000) {
+                    return invalid("alert thresholds are percentages in 1..=1000".into());
+                }
+                if let Some(r) = &s.auto_reload {
+                    if r.amount.is_some() == r.target_balance.is_some() {
+                        return invalid("auto_reload needs exactly one of amount and target_balance".into());
+                    }
+                    if r.amount.is_some_and(|a| a <= Decimal::ZERO) {
+                        return invalid("auto_reload.amount must be positive".into());
+                    }
+                    if r.target_balance.is_some_and(|t| t <= r.threshold) {
+                        return invalid("auto_reload.target_balance must exceed its threshold".into());
+                    }
+                }
+            }
+            AccountCommand::CreditGrant(g) => {
+                check_currency(&g.currency)?;
+                if g.grant_id.is_empty() || g.grant_id.len() > 128 {
+                    return invalid("grant_id must be 1..=128 characters".into());
+                }
+                if g.amount <= Decimal::ZERO {
+                    return invalid("a grant's amount must be positive".into());
+                }
+                if g.expiry() <= g.granted_at {
+                    return invalid("expires_at must be after granted_at".into());
+                }
+            }
+            AccountCommand::AutoReloadFailed(f) => {
+                if f.reload_key.is_empty() {
+                    return invalid("reload_key must not be empty".into());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_currency(c: &str) -> Result<(), CommandError> {
+    if c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase()) {
+        Ok(())
+    } else {
+        Err(CommandError::Invalid(format!("currency must be three capital letters, got {c:?}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_parse_with_defaults_and_refuse_nonsense() {
+        let s = br#"{"type":"account_settings","account_id":"a","effective_from":"2026-01-01T00:00:00Z",
+            "billing_mode":"postpaid","currency":"USD","monthly_budget":"100"}"#;
+        let AccountCommand::AccountSettings(s) = AccountCommand::from_json(s).unwrap() else { panic!() };
+        assert_eq!(s.alert_thresholds, vec![50, 80, 100]);
+        assert_eq!(s.time_zone, "UTC");
+        let g = br#"{"type":"credit_grant","account_id":"a","grant_id":"g","kind":"purchase","amount":"10",
+            "currency":"USD","granted_at":"2026-01-31T00:00:00Z"}"#;
+        let AccountCommand::CreditGrant(g) = AccountCommand::from_json(g).unwrap() else { panic!() };
+        assert_eq!(g.expiry().to_rfc3339(), "2027-01-31T00:00:00+00:00");
+        let bad = br#"{"type":"credit_grant","account_id":"a","grant_id":"g","kind":"purchase","amount":"-1",
+            "currency":"USD","granted_at":"2026-01-31T00:00:00Z"}"#;
+        assert_eq!(AccountCommand::from_json(bad).unwrap_err().code(), "invalid_command");
+        let tz = br#"{"type":"account_settings","account_id":"a","effective_from":"2026-01-01T00:00:00Z",
+            "billing_mode":"postpaid","currency":"USD","time_zone":"Mars/Olympus"}"#;
+        assert!(AccountCommand::from_json(tz).unwrap_err().to_string().contains("Mars/Olympus"));
+        assert_eq!(AccountCommand::from_json(b"{").unwrap_err().code(), "malformed_command");
+    }
+}

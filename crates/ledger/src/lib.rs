@@ -1,0 +1,23 @@
+//! The ledger: what priced usage and billing commands do to an account's
+//! money. Prepaid accounts burn credit grants and may run into overage;
+//! every account accumulates monthly spend against its budget; crossing a
+//! line (depletion, a budget threshold, a low runway, a reload threshold,
+//! a grant's expiry) emits one event with an id derived from what it is
+//! about, so replays and restarts repeat ids, never alerts.
+//!
+//! Pure and deterministic: no clock, no I/O. The caller (usage-stream's
+//! ledger loop) feeds inputs in partition order, persists the state of
+//! accounts it changed, and sends what [`Effects`] holds.
+
+mod account;
+mod input;
+mod output;
+mod partition;
+
+pub use account::{AccountState, BurnRate, GrantState, LedgerError, PeriodSpend};
+pub use input::{
+    AccountCommand, AccountSettings, AutoReload, AutoReloadFailed, BillingMode, CommandError, CreditGrant, GrantKind,
+    PricedUsage,
+};
+pub use output::{Effects, EntryKind, EventKind, LedgerEntry, LedgerEvent, LEDGER_EVENT_AVRO_SCHEMA};
+pub use partition::{Applied, PartitionLedger, Position};
