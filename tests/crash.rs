@@ -108,7 +108,7 @@ fn sigkill_at_random_moments_loses_nothing_and_counts_nothing_twice() {
             for chunk in payloads.chunks(PRODUCE_CHUNK) {
                 let messages = chunk
                     .iter()
-                    .map(|(k, v)| Outgoing { topic: &raw, key: Some(k), payload: v, headers: None })
+                    .map(|(k, v)| Outgoing { topic: &raw, key: Some(k), payload: v, headers: None, partition: None })
                     .collect();
                 rt.block_on(producer.send_all(messages)).expect("every message acknowledged");
                 std::thread::sleep(PRODUCE_PAUSE);

@@ -132,7 +132,7 @@ async fn produce(topic: &str, messages: &[SynthMessage]) -> Vec<(i32, i64)> {
         .send_all(
             messages
                 .iter()
-                .map(|m| Outgoing { topic, key: Some(&m.key), payload: &m.payload, headers: None })
+                .map(|m| Outgoing { topic, key: Some(&m.key), payload: &m.payload, headers: None, partition: None })
                 .collect(),
         )
         .await
@@ -148,6 +148,7 @@ fn build_pipeline(raw: &str, dlq: &str, database: &str, group: &str) -> Pipeline
         batch_events_max: 700,
         batch_linger: Duration::from_millis(200),
         stop_when: StopWhen::CaughtUp { idle: Duration::from_secs(1) },
+        priced_topic: None,
         ..StreamConfig::default()
     };
     let book = Arc::new(load_dir(&repo_root().join("rate-cards"), None).unwrap());

@@ -43,7 +43,12 @@ async fn send(topic: &str, events: &[UsageEvent]) {
     let payloads: Vec<Vec<u8>> = events.iter().map(encode_json).collect();
     Producer::new(&kafka_settings(), "test")
         .unwrap()
-        .send_all(payloads.iter().map(|p| Outgoing { topic, key: Some(b"acct"), payload: p, headers: None }).collect())
+        .send_all(
+            payloads
+                .iter()
+                .map(|p| Outgoing { topic, key: Some(b"acct"), payload: p, headers: None, partition: None })
+                .collect(),
+        )
         .await
         .unwrap();
 }
@@ -75,6 +80,7 @@ async fn a_version_published_mid_stream_prices_events_from_its_effective_from_wi
         topic_partitions: 2,
         batch_linger: Duration::from_millis(100),
         stop_when: StopWhen::Never,
+        priced_topic: None,
         ..StreamConfig::default()
     };
     let processor = Processor::new(

@@ -29,6 +29,44 @@ pub enum Command {
     /// Rate-card tools: import public catalogs.
     #[command(subcommand)]
     RateCards(RateCardsCommand),
+    /// Run the ledger: balances, grants, budgets; emits threshold events.
+    Ledger(LedgerArgs),
+    /// Print an account's balance, grants, month-to-date spend and runway, from the ledger's state.
+    Balance(BalanceArgs),
+    /// Billing commands (account settings, credit grants, reload failures) to the commands topic.
+    #[command(subcommand)]
+    Accounts(AccountsCommand),
+}
+
+#[derive(Args)]
+pub struct LedgerArgs {
+    /// Stop once every assigned partition is consumed to its end.
+    #[arg(long)]
+    pub until_caught_up: bool,
+    /// With --until-caught-up: how long nothing must arrive before stopping.
+    #[arg(long, default_value_t = 2000)]
+    pub idle_ms: u64,
+}
+
+#[derive(Args)]
+pub struct BalanceArgs {
+    pub account: String,
+    /// Print the account's whole state as JSON instead.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand)]
+pub enum AccountsCommand {
+    /// Send NDJSON billing commands (`{"type": "credit_grant", ...}`) from a file or stdin; each is validated first.
+    Send(SendArgs),
+}
+
+#[derive(Args)]
+pub struct SendArgs {
+    /// NDJSON file (`-` or omitted: stdin).
+    #[arg(long)]
+    pub input: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]

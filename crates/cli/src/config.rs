@@ -28,6 +28,17 @@
 //! schema_registry_url = "http://..."  # SCHEMA_REGISTRY_URL
 //! batch_events_max = 20000
 //! batch_linger_ms = 500
+//!
+//! [ledger]
+//! priced_topic = "usage.priced"       # USAGE_PRICED_TOPIC ("" : no ledger feed)
+//! commands_topic = "billing.commands" # BILLING_COMMANDS_TOPIC
+//! state_topic = "billing.ledger-state"# BILLING_STATE_TOPIC (compacted)
+//! events_topic = "billing.events"     # BILLING_EVENTS_TOPIC
+//! group_id = "usage-ledger"           # LEDGER_GROUP_ID
+//! event_format = "json"               # json | avro
+//! transactional_id = "ledger-1"       # LEDGER_TRANSACTIONAL_ID (brokers with transactions)
+//! batch_linger_ms = 20
+//! write_entries = true                # ledger entries into ClickHouse
 //! ```
 
 use anyhow::{bail, Context, Result};
@@ -38,7 +49,7 @@ use std::time::Duration;
 use usage_clickhouse::ClickHouseSettings;
 use usage_codec::ValueFormat;
 use usage_kafka::KafkaSettings;
-use usage_stream::StreamConfig;
+use usage_stream::{EventFormat, LedgerConfig, StreamConfig};
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -47,6 +58,21 @@ struct FileConfig {
     topics: TopicsSection,
     clickhouse: ClickHouseSection,
     pipeline: PipelineSection,
+    ledger: LedgerSection,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct LedgerSection {
+    priced_topic: Option<String>,
+    commands_topic: Option<String>,
+    state_topic: Option<String>,
+    events_topic: Option<String>,
+    group_id: Option<String>,
+    event_format: Option<String>,
+    transactional_id: Option<String>,
+    batch_linger_ms: Option<u64>,
+    write_entries: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -97,6 +123,9 @@ pub struct Settings {
     pub rate_cards_explicit: bool,
     pub default_rate_card: Option<String>,
     pub schema_registry_url: Option<String>,
+    pub ledger: LedgerConfig,
+    /// Whether the ledger writes its entries to ClickHouse.
+    pub ledger_writes_entries: bool,
 }
 
 /// Upper bound on `batch_events_max`: one INSERT must stay below
@@ -153,6 +182,31 @@ impl Settings {
             value_format,
             ..defaults
         };
+        let l = file.ledger;
+        let ledger_defaults = LedgerConfig::default();
+        let priced_topic = env("USAGE_PRICED_TOPIC").or(l.priced_topic).unwrap_or(ledger_defaults.priced_topic.clone());
+        let mut stream = stream;
+        stream.priced_topic = (!priced_topic.is_empty()).then(|| priced_topic.clone());
+        let event_format = match l.event_format.as_deref() {
+            None | Some("json") => EventFormat::Json,
+            Some("avro") => EventFormat::Avro,
+            Some(other) => bail!("ledger.event_format must be json or avro, is {other:?}"),
+        };
+        let ledger = LedgerConfig {
+            priced_topic,
+            commands_topic: env("BILLING_COMMANDS_TOPIC")
+                .or(l.commands_topic)
+                .unwrap_or(ledger_defaults.commands_topic),
+            state_topic: env("BILLING_STATE_TOPIC").or(l.state_topic).unwrap_or(ledger_defaults.state_topic),
+            events_topic: env("BILLING_EVENTS_TOPIC").or(l.events_topic).unwrap_or(ledger_defaults.events_topic),
+            dead_letter_topic: stream.dead_letter_topic.clone(),
+            group_id: env("LEDGER_GROUP_ID").or(l.group_id).unwrap_or(ledger_defaults.group_id),
+            topic_partitions: stream.topic_partitions,
+            batch_linger: l.batch_linger_ms.map(Duration::from_millis).unwrap_or(ledger_defaults.batch_linger),
+            event_format,
+            transactional_id: env("LEDGER_TRANSACTIONAL_ID").or(l.transactional_id),
+            ..ledger_defaults
+        };
         let topics = [&stream.raw_topic, &stream.dead_letter_topic, &stream.rate_cards_topic];
         if topics[0] == topics[1] || topics[0] == topics[2] || topics[1] == topics[2] {
             bail!("topics.raw, topics.dead_letter and topics.rate_cards must differ (they are {topics:?})");
@@ -171,6 +225,8 @@ impl Settings {
                 .unwrap_or_else(|| "rate-cards".into()),
             default_rate_card: p.default_rate_card,
             schema_registry_url: env("SCHEMA_REGISTRY_URL").or(p.schema_registry_url),
+            ledger,
+            ledger_writes_entries: l.write_entries.unwrap_or(true),
         })
     }
 }

@@ -19,5 +19,5 @@ mod sink;
 
 pub use migrations::{MIGRATIONS, ROLLUP_TABLES};
 pub use reports::{quote, CostBy, OffsetRanges, Totals};
-pub use row::{decimal_to_i128, i128_to_decimal, PricedRow, DECIMAL_SCALE};
+pub use row::{decimal_to_i128, i128_to_decimal, LedgerEntryRow, PricedRow, DECIMAL_SCALE};
 pub use sink::{ClickHouseSettings, ClickHouseSink, SinkError};

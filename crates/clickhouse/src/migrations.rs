@@ -8,6 +8,7 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
     (1, "priced_events", include_str!("../../../schemas/clickhouse/0001_priced_events.sql")),
     (2, "rollups", include_str!("../../../schemas/clickhouse/0002_rollups.sql")),
     (3, "offsets", include_str!("../../../schemas/clickhouse/0003_offsets.sql")),
+    (4, "ledger", include_str!("../../../schemas/clickhouse/0004_ledger.sql")),
 ];
 
 /// Rollup tables, for checks and tests.

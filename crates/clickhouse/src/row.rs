@@ -125,3 +125,32 @@ mod tests {
         assert_eq!(i128_to_decimal(15 * 10i128.pow(23)).unwrap(), d("1.5"));
     }
 }
+
+/// A ledger entry as a row of `ledger_entries`.
+#[derive(Debug, Row, Serialize)]
+pub struct LedgerEntryRow {
+    pub entry_id: String,
+    pub account_id: String,
+    pub kind: &'static str,
+    /// `Decimal(38, 24)` as its scaled integer.
+    pub amount: i128,
+    pub currency: String,
+    pub at: u32,
+    pub reference: String,
+}
+
+impl LedgerEntryRow {
+    /// `None` if the amount has more than 24 places or the instant is
+    /// outside `DateTime`'s range.
+    pub fn new(e: &usage_ledger::LedgerEntry) -> Option<Self> {
+        Some(Self {
+            entry_id: e.entry_id.clone(),
+            account_id: e.account_id.clone(),
+            kind: e.kind.as_str(),
+            amount: decimal_to_i128(e.amount)?,
+            currency: e.currency.clone(),
+            at: u32::try_from(e.at.timestamp()).ok()?,
+            reference: e.reference.clone(),
+        })
+    }
+}

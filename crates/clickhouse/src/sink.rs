@@ -1,7 +1,7 @@
 //! Talking to ClickHouse: migrations, inserts, read-backs.
 
 use crate::migrations::{statements, MIGRATIONS};
-use crate::row::PricedRow;
+use crate::row::{LedgerEntryRow, PricedRow};
 use clickhouse::Client;
 use std::time::Duration;
 
@@ -222,6 +222,25 @@ impl ClickHouseSink {
             insert.write(*row).await.map_err(ch("writing INSERT"))?;
         }
         insert.end().await.map_err(ch(format!("INSERT {query_id} of {} rows", rows.len())))
+    }
+
+    /// Inserts ledger entries (at least once: the `balances` view counts an
+    /// entry id once).
+    pub async fn insert_ledger_entries(&self, rows: &[LedgerEntryRow]) -> Result<(), SinkError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let timeout = Some(self.settings.insert_timeout);
+        let mut insert = self
+            .database_client
+            .insert::<LedgerEntryRow>("ledger_entries")
+            .await
+            .map_err(ch("starting INSERT of ledger entries"))?
+            .with_timeouts(timeout, timeout);
+        for row in rows {
+            insert.write(row).await.map_err(ch("writing INSERT of ledger entries"))?;
+        }
+        insert.end().await.map_err(ch(format!("INSERT of {} ledger entries", rows.len())))
     }
 
     /// Waits until no query whose id starts with `prefix` is running, for at

@@ -58,6 +58,27 @@ pub type GroupConsumer = StreamConsumer<RebalanceTracker>;
 /// queue while the pipeline is busy or blocked (ClickHouse down): memory
 /// stays bounded, and the broker keeps the rest.
 pub fn consumer(settings: &KafkaSettings, group: &str, queued_kbytes_max: u32) -> Result<GroupConsumer, KafkaError> {
+    consumer_with(settings, group, queued_kbytes_max, &[])
+}
+
+/// A member of `group` for co-partitioned topics (same partition count,
+/// same key): the range assignor gives a member the same partition numbers
+/// of every topic it subscribes to, so one member sees all of a key's
+/// records.
+pub fn co_partitioned_consumer(
+    settings: &KafkaSettings,
+    group: &str,
+    queued_kbytes_max: u32,
+) -> Result<GroupConsumer, KafkaError> {
+    consumer_with(settings, group, queued_kbytes_max, &[("partition.assignment.strategy", "range")])
+}
+
+fn consumer_with(
+    settings: &KafkaSettings,
+    group: &str,
+    queued_kbytes_max: u32,
+    extra: &[(&str, &str)],
+) -> Result<GroupConsumer, KafkaError> {
     let mut config = settings.client_config("consumer");
     config
         .set("group.id", group)
@@ -74,6 +95,9 @@ pub fn consumer(settings: &KafkaSettings, group: &str, queued_kbytes_max: u32) -
         .set("max.poll.interval.ms", "300000")
         .set("queued.max.messages.kbytes", queued_kbytes_max.to_string())
         .set("fetch.wait.max.ms", "100");
+    for (k, v) in extra {
+        config.set(*k, *v);
+    }
     for (k, v) in &settings.overrides {
         config.set(k, v);
     }
@@ -126,7 +150,7 @@ pub fn committed_lag(
 }
 
 /// The partition ids of `topic` (empty if the topic does not exist).
-pub(crate) fn partition_ids<C: rdkafka::consumer::ConsumerContext>(
+pub fn partition_ids<C: rdkafka::consumer::ConsumerContext>(
     client: &BaseConsumer<C>,
     topic: &str,
     timeout: Duration,
@@ -138,4 +162,14 @@ pub(crate) fn partition_ids<C: rdkafka::consumer::ConsumerContext>(
         .filter(|t| t.name() == topic)
         .flat_map(|t| t.partitions().iter().map(|p| p.id()))
         .collect())
+}
+
+/// The number of partitions of each topic (0 for a missing one).
+pub fn partition_counts(
+    settings: &KafkaSettings,
+    topics: &[&str],
+    timeout: Duration,
+) -> Result<Vec<usize>, KafkaError> {
+    let client: BaseConsumer = settings.client_config("metadata").create()?;
+    topics.iter().map(|t| partition_ids(&client, t, timeout).map(|p| p.len())).collect()
 }

@@ -86,3 +86,57 @@ impl TopicFollower {
         }
     }
 }
+
+/// Every record of one partition, from its start to its end as it is now
+/// (committed records only): how a ledger partition's state is rebuilt
+/// from its compacted changelog.
+pub fn read_partition(
+    settings: &KafkaSettings,
+    topic: &str,
+    partition: i32,
+    timeout: Duration,
+) -> Result<Vec<Record>, FollowError> {
+    let mut config = settings.client_config("restore");
+    config
+        .set("group.id", format!("{}-restore", settings.client_id))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed");
+    let consumer: BaseConsumer = config.create()?;
+    let (low, high) = consumer.fetch_watermarks(topic, partition, timeout)?;
+    if high <= low {
+        return Ok(Vec::new());
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Beginning)?;
+    consumer.assign(&tpl)?;
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    loop {
+        if Instant::now() > deadline {
+            return Err(FollowError::CatchUpTimeout {
+                topic: format!("{topic}/{partition}"),
+                seconds: timeout.as_secs(),
+            });
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                out.push((m.key().map(<[u8]>::to_vec), m.payload().map(<[u8]>::to_vec)));
+                if m.offset() + 1 >= high {
+                    return Ok(out);
+                }
+            }
+            Some(Err(e)) => tracing::warn!(topic, partition, error = %e, "reading partition"),
+            // Transaction markers and aborted records take offsets too:
+            // past them, the consumer's position tells.
+            None => {
+                let position = consumer.position()?;
+                let at = position.find_partition(topic, partition).map(|e| e.offset());
+                if let Some(Offset::Offset(o)) = at {
+                    if o >= high {
+                        return Ok(out);
+                    }
+                }
+            }
+        }
+    }
+}

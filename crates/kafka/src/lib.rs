@@ -18,11 +18,14 @@ mod producer;
 mod settings;
 
 pub use admin::{ensure_topics, TopicSpec};
-pub use consumer::{committed_lag, consumer, GroupConsumer, PartitionLag, RebalanceTracker};
+pub use consumer::{
+    co_partitioned_consumer, committed_lag, consumer, partition_counts, partition_ids, GroupConsumer, PartitionLag,
+    RebalanceTracker,
+};
 pub use dead_letter::{
     DeadLetter, HEADER_DETAIL, HEADER_REASON, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION, HEADER_SOURCE_TOPIC,
 };
-pub use follower::{FollowError, Record, TopicFollower};
+pub use follower::{read_partition, FollowError, Record, TopicFollower};
 pub use producer::{Outgoing, Producer, ProducerError, SendBatchError};
 pub use settings::KafkaSettings;
 

@@ -21,6 +21,9 @@ const IN_FLIGHT_MAX: usize = 50_000;
 /// How long a message may wait for its acknowledgement before it fails.
 const MESSAGE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Bound on each transaction call (init, offsets, commit, abort).
+const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(30);
+
 #[derive(Debug, thiserror::Error)]
 pub enum ProducerError {
     #[error("cannot create the Kafka producer: {0}")]
@@ -43,6 +46,8 @@ pub struct Outgoing<'a> {
     pub key: Option<&'a [u8]>,
     pub payload: &'a [u8],
     pub headers: Option<OwnedHeaders>,
+    /// `None`: by key (murmur2, as Java clients do), else sticky.
+    pub partition: Option<i32>,
 }
 
 #[derive(Clone)]
@@ -59,12 +64,47 @@ impl Producer {
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "5")
-            .set("message.timeout.ms", MESSAGE_TIMEOUT.as_millis().to_string());
+            .set("message.timeout.ms", MESSAGE_TIMEOUT.as_millis().to_string())
+            // Keyed messages land where Java clients put them (murmur2), so
+            // topics keyed by account are co-partitioned whoever wrote them.
+            .set("partitioner", "murmur2_random");
         // Overrides win over the defaults above.
         for (k, v) in &settings.overrides {
             config.set(k, v);
         }
         Ok(Self { inner: config.create().map_err(ProducerError::Create)? })
+    }
+
+    /// A transactional producer (`transactional.id`), its transactions
+    /// initialised: on brokers that support Kafka transactions.
+    pub fn transactional(settings: &KafkaSettings, role: &str, transactional_id: &str) -> Result<Self, ProducerError> {
+        let mut overrides = settings.clone();
+        overrides.overrides.insert("transactional.id".into(), transactional_id.into());
+        let producer = Self::new(&overrides, role)?;
+        producer.inner.init_transactions(TRANSACTION_TIMEOUT).map_err(ProducerError::Create)?;
+        Ok(producer)
+    }
+
+    pub fn begin_transaction(&self) -> Result<(), KafkaError> {
+        self.inner.begin_transaction()
+    }
+
+    /// Adds the consumer's offsets to the open transaction.
+    pub fn send_offsets_to_transaction<C: rdkafka::consumer::Consumer<X>, X: rdkafka::consumer::ConsumerContext>(
+        &self,
+        consumer: &C,
+        offsets: &rdkafka::TopicPartitionList,
+    ) -> Result<(), KafkaError> {
+        let metadata = consumer.group_metadata().ok_or(KafkaError::Canceled)?;
+        self.inner.send_offsets_to_transaction(offsets, &metadata, TRANSACTION_TIMEOUT)
+    }
+
+    pub fn commit_transaction(&self) -> Result<(), KafkaError> {
+        self.inner.commit_transaction(TRANSACTION_TIMEOUT)
+    }
+
+    pub fn abort_transaction(&self) -> Result<(), KafkaError> {
+        self.inner.abort_transaction(TRANSACTION_TIMEOUT)
     }
 
     /// Sends every message and waits for every delivery report. Returns the
@@ -85,6 +125,9 @@ impl Producer {
             }
             if let Some(headers) = message.headers {
                 record = record.headers(headers);
+            }
+            if let Some(partition) = message.partition {
+                record = record.partition(partition);
             }
             loop {
                 if pending.len() >= IN_FLIGHT_MAX {
@@ -126,7 +169,13 @@ impl Producer {
     pub async fn send_dead_letters(&self, topic: &str, letters: &[DeadLetter]) -> Result<(), SendBatchError> {
         let messages = letters
             .iter()
-            .map(|l| Outgoing { topic, key: l.key.as_deref(), payload: &l.payload, headers: Some(l.headers()) })
+            .map(|l| Outgoing {
+                topic,
+                key: l.key.as_deref(),
+                payload: &l.payload,
+                headers: Some(l.headers()),
+                partition: None,
+            })
             .collect();
         self.send_all(messages).await.map(|_| ())
     }

@@ -99,6 +99,9 @@ pub struct AccountState {
     /// Events emitted but not known to be sent: re-sent after a restore.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub outbox: Vec<LedgerEvent>,
+    /// Entries not known to be in ClickHouse: written again after a restore.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending_entries: Vec<LedgerEntry>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -148,6 +151,7 @@ impl AccountState {
             priced_offset: -1,
             commands_offset: -1,
             outbox: Vec::new(),
+            pending_entries: Vec::new(),
         }
     }
 

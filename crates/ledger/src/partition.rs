@@ -4,7 +4,7 @@
 
 use crate::account::{AccountState, LedgerError};
 use crate::input::{AccountCommand, PricedUsage};
-use crate::output::Effects;
+use crate::output::{Effects, LedgerEntry, LedgerEvent};
 use chrono::{DateTime, Utc};
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -34,6 +34,8 @@ pub struct PartitionLedger {
     /// (next grant expiry, account), so that idle accounts' grants expire
     /// without scanning every account.
     expiries: BTreeSet<(DateTime<Utc>, String)>,
+    /// Accounts with events or entries not yet acknowledged as sent.
+    unsent: HashSet<String>,
 }
 
 impl PartitionLedger {
@@ -43,6 +45,9 @@ impl PartitionLedger {
         for state in states {
             if let Some(at) = state.next_expiry() {
                 ledger.expiries.insert((at, state.account_id.clone()));
+            }
+            if !state.outbox.is_empty() || !state.pending_entries.is_empty() {
+                ledger.unsent.insert(state.account_id.clone());
             }
             ledger.accounts.insert(state.account_id.clone(), state);
         }
@@ -98,7 +103,11 @@ impl PartitionLedger {
             }
             match account.expire_until(now) {
                 Ok(e) => {
-                    account.outbox.extend(e.events.iter().cloned());
+                    if !e.is_empty() {
+                        account.outbox.extend(e.events.iter().cloned());
+                        account.pending_entries.extend(e.entries.iter().cloned());
+                        self.unsent.insert(account_id.clone());
+                    }
                     effects.extend(e);
                 }
                 Err(error) => tracing::error!(account = %account_id, %error, "cannot expire grants"),
@@ -117,17 +126,51 @@ impl PartitionLedger {
         dirty.iter().filter_map(|id| self.accounts.get(id)).collect()
     }
 
-    /// Clears the outboxes once their events are acknowledged; the next
-    /// changelog write of each account records it.
-    pub fn clear_outboxes(&mut self) {
-        for account in self.accounts.values_mut() {
-            account.outbox.clear();
-        }
+    /// Events not yet acknowledged (after a restore, also those a previous
+    /// owner emitted but may not have sent).
+    pub fn unsent_events(&self) -> Vec<LedgerEvent> {
+        self.unsent.iter().filter_map(|id| self.accounts.get(id)).flat_map(|a| a.outbox.iter().cloned()).collect()
     }
 
-    /// Events still to send (after a restore: those never acknowledged).
-    pub fn outbox(&self) -> impl Iterator<Item = &crate::output::LedgerEvent> {
-        self.accounts.values().flat_map(|a| a.outbox.iter())
+    /// Entries not yet acknowledged by ClickHouse.
+    pub fn unsent_entries(&self) -> Vec<LedgerEntry> {
+        self.unsent
+            .iter()
+            .filter_map(|id| self.accounts.get(id))
+            .flat_map(|a| a.pending_entries.iter().cloned())
+            .collect()
+    }
+
+    pub fn has_unsent_events(&self) -> bool {
+        self.unsent.iter().filter_map(|id| self.accounts.get(id)).any(|a| !a.outbox.is_empty())
+    }
+
+    /// Number of entries awaiting ClickHouse (bounds memory).
+    pub fn n_unsent_entries(&self) -> usize {
+        self.unsent.iter().filter_map(|id| self.accounts.get(id)).map(|a| a.pending_entries.len()).sum()
+    }
+
+    /// The events returned by `unsent_events` were acknowledged. The next
+    /// changelog write of each account records it (until then a restore
+    /// sends them again: at least once, same ids).
+    pub fn events_sent(&mut self) {
+        self.forget_unsent(|a| a.outbox.clear());
+    }
+
+    /// The entries returned by `unsent_entries` are in ClickHouse.
+    pub fn entries_written(&mut self) {
+        self.forget_unsent(|a| a.pending_entries.clear());
+    }
+
+    fn forget_unsent(&mut self, clear: impl Fn(&mut AccountState)) {
+        let accounts = &mut self.accounts;
+        self.unsent.retain(|id| match accounts.get_mut(id) {
+            Some(a) => {
+                clear(a);
+                !a.outbox.is_empty() || !a.pending_entries.is_empty()
+            }
+            None => false,
+        });
     }
 
     fn apply(
@@ -156,7 +199,11 @@ impl PartitionLedger {
         }
         match outcome {
             Ok(Some(effects)) => {
-                account.outbox.extend(effects.events.iter().cloned());
+                if !effects.is_empty() {
+                    account.outbox.extend(effects.events.iter().cloned());
+                    account.pending_entries.extend(effects.entries.iter().cloned());
+                    self.unsent.insert(account_id.to_owned());
+                }
                 Applied::Done(effects)
             }
             Ok(None) => Applied::Skipped,

@@ -20,6 +20,9 @@ pub struct StreamConfig {
     pub dead_letter_topic: String,
     /// Compacted topic of rate-card versions (see `rate_cards`).
     pub rate_cards_topic: String,
+    /// Where priced usage goes for the ledger (keyed by account), before
+    /// its rows are inserted; `None`: no ledger.
+    pub priced_topic: Option<String>,
     pub group_id: String,
     /// Partitions of topics the pipeline creates (existing ones are kept).
     pub topic_partitions: i32,
@@ -50,6 +53,7 @@ impl Default for StreamConfig {
             raw_topic: "usage.raw".into(),
             dead_letter_topic: "usage.dead-letter".into(),
             rate_cards_topic: "usage.rate-cards".into(),
+            priced_topic: Some("usage.priced".into()),
             group_id: "usage-pipeline".into(),
             topic_partitions: 4,
             batch_events_max: 20_000,

@@ -18,6 +18,7 @@
 mod batch;
 mod clock;
 mod config;
+mod ledger;
 mod pipeline;
 mod rate_cards;
 mod report;
@@ -25,6 +26,7 @@ mod report;
 pub use batch::{Batch, MessageOutcome, Processor};
 pub use clock::{Clock, SystemClock};
 pub use config::{StopWhen, StreamConfig};
+pub use ledger::{prepare_ledger, EventFormat, Ledger, LedgerConfig, LedgerReport, LedgerRunError};
 pub use pipeline::{prepare, Pipeline, PipelineError, Shutdown};
 pub use rate_cards::{publish, rate_cards_topic_spec, read_dir_texts, PublishReport, RateCardsError, RateFeed};
 pub use report::RunReport;

@@ -19,6 +19,10 @@
 //! - **Revocation.** Work in progress for a revoked partition is dropped,
 //!   and rows are inserted only for partitions still assigned: the new owner
 //!   redoes that work from what is stored.
+//! - **Ledger feed.** Rows about to be inserted (duplicates already dropped)
+//!   are first sent to the priced topic, keyed by account, with the offset
+//!   they came from: a retry or a replay re-sends them, and the ledger skips
+//!   origins it has applied. Threshold events thus never wait for ClickHouse.
 
 use crate::batch::{Batch, MessageOutcome, Processor};
 use crate::config::{StopWhen, StreamConfig};
@@ -30,8 +34,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use usage_clickhouse::{ClickHouseSink, PricedRow, SinkError};
 use usage_kafka::{
-    ensure_topics, CommitMode, Consumer, GroupConsumer, KafkaError, KafkaSettings, Message, Offset, OwnedMessage,
-    Producer, ProducerError, TopicPartitionList, TopicSpec,
+    ensure_topics, CommitMode, Consumer, GroupConsumer, KafkaError, KafkaSettings, Message, Offset, Outgoing,
+    OwnedMessage, Producer, ProducerError, TopicPartitionList, TopicSpec,
 };
 use usage_pricing::RateBook;
 
@@ -161,11 +165,14 @@ pub struct Pipeline {
 /// Creates the missing topics (raw, dead letters, rate cards) and applies
 /// the ClickHouse migrations.
 pub async fn prepare(config: &StreamConfig, kafka: &KafkaSettings, sink: &ClickHouseSink) -> Result<(), PipelineError> {
-    let topics = [
+    let mut topics = vec![
         TopicSpec::new(&config.raw_topic, config.topic_partitions),
         TopicSpec::new(&config.dead_letter_topic, config.topic_partitions),
         crate::rate_cards::rate_cards_topic_spec(&config.rate_cards_topic),
     ];
+    if let Some(priced) = &config.priced_topic {
+        topics.push(TopicSpec::new(priced, config.topic_partitions));
+    }
     ensure_topics(kafka, &topics, KAFKA_CALL_TIMEOUT).await?;
     sink.migrate().await?;
     Ok(())
@@ -516,6 +523,10 @@ impl Pipeline {
                 backoff.succeeded();
                 return Ok(counts);
             }
+            if let Err(e) = self.feed_ledger(&fresh).await {
+                backoff.failed(e.to_string(), shutdown, n_messages).await?;
+                continue;
+            }
             match self.sink.insert_with_id(&fresh, &query_id).await {
                 Ok(()) => {
                     backoff.succeeded();
@@ -524,6 +535,24 @@ impl Pipeline {
                 Err(e) => backoff.failed(e.to_string(), shutdown, n_messages).await?,
             }
         }
+    }
+
+    /// Sends the rows to the ledger's priced topic (if any), keyed by account.
+    async fn feed_ledger(&self, rows: &[&PricedRow]) -> Result<(), usage_kafka::SendBatchError> {
+        let Some(topic) = &self.config.priced_topic else { return Ok(()) };
+        let records: Vec<Vec<u8>> = rows.iter().map(|r| priced_usage(r).to_json()).collect();
+        let messages = rows
+            .iter()
+            .zip(&records)
+            .map(|(r, payload)| Outgoing {
+                topic,
+                key: Some(r.account_id.as_bytes()),
+                payload,
+                headers: None,
+                partition: None,
+            })
+            .collect();
+        self.producer.send_all(messages).await.map(|_| ())
     }
 
     /// Commits the batch's offsets: a report of progress (resuming uses what
@@ -575,4 +604,18 @@ fn caught_up(consumer: &GroupConsumer, report: &RunReport) -> Result<bool, Kafka
         }
     }
     Ok(true)
+}
+
+/// What the ledger needs of a stored row.
+fn priced_usage(row: &PricedRow) -> usage_ledger::PricedUsage {
+    usage_ledger::PricedUsage {
+        event_id: row.event_id.clone(),
+        account_id: row.account_id.clone(),
+        occurred_at: chrono::DateTime::from_timestamp(i64::from(row.occurred_at), 0).unwrap_or_default(),
+        currency: row.currency.clone(),
+        cost: usage_clickhouse::i128_to_decimal(row.cost).expect("row costs come from decimals").normalize(),
+        origin_topic: row.kafka_topic.clone(),
+        origin_partition: row.kafka_partition,
+        origin_offset: row.kafka_offset,
+    }
 }

@@ -269,6 +269,7 @@ pub async fn publish(
                     key: Some(key.as_bytes()),
                     payload: text.as_bytes(),
                     headers: None,
+                    partition: None,
                 })
                 .collect(),
         )

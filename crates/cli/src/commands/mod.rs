@@ -1,12 +1,13 @@
 //! One module per command.
 
 mod import;
+mod ledger;
 mod price;
 mod produce;
 mod run;
 mod status;
 
-use crate::cli::{Cli, Command, RateCardsCommand, RatesArg};
+use crate::cli::{AccountsCommand, Cli, Command, RateCardsCommand, RatesArg};
 use crate::config::Settings;
 use anyhow::{Context, Result};
 use std::process::ExitCode;
@@ -23,6 +24,9 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Status(args) => status::status(settings, args).await,
         Command::RateCards(RateCardsCommand::Import(args)) => import::import(args),
         Command::RateCards(RateCardsCommand::Publish(args)) => import::publish(settings, args).await,
+        Command::Ledger(args) => ledger::ledger(settings, args).await,
+        Command::Balance(args) => ledger::balance(settings, args).await,
+        Command::Accounts(AccountsCommand::Send(args)) => ledger::send_commands(settings, args).await,
     }
 }
 

@@ -49,6 +49,7 @@ pub async fn produce(settings: Settings, args: ProduceArgs) -> Result<ExitCode> 
                             key: (!k.is_empty()).then_some(k.as_slice()),
                             payload: v,
                             headers: None,
+                            partition: None,
                         })
                         .collect(),
                 )

@@ -42,6 +42,7 @@ fn local_rate_cards(settings: &Settings, rates: &RatesArg) -> Result<Vec<(PathBu
 pub async fn setup(settings: Settings, _rates: RatesArg) -> Result<ExitCode> {
     let sink = ClickHouseSink::new(settings.clickhouse.clone())?;
     prepare(&settings.stream, &settings.kafka, &sink).await.context("preparing topics and ClickHouse")?;
+    usage_stream::prepare_ledger(&settings.ledger, &settings.kafka).await.context("preparing the ledger's topics")?;
     println!(
         "topics {}, {} and {} ready on {}; ClickHouse {} database {} migrated",
         settings.stream.raw_topic,
@@ -90,7 +91,7 @@ pub async fn run(mut settings: Settings, args: RunArgs) -> Result<ExitCode> {
     Ok(if consistent { ExitCode::SUCCESS } else { ExitCode::from(3) })
 }
 
-async fn wait_for_signal() {
+pub(crate) async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};

@@ -1,0 +1,183 @@
+//! `ledger`, `balance` and `accounts send`.
+
+use crate::cli::{BalanceArgs, LedgerArgs, SendArgs};
+use crate::commands::run::wait_for_signal;
+use crate::config::Settings;
+use anyhow::{bail, Context, Result};
+use chrono::Utc;
+use std::io::BufRead;
+use std::process::ExitCode;
+use std::time::Duration;
+use usage_clickhouse::ClickHouseSink;
+use usage_kafka::{Outgoing, Producer, TopicFollower};
+use usage_ledger::{AccountCommand, AccountState, BillingMode};
+use usage_model::{round_for_display, Currency};
+use usage_stream::{prepare_ledger, Ledger, Shutdown, StopWhen};
+
+/// Bound on reading the whole changelog for `balance`.
+const CHANGELOG_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// Commands sent per `send_all` call.
+const SEND_CHUNK: usize = 10_000;
+
+pub async fn ledger(mut settings: Settings, args: LedgerArgs) -> Result<ExitCode> {
+    if args.until_caught_up {
+        settings.ledger.stop_when = StopWhen::CaughtUp { idle: Duration::from_millis(args.idle_ms) };
+    }
+    prepare_ledger(&settings.ledger, &settings.kafka).await.context("preparing the ledger's topics")?;
+    let sink = if settings.ledger_writes_entries {
+        let sink = ClickHouseSink::new(settings.clickhouse.clone())?;
+        sink.migrate().await.context("applying ClickHouse migrations")?;
+        Some(sink)
+    } else {
+        None
+    };
+    let mut ledger = Ledger::new(settings.ledger.clone(), settings.kafka.clone(), sink);
+    let (stop, shutdown) = Shutdown::new();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("signal received: finishing the ledger batch in flight");
+        let _ = stop.send(true);
+    });
+    let report = ledger.run(shutdown).await?;
+    eprintln!(
+        "ledger: consumed {} (applied {}, already applied {}, dead-lettered {}), events sent {}, entries written {}, \
+         partitions restored {}",
+        report.consumed,
+        report.applied,
+        report.skipped,
+        report.dead_lettered,
+        report.events_sent,
+        report.entries_written,
+        report.partitions_restored
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The latest state of `account` in the changelog.
+fn read_state(settings: &Settings, account: &str) -> Result<Option<AccountState>> {
+    let follower = TopicFollower::new(&settings.kafka, &settings.ledger.state_topic, CHANGELOG_READ_TIMEOUT)
+        .with_context(|| format!("reading {}", settings.ledger.state_topic))?;
+    let mut latest = None;
+    for (key, value) in follower.catch_up(CHANGELOG_READ_TIMEOUT)? {
+        if key.as_deref() == Some(account.as_bytes()) {
+            latest = value;
+        }
+    }
+    latest
+        .map(|v| serde_json::from_slice(&v).with_context(|| format!("state of account {account} in the changelog")))
+        .transpose()
+}
+
+pub async fn balance(settings: Settings, args: BalanceArgs) -> Result<ExitCode> {
+    let account = args.account.clone();
+    let state = {
+        let settings_ref = &settings;
+        tokio::task::block_in_place(|| read_state(settings_ref, &account))?
+    };
+    let Some(state) = state else {
+        println!("account {account}: no ledger state (no usage, settings or grant seen yet)");
+        return Ok(ExitCode::from(1));
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&state)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let now = Utc::now();
+    let currency: Option<Currency> = state.currency.parse().ok();
+    let show = |d: rust_decimal::Decimal| match currency {
+        Some(c) => format!("{} {c} (exact {})", round_for_display(d, c), d.normalize()),
+        None => d.normalize().to_string(),
+    };
+    let mode = match state.mode_at(now) {
+        BillingMode::Prepaid => "prepaid",
+        BillingMode::Postpaid => "postpaid",
+    };
+    println!(
+        "account {}  ({mode}, {})",
+        state.account_id,
+        if state.currency.is_empty() { "-" } else { &state.currency }
+    );
+    println!("  balance         {}", show(state.balance()));
+    println!("  granted         {}", show(state.granted));
+    println!("  used (prepaid)  {}", show(state.used));
+    println!("  expired         {}", show(state.expired));
+    if !state.overage.is_zero() {
+        println!("  overage         {}", show(state.overage));
+    }
+    println!("  depleted        {}", if state.depleted { "yes" } else { "no" });
+    println!("  grants ({}):", state.grants.len());
+    for g in &state.grants {
+        println!(
+            "    {:<24} {:?} priority {}  remaining {} of {}  expires {}",
+            g.grant_id,
+            g.kind,
+            g.priority,
+            g.remaining.normalize(),
+            g.amount.normalize(),
+            g.expires_at.to_rfc3339()
+        );
+    }
+    let period = state.period_of(now);
+    let spend = state.spend_in(period);
+    let budget = state.settings_at(now).and_then(|s| s.monthly_budget);
+    match budget {
+        Some(b) => println!(
+            "  month {}-{:02}      spend {} of budget {}",
+            period / 100,
+            period % 100,
+            show(spend),
+            b.normalize()
+        ),
+        None => println!("  month {}-{:02}      spend {} (no budget)", period / 100, period % 100, show(spend)),
+    }
+    match state.projected_depletion(now) {
+        Some(at) => println!("  runs out        {} at the last hour's rate", at.to_rfc3339()),
+        None => println!("  runs out        - (no spend in the last hour, or no balance)"),
+    }
+    if let Some(key) = &state.reload_open {
+        println!("  auto-reload     requested, awaiting payment ({key})");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn send_commands(settings: Settings, args: SendArgs) -> Result<ExitCode> {
+    let reader: Box<dyn BufRead> = match &args.input {
+        Some(p) if p.as_os_str() != "-" => Box::new(std::io::BufReader::new(
+            std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?,
+        )),
+        _ => Box::new(std::io::stdin().lock()),
+    };
+    let mut commands = Vec::new();
+    for (i, line) in reader.lines().enumerate() {
+        let line = line.context("reading commands")?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        match AccountCommand::from_json(line.as_bytes()) {
+            Ok(c) => commands.push((c.account_id().to_owned(), line)),
+            Err(e) => bail!("line {}: {e}", i + 1),
+        }
+    }
+    prepare_ledger(&settings.ledger, &settings.kafka).await.context("preparing the ledger's topics")?;
+    let producer = Producer::new(&settings.kafka, "accounts")?;
+    let topic = &settings.ledger.commands_topic;
+    for chunk in commands.chunks(SEND_CHUNK) {
+        producer
+            .send_all(
+                chunk
+                    .iter()
+                    .map(|(account, line)| Outgoing {
+                        topic,
+                        key: Some(account.as_bytes()),
+                        payload: line.as_bytes(),
+                        headers: None,
+                        partition: None,
+                    })
+                    .collect(),
+            )
+            .await
+            .context("sending billing commands")?;
+    }
+    println!("sent {} billing commands to {topic}", commands.len());
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,693 @@
+//! The ledger loop: priced usage and billing commands in, threshold events,
+//! account state and ledger entries out.
+//!
+//! Inputs are two co-partitioned topics keyed by account (the priced topic,
+//! written by the pricing loop, and the billing-commands topic): the range
+//! assignor gives this member partition `p` of both, so it sees every
+//! record of the accounts of `p`, in order per topic. Each partition's
+//! accounts live in memory ([`PartitionLedger`]) and in a compacted
+//! changelog topic, partition `p`, one record per account (its whole state,
+//! including the last input offsets applied and the events not yet known
+//! to be sent). On assignment the partition is rebuilt from the changelog.
+//!
+//! Per batch, on any broker:
+//! 1. apply each record (skipping offsets and pricing origins already
+//!    applied), dead-letter what cannot be applied;
+//! 2. write the changed accounts to the changelog and wait for the acks;
+//! 3. send the events (and dead letters), wait; mark them sent;
+//! 4. commit the input offsets; then write ledger entries to ClickHouse
+//!    (kept in the accounts' state until ClickHouse acknowledges them, so a
+//!    ClickHouse outage delays entries, never threshold events).
+//!
+//! A crash anywhere re-reads inputs from the committed offsets onto the
+//! state in the changelog: inputs already applied are skipped, events not
+//! known to be sent are sent again with the same ids (at least once).
+//! With a `transactional_id` (brokers with Kafka transactions), steps 2–4
+//! are one transaction: changelog, events and input offsets commit together
+//! (exactly once); on any failure the transaction is aborted and the loop
+//! rebuilds its state from the changelog.
+
+use crate::config::StopWhen;
+use crate::pipeline::Shutdown;
+use chrono::Utc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use usage_clickhouse::{ClickHouseSink, LedgerEntryRow};
+use usage_kafka::{
+    co_partitioned_consumer, ensure_topics, partition_counts, read_partition, CommitMode, Consumer, DeadLetter,
+    GroupConsumer, KafkaError, KafkaSettings, Message, Offset, Outgoing, OwnedMessage, Producer, TopicPartitionList,
+    TopicSpec,
+};
+use usage_ledger::{AccountCommand, AccountState, Applied, LedgerEvent, PartitionLedger, PricedUsage};
+
+/// Bound on broker calls (metadata, commits, restores of a partition).
+const KAFKA_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest single wait for input, so shutdown and sweeps are timely.
+const POLL_SLICE: Duration = Duration::from_millis(100);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventFormat {
+    Json,
+    /// Plain Avro datum of `schemas/avro/ledger_event.v1.avsc`.
+    Avro,
+}
+
+#[derive(Clone, Debug)]
+pub struct LedgerConfig {
+    pub priced_topic: String,
+    pub commands_topic: String,
+    /// Compacted: one record per account, in the partition of its inputs.
+    pub state_topic: String,
+    pub events_topic: String,
+    pub dead_letter_topic: String,
+    pub group_id: String,
+    pub topic_partitions: i32,
+    /// Records per batch (and per changelog write).
+    pub batch_records_max: usize,
+    /// A batch closes this long after its first record: the main part of
+    /// threshold-event latency.
+    pub batch_linger: Duration,
+    /// How often idle accounts' grants are checked for expiry.
+    pub sweep_interval: Duration,
+    pub event_format: EventFormat,
+    /// Set on brokers with Kafka transactions: exactly-once outputs.
+    pub transactional_id: Option<String>,
+    /// Ledger entries awaiting ClickHouse beyond which the loop waits for
+    /// ClickHouse instead of consuming (bounds memory during an outage).
+    pub pending_entries_max: usize,
+    pub retry_backoff_initial: Duration,
+    pub retry_backoff_max: Duration,
+    pub queued_kbytes_max: u32,
+    pub stop_when: StopWhen,
+    pub assignment_timeout: Duration,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        Self {
+            priced_topic: "usage.priced".into(),
+            commands_topic: "billing.commands".into(),
+            state_topic: "billing.ledger-state".into(),
+            events_topic: "billing.events".into(),
+            dead_letter_topic: "usage.dead-letter".into(),
+            group_id: "usage-ledger".into(),
+            topic_partitions: 4,
+            batch_records_max: 10_000,
+            batch_linger: Duration::from_millis(20),
+            sweep_interval: Duration::from_secs(1),
+            event_format: EventFormat::Json,
+            transactional_id: None,
+            pending_entries_max: 500_000,
+            retry_backoff_initial: Duration::from_millis(200),
+            retry_backoff_max: Duration::from_secs(10),
+            queued_kbytes_max: 16 * 1024,
+            stop_when: StopWhen::Never,
+            assignment_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerRunError {
+    #[error("Kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("{0}")]
+    Producer(#[from] usage_kafka::ProducerError),
+    #[error("ClickHouse: {0}")]
+    Sink(#[from] usage_clickhouse::SinkError),
+    #[error("restoring ledger partition {partition}: {error}")]
+    Restore { partition: i32, error: String },
+    #[error(
+        "topics {priced} ({n_priced} partitions), {commands} ({n_commands}) and {state} ({n_state}) must have the same \
+         number of partitions: the ledger keeps each account's inputs and state in the same partition number"
+    )]
+    NotCoPartitioned {
+        priced: String,
+        n_priced: usize,
+        commands: String,
+        n_commands: usize,
+        state: String,
+        n_state: usize,
+    },
+    #[error("no partition of {topic} assigned within {seconds}s (is another member holding them?)")]
+    NoAssignment { topic: String, seconds: u64 },
+    #[error("stopped while {what} kept failing: {error}")]
+    Undelivered { what: &'static str, error: String },
+}
+
+/// What a run did, for logs and summaries.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LedgerReport {
+    pub consumed: u64,
+    pub applied: u64,
+    /// Already applied (replays after a restart, pricing retries).
+    pub skipped: u64,
+    pub dead_lettered: u64,
+    pub events_sent: u64,
+    pub entries_written: u64,
+    pub partitions_restored: u64,
+    pub transactions_aborted: u64,
+}
+
+/// Creates the ledger's topics if missing, and checks co-partitioning.
+pub async fn prepare_ledger(config: &LedgerConfig, kafka: &KafkaSettings) -> Result<(), LedgerRunError> {
+    let n = config.topic_partitions;
+    let topics = [
+        TopicSpec::new(&config.priced_topic, n),
+        TopicSpec::new(&config.commands_topic, n),
+        TopicSpec {
+            config: vec![("cleanup.policy".into(), "compact".into())],
+            ..TopicSpec::new(&config.state_topic, n)
+        },
+        TopicSpec::new(&config.events_topic, n),
+        TopicSpec::new(&config.dead_letter_topic, n),
+    ];
+    ensure_topics(kafka, &topics, KAFKA_CALL_TIMEOUT).await?;
+    check_co_partitioned(config, kafka)
+}
+
+fn check_co_partitioned(config: &LedgerConfig, kafka: &KafkaSettings) -> Result<(), LedgerRunError> {
+    let topics = [config.priced_topic.as_str(), config.commands_topic.as_str(), config.state_topic.as_str()];
+    let counts = partition_counts(kafka, &topics, KAFKA_CALL_TIMEOUT)?;
+    let (n_priced, n_commands, n_state) = (counts[0], counts[1], counts[2]);
+    if n_priced == n_commands && n_commands == n_state {
+        Ok(())
+    } else {
+        Err(LedgerRunError::NotCoPartitioned {
+            priced: config.priced_topic.clone(),
+            n_priced,
+            commands: config.commands_topic.clone(),
+            n_commands,
+            state: config.state_topic.clone(),
+            n_state,
+        })
+    }
+}
+
+/// Outputs of one batch for one partition.
+#[derive(Default)]
+struct PartitionWork {
+    next_offsets: BTreeMap<String, i64>,
+    dead_letters: Vec<DeadLetter>,
+}
+
+pub struct Ledger {
+    config: LedgerConfig,
+    kafka: KafkaSettings,
+    sink: Option<ClickHouseSink>,
+    partitions: HashMap<i32, PartitionLedger>,
+    avro_schema: Option<apache_avro::Schema>,
+    last_sweep: Instant,
+}
+
+impl Ledger {
+    /// `sink`: where ledger entries go (`None`: not written).
+    pub fn new(config: LedgerConfig, kafka: KafkaSettings, sink: Option<ClickHouseSink>) -> Self {
+        let avro_schema = (config.event_format == EventFormat::Avro).then(|| {
+            apache_avro::Schema::parse_str(usage_ledger::LEDGER_EVENT_AVRO_SCHEMA).expect("the shipped schema parses")
+        });
+        Self { config, kafka, sink, partitions: HashMap::new(), avro_schema, last_sweep: Instant::now() }
+    }
+
+    /// The state of an account held by this instance, if it owns it.
+    pub fn account(&self, account_id: &str) -> Option<&AccountState> {
+        self.partitions.values().find_map(|p| p.account(account_id))
+    }
+
+    /// Runs until shutdown (or caught up, if so configured).
+    pub async fn run(&mut self, shutdown: Shutdown) -> Result<LedgerReport, LedgerRunError> {
+        let mut report = LedgerReport::default();
+        loop {
+            match self.run_session(&shutdown, &mut report).await? {
+                SessionEnd::Stopped => return Ok(report),
+                SessionEnd::Rebuild => {
+                    // A transaction failed: its effects are gone, and so must
+                    // be ours; rebuild from the changelog and the offsets.
+                    report.transactions_aborted += 1;
+                    self.partitions.clear();
+                    tokio::time::sleep(self.config.retry_backoff_initial).await;
+                }
+            }
+        }
+    }
+
+    async fn run_session(
+        &mut self,
+        shutdown: &Shutdown,
+        report: &mut LedgerReport,
+    ) -> Result<SessionEnd, LedgerRunError> {
+        let consumer =
+            Arc::new(co_partitioned_consumer(&self.kafka, &self.config.group_id, self.config.queued_kbytes_max)?);
+        consumer.subscribe(&[&self.config.priced_topic, &self.config.commands_topic])?;
+        let producer = match &self.config.transactional_id {
+            Some(id) => {
+                let kafka = self.kafka.clone();
+                let id = id.clone();
+                tokio::task::spawn_blocking(move || Producer::transactional(&kafka, "ledger", &id))
+                    .await
+                    .expect("transactional producer set-up does not panic")?
+            }
+            None => Producer::new(&self.kafka, "ledger")?,
+        };
+        tracing::info!(
+            priced = %self.config.priced_topic,
+            commands = %self.config.commands_topic,
+            group = %self.config.group_id,
+            transactional = self.config.transactional_id.is_some(),
+            "ledger consuming"
+        );
+        let started = Instant::now();
+        let mut last_activity = Instant::now();
+        loop {
+            for (_, partition) in consumer.context().take_revoked() {
+                if self.partitions.remove(&partition).is_some() {
+                    tracing::info!(partition, "ledger partition revoked: state dropped");
+                }
+            }
+            let (messages, stopping) = self.fill(&consumer, shutdown).await;
+            let mut work: HashMap<i32, PartitionWork> = HashMap::new();
+            for m in &messages {
+                report.consumed += 1;
+                self.apply(m, &mut work, report).await?;
+            }
+            if self.last_sweep.elapsed() >= self.config.sweep_interval {
+                self.last_sweep = Instant::now();
+                let now = Utc::now();
+                for (p, ledger) in &mut self.partitions {
+                    if !ledger.expire_due(now).is_empty() {
+                        work.entry(*p).or_default();
+                    }
+                }
+            }
+            // Revoked while we filled: the new owner redoes that work.
+            for (_, partition) in consumer.context().take_revoked() {
+                self.partitions.remove(&partition);
+                work.remove(&partition);
+            }
+            if !work.is_empty() || self.partitions.values().any(PartitionLedger::has_unsent_events) {
+                last_activity = Instant::now();
+                let done = match &self.config.transactional_id {
+                    None => self.persist(&consumer, &producer, work, shutdown, report).await?,
+                    Some(_) => self.persist_transactionally(&consumer, &producer, work, report).await,
+                };
+                if !done {
+                    return Ok(SessionEnd::Rebuild);
+                }
+            }
+            self.write_entries(report, shutdown).await?;
+            if stopping || shutdown.is_requested() {
+                tracing::info!("ledger: shutdown requested, last batch committed");
+                return Ok(SessionEnd::Stopped);
+            }
+            if let StopWhen::CaughtUp { idle } = self.config.stop_when {
+                let assigned = consumer.assignment()?.count() > 0;
+                if !assigned && started.elapsed() > self.config.assignment_timeout {
+                    return Err(LedgerRunError::NoAssignment {
+                        topic: self.config.priced_topic.clone(),
+                        seconds: self.config.assignment_timeout.as_secs(),
+                    });
+                }
+                if assigned && messages.is_empty() && last_activity.elapsed() >= idle && caught_up(&consumer)? {
+                    tracing::info!("ledger caught up with every assigned partition, stopping");
+                    return Ok(SessionEnd::Stopped);
+                }
+            }
+        }
+    }
+
+    /// Up to `batch_records_max` messages, until `batch_linger` after the
+    /// first. Returns them, and whether shutdown was requested.
+    async fn fill(&self, consumer: &Arc<GroupConsumer>, shutdown: &Shutdown) -> (Vec<OwnedMessage>, bool) {
+        let mut messages = Vec::new();
+        let mut deadline = Instant::now() + POLL_SLICE;
+        while messages.len() < self.config.batch_records_max {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            if wait.is_zero() {
+                break;
+            }
+            let consumer = Arc::clone(consumer);
+            let received = tokio::select! {
+                biased;
+                _ = shutdown.requested() => return (messages, true),
+                r = tokio::time::timeout(wait, async move { consumer.recv().await.map(|m| m.detach()) }) => r,
+            };
+            match received {
+                Err(_elapsed) => break,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "ledger consume error");
+                    break;
+                }
+                Ok(Ok(m)) => {
+                    if messages.is_empty() {
+                        deadline = Instant::now() + self.config.batch_linger;
+                    }
+                    messages.push(m);
+                }
+            }
+        }
+        (messages, false)
+    }
+
+    async fn apply(
+        &mut self,
+        m: &OwnedMessage,
+        work: &mut HashMap<i32, PartitionWork>,
+        report: &mut LedgerReport,
+    ) -> Result<(), LedgerRunError> {
+        let partition = m.partition();
+        if !self.partitions.contains_key(&partition) {
+            let ledger = self.restore(partition).await?;
+            report.partitions_restored += 1;
+            self.partitions.insert(partition, ledger);
+        }
+        let ledger = self.partitions.get_mut(&partition).expect("restored above");
+        let w = work.entry(partition).or_default();
+        w.next_offsets.insert(m.topic().to_owned(), m.offset() + 1);
+        let payload = m.payload().unwrap_or_default();
+        let outcome = if m.topic() == self.config.priced_topic {
+            match PricedUsage::from_json(payload) {
+                Ok(u) => ledger.apply_usage(m.offset(), &u),
+                Err(e) => return Ok(dead_letter(w, m, "malformed_priced_usage", e.to_string(), report)),
+            }
+        } else {
+            match AccountCommand::from_json(payload) {
+                Ok(c) => ledger.apply_command(m.offset(), &c),
+                Err(e) => return Ok(dead_letter(w, m, e.code(), e.to_string(), report)),
+            }
+        };
+        match outcome {
+            Applied::Done(_) => report.applied += 1,
+            Applied::Skipped => report.skipped += 1,
+            Applied::Refused(e) => dead_letter(w, m, e.code(), e.to_string(), report),
+        }
+        Ok(())
+    }
+
+    /// Rebuilds a partition's accounts from the changelog (last record per
+    /// account wins, as compaction keeps).
+    async fn restore(&self, partition: i32) -> Result<PartitionLedger, LedgerRunError> {
+        let kafka = self.kafka.clone();
+        let topic = self.config.state_topic.clone();
+        let records =
+            tokio::task::spawn_blocking(move || read_partition(&kafka, &topic, partition, KAFKA_CALL_TIMEOUT))
+                .await
+                .expect("restore does not panic")
+                .map_err(|e| LedgerRunError::Restore { partition, error: e.to_string() })?;
+        let mut latest: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+        for (key, value) in records {
+            match (key, value) {
+                (Some(k), Some(v)) => latest.insert(k, v),
+                (Some(k), None) => latest.remove(&k),
+                _ => None,
+            };
+        }
+        let mut states = Vec::with_capacity(latest.len());
+        for (key, value) in latest {
+            let state: AccountState = serde_json::from_slice(&value).map_err(|e| LedgerRunError::Restore {
+                partition,
+                error: format!("account {}: {e}", String::from_utf8_lossy(&key)),
+            })?;
+            states.push(state);
+        }
+        tracing::info!(partition, accounts = states.len(), "ledger partition restored from the changelog");
+        Ok(PartitionLedger::restore(states))
+    }
+
+    /// Changelog records of the changed accounts, per partition.
+    fn changelog(&mut self, work: &HashMap<i32, PartitionWork>) -> Vec<(i32, String, Vec<u8>)> {
+        let mut out = Vec::new();
+        for p in work.keys() {
+            let Some(ledger) = self.partitions.get_mut(p) else { continue };
+            for state in ledger.take_dirty() {
+                let value = serde_json::to_vec(state).expect("account state serialises");
+                out.push((*p, state.account_id.clone(), value));
+            }
+        }
+        out
+    }
+
+    fn encode_event(&self, event: &LedgerEvent) -> Vec<u8> {
+        match &self.avro_schema {
+            Some(schema) => event.to_avro(schema).expect("ledger events match their schema"),
+            None => event.to_json(),
+        }
+    }
+
+    fn unsent_events(&self) -> Vec<LedgerEvent> {
+        let mut events: Vec<LedgerEvent> = self.partitions.values().flat_map(|p| p.unsent_events()).collect();
+        events.sort_by(|a, b| (a.at, &a.event_id).cmp(&(b.at, &b.event_id)));
+        events
+    }
+
+    /// Steps 2–4 without transactions. Returns true (never rebuilds).
+    async fn persist(
+        &mut self,
+        consumer: &GroupConsumer,
+        producer: &Producer,
+        work: HashMap<i32, PartitionWork>,
+        shutdown: &Shutdown,
+        report: &mut LedgerReport,
+    ) -> Result<bool, LedgerRunError> {
+        let changelog = self.changelog(&work);
+        let state_topic = self.config.state_topic.clone();
+        self.retry("ledger changelog", shutdown, || {
+            producer.send_all(
+                changelog
+                    .iter()
+                    .map(|(p, key, value)| Outgoing {
+                        topic: &state_topic,
+                        key: Some(key.as_bytes()),
+                        payload: value,
+                        headers: None,
+                        partition: Some(*p),
+                    })
+                    .collect(),
+            )
+        })
+        .await?;
+        let events = self.unsent_events();
+        let payloads: Vec<(String, Vec<u8>)> =
+            events.iter().map(|e| (e.account_id.clone(), self.encode_event(e))).collect();
+        let events_topic = self.config.events_topic.clone();
+        self.retry("ledger events", shutdown, || {
+            producer.send_all(
+                payloads
+                    .iter()
+                    .map(|(key, value)| Outgoing {
+                        topic: &events_topic,
+                        key: Some(key.as_bytes()),
+                        payload: value,
+                        headers: None,
+                        partition: None,
+                    })
+                    .collect(),
+            )
+        })
+        .await?;
+        let letters: Vec<DeadLetter> = work.values().flat_map(|w| w.dead_letters.iter().cloned()).collect();
+        let dlq = self.config.dead_letter_topic.clone();
+        self.retry("ledger dead letters", shutdown, || producer.send_dead_letters(&dlq, &letters)).await?;
+        for ledger in self.partitions.values_mut() {
+            ledger.events_sent();
+        }
+        report.events_sent += events.len() as u64;
+        if let Some(tpl) = offsets(&work) {
+            if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
+                // Safe to lose: a replay skips what the changelog says is applied.
+                tracing::warn!(error = %e, "ledger offset commit failed");
+            }
+        }
+        Ok(true)
+    }
+
+    /// Steps 2–4 in one Kafka transaction. Returns false when it was
+    /// aborted (the caller rebuilds from the changelog).
+    async fn persist_transactionally(
+        &mut self,
+        consumer: &GroupConsumer,
+        producer: &Producer,
+        work: HashMap<i32, PartitionWork>,
+        report: &mut LedgerReport,
+    ) -> bool {
+        // Events travel in the transaction itself: no outbox to persist.
+        let events = self.unsent_events();
+        for ledger in self.partitions.values_mut() {
+            ledger.events_sent();
+        }
+        let changelog = self.changelog(&work);
+        let letters: Vec<DeadLetter> = work.values().flat_map(|w| w.dead_letters.iter().cloned()).collect();
+        let payloads: Vec<(String, Vec<u8>)> =
+            events.iter().map(|e| (e.account_id.clone(), self.encode_event(e))).collect();
+        let attempt = async {
+            producer.begin_transaction().map_err(|e| e.to_string())?;
+            let mut messages: Vec<Outgoing<'_>> = changelog
+                .iter()
+                .map(|(p, key, value)| Outgoing {
+                    topic: &self.config.state_topic,
+                    key: Some(key.as_bytes()),
+                    payload: value,
+                    headers: None,
+                    partition: Some(*p),
+                })
+                .collect();
+            messages.extend(payloads.iter().map(|(key, value)| Outgoing {
+                topic: &self.config.events_topic,
+                key: Some(key.as_bytes()),
+                payload: value,
+                headers: None,
+                partition: None,
+            }));
+            producer.send_all(messages).await.map_err(|e| e.to_string())?;
+            producer.send_dead_letters(&self.config.dead_letter_topic, &letters).await.map_err(|e| e.to_string())?;
+            if let Some(tpl) = offsets(&work) {
+                producer.send_offsets_to_transaction(consumer, &tpl).map_err(|e| e.to_string())?;
+            }
+            producer.commit_transaction().map_err(|e| e.to_string())
+        };
+        match attempt.await {
+            Ok(()) => {
+                report.events_sent += events.len() as u64;
+                true
+            }
+            Err(error) => {
+                tracing::warn!(%error, "ledger transaction failed: aborting and rebuilding from the changelog");
+                if let Err(e) = producer.abort_transaction() {
+                    tracing::warn!(error = %e, "abort failed (the broker aborts it on timeout)");
+                }
+                false
+            }
+        }
+    }
+
+    /// Writes pending ledger entries to ClickHouse: once per batch when
+    /// ClickHouse answers; when too many wait, retries until it does.
+    async fn write_entries(&mut self, report: &mut LedgerReport, shutdown: &Shutdown) -> Result<(), LedgerRunError> {
+        let Some(sink) = self.sink.clone() else {
+            for ledger in self.partitions.values_mut() {
+                ledger.entries_written();
+            }
+            return Ok(());
+        };
+        let mut backoff = self.config.retry_backoff_initial;
+        loop {
+            let entries: Vec<LedgerEntryRow> = self
+                .partitions
+                .values()
+                .flat_map(|p| p.unsent_entries())
+                .filter_map(|e| {
+                    let row = LedgerEntryRow::new(&e);
+                    if row.is_none() {
+                        tracing::error!(entry = %e.entry_id, "ledger entry out of ClickHouse's range: not written");
+                    }
+                    row
+                })
+                .collect();
+            if entries.is_empty() {
+                return Ok(());
+            }
+            match sink.insert_ledger_entries(&entries).await {
+                Ok(()) => {
+                    for ledger in self.partitions.values_mut() {
+                        ledger.entries_written();
+                    }
+                    report.entries_written += entries.len() as u64;
+                    return Ok(());
+                }
+                Err(e) if entries.len() < self.config.pending_entries_max && !shutdown.is_requested() => {
+                    tracing::warn!(error = %e, pending = entries.len(), "ledger entries wait for ClickHouse");
+                    return Ok(());
+                }
+                Err(e) if shutdown.is_requested() => {
+                    // They stay in the changelog: the next run writes them.
+                    tracing::warn!(error = %e, pending = entries.len(), "stopping with ledger entries unwritten");
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, pending = entries.len(), "too many ledger entries wait: pausing input");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(self.config.retry_backoff_max);
+                }
+            }
+        }
+    }
+
+    async fn retry<T, E: std::fmt::Display, F: std::future::Future<Output = Result<T, E>>>(
+        &self,
+        what: &'static str,
+        shutdown: &Shutdown,
+        mut attempt: impl FnMut() -> F,
+    ) -> Result<T, LedgerRunError> {
+        let mut backoff = self.config.retry_backoff_initial;
+        let mut failures = 0u32;
+        loop {
+            match attempt().await {
+                Ok(v) => return Ok(v),
+                Err(e) => {
+                    failures += 1;
+                    if shutdown.is_requested() && failures > 3 {
+                        return Err(LedgerRunError::Undelivered { what, error: e.to_string() });
+                    }
+                    tracing::warn!(what, failures, error = %e, "failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(self.config.retry_backoff_max);
+                }
+            }
+        }
+    }
+}
+
+enum SessionEnd {
+    Stopped,
+    Rebuild,
+}
+
+fn dead_letter(
+    w: &mut PartitionWork,
+    m: &OwnedMessage,
+    reason: &'static str,
+    detail: String,
+    report: &mut LedgerReport,
+) {
+    report.dead_lettered += 1;
+    w.dead_letters.push(DeadLetter {
+        key: m.key().map(<[u8]>::to_vec),
+        payload: m.payload().unwrap_or_default().to_vec(),
+        reason,
+        detail,
+        source_topic: m.topic().to_owned(),
+        source_partition: m.partition(),
+        source_offset: m.offset(),
+    });
+}
+
+fn offsets(work: &HashMap<i32, PartitionWork>) -> Option<TopicPartitionList> {
+    let mut tpl = TopicPartitionList::new();
+    for (p, w) in work {
+        for (topic, next) in &w.next_offsets {
+            tpl.add_partition_offset(topic, *p, Offset::Offset(*next)).ok()?;
+        }
+    }
+    (tpl.count() > 0).then_some(tpl)
+}
+
+/// Whether every assigned partition is consumed to its end.
+fn caught_up(consumer: &GroupConsumer) -> Result<bool, KafkaError> {
+    let assignment = consumer.assignment()?;
+    let position = consumer.position()?;
+    for e in assignment.elements() {
+        let (_, high) = consumer.fetch_watermarks(e.topic(), e.partition(), KAFKA_CALL_TIMEOUT)?;
+        let at = position.find_partition(e.topic(), e.partition()).map(|p| p.offset());
+        let consumed_to = match at {
+            Some(Offset::Offset(o)) => o,
+            _ => {
+                let (low, _) = consumer.fetch_watermarks(e.topic(), e.partition(), KAFKA_CALL_TIMEOUT)?;
+                low
+            }
+        };
+        if consumed_to < high {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
