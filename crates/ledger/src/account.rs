@@ -232,8 +232,8 @@ impl AccountState {
 
     pub fn apply_grant(&mut self, grant: &CreditGrant) -> Result<Effects, LedgerError> {
         let mut effects = self.expire_until(grant.granted_at)?;
-        let known = self.grants.iter().any(|g| g.grant_id == grant.grant_id)
-            || self.spent_grant_ids.iter().any(|id| *id == grant.grant_id);
+        let known =
+            self.grants.iter().any(|g| g.grant_id == grant.grant_id) || self.spent_grant_ids.contains(&grant.grant_id);
         if known {
             return Ok(effects);
         }

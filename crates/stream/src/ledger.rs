@@ -197,6 +197,11 @@ pub struct Ledger {
     kafka: KafkaSettings,
     sink: Option<ClickHouseSink>,
     partitions: HashMap<i32, PartitionLedger>,
+    /// Partitions whose billing commands are read up to this offset before
+    /// their usage is applied.
+    catching_up: HashMap<i32, i64>,
+    /// Usage of those partitions, in order, until then.
+    held: HashMap<i32, Vec<OwnedMessage>>,
     avro_schema: Option<apache_avro::Schema>,
     last_sweep: Instant,
 }
@@ -207,7 +212,16 @@ impl Ledger {
         let avro_schema = (config.event_format == EventFormat::Avro).then(|| {
             apache_avro::Schema::parse_str(usage_ledger::LEDGER_EVENT_AVRO_SCHEMA).expect("the shipped schema parses")
         });
-        Self { config, kafka, sink, partitions: HashMap::new(), avro_schema, last_sweep: Instant::now() }
+        Self {
+            config,
+            kafka,
+            sink,
+            partitions: HashMap::new(),
+            catching_up: HashMap::new(),
+            held: HashMap::new(),
+            avro_schema,
+            last_sweep: Instant::now(),
+        }
     }
 
     /// The state of an account held by this instance, if it owns it.
@@ -226,6 +240,8 @@ impl Ledger {
                     // be ours; rebuild from the changelog and the offsets.
                     report.transactions_aborted += 1;
                     self.partitions.clear();
+                    self.catching_up.clear();
+                    self.held.clear();
                     tokio::time::sleep(self.config.retry_backoff_initial).await;
                 }
             }
@@ -261,16 +277,15 @@ impl Ledger {
         let mut last_activity = Instant::now();
         loop {
             for (_, partition) in consumer.context().take_revoked() {
-                if self.partitions.remove(&partition).is_some() {
-                    tracing::info!(partition, "ledger partition revoked: state dropped");
-                }
+                self.drop_partition(partition);
             }
             let (messages, stopping) = self.fill(&consumer, shutdown).await;
             let mut work: HashMap<i32, PartitionWork> = HashMap::new();
-            for m in &messages {
+            for m in messages.iter().cloned() {
                 report.consumed += 1;
-                self.apply(m, &mut work, report).await?;
+                self.route(&consumer, m, &mut work, report).await?;
             }
+            self.check_catch_ups(&consumer, &mut work, report).await?;
             if self.last_sweep.elapsed() >= self.config.sweep_interval {
                 self.last_sweep = Instant::now();
                 let now = Utc::now();
@@ -282,7 +297,7 @@ impl Ledger {
             }
             // Revoked while we filled: the new owner redoes that work.
             for (_, partition) in consumer.context().take_revoked() {
-                self.partitions.remove(&partition);
+                self.drop_partition(partition);
                 work.remove(&partition);
             }
             if !work.is_empty() || self.partitions.values().any(PartitionLedger::has_unsent_events) {
@@ -349,9 +364,23 @@ impl Ledger {
         (messages, false)
     }
 
-    async fn apply(
+    fn drop_partition(&mut self, partition: i32) {
+        self.catching_up.remove(&partition);
+        self.held.remove(&partition);
+        if self.partitions.remove(&partition).is_some() {
+            tracing::info!(partition, "ledger partition revoked: state dropped");
+        }
+    }
+
+    /// Applies a message, or holds it while its partition's commands catch
+    /// up: settings and grants already on the commands topic when a
+    /// partition is taken over apply before any usage of that partition
+    /// (otherwise a backlog of usage could be charged to accounts whose
+    /// settings and grants were still unread).
+    async fn route(
         &mut self,
-        m: &OwnedMessage,
+        consumer: &GroupConsumer,
+        m: OwnedMessage,
         work: &mut HashMap<i32, PartitionWork>,
         report: &mut LedgerReport,
     ) -> Result<(), LedgerRunError> {
@@ -360,20 +389,128 @@ impl Ledger {
             let ledger = self.restore(partition).await?;
             report.partitions_restored += 1;
             self.partitions.insert(partition, ledger);
+            self.start_catch_up(consumer, partition)?;
         }
-        let ledger = self.partitions.get_mut(&partition).expect("restored above");
+        let is_priced = m.topic() == self.config.priced_topic;
+        if is_priced && self.catching_up.contains_key(&partition) {
+            let held = self.held.entry(partition).or_default();
+            if held.is_empty() {
+                // Stop fetching usage of this partition meanwhile (bounds `held`).
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition(&self.config.priced_topic, partition);
+                consumer.pause(&tpl)?;
+            }
+            held.push(m);
+            return Ok(());
+        }
+        let offset = m.offset();
+        self.apply(&m, work, report).await?;
+        if !is_priced && self.catching_up.get(&partition).is_some_and(|end| offset + 1 >= *end) {
+            self.finish_catch_up(consumer, partition, work, report).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether the commands of `partition` must be read before its usage:
+    /// when the group's position on them is behind their end.
+    fn start_catch_up(&mut self, consumer: &GroupConsumer, partition: i32) -> Result<(), LedgerRunError> {
+        let topic = &self.config.commands_topic;
+        let (low, high) = consumer.fetch_watermarks(topic, partition, KAFKA_CALL_TIMEOUT)?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(topic, partition);
+        let committed = consumer.committed_offsets(tpl, KAFKA_CALL_TIMEOUT)?;
+        let from = match committed.find_partition(topic, partition).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => o.max(low),
+            _ => low,
+        };
+        if from < high {
+            tracing::info!(
+                partition,
+                commands_from = from,
+                commands_to = high,
+                "reading billing commands before usage"
+            );
+            self.catching_up.insert(partition, high);
+        }
+        Ok(())
+    }
+
+    /// Ends catch-ups whose commands position reached the end seen at start
+    /// (transaction markers take offsets no message shows).
+    async fn check_catch_ups(
+        &mut self,
+        consumer: &GroupConsumer,
+        work: &mut HashMap<i32, PartitionWork>,
+        report: &mut LedgerReport,
+    ) -> Result<(), LedgerRunError> {
+        if self.catching_up.is_empty() {
+            return Ok(());
+        }
+        let position = consumer.position()?;
+        let done: Vec<i32> = self
+            .catching_up
+            .iter()
+            .filter(|(p, end)| {
+                matches!(
+                    position.find_partition(&self.config.commands_topic, **p).map(|e| e.offset()),
+                    Some(Offset::Offset(o)) if o >= **end
+                )
+            })
+            .map(|(p, _)| *p)
+            .collect();
+        for p in done {
+            self.finish_catch_up(consumer, p, work, report).await?;
+        }
+        Ok(())
+    }
+
+    async fn finish_catch_up(
+        &mut self,
+        consumer: &GroupConsumer,
+        partition: i32,
+        work: &mut HashMap<i32, PartitionWork>,
+        report: &mut LedgerReport,
+    ) -> Result<(), LedgerRunError> {
+        self.catching_up.remove(&partition);
+        let held = self.held.remove(&partition).unwrap_or_default();
+        tracing::info!(partition, held = held.len(), "billing commands caught up: applying usage");
+        if !held.is_empty() {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&self.config.priced_topic, partition);
+            consumer.resume(&tpl)?;
+        }
+        for m in &held {
+            self.apply(m, work, report).await?;
+        }
+        Ok(())
+    }
+
+    async fn apply(
+        &mut self,
+        m: &OwnedMessage,
+        work: &mut HashMap<i32, PartitionWork>,
+        report: &mut LedgerReport,
+    ) -> Result<(), LedgerRunError> {
+        let partition = m.partition();
+        let ledger = self.partitions.get_mut(&partition).expect("restored by route");
         let w = work.entry(partition).or_default();
         w.next_offsets.insert(m.topic().to_owned(), m.offset() + 1);
         let payload = m.payload().unwrap_or_default();
         let outcome = if m.topic() == self.config.priced_topic {
             match PricedUsage::from_json(payload) {
                 Ok(u) => ledger.apply_usage(m.offset(), &u),
-                Err(e) => return Ok(dead_letter(w, m, "malformed_priced_usage", e.to_string(), report)),
+                Err(e) => {
+                    dead_letter(w, m, "malformed_priced_usage", e.to_string(), report);
+                    return Ok(());
+                }
             }
         } else {
             match AccountCommand::from_json(payload) {
                 Ok(c) => ledger.apply_command(m.offset(), &c),
-                Err(e) => return Ok(dead_letter(w, m, e.code(), e.to_string(), report)),
+                Err(e) => {
+                    dead_letter(w, m, e.code(), e.to_string(), report);
+                    return Ok(());
+                }
             }
         };
         match outcome {
