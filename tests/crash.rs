@@ -47,7 +47,10 @@ fn hour_of(t: DateTime<Utc>) -> u32 {
 #[test]
 fn sigkill_at_random_moments_loses_nothing_and_counts_nothing_twice() {
     let (raw, dlq, group, database) = (unique("raw"), unique("dlq"), unique("group"), unique("crash"));
-    let env = isolated_env(&raw, &dlq, &group, &database);
+    let mut env = isolated_env(&raw, &dlq, &group, &database);
+    // The pricing stage alone: no ledger feed to produce to.
+    env.retain(|(k, _)| *k != "USAGE_PRICED_TOPIC");
+    env.push(("USAGE_PRICED_TOPIC", String::new()));
     let log = std::env::temp_dir().join(format!("{}.log", unique("crash")));
 
     let rt = tokio::runtime::Runtime::new().unwrap();

@@ -33,6 +33,8 @@ pub enum Command {
     Ledger(LedgerArgs),
     /// Print an account's balance, grants, month-to-date spend and runway, from the ledger's state.
     Balance(BalanceArgs),
+    /// Print the ledger's threshold events (the last ones, oldest first), one JSON object per line.
+    Events(EventsArgs),
     /// Billing commands (account settings, credit grants, reload failures) to the commands topic.
     #[command(subcommand)]
     Accounts(AccountsCommand),
@@ -54,6 +56,16 @@ pub struct BalanceArgs {
     /// Print the account's whole state as JSON instead.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args)]
+pub struct EventsArgs {
+    /// Only this account's events.
+    #[arg(long)]
+    pub account: Option<String>,
+    /// At most this many (the most recent).
+    #[arg(long, default_value_t = 50)]
+    pub limit: usize,
 }
 
 #[derive(Subcommand)]

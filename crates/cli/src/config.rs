@@ -184,7 +184,11 @@ impl Settings {
         };
         let l = file.ledger;
         let ledger_defaults = LedgerConfig::default();
-        let priced_topic = env("USAGE_PRICED_TOPIC").or(l.priced_topic).unwrap_or(ledger_defaults.priced_topic.clone());
+        // Set and empty: no ledger feed (the pricing stage alone).
+        let priced_topic = match std::env::var("USAGE_PRICED_TOPIC") {
+            Ok(v) => v,
+            Err(_) => l.priced_topic.unwrap_or(ledger_defaults.priced_topic.clone()),
+        };
         let mut stream = stream;
         stream.priced_topic = (!priced_topic.is_empty()).then(|| priced_topic.clone());
         let event_format = match l.event_format.as_deref() {

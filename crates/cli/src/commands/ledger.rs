@@ -1,6 +1,6 @@
 //! `ledger`, `balance` and `accounts send`.
 
-use crate::cli::{BalanceArgs, LedgerArgs, SendArgs};
+use crate::cli::{BalanceArgs, EventsArgs, LedgerArgs, SendArgs};
 use crate::commands::run::wait_for_signal;
 use crate::config::Settings;
 use anyhow::{bail, Context, Result};
@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 use usage_clickhouse::ClickHouseSink;
 use usage_kafka::{Outgoing, Producer, TopicFollower};
-use usage_ledger::{AccountCommand, AccountState, BillingMode};
+use usage_ledger::{AccountCommand, AccountState, BillingMode, LedgerEvent};
 use usage_model::{round_for_display, Currency};
 use usage_stream::{prepare_ledger, Ledger, Shutdown, StopWhen};
 
@@ -136,6 +136,31 @@ pub async fn balance(settings: Settings, args: BalanceArgs) -> Result<ExitCode> 
     }
     if let Some(key) = &state.reload_open {
         println!("  auto-reload     requested, awaiting payment ({key})");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn events(settings: Settings, args: EventsArgs) -> Result<ExitCode> {
+    let topic = settings.ledger.events_topic.clone();
+    let records = tokio::task::block_in_place(|| {
+        let follower = TopicFollower::new(&settings.kafka, &topic, CHANGELOG_READ_TIMEOUT)?;
+        follower.catch_up(CHANGELOG_READ_TIMEOUT)
+    })
+    .with_context(|| format!("reading {topic}"))?;
+    let mut events: Vec<LedgerEvent> = Vec::new();
+    for (_, value) in records {
+        let Some(value) = value else { continue };
+        // Avro-configured topics are not JSON: say so rather than guess.
+        let event = LedgerEvent::from_json(&value)
+            .with_context(|| format!("{topic} holds a non-JSON event (ledger.event_format = \"avro\"?)"))?;
+        if args.account.as_deref().is_none_or(|a| a == event.account_id) {
+            events.push(event);
+        }
+    }
+    events.sort_by(|a, b| (a.at, &a.event_id).cmp(&(b.at, &b.event_id)));
+    events.dedup_by(|a, b| a.event_id == b.event_id);
+    for event in events.iter().skip(events.len().saturating_sub(args.limit)) {
+        println!("{}", String::from_utf8_lossy(&event.to_json()));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -26,6 +26,7 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::RateCards(RateCardsCommand::Publish(args)) => import::publish(settings, args).await,
         Command::Ledger(args) => ledger::ledger(settings, args).await,
         Command::Balance(args) => ledger::balance(settings, args).await,
+        Command::Events(args) => ledger::events(settings, args).await,
         Command::Accounts(AccountsCommand::Send(args)) => ledger::send_commands(settings, args).await,
     }
 }
