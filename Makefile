@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: run test up down build venv lint clean-data
+.PHONY: run test bench up down build venv lint clean-data
 
 ## Start what is missing, run the pipeline end to end on a synthetic stream, show the result.
 run: up build
@@ -16,6 +16,13 @@ test: up build venv
 	else \
 	  $(CARGO) test --workspace --no-fail-fast; \
 	fi
+
+## Benchmarks (release build): pricing core (criterion), end to end, alert latency, ledger memory.
+## Prints a table; writes target/bench/results.json and target/bench/results-<commit>.json.
+bench: up
+	$(CARGO) build --release --bin usage-pipeline --bin usage-bench
+	$(CARGO) bench -p usage-bench --bench pricing
+	target/release/usage-bench
 
 ## Install (once) and start the broker and ClickHouse.
 up:

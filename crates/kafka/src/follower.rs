@@ -140,3 +140,47 @@ pub fn read_partition(
         }
     }
 }
+
+/// What [`drain_topic`] measured.
+pub struct Drained {
+    pub count: usize,
+    /// From the first message received to the last.
+    pub elapsed: Duration,
+}
+
+/// Reads `expected` messages of `topic` from its start as a bare consumer
+/// does (no processing), with the pipeline consumer's fetch settings: the
+/// benchmark's reference for what the broker can deliver.
+pub fn drain_topic(
+    settings: &KafkaSettings,
+    topic: &str,
+    expected: usize,
+    timeout: Duration,
+) -> Result<Drained, FollowError> {
+    let mut config = settings.client_config("bare-consumer");
+    config
+        .set("group.id", format!("{}-bare", settings.client_id))
+        .set("enable.auto.commit", "false")
+        .set("queued.max.messages.kbytes", "16384")
+        .set("fetch.wait.max.ms", "100");
+    let consumer: BaseConsumer = config.create()?;
+    let partitions = crate::consumer::partition_ids(&consumer, topic, timeout)?;
+    let mut tpl = TopicPartitionList::new();
+    for p in &partitions {
+        tpl.add_partition_offset(topic, *p, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let deadline = Instant::now() + timeout;
+    let mut first = None;
+    let mut count = 0;
+    while count < expected {
+        if Instant::now() > deadline {
+            return Err(FollowError::CatchUpTimeout { topic: topic.to_owned(), seconds: timeout.as_secs() });
+        }
+        if let Some(Ok(_)) = consumer.poll(Duration::from_millis(100)) {
+            first.get_or_insert_with(Instant::now);
+            count += 1;
+        }
+    }
+    Ok(Drained { count, elapsed: first.map(|f| f.elapsed()).unwrap_or_default() })
+}

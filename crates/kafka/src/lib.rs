@@ -25,7 +25,7 @@ pub use consumer::{
 pub use dead_letter::{
     DeadLetter, HEADER_DETAIL, HEADER_REASON, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION, HEADER_SOURCE_TOPIC,
 };
-pub use follower::{read_partition, FollowError, Record, TopicFollower};
+pub use follower::{drain_topic, read_partition, Drained, FollowError, Record, TopicFollower};
 pub use producer::{Outgoing, Producer, ProducerError, SendBatchError};
 pub use settings::KafkaSettings;
 
