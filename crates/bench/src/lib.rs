@@ -47,8 +47,11 @@ pub fn event_mix(book: &Arc<RateBook>, n: usize, seed: u64) -> Vec<UsageEvent> {
     let popular = models.len().min(12);
     (0..n)
         .map(|i| {
-            let (provider, model) =
-                if rng.random_bool(0.5) { &models[rng.random_range(0..popular)] } else { &models[rng.random_range(0..models.len())] };
+            let (provider, model) = if rng.random_bool(0.5) {
+                &models[rng.random_range(0..popular)]
+            } else {
+                &models[rng.random_range(0..models.len())]
+            };
             let input = rng.random_range(100..30_000);
             let cache = if rng.random_bool(0.33) { rng.random_range(0..input) } else { 0 };
             let tier = if rng.random_bool(0.1) { ServiceTier::Batch } else { ServiceTier::Standard };

@@ -306,8 +306,9 @@ async fn end_to_end(args: &Args, results: &mut BTreeMap<&'static str, f64>) -> R
     let kafka = kafka();
     let topic = raw.clone();
     let n = args.events;
-    let bare = tokio::task::spawn_blocking(move || usage_kafka::drain_topic(&kafka, &topic, n, Duration::from_secs(600)))
-        .await??;
+    let bare =
+        tokio::task::spawn_blocking(move || usage_kafka::drain_topic(&kafka, &topic, n, Duration::from_secs(600)))
+            .await??;
     let bare_rate = bare.count as f64 / bare.elapsed.as_secs_f64();
     results.insert("bare_consumer_events_per_sec", bare_rate);
 
@@ -341,7 +342,9 @@ async fn end_to_end(args: &Args, results: &mut BTreeMap<&'static str, f64>) -> R
         }
     }
     let cpu = wait_cpu(&child)?;
-    let (Some((t0, n0)), Some(t1)) = (t_start, t_end) else { bail!("the pipeline did not store every row; see {}", log.display()) };
+    let (Some((t0, n0)), Some(t1)) = (t_start, t_end) else {
+        bail!("the pipeline did not store every row; see {}", log.display())
+    };
     let e2e = (args.events - n0) as f64 / (t1 - t0).as_secs_f64();
     results.insert("e2e_events_per_sec", e2e);
     results.insert("e2e_ratio_to_bare_consumer", e2e / bare_rate);
@@ -390,7 +393,8 @@ async fn alert_latency(args: &Args, results: &mut BTreeMap<&'static str, f64>) -
     // The ledger has read the settings once its group has no lag on them.
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let lag = usage_kafka::committed_lag(&kafka(), &format!("{raw}-ledger"), &commands_topic, Duration::from_secs(10))?;
+        let lag =
+            usage_kafka::committed_lag(&kafka(), &format!("{raw}-ledger"), &commands_topic, Duration::from_secs(10))?;
         if lag.iter().all(|p| p.committed.is_some() && p.lag() == 0) {
             break;
         }
@@ -426,9 +430,8 @@ async fn alert_latency(args: &Args, results: &mut BTreeMap<&'static str, f64>) -
     while sent < total {
         let due = ((started.elapsed().as_secs_f64() * args.alert_rate as f64) as usize).min(total);
         if due > sent {
-            let chunk: Vec<(Vec<u8>, Vec<u8>)> = (sent..due)
-                .map(|i| (format!("lat-{:05}", i % ACCOUNTS).into_bytes(), usage(i).into_bytes()))
-                .collect();
+            let chunk: Vec<(Vec<u8>, Vec<u8>)> =
+                (sent..due).map(|i| (format!("lat-{:05}", i % ACCOUNTS).into_bytes(), usage(i).into_bytes())).collect();
             let at = Instant::now();
             for i in sent..due {
                 produced_at.insert(format!("lat-{i}"), at);
@@ -464,7 +467,8 @@ async fn alert_latency(args: &Args, results: &mut BTreeMap<&'static str, f64>) -
         eprintln!("[bench] only {} of {expected} threshold events arrived", latencies.len());
     }
     latencies.sort_by(f64::total_cmp);
-    let pct = |p: f64| latencies.get(((latencies.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(f64::NAN);
+    let pct =
+        |p: f64| latencies.get(((latencies.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(f64::NAN);
     results.insert("alert_latency_p50_ms", pct(0.50));
     results.insert("alert_latency_p99_ms", pct(0.99));
     results.insert("alert_offered_events_per_sec", offered);

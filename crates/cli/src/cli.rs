@@ -29,6 +29,8 @@ pub enum Command {
     /// Rate-card tools: import public catalogs.
     #[command(subcommand)]
     RateCards(RateCardsCommand),
+    /// Re-price the stored usage of a time range (closed months) with the rate cards in force now.
+    Backfill(BackfillArgs),
     /// Run the ledger: balances, grants, budgets; emits threshold events.
     Ledger(LedgerArgs),
     /// Print an account's balance, grants, month-to-date spend and runway, from the ledger's state.
@@ -38,6 +40,21 @@ pub enum Command {
     /// Billing commands (account settings, credit grants, reload failures) to the commands topic.
     #[command(subcommand)]
     Accounts(AccountsCommand),
+}
+
+#[derive(Args)]
+pub struct BackfillArgs {
+    #[command(flatten)]
+    pub rates: RatesArg,
+    /// Start of the range (RFC 3339), inclusive.
+    #[arg(long)]
+    pub from: String,
+    /// End of the range (RFC 3339), exclusive.
+    #[arg(long)]
+    pub to: String,
+    /// Price and stage, report what would change, swap nothing in.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Args)]

@@ -12,11 +12,13 @@
 //! The `clickhouse` client runs with validation off: ClickHouse 18.16 cannot
 //! describe tables the way the client's validation expects.
 
+mod backfill;
 mod migrations;
 mod reports;
 mod row;
 mod sink;
 
+pub use backfill::{row_cost, StoredUsage};
 pub use migrations::{MIGRATIONS, ROLLUP_TABLES};
 pub use reports::{quote, CostBy, OffsetRanges, Totals};
 pub use row::{decimal_to_i128, i128_to_decimal, LedgerEntryRow, PricedRow, DECIMAL_SCALE};

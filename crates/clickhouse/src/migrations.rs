@@ -9,6 +9,7 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
     (2, "rollups", include_str!("../../../schemas/clickhouse/0002_rollups.sql")),
     (3, "offsets", include_str!("../../../schemas/clickhouse/0003_offsets.sql")),
     (4, "ledger", include_str!("../../../schemas/clickhouse/0004_ledger.sql")),
+    (5, "usage_counts", include_str!("../../../schemas/clickhouse/0005_usage_counts.sql")),
 ];
 
 /// Rollup tables, for checks and tests.
@@ -23,6 +24,16 @@ pub(crate) fn statements(sql: &str, database: &str) -> Vec<String> {
         .filter(|s| !s.is_empty())
         .map(|s| s.replace("{database}", database))
         .collect()
+}
+
+/// `(table, column)` of `ALTER TABLE db.table ADD COLUMN column ...`: the
+/// runner applies it only when the column is missing.
+pub(crate) fn added_column(stmt: &str) -> Option<(&str, &str)> {
+    let words: Vec<&str> = stmt.split_whitespace().collect();
+    match words.as_slice() {
+        ["ALTER", "TABLE", target, "ADD", "COLUMN", column, ..] => Some((target.split_once('.')?.1, column)),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

@@ -51,6 +51,11 @@ pub struct PricedRow {
     pub kafka_topic: String,
     pub kafka_partition: i32,
     pub kafka_offset: i64,
+    /// Every reported count, priced or not (for re-pricing).
+    #[serde(rename = "usage.unit")]
+    pub usage_units: Vec<&'static str>,
+    #[serde(rename = "usage.quantity")]
+    pub usage_quantities: Vec<u64>,
 }
 
 /// A decimal as the scaled integer of `Decimal(38, 24)`, or `None` when it
@@ -108,6 +113,8 @@ impl PricedRow {
             kafka_topic: topic.to_owned(),
             kafka_partition: partition,
             kafka_offset: offset,
+            usage_units: e.usage.iter().map(|(u, _)| u.key()).collect(),
+            usage_quantities: e.usage.iter().map(|(_, q)| q).collect(),
         })
     }
 }

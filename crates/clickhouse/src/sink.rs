@@ -1,6 +1,6 @@
 //! Talking to ClickHouse: migrations, inserts, read-backs.
 
-use crate::migrations::{statements, MIGRATIONS};
+use crate::migrations::{added_column, statements, MIGRATIONS};
 use crate::row::{LedgerEntryRow, PricedRow};
 use clickhouse::Client;
 use std::time::Duration;
@@ -109,6 +109,20 @@ impl ClickHouseSink {
                 continue;
             }
             for stmt in statements(sql, db) {
+                if let Some((table, column)) = added_column(&stmt) {
+                    // 18.16 has no ADD COLUMN IF NOT EXISTS: look first (a
+                    // concurrent start may have added it).
+                    let sql = format!(
+                        "SELECT count() FROM system.columns WHERE database = {} AND table = {} AND (name = {} OR name LIKE {})",
+                        crate::quote(db),
+                        crate::quote(table),
+                        crate::quote(column),
+                        crate::quote(&format!("{column}.%"))
+                    );
+                    if self.query_tsv(&sql).await?.concat().concat() != "0" {
+                        continue;
+                    }
+                }
                 self.execute(&stmt).await?;
             }
             self.execute(&format!(
@@ -222,6 +236,21 @@ impl ClickHouseSink {
             insert.write(*row).await.map_err(ch("writing INSERT"))?;
         }
         insert.end().await.map_err(ch(format!("INSERT {query_id} of {} rows", rows.len())))
+    }
+
+    /// Inserts rows into a table shaped like `priced_events` (staging).
+    pub(crate) async fn insert_rows(&self, table: &str, rows: &[&PricedRow]) -> Result<(), SinkError> {
+        let timeout = Some(self.settings.insert_timeout);
+        let mut insert = self
+            .database_client
+            .insert::<PricedRow>(table)
+            .await
+            .map_err(ch(format!("starting INSERT into {table}")))?
+            .with_timeouts(timeout, timeout);
+        for row in rows {
+            insert.write(*row).await.map_err(ch("writing INSERT"))?;
+        }
+        insert.end().await.map_err(ch(format!("INSERT of {} rows into {table}", rows.len())))
     }
 
     /// Inserts ledger entries (at least once: the `balances` view counts an

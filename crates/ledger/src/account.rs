@@ -212,6 +212,7 @@ impl AccountState {
             }
             None => {
                 self.origins.push((topic.to_owned(), partition, offset));
+                self.origins.shrink_to_fit();
                 true
             }
         }
@@ -226,6 +227,9 @@ impl AccountState {
         if self.settings.len() > SETTINGS_KEPT {
             self.settings.remove(0);
         }
+        // Most accounts hold one or two of everything: no spare capacity
+        // (memory per idle account is what a million accounts cost).
+        self.settings.shrink_to_fit();
         self.reload_suppressed = false;
         Effects::default()
     }
@@ -255,6 +259,7 @@ impl AccountState {
             let key = burn_order(&state);
             let at = self.grants.partition_point(|g| burn_order(g) < key);
             self.grants.insert(at, state);
+            self.grants.shrink_to_fit();
         } else {
             self.remember_spent(grant.grant_id.clone());
         }
@@ -373,6 +378,7 @@ impl AccountState {
             effects.events.push(event);
             self.remember_spent(grant.grant_id);
         }
+        kept.shrink_to_fit();
         self.grants = kept;
         if expired_any {
             let balance = self.balance();
@@ -403,6 +409,7 @@ impl AccountState {
                 if self.periods.len() > PERIODS_KEPT {
                     self.periods.remove(0);
                 }
+                self.periods.shrink_to_fit();
                 self.periods.iter().position(|p| p.period == period).expect("just inserted")
             }
         };
@@ -517,6 +524,7 @@ impl AccountState {
         let spent: Vec<String> =
             self.grants.iter().filter(|g| g.remaining.is_zero()).map(|g| g.grant_id.clone()).collect();
         self.grants.retain(|g| !g.remaining.is_zero());
+        self.grants.shrink_to_fit();
         for id in spent {
             self.remember_spent(id);
         }
@@ -527,6 +535,7 @@ impl AccountState {
         if self.spent_grant_ids.len() > SPENT_GRANT_IDS_KEPT {
             self.spent_grant_ids.remove(0);
         }
+        self.spent_grant_ids.shrink_to_fit();
     }
 
     fn event(&self, kind: EventKind, about: &str, at: DateTime<Utc>) -> LedgerEvent {

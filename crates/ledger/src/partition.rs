@@ -154,12 +154,13 @@ impl PartitionLedger {
     /// changelog write of each account records it (until then a restore
     /// sends them again: at least once, same ids).
     pub fn events_sent(&mut self) {
-        self.forget_unsent(|a| a.outbox.clear());
+        // Not `clear`: an idle account keeps no spare capacity.
+        self.forget_unsent(|a| a.outbox = Vec::new());
     }
 
     /// The entries returned by `unsent_entries` are in ClickHouse.
     pub fn entries_written(&mut self) {
-        self.forget_unsent(|a| a.pending_entries.clear());
+        self.forget_unsent(|a| a.pending_entries = Vec::new());
     }
 
     fn forget_unsent(&mut self, clear: impl Fn(&mut AccountState)) {

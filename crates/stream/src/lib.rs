@@ -15,6 +15,7 @@
 //! not memory growth. The guarantee is at-least-once: a crash between (2)
 //! and (3) inserts the batch again on restart.
 
+mod backfill;
 mod batch;
 mod clock;
 mod config;
@@ -23,6 +24,7 @@ mod pipeline;
 mod rate_cards;
 mod report;
 
+pub use backfill::{backfill, BackfillError, MonthBackfill};
 pub use batch::{Batch, MessageOutcome, Processor};
 pub use clock::{Clock, SystemClock};
 pub use config::{StopWhen, StreamConfig};

@@ -1,5 +1,6 @@
 //! One module per command.
 
+mod backfill;
 mod import;
 mod ledger;
 mod price;
@@ -24,6 +25,7 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Status(args) => status::status(settings, args).await,
         Command::RateCards(RateCardsCommand::Import(args)) => import::import(args),
         Command::RateCards(RateCardsCommand::Publish(args)) => import::publish(settings, args).await,
+        Command::Backfill(args) => backfill::backfill(settings, args).await,
         Command::Ledger(args) => ledger::ledger(settings, args).await,
         Command::Balance(args) => ledger::balance(settings, args).await,
         Command::Events(args) => ledger::events(settings, args).await,

@@ -14,7 +14,7 @@ use usage_pricing::Pricer;
 use usage_stream::{prepare, read_dir_texts, Pipeline, Processor, RateFeed, Shutdown, StopWhen, SystemClock};
 
 /// Bound on reading the rate-card topic at start.
-const RATE_FEED_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const RATE_FEED_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub fn schema_resolver(settings: &Settings) -> SchemaResolver {
     match &settings.schema_registry_url {
@@ -25,7 +25,7 @@ pub fn schema_resolver(settings: &Settings) -> SchemaResolver {
 
 /// Local rate-card files: the directory of `--rate-cards` or the settings;
 /// a default directory that does not exist means "the topic only".
-fn local_rate_cards(settings: &Settings, rates: &RatesArg) -> Result<Vec<(PathBuf, String)>> {
+pub(crate) fn local_rate_cards(settings: &Settings, rates: &RatesArg) -> Result<Vec<(PathBuf, String)>> {
     let (dir, explicit) = match &rates.rate_cards {
         Some(d) => (d.clone(), true),
         None => (settings.rate_cards.clone(), settings.rate_cards_explicit),

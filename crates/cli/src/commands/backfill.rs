@@ -1,0 +1,51 @@
+//! `backfill`: re-price stored usage with the rate cards in force now.
+
+use crate::cli::BackfillArgs;
+use crate::commands::run::{local_rate_cards, RATE_FEED_TIMEOUT};
+use crate::config::Settings;
+use anyhow::{Context, Result};
+use chrono::{DateTime, Utc};
+use std::process::ExitCode;
+use usage_clickhouse::ClickHouseSink;
+use usage_pricing::Pricer;
+use usage_stream::RateFeed;
+
+pub async fn backfill(settings: Settings, args: BackfillArgs) -> Result<ExitCode> {
+    let parse = |s: &str, what: &str| -> Result<DateTime<Utc>> {
+        Ok(DateTime::parse_from_rfc3339(s).with_context(|| format!("--{what} {s:?} is not RFC 3339"))?.to_utc())
+    };
+    let (from, until) = (parse(&args.from, "from")?, parse(&args.to, "to")?);
+    let sink = ClickHouseSink::new(settings.clickhouse.clone())?;
+    sink.migrate().await.context("applying ClickHouse migrations")?;
+    // The same rate cards as `run`: local files and the rate-card topic.
+    let local = local_rate_cards(&settings, &args.rates)?;
+    let (kafka, topic, default_card) =
+        (settings.kafka.clone(), settings.stream.rate_cards_topic.clone(), settings.default_rate_card.clone());
+    let feed =
+        tokio::task::spawn_blocking(move || RateFeed::start(&kafka, &topic, local, default_card, RATE_FEED_TIMEOUT))
+            .await?
+            .context("loading rate cards (local files and the rate-card topic)")?;
+    let mut pricer = Pricer::new(feed.current());
+    let months = usage_stream::backfill(&sink, &mut pricer, from, until, Utc::now(), args.dry_run).await?;
+    println!(
+        "{} {} .. {}",
+        if args.dry_run { "dry run:" } else { "backfilled" },
+        from.to_rfc3339(),
+        until.to_rfc3339()
+    );
+    for m in &months {
+        println!(
+            "  {}-{:02}: {} rows in range, {} changed; cost {} -> {}",
+            m.month / 100,
+            m.month % 100,
+            m.rows_in_range,
+            m.rows_changed,
+            m.cost_before.normalize(),
+            m.cost_after.normalize()
+        );
+        for (reason, n) in &m.kept_unpriceable {
+            println!("    kept as stored ({reason}): {n}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

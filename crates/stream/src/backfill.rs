@@ -1,0 +1,171 @@
+//! `backfill`: re-prices the stored usage of a time range with the rate
+//! cards in force now (typically after publishing a version with a past
+//! `effective_from`), month by month:
+//!
+//! 1. stage the month: copies of `priced_events` and the rollups, with the
+//!    rollups' views on the staged rows;
+//! 2. copy the month's rows outside the range as they are; price the rows
+//!    inside it again (keeping their Kafka origin) and insert them; rows that
+//!    no longer price (a model dropped) are copied unchanged and reported;
+//! 3. check the staged month holds as many rows as the live one, and that
+//!    the live one did not change meanwhile;
+//! 4. swap the month in, table by table (`REPLACE PARTITION`).
+//!
+//! Analysts see each event once, before or after: rows are replaced, never
+//! added. Re-priced rows carry the new `rate_card_version`, which is how a
+//! query tells them apart. Interrupted between two swaps, a rollup may
+//! still show the old prices: running the same backfill again completes it
+//! (it is idempotent).
+
+use chrono::{DateTime, Datelike, TimeZone, Utc};
+use rust_decimal::Decimal;
+use std::collections::BTreeMap;
+use usage_clickhouse::{row_cost, ClickHouseSink, PricedRow, SinkError, StoredUsage};
+use usage_model::{ServiceTier, Unit, UsageCounts, UsageEvent};
+use usage_pricing::Pricer;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackfillError {
+    #[error("ClickHouse: {0}")]
+    Sink(#[from] SinkError),
+    #[error("the range {from} .. {until} is empty")]
+    EmptyRange { from: DateTime<Utc>, until: DateTime<Utc> },
+    #[error(
+        "the range reaches into the current month ({month}): late usage may still be inserted there; backfill \
+         closed months (pass a range ending before the month started)"
+    )]
+    OpenMonth { month: u32 },
+    #[error("month {month} changed while it was re-priced ({before} rows, then {after}): run backfill again")]
+    Changed { month: u32, before: u64, after: u64 },
+}
+
+/// What re-pricing did to one month.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MonthBackfill {
+    /// `YYYYMM`.
+    pub month: u32,
+    /// Rows of the month in the range.
+    pub rows_in_range: u64,
+    /// Of those, rows whose cost or rate-card version changed.
+    pub rows_changed: u64,
+    /// Rows that could not be priced again (kept as they were), by reason.
+    pub kept_unpriceable: BTreeMap<&'static str, u64>,
+    pub cost_before: Decimal,
+    pub cost_after: Decimal,
+}
+
+/// Re-prices `[from, until)`. With `dry_run`, stages and reports but swaps
+/// nothing in.
+pub async fn backfill(
+    sink: &ClickHouseSink,
+    pricer: &mut Pricer,
+    from: DateTime<Utc>,
+    until: DateTime<Utc>,
+    now: DateTime<Utc>,
+    dry_run: bool,
+) -> Result<Vec<MonthBackfill>, BackfillError> {
+    if until <= from {
+        return Err(BackfillError::EmptyRange { from, until });
+    }
+    let current = month_of(now);
+    let mut reports = Vec::new();
+    let mut month_start = Utc.with_ymd_and_hms(from.year(), from.month(), 1, 0, 0, 0).single().expect("valid");
+    while month_start < until {
+        let month = month_of(month_start);
+        if month >= current {
+            return Err(BackfillError::OpenMonth { month: current });
+        }
+        let next = next_month(month_start);
+        let lo = from.max(month_start).timestamp() as u32;
+        let hi = until.min(next).timestamp() as u32;
+        reports.push(backfill_month(sink, pricer, month, lo, hi, dry_run).await?);
+        month_start = next;
+    }
+    Ok(reports)
+}
+
+async fn backfill_month(
+    sink: &ClickHouseSink,
+    pricer: &mut Pricer,
+    month: u32,
+    from: u32,
+    until: u32,
+    dry_run: bool,
+) -> Result<MonthBackfill, BackfillError> {
+    let suffix = format!("backfill_{month}");
+    let before = sink.count_month(month).await?;
+    let stored = sink.read_usage(month, from, until).await?;
+    let mut report = MonthBackfill { month, rows_in_range: stored.len() as u64, ..MonthBackfill::default() };
+    let mut rows = Vec::with_capacity(stored.len());
+    let mut keep = Vec::new();
+    for s in &stored {
+        report.cost_before += s.cost;
+        let repriced = pricer
+            .price(usage_event(s))
+            .map_err(|r| r.reason.code())
+            .and_then(|p| PricedRow::new(&p, &s.kafka_topic, s.kafka_partition, s.kafka_offset).ok_or("cost_overflow"));
+        match repriced {
+            Ok(row) => {
+                let cost = row_cost(&row);
+                if cost != s.cost || row.rate_card_version != s.rate_card_version {
+                    report.rows_changed += 1;
+                }
+                report.cost_after += cost;
+                rows.push(row);
+            }
+            Err(reason) => {
+                *report.kept_unpriceable.entry(reason).or_default() += 1;
+                report.cost_after += s.cost;
+                keep.push((s.account_id.clone(), s.event_id.clone()));
+            }
+        }
+    }
+    sink.create_staging(&suffix).await?;
+    sink.copy_unchanged(&suffix, month, from, until, &keep).await?;
+    sink.insert_staging(&suffix, &rows).await?;
+    let staged = sink.staged_count(&suffix, month).await?;
+    let after = sink.count_month(month).await?;
+    if staged != before || after != before {
+        sink.drop_staging(&suffix).await?;
+        return Err(BackfillError::Changed { month, before, after: if after != before { after } else { staged } });
+    }
+    if !dry_run {
+        sink.replace_month(&suffix, month).await?;
+    }
+    sink.drop_staging(&suffix).await?;
+    tracing::info!(month, rows = report.rows_in_range, changed = report.rows_changed, dry_run, "month re-priced");
+    Ok(report)
+}
+
+/// The usage event a stored row came from (sub-second precision and
+/// counts the row did not keep are gone).
+fn usage_event(s: &StoredUsage) -> UsageEvent {
+    let mut usage = UsageCounts::default();
+    for (unit, quantity) in &s.counts {
+        if let Some(unit) = Unit::from_key(unit) {
+            usage.set(unit, *quantity);
+        }
+    }
+    let opt = |v: &str| (!v.is_empty()).then(|| v.to_owned());
+    UsageEvent {
+        event_id: s.event_id.clone(),
+        account_id: s.account_id.clone(),
+        occurred_at: DateTime::from_timestamp(i64::from(s.occurred_at), 0).unwrap_or_default(),
+        provider: s.provider.clone(),
+        model: s.model.clone(),
+        api_key_id: opt(&s.api_key_id),
+        project_id: opt(&s.project_id),
+        service_tier: ServiceTier::parse(&s.service_tier).unwrap_or(ServiceTier::Standard),
+        attributes: s.attributes.iter().cloned().collect(),
+        usage,
+    }
+}
+
+fn month_of(t: DateTime<Utc>) -> u32 {
+    t.year() as u32 * 100 + t.month()
+}
+
+fn next_month(start: DateTime<Utc>) -> DateTime<Utc> {
+    let (y, m) = if start.month() == 12 { (start.year() + 1, 1) } else { (start.year(), start.month() + 1) };
+    Utc.with_ymd_and_hms(y, m, 1, 0, 0, 0).single().expect("valid")
+}
