@@ -165,5 +165,14 @@ async fn transactions_commit_state_events_and_offsets_together_through_failed_co
     let (_, again) = run_ledger(&kafka).await;
     assert_eq!(again.applied, 0, "{again:?}");
     assert_eq!(read_all(&kafka, "events").len(), events.len());
-    assert_eq!(states(&kafka), first);
+    // (Bookkeeping may differ: entries already handed to ClickHouse.)
+    let money = |states: HashMap<String, AccountState>| -> Vec<_> {
+        let mut v: Vec<_> = states
+            .into_values()
+            .map(|s| (s.account_id.clone(), s.granted, s.used, s.balance(), s.depletion_cycle, s.origins.clone()))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(money(states(&kafka)), money(first));
 }

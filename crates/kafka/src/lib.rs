@@ -26,7 +26,7 @@ pub use dead_letter::{
     DeadLetter, HEADER_DETAIL, HEADER_REASON, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION, HEADER_SOURCE_TOPIC,
 };
 pub use follower::{drain_topic, read_partition, Drained, FollowError, Record, TopicFollower};
-pub use producer::{Outgoing, Producer, ProducerError, SendBatchError};
+pub use producer::{partition_for_key, Outgoing, Producer, ProducerError, SendBatchError};
 pub use settings::KafkaSettings;
 
 pub use rdkafka::consumer::{CommitMode, Consumer};

@@ -202,3 +202,92 @@ fn settle(
         Err(_) => failed.push(ProducerError::NotDelivered { index, topic, error: KafkaError::Canceled }),
     }
 }
+
+/// The partition Kafka's default partitioner (Java clients, and librdkafka's
+/// `murmur2_random`) gives a non-empty key: `murmur2(key) & 0x7fffffff mod
+/// partitions`. Messages sent to it explicitly stay co-partitioned with
+/// messages other clients key the same way.
+pub fn partition_for_key(key: &[u8], partitions: i32) -> i32 {
+    assert!(partitions > 0, "a topic has at least one partition");
+    (murmur2(key) & 0x7fff_ffff) as i32 % partitions
+}
+
+/// Kafka's murmur2 (org.apache.kafka.common.utils.Utils.murmur2).
+fn murmur2(data: &[u8]) -> u32 {
+    const SEED: u32 = 0x9747_b28c;
+    const M: u32 = 0x5bd1_e995;
+    const R: u32 = 24;
+    let mut h = SEED ^ data.len() as u32;
+    let mut chunks = data.chunks_exact(4);
+    for c in &mut chunks {
+        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> R;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    let rest = chunks.remainder();
+    if rest.len() >= 3 {
+        h ^= u32::from(rest[2]) << 16;
+    }
+    if rest.len() >= 2 {
+        h ^= u32::from(rest[1]) << 8;
+    }
+    if !rest.is_empty() {
+        h ^= u32::from(rest[0]);
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::mocking::MockCluster;
+
+    #[test]
+    fn murmur2_matches_kafkas_reference_values() {
+        // Values from Kafka's UtilsTest.testMurmur2.
+        let cases: &[(&[u8], i32)] = &[
+            (b"21", -973_932_308),
+            (b"foobar", -790_332_482),
+            (b"a-little-bit-long-string", -985_981_536),
+            (b"a-little-bit-longer-string", -1_486_304_829),
+            (b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", -58_897_971),
+            (b"abc", 479_470_107),
+        ];
+        for (key, expected) in cases {
+            assert_eq!(murmur2(key) as i32, *expected, "{}", String::from_utf8_lossy(key));
+        }
+    }
+
+    #[tokio::test]
+    async fn partition_for_key_agrees_with_librdkafka() {
+        let mock = MockCluster::new(1).unwrap();
+        mock.create_topic("keys", 7, 1).unwrap();
+        let settings = KafkaSettings { brokers: mock.bootstrap_servers(), ..KafkaSettings::default() };
+        let producer = Producer::new(&settings, "test").unwrap();
+        let keys: Vec<String> = (0..200).map(|i| format!("acct-{i:04}")).collect();
+        let delivered = producer
+            .send_all(
+                keys.iter()
+                    .map(|k| Outgoing {
+                        topic: "keys",
+                        key: Some(k.as_bytes()),
+                        payload: b"x",
+                        headers: None,
+                        partition: None,
+                    })
+                    .collect(),
+            )
+            .await
+            .unwrap();
+        for (key, (partition, _)) in keys.iter().zip(delivered) {
+            assert_eq!(partition_for_key(key.as_bytes(), 7), partition, "{key}");
+        }
+    }
+}

@@ -31,6 +31,21 @@ impl PricedUsage {
     pub fn from_json(bytes: &[u8]) -> Result<Self, CommandError> {
         serde_json::from_slice(bytes).map_err(|e| CommandError::Malformed(e.to_string()))
     }
+
+    /// Several records in one message: a JSON array.
+    pub fn batch_to_json(records: &[PricedUsage]) -> Vec<u8> {
+        serde_json::to_vec(records).expect("priced usage records always serialise")
+    }
+
+    /// The records of one message: an array, or a single object.
+    pub fn batch_from_json(bytes: &[u8]) -> Result<Vec<Self>, CommandError> {
+        let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+        if first == Some(&b'[') {
+            serde_json::from_slice(bytes).map_err(|e| CommandError::Malformed(e.to_string()))
+        } else {
+            Self::from_json(bytes).map(|r| vec![r])
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -181,11 +181,14 @@ impl PartitionLedger {
         f: impl FnOnce(&mut AccountState) -> Result<Option<Effects>, LedgerError>,
     ) -> Applied {
         let account = self.accounts.entry(account_id.to_owned()).or_insert_with(|| AccountState::new(account_id));
-        let (last, offset) = match position {
-            Position::Priced(o) => (&mut account.priced_offset, o),
-            Position::Commands(o) => (&mut account.commands_offset, o),
+        // A priced message carries many records, several per account: a
+        // record at the account's last priced offset may be new, and its
+        // origin decides. Commands are one per message.
+        let (seen, last, offset) = match position {
+            Position::Priced(o) => (o < account.priced_offset, &mut account.priced_offset, o),
+            Position::Commands(o) => (o <= account.commands_offset, &mut account.commands_offset, o),
         };
-        if offset <= *last {
+        if seen {
             return Applied::Skipped;
         }
         *last = offset;

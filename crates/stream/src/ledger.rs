@@ -496,27 +496,35 @@ impl Ledger {
         let w = work.entry(partition).or_default();
         w.next_offsets.insert(m.topic().to_owned(), m.offset() + 1);
         let payload = m.payload().unwrap_or_default();
-        let outcome = if m.topic() == self.config.priced_topic {
-            match PricedUsage::from_json(payload) {
-                Ok(u) => ledger.apply_usage(m.offset(), &u),
+        if m.topic() == self.config.priced_topic {
+            let records = match PricedUsage::batch_from_json(payload) {
+                Ok(r) => r,
                 Err(e) => {
-                    dead_letter(w, m, "malformed_priced_usage", e.to_string(), report);
+                    dead_letter(w, m, "malformed_priced_usage", e.to_string(), None, report);
                     return Ok(());
+                }
+            };
+            for record in &records {
+                match ledger.apply_usage(m.offset(), record) {
+                    Applied::Done(_) => report.applied += 1,
+                    Applied::Skipped => report.skipped += 1,
+                    // Only this record is refused: it goes alone.
+                    Applied::Refused(e) => dead_letter(w, m, e.code(), e.to_string(), Some(record.to_json()), report),
                 }
             }
-        } else {
-            match AccountCommand::from_json(payload) {
-                Ok(c) => ledger.apply_command(m.offset(), &c),
-                Err(e) => {
-                    dead_letter(w, m, e.code(), e.to_string(), report);
-                    return Ok(());
-                }
+            return Ok(());
+        }
+        let outcome = match AccountCommand::from_json(payload) {
+            Ok(c) => ledger.apply_command(m.offset(), &c),
+            Err(e) => {
+                dead_letter(w, m, e.code(), e.to_string(), None, report);
+                return Ok(());
             }
         };
         match outcome {
             Applied::Done(_) => report.applied += 1,
             Applied::Skipped => report.skipped += 1,
-            Applied::Refused(e) => dead_letter(w, m, e.code(), e.to_string(), report),
+            Applied::Refused(e) => dead_letter(w, m, e.code(), e.to_string(), None, report),
         }
         Ok(())
     }
@@ -779,17 +787,19 @@ enum SessionEnd {
     Rebuild,
 }
 
+/// Dead-letters a message, or one record of it (`payload`).
 fn dead_letter(
     w: &mut PartitionWork,
     m: &OwnedMessage,
     reason: &'static str,
     detail: String,
+    payload: Option<Vec<u8>>,
     report: &mut LedgerReport,
 ) {
     report.dead_lettered += 1;
     w.dead_letters.push(DeadLetter {
         key: m.key().map(<[u8]>::to_vec),
-        payload: m.payload().unwrap_or_default().to_vec(),
+        payload: payload.unwrap_or_else(|| m.payload().unwrap_or_default().to_vec()),
         reason,
         detail,
         source_topic: m.topic().to_owned(),

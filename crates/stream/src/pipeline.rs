@@ -27,18 +27,21 @@
 use crate::batch::{Batch, MessageOutcome, Processor};
 use crate::config::{StopWhen, StreamConfig};
 use crate::report::RunReport;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use usage_clickhouse::{ClickHouseSink, PricedRow, SinkError};
 use usage_kafka::{
-    ensure_topics, CommitMode, Consumer, GroupConsumer, KafkaError, KafkaSettings, Message, Offset, Outgoing,
-    OwnedMessage, Producer, ProducerError, TopicPartitionList, TopicSpec,
+    ensure_topics, partition_for_key, CommitMode, Consumer, GroupConsumer, KafkaError, KafkaSettings, Message, Offset,
+    Outgoing, OwnedMessage, Producer, ProducerError, TopicPartitionList, TopicSpec,
 };
 use usage_pricing::RateBook;
 
+/// Priced records per ledger-feed message (~250 bytes each, well under
+/// the broker's default 1 MB message limit).
+const FEED_RECORDS_PER_MESSAGE_MAX: usize = 1_000;
 /// How often the loop logs its running totals.
 const PROGRESS_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// Bound on broker metadata calls made by the loop (watermarks, commits).
@@ -56,6 +59,8 @@ pub enum PipelineError {
     Sink(#[from] SinkError),
     #[error("no partition of {topic} was assigned within {seconds}s (is the topic there, is the group stuck?)")]
     NoAssignment { topic: String, seconds: u64 },
+    #[error("topic {0} does not exist (the ledger feed): run `usage-pipeline setup`")]
+    MissingTopic(String),
     #[error("shutting down with a batch of {n_messages} messages undelivered ({what}: {error}); it will be consumed again on restart")]
     Undelivered { n_messages: u64, what: &'static str, error: String },
 }
@@ -160,6 +165,8 @@ pub struct Pipeline {
     rate_updates: Option<watch::Receiver<Arc<RateBook>>>,
     /// Per assigned partition: the first offset not yet stored.
     resume_from: HashMap<(String, i32), i64>,
+    /// Partitions of the priced topic (the ledger feed), read at start.
+    priced_partitions: Option<i32>,
 }
 
 /// Creates the missing topics (raw, dead letters, rate cards) and applies
@@ -186,7 +193,16 @@ impl Pipeline {
         processor: Processor,
     ) -> Result<Self, PipelineError> {
         let producer = Producer::new(&kafka, "dead-letter")?;
-        Ok(Self { config, kafka, sink, processor, producer, rate_updates: None, resume_from: HashMap::new() })
+        Ok(Self {
+            config,
+            kafka,
+            sink,
+            processor,
+            producer,
+            rate_updates: None,
+            resume_from: HashMap::new(),
+            priced_partitions: None,
+        })
     }
 
     /// Applies the books of a rate-card feed as they change.
@@ -213,6 +229,13 @@ impl Pipeline {
         let consumer =
             Arc::new(usage_kafka::consumer(&self.kafka, &self.config.group_id, self.config.queued_kbytes_max)?);
         consumer.subscribe(&[&self.config.raw_topic])?;
+        if let Some(priced) = &self.config.priced_topic {
+            let n = usage_kafka::partition_counts(&self.kafka, &[priced], KAFKA_CALL_TIMEOUT)?[0];
+            if n == 0 {
+                return Err(PipelineError::MissingTopic(priced.clone()));
+            }
+            self.priced_partitions = Some(n as i32);
+        }
         tracing::info!(topic = %self.config.raw_topic, group = %self.config.group_id, "consuming");
         let started = Instant::now();
         let mut report = RunReport::default();
@@ -537,20 +560,29 @@ impl Pipeline {
         }
     }
 
-    /// Sends the rows to the ledger's priced topic (if any), keyed by account.
+    /// Sends the rows to the ledger's priced topic (if any): per partition
+    /// of that topic, messages of up to `FEED_RECORDS_PER_MESSAGE_MAX`
+    /// records (a JSON array), each record in the partition its account
+    /// keys to. Few large messages instead of one per row: the broker's
+    /// cost is per message.
     async fn feed_ledger(&self, rows: &[&PricedRow]) -> Result<(), usage_kafka::SendBatchError> {
-        let Some(topic) = &self.config.priced_topic else { return Ok(()) };
-        let records: Vec<Vec<u8>> = rows.iter().map(|r| priced_usage(r).to_json()).collect();
-        let messages = rows
+        let (Some(topic), Some(partitions)) = (&self.config.priced_topic, self.priced_partitions) else {
+            return Ok(());
+        };
+        let mut by_partition: BTreeMap<i32, Vec<usage_ledger::PricedUsage>> = BTreeMap::new();
+        for r in rows {
+            let p = partition_for_key(r.account_id.as_bytes(), partitions);
+            by_partition.entry(p).or_default().push(priced_usage(r));
+        }
+        let mut payloads = Vec::new();
+        for (p, records) in &by_partition {
+            for chunk in records.chunks(FEED_RECORDS_PER_MESSAGE_MAX) {
+                payloads.push((*p, usage_ledger::PricedUsage::batch_to_json(chunk)));
+            }
+        }
+        let messages = payloads
             .iter()
-            .zip(&records)
-            .map(|(r, payload)| Outgoing {
-                topic,
-                key: Some(r.account_id.as_bytes()),
-                payload,
-                headers: None,
-                partition: None,
-            })
+            .map(|(p, payload)| Outgoing { topic, key: None, payload, headers: None, partition: Some(*p) })
             .collect();
         self.producer.send_all(messages).await.map(|_| ())
     }
