@@ -272,16 +272,25 @@ async fn every_event_is_priced_exactly_or_dead_lettered_with_its_reason() {
 async fn migrations_are_idempotent_and_recorded_once() {
     let database = unique("mig");
     let sink = clickhouse(&database);
-    assert_eq!(sink.migrate().await.unwrap(), vec![1, 2, 3]);
+    let all: Vec<u32> = usage_clickhouse::MIGRATIONS.iter().map(|m| m.0).collect();
+    assert_eq!(all, vec![1, 2, 3, 4, 5]);
+    assert_eq!(sink.migrate().await.unwrap(), all);
     assert_eq!(sink.migrate().await.unwrap(), Vec::<u32>::new());
     let recorded = sink.query_tsv(&format!("SELECT count() FROM {database}.schema_migrations")).await.unwrap();
-    assert_eq!(recorded, vec![vec!["3".to_owned()]]);
+    assert_eq!(recorded, vec![vec!["5".to_owned()]]);
     let tables = sink
         .query_tsv(&format!("SELECT name FROM system.tables WHERE database = '{database}' ORDER BY name"))
         .await
         .unwrap();
     let tables: Vec<&str> = tables.iter().map(|t| t[0].as_str()).collect();
-    for expected in ["priced_events", "schema_migrations", "cost_by_account_model_hour", "cost_by_account_day_mv"] {
+    for expected in [
+        "priced_events",
+        "schema_migrations",
+        "cost_by_account_model_hour",
+        "cost_by_account_day_mv",
+        "ledger_entries",
+        "balances",
+    ] {
         assert!(tables.contains(&expected), "{expected} missing from {tables:?}");
     }
     sink.execute(&format!("DROP DATABASE {database}")).await.unwrap();

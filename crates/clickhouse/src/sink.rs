@@ -195,7 +195,7 @@ impl ClickHouseSink {
     /// rows' accounts and `occurred_at` span (the table's sort key).
     pub async fn stored_event_ids(
         &self,
-        rows: &[PricedRow],
+        rows: &[&PricedRow],
     ) -> Result<std::collections::HashSet<(String, String)>, SinkError> {
         let mut found = std::collections::HashSet::new();
         for chunk in rows.chunks(DUPLICATE_CHECK_IDS_MAX) {

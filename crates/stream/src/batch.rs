@@ -62,6 +62,9 @@ pub struct PartitionBatch {
     pub next_offset: i64,
     pub n_messages: u64,
     pub rejected: BTreeMap<RejectReason, u64>,
+    /// Rows `..fed` have been through the ledger feed (sent, or found
+    /// stored already, or duplicates within the batch).
+    pub fed: usize,
 }
 
 impl PartitionBatch {
@@ -99,6 +102,9 @@ pub struct Batch {
     pub skipped: u64,
     /// Messages dropped because their partition was revoked mid-batch.
     pub handed_over: u64,
+    /// `(account_id, event_id)` of the rows fed to the ledger, so that a
+    /// producer's duplicate within the batch is fed once.
+    pub fed_keys: std::collections::HashSet<(String, String)>,
 }
 
 impl Batch {

@@ -19,10 +19,12 @@
 //! - **Revocation.** Work in progress for a revoked partition is dropped,
 //!   and rows are inserted only for partitions still assigned: the new owner
 //!   redoes that work from what is stored.
-//! - **Ledger feed.** Rows about to be inserted (duplicates already dropped)
-//!   are first sent to the priced topic, keyed by account, with the offset
-//!   they came from: a retry or a replay re-sends them, and the ledger skips
-//!   origins it has applied. Threshold events thus never wait for ClickHouse.
+//! - **Ledger feed.** Every 50 ms while a batch fills, and before its
+//!   INSERTs, the rows priced so far (less those already stored and
+//!   duplicates within the batch) go to the priced topic, in the partition
+//!   their account keys to, with the offset they came from: a retry or a
+//!   replay re-sends them, and the ledger skips origins it has applied.
+//!   Threshold events thus never wait for the batch or for ClickHouse.
 
 use crate::batch::{Batch, MessageOutcome, Processor};
 use crate::config::{StopWhen, StreamConfig};
@@ -39,6 +41,9 @@ use usage_kafka::{
 };
 use usage_pricing::RateBook;
 
+/// How often a filling batch feeds the ledger what it priced so far: the
+/// part of threshold-event latency due to the pricing stage.
+const FEED_INTERVAL: Duration = Duration::from_millis(50);
 /// Priced records per ledger-feed message (~250 bytes each, well under
 /// the broker's default 1 MB message limit).
 const FEED_RECORDS_PER_MESSAGE_MAX: usize = 1_000;
@@ -315,7 +320,15 @@ impl Pipeline {
         let mut batch = Batch::default();
         let mut deadline = Instant::now() + self.config.batch_linger;
         let mut first = true;
+        let mut last_feed = Instant::now();
         while batch.n_messages() < self.config.batch_events_max as u64 {
+            if last_feed.elapsed() >= FEED_INTERVAL {
+                last_feed = Instant::now();
+                // Best effort here; `deliver` feeds what is left, retrying.
+                if let Err(e) = self.feed_pending(&mut batch).await {
+                    tracing::warn!(error = %e, "ledger feed failed; retrying before the insert");
+                }
+            }
             batch.handed_over += self.apply_revocations(&consumer, &mut batch);
             let wait = deadline.saturating_duration_since(Instant::now());
             if wait.is_zero() {
@@ -471,6 +484,13 @@ impl Pipeline {
                 }
             }
         }
+        let mut backoff = Backoff::new("ledger feed", &self.config);
+        loop {
+            match self.feed_pending(batch).await {
+                Ok(()) => break backoff.succeeded(),
+                Err(e) => backoff.failed(e, shutdown, n_messages).await?,
+            }
+        }
         let keys: Vec<(String, i32)> = batch.partitions.keys().cloned().collect();
         for key in keys {
             let (topic, partition) = &key;
@@ -518,7 +538,8 @@ impl Pipeline {
         let mut counted: Option<(u64, u64, i128)> = None;
         loop {
             let attempt = async {
-                let stored = self.sink.stored_event_ids(unit).await?;
+                let refs: Vec<&PricedRow> = unit.iter().collect();
+                let stored = self.sink.stored_event_ids(&refs).await?;
                 let mut seen = HashSet::new();
                 let fresh: Vec<&PricedRow> = unit
                     .iter()
@@ -546,10 +567,6 @@ impl Pipeline {
                 backoff.succeeded();
                 return Ok(counts);
             }
-            if let Err(e) = self.feed_ledger(&fresh).await {
-                backoff.failed(e.to_string(), shutdown, n_messages).await?;
-                continue;
-            }
             match self.sink.insert_with_id(&fresh, &query_id).await {
                 Ok(()) => {
                     backoff.succeeded();
@@ -558,6 +575,35 @@ impl Pipeline {
                 Err(e) => backoff.failed(e.to_string(), shutdown, n_messages).await?,
             }
         }
+    }
+
+    /// Feeds the ledger the rows priced since the last feed, as soon as
+    /// they are priced (threshold events must not wait for the batch's
+    /// INSERT): rows already stored (re-sends, replays) and duplicates
+    /// within the batch are left out, as the INSERT will leave them out.
+    async fn feed_pending(&self, batch: &mut Batch) -> Result<(), String> {
+        if self.config.priced_topic.is_none() {
+            return Ok(());
+        }
+        let pending: Vec<&PricedRow> = batch.partitions.values().flat_map(|p| &p.rows[p.fed..]).collect();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let stored = self.sink.stored_event_ids(&pending).await.map_err(|e| e.to_string())?;
+        let mut keys = HashSet::new();
+        let fresh: Vec<&PricedRow> = pending
+            .into_iter()
+            .filter(|r| {
+                let key = (r.account_id.clone(), r.event_id.clone());
+                !stored.contains(&key) && !batch.fed_keys.contains(&key) && keys.insert(key)
+            })
+            .collect();
+        self.feed_ledger(&fresh).await.map_err(|e| e.to_string())?;
+        batch.fed_keys.extend(keys);
+        for part in batch.partitions.values_mut() {
+            part.fed = part.rows.len();
+        }
+        Ok(())
     }
 
     /// Sends the rows to the ledger's priced topic (if any): per partition
