@@ -25,52 +25,8 @@ if clickhouse_ping; then
   log "ClickHouse already answering on http://127.0.0.1:$CLICKHOUSE_HTTP_PORT"
 else
   ch="$DATA_DIR/clickhouse"
-  cat >"$ch/config.xml" <<XML
-<?xml version="1.0"?>
-<yandex>
-  <logger>
-    <level>warning</level>
-    <log>$ch/log/clickhouse-server.log</log>
-    <errorlog>$ch/log/clickhouse-server.err.log</errorlog>
-    <size>100M</size>
-    <count>3</count>
-  </logger>
-  <listen_host>127.0.0.1</listen_host>
-  <http_port>$CLICKHOUSE_HTTP_PORT</http_port>
-  <tcp_port>$CLICKHOUSE_TCP_PORT</tcp_port>
-  <path>$ch/data/</path>
-  <tmp_path>$ch/tmp/</tmp_path>
-  <user_files_path>$ch/user_files/</user_files_path>
-  <format_schema_path>$ch/format_schemas/</format_schema_path>
-  <users_config>$ch/users.xml</users_config>
-  <default_profile>default</default_profile>
-  <default_database>default</default_database>
-  <mark_cache_size>536870912</mark_cache_size>
-  <max_concurrent_queries>100</max_concurrent_queries>
-  <timezone>UTC</timezone>
-</yandex>
-XML
-  cat >"$ch/users.xml" <<XML
-<?xml version="1.0"?>
-<yandex>
-  <profiles><default><max_memory_usage>4000000000</max_memory_usage></default></profiles>
-  <users>
-    <default>
-      <password></password>
-      <networks><ip>127.0.0.1</ip><ip>::1</ip></networks>
-      <profile>default</profile>
-      <quota>default</quota>
-    </default>
-  </users>
-  <quotas><default></default></quotas>
-</yandex>
-XML
-  server=$(command -v clickhouse-server || echo /usr/bin/clickhouse)
   log "starting ClickHouse on http://127.0.0.1:$CLICKHOUSE_HTTP_PORT (data: $ch)"
-  if [ "$(basename "$server")" = "clickhouse" ]; then server_cmd=("$server" server); else server_cmd=("$server"); fi
-  nohup "${server_cmd[@]}" --config-file="$ch/config.xml" >"$ch/log/stdout.log" 2>&1 &
-  echo $! >"$ch/pid"
-  wait_for "ClickHouse" 90 clickhouse_ping || { tail -20 "$ch/log/clickhouse-server.err.log" >&2 || true; exit 1; }
+  "$(dirname "${BASH_SOURCE[0]}")/clickhouse-server.sh" "$ch" "$CLICKHOUSE_HTTP_PORT" "$CLICKHOUSE_TCP_PORT"
 fi
 
 log "Kafka protocol: 127.0.0.1:$KAFKA_PORT   ClickHouse: http://127.0.0.1:$CLICKHOUSE_HTTP_PORT   stop with: make down"

@@ -109,3 +109,59 @@ pub fn isolated_env(raw: &str, dlq: &str, group: &str, database: &str) -> Vec<(&
         ("USAGE_RATE_CARDS", repo_root().join("rate-cards").display().to_string()),
     ]
 }
+
+/// Starts the `usage-pipeline` binary with `env`, appending its output to `log`.
+pub fn spawn_binary(env: &[(&'static str, String)], args: &[&str], log: &std::path::Path) -> std::process::Child {
+    let file = || std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log file");
+    std::process::Command::new(binary())
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("USAGE_LOG", "info,rdkafka=warn")
+        .stdout(file())
+        .stderr(file())
+        .spawn()
+        .expect("spawn usage-pipeline")
+}
+
+/// Per account: (events, exact cost) of distinct good events of a stream.
+pub fn expected_by_account<'a>(
+    events: impl IntoIterator<Item = &'a usage_model::UsageEvent>,
+) -> std::collections::BTreeMap<String, (u64, rust_decimal::Decimal)> {
+    let book = std::sync::Arc::new(usage_pricing::load_dir(&repo_root().join("rate-cards"), None).expect("rate cards"));
+    let mut pricer = usage_pricing::Pricer::new(book);
+    let mut seen = std::collections::HashSet::new();
+    let mut out: std::collections::BTreeMap<String, (u64, rust_decimal::Decimal)> = Default::default();
+    for e in events {
+        if seen.insert((e.account_id.clone(), e.event_id.clone())) {
+            let entry = out.entry(e.account_id.clone()).or_default();
+            entry.0 += 1;
+            entry.1 += pricer.price(e.clone()).expect("priceable").cost;
+        }
+    }
+    out
+}
+
+/// Per account (events, cost) of `priced_events` and of every rollup:
+/// `(table, totals)`, with analysts' queries (no FINAL, no GROUP BY event_id).
+pub async fn stored_by_account(
+    sink: &ClickHouseSink,
+) -> Vec<(&'static str, std::collections::BTreeMap<String, (u64, rust_decimal::Decimal)>)> {
+    let mut out = Vec::new();
+    for (table, count) in [
+        ("priced_events", "count()"),
+        ("cost_by_account_model_hour", "sum(events)"),
+        ("cost_by_account_day", "sum(events)"),
+        ("cost_by_api_key_day", "sum(events)"),
+        ("cost_by_project_day", "sum(events)"),
+    ] {
+        let sql =
+            format!("SELECT account_id, {count}, toString(sum(cost)) FROM {} GROUP BY account_id", sink.table(table));
+        let rows = sink.query_tsv(&sql).await.expect("totals query");
+        let totals = rows
+            .into_iter()
+            .map(|r| (r[0].clone(), (r[1].parse().expect("count"), r[2].parse().expect("cost"))))
+            .collect();
+        out.push((table, totals));
+    }
+    out
+}

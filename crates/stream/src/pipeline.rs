@@ -19,7 +19,7 @@
 //! - **Revocation.** Work in progress for a revoked partition is dropped,
 //!   and rows are inserted only for partitions still assigned: the new owner
 //!   redoes that work from what is stored.
-//! - **Ledger feed.** Every 50 ms while a batch fills, and before its
+//! - **Ledger feed.** Every 200 ms while a batch fills, and before its
 //!   INSERTs, the rows priced so far (less those already stored and
 //!   duplicates within the batch) go to the priced topic, in the partition
 //!   their account keys to, with the offset they came from: a retry or a
@@ -43,7 +43,7 @@ use usage_pricing::RateBook;
 
 /// How often a filling batch feeds the ledger what it priced so far: the
 /// part of threshold-event latency due to the pricing stage.
-const FEED_INTERVAL: Duration = Duration::from_millis(50);
+const FEED_INTERVAL: Duration = Duration::from_millis(200);
 /// Priced records per ledger-feed message (~250 bytes each, well under
 /// the broker's default 1 MB message limit).
 const FEED_RECORDS_PER_MESSAGE_MAX: usize = 1_000;

@@ -1,0 +1,171 @@
+//! ClickHouse goes away for a while (SIGKILL of the server) while usage
+//! keeps arriving: the pipeline retries with backoff, consumes nothing it
+//! cannot store, keeps its memory bounded, and catches up by itself when
+//! the server is back; then every account's count and sum(cost), in
+//! priced_events and in the rollups, equal what the events cost, each once.
+//! The test runs a ClickHouse server of its own (the shared one serves the
+//! other tests).
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+use usage_clickhouse::{ClickHouseSettings, ClickHouseSink};
+use usage_integration_tests::{
+    expected_by_account, isolated_env, kafka_settings, repo_root, spawn_binary, stored_by_account, unique,
+};
+use usage_kafka::{Outgoing, Producer};
+use usage_synth::{Encoding, Generator, SynthConfig, SynthMessage};
+
+const EVENTS: usize = 30_000;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A ClickHouse server of this test's own, in `dir`.
+struct OwnClickHouse {
+    dir: PathBuf,
+    http: u16,
+    tcp: u16,
+}
+
+impl OwnClickHouse {
+    fn start(&self) {
+        let status = Command::new(repo_root().join("deploy/local/clickhouse-server.sh"))
+            .args([self.dir.to_str().unwrap(), &self.http.to_string(), &self.tcp.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "the test's ClickHouse started");
+    }
+
+    fn kill(&self) {
+        let pid = std::fs::read_to_string(self.dir.join("pid")).unwrap();
+        let status = Command::new("kill").args(["-9", pid.trim()]).status().unwrap();
+        assert!(status.success());
+        // Wait for the port to close.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.http)).is_ok() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http)
+    }
+}
+
+impl Drop for OwnClickHouse {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(self.dir.join("pid")) {
+            let _ = Command::new("kill").args(["-9", pid.trim()]).status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn peak_rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024
+}
+
+#[test]
+fn clickhouse_outage_delays_rows_but_never_loses_or_doubles_them() {
+    let ch =
+        OwnClickHouse { dir: std::env::temp_dir().join(unique("own-clickhouse")), http: free_port(), tcp: free_port() };
+    ch.start();
+    let (raw, dlq, group, database) = (unique("oraw"), unique("odlq"), unique("ogroup"), unique("outage"));
+    let mut env = isolated_env(&raw, &dlq, &group, &database);
+    env.retain(|(k, _)| *k != "USAGE_PRICED_TOPIC");
+    env.push(("USAGE_PRICED_TOPIC", String::new()));
+    env.push(("CLICKHOUSE_URL", ch.url()));
+    let log = std::env::temp_dir().join(format!("{}.log", unique("outage")));
+    assert!(spawn_binary(&env, &["setup"], &log).wait().unwrap().success(), "setup; see {}", log.display());
+
+    let generated: Vec<SynthMessage> = Generator::new(SynthConfig {
+        seed: 5,
+        end: chrono::Utc::now(),
+        bad_every: 0,
+        encoding: Encoding::Json,
+        id_prefix: unique("o"),
+        ..SynthConfig::default()
+    })
+    .take(EVENTS)
+    .collect();
+    // Every 50th event is sent twice, as producers do; each counts once.
+    let mut stream: Vec<&SynthMessage> = Vec::new();
+    for (i, m) in generated.iter().enumerate() {
+        stream.push(m);
+        if i % 50 == 0 {
+            stream.push(m);
+        }
+    }
+    let expected = expected_by_account(generated.iter().map(|m| m.event.as_ref().expect("no bad events")));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let producer = Producer::new(&kafka_settings(), "outage").unwrap();
+    let send = |messages: &[&SynthMessage]| {
+        rt.block_on(
+            producer.send_all(
+                messages
+                    .iter()
+                    .map(|m| Outgoing {
+                        topic: &raw,
+                        key: Some(&m.key),
+                        payload: &m.payload,
+                        headers: None,
+                        partition: None,
+                    })
+                    .collect(),
+            ),
+        )
+        .expect("every message acknowledged");
+    };
+    let sink =
+        ClickHouseSink::new(ClickHouseSettings { url: ch.url(), database: database.clone(), ..Default::default() })
+            .unwrap();
+    let stored = || -> u64 {
+        rt.block_on(sink.query_tsv(&format!("SELECT count() FROM {database}.priced_events")))
+            .map(|r| r.concat().concat().parse().unwrap_or(0))
+            .unwrap_or(0)
+    };
+
+    let mut pipeline = spawn_binary(&env, &["run"], &log);
+    let (first, rest) = stream.split_at(stream.len() / 3);
+    send(first);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while stored() == 0 {
+        assert!(Instant::now() < deadline, "nothing stored; see {}", log.display());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // The outage: the server dies, usage keeps coming for a while.
+    ch.kill();
+    send(rest);
+    std::thread::sleep(Duration::from_secs(10));
+    assert!(pipeline.try_wait().unwrap().is_none(), "the pipeline survives the outage; see {}", log.display());
+    let rss = peak_rss_bytes(pipeline.id());
+    assert!(rss < 1_000_000_000, "memory stays bounded during the outage: peak {rss} bytes");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("retrying"), "the outage is logged with retries; see {}", log.display());
+
+    // Back: it catches up by itself.
+    ch.start();
+    let n_expected: u64 = expected.values().map(|v| v.0).sum();
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while stored() < n_expected {
+        assert!(Instant::now() < deadline, "not caught up: {} of {n_expected}; see {}", stored(), log.display());
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    std::thread::sleep(Duration::from_secs(2)); // anything extra would show now
+    Command::new("kill").args(["-TERM", &pipeline.id().to_string()]).status().unwrap();
+    assert!(pipeline.wait().unwrap().success(), "clean stop; see {}", log.display());
+
+    for (table, totals) in rt.block_on(stored_by_account(&sink)) {
+        assert_eq!(totals, expected, "{table}");
+    }
+}

@@ -1,0 +1,103 @@
+//! Two pipeline instances in one consumer group while usage flows: a second
+//! instance joins (the partitions are shared: a rebalance), then the first
+//! leaves (SIGTERM: another rebalance, the second takes everything). Every
+//! account's count and sum(cost), in priced_events and in every rollup,
+//! equal what the events cost, each once.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+use usage_integration_tests::{
+    clickhouse, expected_by_account, isolated_env, kafka_settings, spawn_binary, stored_by_account, unique,
+};
+use usage_kafka::{Outgoing, Producer};
+use usage_synth::{Encoding, Generator, SynthConfig, SynthMessage};
+
+const EVENTS: usize = 40_000;
+const CHUNKS: usize = 8;
+
+#[test]
+fn a_rebalance_between_two_live_instances_loses_nothing_and_counts_nothing_twice() {
+    let (raw, dlq, group, database) = (unique("rraw"), unique("rdlq"), unique("rgroup"), unique("rebalance"));
+    let mut env = isolated_env(&raw, &dlq, &group, &database);
+    env.retain(|(k, _)| *k != "USAGE_PRICED_TOPIC");
+    env.push(("USAGE_PRICED_TOPIC", String::new()));
+    let log = std::env::temp_dir().join(format!("{}.log", unique("rebalance")));
+    assert!(spawn_binary(&env, &["setup"], &log).wait().unwrap().success(), "setup; see {}", log.display());
+
+    let generated: Vec<SynthMessage> = Generator::new(SynthConfig {
+        seed: 9,
+        end: chrono::Utc::now(),
+        bad_every: 0,
+        encoding: Encoding::Json,
+        id_prefix: unique("r"),
+        ..SynthConfig::default()
+    })
+    .take(EVENTS)
+    .collect();
+    let expected = expected_by_account(generated.iter().map(|m| m.event.as_ref().expect("no bad events")));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let producer = Producer::new(&kafka_settings(), "rebalance").unwrap();
+    let send = |messages: &[SynthMessage]| {
+        rt.block_on(
+            producer.send_all(
+                messages
+                    .iter()
+                    .map(|m| Outgoing {
+                        topic: &raw,
+                        key: Some(&m.key),
+                        payload: &m.payload,
+                        headers: None,
+                        partition: None,
+                    })
+                    .collect(),
+            ),
+        )
+        .expect("every message acknowledged");
+    };
+    let sink = clickhouse(&database);
+    let stored = || -> u64 {
+        rt.block_on(sink.query_tsv(&format!("SELECT count() FROM {database}.priced_events")))
+            .map(|r| r.concat().concat().parse().unwrap_or(0))
+            .unwrap_or(0)
+    };
+    let assigned = |log_text: &str| log_text.matches("partitions assigned").count();
+
+    let mut first = spawn_binary(&env, &["run"], &log);
+    let mut second = None;
+    for (i, chunk) in generated.chunks(EVENTS / CHUNKS).enumerate() {
+        send(chunk);
+        std::thread::sleep(Duration::from_millis(700));
+        if i == 2 {
+            // A second member joins: the group rebalances between live members.
+            let before = assigned(&std::fs::read_to_string(&log).unwrap());
+            second = Some(spawn_binary(&env, &["run"], &log));
+            let deadline = Instant::now() + Duration::from_secs(90);
+            while assigned(&std::fs::read_to_string(&log).unwrap()) < before + 2 {
+                assert!(
+                    Instant::now() < deadline,
+                    "no rebalance after the second member joined; see {}",
+                    log.display()
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+        if i == 5 {
+            // The first leaves cleanly: the second takes every partition.
+            Command::new("kill").args(["-TERM", &first.id().to_string()]).status().unwrap();
+            assert!(first.wait().unwrap().success(), "the first instance stopped cleanly; see {}", log.display());
+        }
+    }
+    let mut second = second.expect("started");
+    let n_expected: u64 = expected.values().map(|v| v.0).sum();
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while stored() < n_expected {
+        assert!(Instant::now() < deadline, "not caught up: {} of {n_expected}; see {}", stored(), log.display());
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    std::thread::sleep(Duration::from_secs(2)); // anything extra would show now
+    Command::new("kill").args(["-TERM", &second.id().to_string()]).status().unwrap();
+    assert!(second.wait().unwrap().success(), "the second instance stopped cleanly; see {}", log.display());
+    for (table, totals) in rt.block_on(stored_by_account(&sink)) {
+        assert_eq!(totals, expected, "{table}");
+    }
+}
