@@ -62,7 +62,7 @@ fn a_rebalance_between_two_live_instances_loses_nothing_and_counts_nothing_twice
     };
     let assigned = |log_text: &str| log_text.matches("partitions assigned").count();
 
-    let mut first = spawn_binary(&env, &["run"], &log);
+    let mut first = Some(spawn_binary(&env, &["run"], &log));
     let mut second = None;
     for (i, chunk) in generated.chunks(EVENTS / CHUNKS).enumerate() {
         send(chunk);
@@ -83,6 +83,7 @@ fn a_rebalance_between_two_live_instances_loses_nothing_and_counts_nothing_twice
         }
         if i == 5 {
             // The first leaves cleanly: the second takes every partition.
+            let mut first = first.take().expect("running");
             Command::new("kill").args(["-TERM", &first.id().to_string()]).status().unwrap();
             assert!(first.wait().unwrap().success(), "the first instance stopped cleanly; see {}", log.display());
         }
