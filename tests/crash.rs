@@ -9,10 +9,10 @@ use chrono::{DateTime, Timelike, Utc};
 use rand::{Rng, SeedableRng};
 use rust_decimal::Decimal;
 use std::collections::{BTreeMap, HashSet};
-use std::process::{Child, Command};
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use usage_integration_tests::{binary, clickhouse, isolated_env, kafka_settings, repo_root, unique};
+use usage_integration_tests::{clickhouse, isolated_env, kafka_settings, repo_root, spawn_binary, unique};
 use usage_kafka::{ensure_topics, Outgoing, Producer, TopicSpec};
 use usage_pricing::{load_dir, Pricer};
 use usage_synth::{Encoding, Generator, SynthConfig, SynthMessage};
@@ -25,17 +25,6 @@ const DUPLICATE_EVERY: usize = 40;
 /// The stream is produced in chunks with pauses, over about two minutes.
 const PRODUCE_CHUNK: usize = 2_000;
 const PRODUCE_PAUSE: Duration = Duration::from_millis(1_000);
-
-fn spawn(env: &[(&'static str, String)], args: &[&str], log: &std::path::Path) -> Child {
-    Command::new(binary())
-        .args(args)
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .env("USAGE_LOG", "info,rdkafka=warn")
-        .stdout(std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap())
-        .stderr(std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap())
-        .spawn()
-        .expect("spawn usage-pipeline")
-}
 
 /// Per (account, hour): (events, cost).
 type Totals = BTreeMap<(String, u32), (u64, Decimal)>;
@@ -138,7 +127,7 @@ fn sigkill_at_random_moments_loses_nothing_and_counts_nothing_twice() {
         let mut run_env = env.clone();
         run_env.retain(|(k, _)| *k != "USAGE_GROUP_ID");
         run_env.push(("USAGE_GROUP_ID", format!("{group}-{kill}")));
-        let mut child = spawn(&run_env, &["run"], &log);
+        let mut child = spawn_binary(&run_env, &["run"], &log);
         let progress_deadline = Instant::now() + Duration::from_secs(30);
         while stored(&sink) == before && Instant::now() < progress_deadline {
             std::thread::sleep(Duration::from_millis(50));
@@ -161,7 +150,7 @@ fn sigkill_at_random_moments_loses_nothing_and_counts_nothing_twice() {
     let mut last_env = env.clone();
     last_env.retain(|(k, _)| *k != "USAGE_GROUP_ID");
     last_env.push(("USAGE_GROUP_ID", format!("{group}-last")));
-    let mut last = spawn(&last_env, &["run", "--until-caught-up", "--idle-ms", "2000"], &log);
+    let mut last = spawn_binary(&last_env, &["run", "--until-caught-up", "--idle-ms", "2000"], &log);
     let deadline = Instant::now() + Duration::from_secs(600);
     while last.try_wait().unwrap().is_none() {
         assert!(Instant::now() < deadline, "the last run did not catch up; see {}", log.display());

@@ -10,9 +10,9 @@ use chrono::{Duration as Span, Utc};
 use rand::{Rng, SeedableRng};
 use rust_decimal::Decimal;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::process::{Child, Command};
+use std::process::Child;
 use std::time::{Duration, Instant};
-use usage_integration_tests::{binary, clickhouse, isolated_env, kafka_settings, unique};
+use usage_integration_tests::{clickhouse, isolated_env, kafka_settings, spawn_binary, unique};
 use usage_kafka::{Outgoing, Producer};
 use usage_ledger::{AccountState, EventKind, LedgerEvent};
 
@@ -22,17 +22,6 @@ const POSTPAID: usize = 40;
 const EVENTS: usize = 20_000;
 const CHUNK: usize = 1_000;
 const LEDGER_KILLS: usize = 6;
-
-fn spawn(env: &[(&'static str, String)], args: &[&str], log: &std::path::Path) -> Child {
-    Command::new(binary())
-        .args(args)
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .env("USAGE_LOG", "info,rdkafka=warn")
-        .stdout(std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap())
-        .stderr(std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap())
-        .spawn()
-        .expect("spawn usage-pipeline")
-}
 
 fn with(env: &[(&'static str, String)], key: &'static str, value: String) -> Vec<(&'static str, String)> {
     let mut env: Vec<_> = env.iter().filter(|(k, _)| *k != key).cloned().collect();
@@ -70,7 +59,7 @@ fn sigkills_never_deduct_twice_nor_repeat_an_alert() {
         (get("BILLING_COMMANDS_TOPIC"), get("BILLING_STATE_TOPIC"), get("BILLING_EVENTS_TOPIC"));
     let log = std::env::temp_dir().join(format!("{}.log", unique("ledger-crash")));
     let rt = tokio::runtime::Runtime::new().unwrap();
-    wait_success(spawn(&env, &["setup"], &log), "setup", &log);
+    wait_success(spawn_binary(&env, &["setup"], &log), "setup", &log);
 
     // Accounts: prepaid ones with two grants (about half run dry), postpaid
     // ones with a budget (most cross some thresholds).
@@ -129,8 +118,8 @@ fn sigkills_never_deduct_twice_nor_repeat_an_alert() {
     // Both stages run; each new ledger run joins a new group (the local
     // broker is slow to expire a killed member), and resumes from its
     // changelog, re-reading its inputs from the start.
-    let mut pricing = spawn(&with(&env, "USAGE_GROUP_ID", format!("{group}-p0")), &["run"], &log);
-    let mut ledger = spawn(&with(&env, "LEDGER_GROUP_ID", format!("{group}-l0")), &["ledger"], &log);
+    let mut pricing = spawn_binary(&with(&env, "USAGE_GROUP_ID", format!("{group}-p0")), &["run"], &log);
+    let mut ledger = spawn_binary(&with(&env, "LEDGER_GROUP_ID", format!("{group}-l0")), &["ledger"], &log);
     let mut kills = 0;
     for (i, chunk) in usage.chunks(CHUNK).enumerate() {
         send(&raw, chunk);
@@ -138,23 +127,23 @@ fn sigkills_never_deduct_twice_nor_repeat_an_alert() {
         if i % 3 == 1 && kills < LEDGER_KILLS {
             kill(&mut ledger);
             kills += 1;
-            ledger = spawn(&with(&env, "LEDGER_GROUP_ID", format!("{group}-l{kills}")), &["ledger"], &log);
+            ledger = spawn_binary(&with(&env, "LEDGER_GROUP_ID", format!("{group}-l{kills}")), &["ledger"], &log);
         }
         if i % 7 == 3 {
             kill(&mut pricing);
-            pricing = spawn(&with(&env, "USAGE_GROUP_ID", format!("{group}-p{i}")), &["run"], &log);
+            pricing = spawn_binary(&with(&env, "USAGE_GROUP_ID", format!("{group}-p{i}")), &["run"], &log);
         }
     }
     assert_eq!(kills, LEDGER_KILLS);
     kill(&mut pricing);
     wait_success(
-        spawn(&with(&env, "USAGE_GROUP_ID", format!("{group}-plast")), &["run", "--until-caught-up"], &log),
+        spawn_binary(&with(&env, "USAGE_GROUP_ID", format!("{group}-plast")), &["run", "--until-caught-up"], &log),
         "the last pricing run",
         &log,
     );
     kill(&mut ledger);
     wait_success(
-        spawn(&with(&env, "LEDGER_GROUP_ID", format!("{group}-llast")), &["ledger", "--until-caught-up"], &log),
+        spawn_binary(&with(&env, "LEDGER_GROUP_ID", format!("{group}-llast")), &["ledger", "--until-caught-up"], &log),
         "the last ledger run",
         &log,
     );

@@ -1,14 +1,13 @@
 //! `backfill`: re-price stored usage with the rate cards in force now.
 
 use crate::cli::BackfillArgs;
-use crate::commands::run::{local_rate_cards, RATE_FEED_TIMEOUT};
+use crate::commands::run::start_rate_feed;
 use crate::config::Settings;
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 use std::process::ExitCode;
 use usage_clickhouse::ClickHouseSink;
 use usage_pricing::Pricer;
-use usage_stream::RateFeed;
 
 pub async fn backfill(settings: Settings, args: BackfillArgs) -> Result<ExitCode> {
     let parse = |s: &str, what: &str| -> Result<DateTime<Utc>> {
@@ -18,13 +17,7 @@ pub async fn backfill(settings: Settings, args: BackfillArgs) -> Result<ExitCode
     let sink = ClickHouseSink::new(settings.clickhouse.clone())?;
     sink.migrate().await.context("applying ClickHouse migrations")?;
     // The same rate cards as `run`: local files and the rate-card topic.
-    let local = local_rate_cards(&settings, &args.rates)?;
-    let (kafka, topic, default_card) =
-        (settings.kafka.clone(), settings.stream.rate_cards_topic.clone(), settings.default_rate_card.clone());
-    let feed =
-        tokio::task::spawn_blocking(move || RateFeed::start(&kafka, &topic, local, default_card, RATE_FEED_TIMEOUT))
-            .await?
-            .context("loading rate cards (local files and the rate-card topic)")?;
+    let feed = start_rate_feed(&settings, &args.rates).await?;
     let mut pricer = Pricer::new(feed.current());
     let months = usage_stream::backfill(&sink, &mut pricer, from, until, Utc::now(), args.dry_run).await?;
     println!(

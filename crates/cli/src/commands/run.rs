@@ -14,7 +14,7 @@ use usage_pricing::Pricer;
 use usage_stream::{prepare, read_dir_texts, Pipeline, Processor, RateFeed, Shutdown, StopWhen, SystemClock};
 
 /// Bound on reading the rate-card topic at start.
-pub(crate) const RATE_FEED_TIMEOUT: Duration = Duration::from_secs(30);
+const RATE_FEED_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub fn schema_resolver(settings: &Settings) -> SchemaResolver {
     match &settings.schema_registry_url {
@@ -25,7 +25,7 @@ pub fn schema_resolver(settings: &Settings) -> SchemaResolver {
 
 /// Local rate-card files: the directory of `--rate-cards` or the settings;
 /// a default directory that does not exist means "the topic only".
-pub(crate) fn local_rate_cards(settings: &Settings, rates: &RatesArg) -> Result<Vec<(PathBuf, String)>> {
+fn local_rate_cards(settings: &Settings, rates: &RatesArg) -> Result<Vec<(PathBuf, String)>> {
     let (dir, explicit) = match &rates.rate_cards {
         Some(d) => (d.clone(), true),
         None => (settings.rate_cards.clone(), settings.rate_cards_explicit),
@@ -37,6 +37,17 @@ pub(crate) fn local_rate_cards(settings: &Settings, rates: &RatesArg) -> Result<
         return Ok(Vec::new());
     }
     read_dir_texts(&dir).with_context(|| format!("reading rate cards from {}", dir.display()))
+}
+
+/// The rate cards of `run` and `backfill`: local files, then the rate-card
+/// topic, followed for new versions.
+pub(crate) async fn start_rate_feed(settings: &Settings, rates: &RatesArg) -> Result<RateFeed> {
+    let local = local_rate_cards(settings, rates)?;
+    let (kafka, topic, default_card) =
+        (settings.kafka.clone(), settings.stream.rate_cards_topic.clone(), settings.default_rate_card.clone());
+    tokio::task::spawn_blocking(move || RateFeed::start(&kafka, &topic, local, default_card, RATE_FEED_TIMEOUT))
+        .await?
+        .context("loading rate cards (local files and the rate-card topic)")
 }
 
 pub async fn setup(settings: Settings, _rates: RatesArg) -> Result<ExitCode> {
@@ -61,13 +72,7 @@ pub async fn run(mut settings: Settings, args: RunArgs) -> Result<ExitCode> {
     }
     let sink = ClickHouseSink::new(settings.clickhouse.clone())?;
     prepare(&settings.stream, &settings.kafka, &sink).await.context("preparing topics and ClickHouse")?;
-    let local = local_rate_cards(&settings, &args.rates)?;
-    let (kafka, topic, default_card) =
-        (settings.kafka.clone(), settings.stream.rate_cards_topic.clone(), settings.default_rate_card.clone());
-    let feed =
-        tokio::task::spawn_blocking(move || RateFeed::start(&kafka, &topic, local, default_card, RATE_FEED_TIMEOUT))
-            .await?
-            .context("loading rate cards (local files and the rate-card topic)")?;
+    let feed = start_rate_feed(&settings, &args.rates).await?;
     let decoder = Decoder::new(settings.stream.value_format, schema_resolver(&settings));
     let processor =
         Processor::new(decoder, Pricer::new(feed.current()), settings.stream.limits.clone(), Arc::new(SystemClock));
