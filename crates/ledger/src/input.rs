@@ -105,8 +105,9 @@ pub struct AccountSettings {
     /// IANA name; the monthly period is the calendar month there.
     #[serde(default = "utc")]
     pub time_zone: String,
+    /// Boxed: most accounts have none, and every account keeps its settings.
     #[serde(default)]
-    pub auto_reload: Option<AutoReload>,
+    pub auto_reload: Option<Box<AutoReload>>,
     /// `balance.low_runway` fires when the balance would last less than this.
     #[serde(default = "default_runway_hours")]
     pub low_runway_hours: u32,

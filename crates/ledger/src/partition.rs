@@ -28,7 +28,8 @@ pub enum Applied {
 
 #[derive(Default)]
 pub struct PartitionLedger {
-    accounts: HashMap<String, AccountState>,
+    /// Boxed: the map's spare slots then cost a pointer, not a whole state.
+    accounts: HashMap<String, Box<AccountState>>,
     /// Accounts changed since the last `take_dirty`.
     dirty: HashSet<String>,
     /// (next grant expiry, account), so that idle accounts' grants expire
@@ -49,17 +50,17 @@ impl PartitionLedger {
             if !state.outbox.is_empty() || !state.pending_entries.is_empty() {
                 ledger.unsent.insert(state.account_id.clone());
             }
-            ledger.accounts.insert(state.account_id.clone(), state);
+            ledger.accounts.insert(state.account_id.clone(), Box::new(state));
         }
         ledger
     }
 
     pub fn account(&self, account_id: &str) -> Option<&AccountState> {
-        self.accounts.get(account_id)
+        self.accounts.get(account_id).map(|a| &**a)
     }
 
     pub fn accounts(&self) -> impl Iterator<Item = &AccountState> {
-        self.accounts.values()
+        self.accounts.values().map(|a| &**a)
     }
 
     pub fn len(&self) -> usize {
@@ -123,7 +124,7 @@ impl PartitionLedger {
     /// The accounts changed since the last call, for the changelog.
     pub fn take_dirty(&mut self) -> Vec<&AccountState> {
         let dirty = std::mem::take(&mut self.dirty);
-        dirty.iter().filter_map(|id| self.accounts.get(id)).collect()
+        dirty.iter().filter_map(|id| self.accounts.get(id).map(|a| &**a)).collect()
     }
 
     /// Events not yet acknowledged (after a restore, also those a previous
@@ -172,6 +173,10 @@ impl PartitionLedger {
             }
             None => false,
         });
+        if self.unsent.is_empty() {
+            // A burst of work (a restore, a backlog) leaves no capacity behind.
+            self.unsent = HashSet::new();
+        }
     }
 
     fn apply(
@@ -180,7 +185,8 @@ impl PartitionLedger {
         position: Position,
         f: impl FnOnce(&mut AccountState) -> Result<Option<Effects>, LedgerError>,
     ) -> Applied {
-        let account = self.accounts.entry(account_id.to_owned()).or_insert_with(|| AccountState::new(account_id));
+        let account =
+            self.accounts.entry(account_id.to_owned()).or_insert_with(|| Box::new(AccountState::new(account_id)));
         // A priced message carries many records, several per account: a
         // record at the account's last priced offset may be new, and its
         // origin decides. Commands are one per message.

@@ -199,7 +199,8 @@ fn postpaid_thresholds_fire_once_each_even_when_one_event_crosses_several() {
 #[test]
 fn auto_reload_is_requested_once_per_cycle_and_closed_by_its_grant_or_failure() {
     let mut s = settings(BillingMode::Prepaid, "2026-01-01T00:00:00Z");
-    s.auto_reload = Some(AutoReload { enabled: true, threshold: d("10"), amount: Some(d("25")), target_balance: None });
+    s.auto_reload =
+        Some(Box::new(AutoReload { enabled: true, threshold: d("10"), amount: Some(d("25")), target_balance: None }));
     let mut f = Feed::new();
     f.command(AccountCommand::AccountSettings(s)).command(AccountCommand::CreditGrant(grant(
         "g",
@@ -322,7 +323,8 @@ fn run(steps: &[Step], ledger: &mut PartitionLedger, events: &mut Vec<LedgerEven
     let base = t("2026-01-01T00:00:00Z");
     let mut s = settings(BillingMode::Prepaid, "2026-01-01T00:00:00Z");
     s.monthly_budget = Some(d("50"));
-    s.auto_reload = Some(AutoReload { enabled: true, threshold: d("5"), amount: None, target_balance: Some(d("20")) });
+    s.auto_reload =
+        Some(Box::new(AutoReload { enabled: true, threshold: d("5"), amount: None, target_balance: Some(d("20")) }));
     let mut record = |a: Applied| {
         if let Applied::Done(e) = a {
             events.extend(e.events)
