@@ -280,8 +280,9 @@ impl Ledger {
                 self.drop_partition(partition);
             }
             let (messages, stopping) = self.fill(&consumer, shutdown).await;
+            let received = !messages.is_empty();
             let mut work: HashMap<i32, PartitionWork> = HashMap::new();
-            for m in messages.iter().cloned() {
+            for m in messages {
                 report.consumed += 1;
                 self.route(&consumer, m, &mut work, report).await?;
             }
@@ -323,7 +324,7 @@ impl Ledger {
                         seconds: self.config.assignment_timeout.as_secs(),
                     });
                 }
-                if assigned && messages.is_empty() && last_activity.elapsed() >= idle && caught_up(&consumer)? {
+                if assigned && !received && last_activity.elapsed() >= idle && caught_up(&consumer)? {
                     tracing::info!("ledger caught up with every assigned partition, stopping");
                     return Ok(SessionEnd::Stopped);
                 }
