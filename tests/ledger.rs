@@ -340,7 +340,11 @@ async fn balances_budgets_and_alerts_through_the_broker() {
         let s = state(account);
         assert_eq!(s.granted - s.used - s.expired, s.balance(), "{account}");
         if account != "switch" {
-            assert_eq!(s.used, priced.get(account).copied().unwrap_or_default(), "{account}: used = Σ priced cost");
+            assert_eq!(
+                s.used + s.allowance_applied,
+                priced.get(account).copied().unwrap_or_default(),
+                "{account}: charged + allowances = Σ priced cost"
+            );
         }
     }
     let view = sink

@@ -41,7 +41,11 @@ pub struct GrantState {
 pub struct PeriodSpend {
     /// `year * 100 + month` in the account's time zone.
     pub period: u32,
+    /// What the account is charged this month: usage less the allowance.
     pub spend: Decimal,
+    /// The part of the monthly allowance used so far.
+    #[serde(default, skip_serializing_if = "Decimal::is_zero")]
+    pub allowance_used: Decimal,
     /// Threshold percentages already announced for this period.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub announced: Vec<u32>,
@@ -71,8 +75,12 @@ pub struct AccountState {
     pub spent_grant_ids: Vec<String>,
     pub overage: Decimal,
     pub granted: Decimal,
-    /// Prepaid usage, exact sum of costs.
+    /// Prepaid usage charged (costs less allowances), exact.
     pub used: Decimal,
+    /// Usage that monthly allowances made free, exact (every billing mode):
+    /// Σ priced cost = charged + this.
+    #[serde(default)]
+    pub allowance_applied: Decimal,
     pub expired: Decimal,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub periods: Vec<PeriodSpend>,
@@ -137,6 +145,7 @@ impl AccountState {
             overage: Decimal::ZERO,
             granted: Decimal::ZERO,
             used: Decimal::ZERO,
+            allowance_applied: Decimal::ZERO,
             expired: Decimal::ZERO,
             periods: Vec::new(),
             depleted: false,
@@ -309,11 +318,11 @@ impl AccountState {
         let at = usage.occurred_at;
         self.check_currency(&usage.currency)?;
         let mut effects = self.expire_until(at)?;
-        self.add_spend(usage, &mut effects)?;
+        let charged = self.add_spend(usage, &mut effects)?;
         match self.mode_at(at) {
             BillingMode::Prepaid => {
-                self.used = add(self.used, usage.cost, &self.account_id)?;
-                let mut rest = usage.cost;
+                self.used = add(self.used, charged, &self.account_id)?;
+                let mut rest = charged;
                 for grant in &mut self.grants {
                     let burnt = rest.min(grant.remaining);
                     grant.remaining = add(grant.remaining, -burnt, &self.account_id)?;
@@ -328,12 +337,12 @@ impl AccountState {
                     entry_id: format!("usage:{}", usage.event_id),
                     account_id: self.account_id.clone(),
                     kind: EntryKind::Usage,
-                    amount: -usage.cost,
+                    amount: -charged,
                     currency: usage.currency.clone(),
                     at,
                     reference: usage.event_id.clone(),
                 });
-                self.track_burn(at, usage.cost);
+                self.track_burn(at, charged);
                 self.after_balance_fell(at, Some(&usage.event_id), &mut effects);
             }
             BillingMode::Postpaid => {
@@ -396,15 +405,24 @@ impl AccountState {
         self.grants.iter().map(|g| g.expires_at).min()
     }
 
-    fn add_spend(&mut self, usage: &PricedUsage, effects: &mut Effects) -> Result<(), LedgerError> {
+    /// Adds usage to its month: the allowance first, then the spend, then
+    /// the budget thresholds. Returns what is charged (cost less allowance).
+    fn add_spend(&mut self, usage: &PricedUsage, effects: &mut Effects) -> Result<Decimal, LedgerError> {
         let period = self.period_of(usage.occurred_at);
         let idx = match self.periods.iter().position(|p| p.period == period) {
             Some(i) => i,
             None => {
                 if self.periods.len() >= PERIODS_KEPT && self.periods.iter().all(|p| p.period > period) {
-                    return Ok(()); // Too late to alert on: ClickHouse still has it.
+                    // Too late to alert on (ClickHouse still has it), and its
+                    // month's allowance is no longer known: charged in full.
+                    return Ok(usage.cost);
                 }
-                self.periods.push(PeriodSpend { period, spend: Decimal::ZERO, announced: Vec::new() });
+                self.periods.push(PeriodSpend {
+                    period,
+                    spend: Decimal::ZERO,
+                    allowance_used: Decimal::ZERO,
+                    announced: Vec::new(),
+                });
                 self.periods.sort_by_key(|p| p.period);
                 if self.periods.len() > PERIODS_KEPT {
                     self.periods.remove(0);
@@ -413,10 +431,17 @@ impl AccountState {
                 self.periods.iter().position(|p| p.period == period).expect("just inserted")
             }
         };
-        let spend = add(self.periods[idx].spend, usage.cost, &self.account_id)?;
+        let allowance = self.settings_at(usage.occurred_at).and_then(|s| s.monthly_allowance).unwrap_or_default();
+        let free = usage.cost.min((allowance - self.periods[idx].allowance_used).max(Decimal::ZERO));
+        let charged = add(usage.cost, -free, &self.account_id)?;
+        if !free.is_zero() {
+            self.periods[idx].allowance_used = add(self.periods[idx].allowance_used, free, &self.account_id)?;
+            self.allowance_applied = add(self.allowance_applied, free, &self.account_id)?;
+        }
+        let spend = add(self.periods[idx].spend, charged, &self.account_id)?;
         self.periods[idx].spend = spend;
-        let Some(settings) = self.settings_at(usage.occurred_at).cloned() else { return Ok(()) };
-        let Some(budget) = settings.monthly_budget else { return Ok(()) };
+        let Some(settings) = self.settings_at(usage.occurred_at).cloned() else { return Ok(charged) };
+        let Some(budget) = settings.monthly_budget else { return Ok(charged) };
         let mut thresholds = settings.alert_thresholds.clone();
         thresholds.sort_unstable();
         for pct in thresholds {
@@ -435,7 +460,7 @@ impl AccountState {
             event.triggering_event_id = Some(usage.event_id.clone());
             effects.events.push(event);
         }
-        Ok(())
+        Ok(charged)
     }
 
     /// After usage or an expiry: depletion, auto-reload, runway.

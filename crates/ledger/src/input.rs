@@ -102,6 +102,11 @@ pub struct AccountSettings {
     pub monthly_budget: Option<Decimal>,
     #[serde(default = "default_thresholds")]
     pub alert_thresholds: Vec<u32>,
+    /// Usage worth this much per month is free (a contract's allowance):
+    /// nothing is charged, burnt or counted against the budget until it is
+    /// used up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monthly_allowance: Option<Decimal>,
     /// IANA name; the monthly period is the calendar month there.
     #[serde(default = "utc")]
     pub time_zone: String,
@@ -223,6 +228,9 @@ impl AccountCommand {
                 }
                 if s.monthly_budget.is_some_and(|b| b <= Decimal::ZERO) {
                     return invalid("monthly_budget must be positive".into());
+                }
+                if s.monthly_allowance.is_some_and(|a| a <= Decimal::ZERO) {
+                    return invalid("monthly_allowance must be positive".into());
                 }
                 if s.alert_thresholds.is_empty() || s.alert_thresholds.len() > 16 {
                     return invalid("alert_thresholds must hold 1..=16 percentages".into());

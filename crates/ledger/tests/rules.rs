@@ -28,6 +28,7 @@ fn settings(mode: BillingMode, from: &str) -> AccountSettings {
         rate_card: None,
         monthly_budget: None,
         alert_thresholds: vec![50, 80, 100],
+        monthly_allowance: None,
         time_zone: "UTC".into(),
         auto_reload: None,
         low_runway_hours: 72,
@@ -299,6 +300,29 @@ fn a_usage_in_another_currency_is_refused_not_converted() {
     assert_eq!(ledger.account("acct").unwrap().balance(), Decimal::ZERO);
 }
 
+#[test]
+fn a_monthly_allowance_is_free_before_anything_is_charged_or_counted() {
+    let mut s = settings(BillingMode::Prepaid, "2026-01-01T00:00:00Z");
+    s.monthly_allowance = Some(d("5"));
+    s.monthly_budget = Some(d("10"));
+    let mut f = Feed::new();
+    f.command(AccountCommand::AccountSettings(s))
+        .command(AccountCommand::CreditGrant(grant("g", "10", "2026-01-01T00:00:00Z", None, 0)))
+        .usage(usage("u1", "3", "2026-01-10T00:00:00Z", 1)) // free
+        .usage(usage("u2", "4", "2026-01-11T00:00:00Z", 2)) // 2 free, 2 charged
+        .usage(usage("u3", "1", "2026-02-01T00:00:00Z", 3)); // a new month: free again
+    let a = f.ledger.account("acct").unwrap();
+    assert_eq!((a.used, a.allowance_applied, a.balance()), (d("2"), d("6"), d("8")));
+    assert_eq!((a.spend_in(202601), a.spend_in(202602)), (d("2"), d("0")));
+    assert_eq!(a.granted - a.used - a.expired, a.balance());
+    assert!(f.events.iter().all(|e| e.kind != EventKind::BudgetThresholdCrossed), "charged spend is under 50%");
+    let Applied::Done(effects) = f.ledger.apply_usage(99, &usage("u4", "4", "2026-02-02T00:00:00Z", 4)) else {
+        panic!("applied")
+    };
+    // 4 free of February's remaining 4: the balance entry is zero.
+    assert_eq!(effects.entries[0].amount, Decimal::ZERO);
+}
+
 #[derive(Clone, Debug)]
 enum Step {
     Usage { cents: u32, minute: i64 },
@@ -323,6 +347,7 @@ fn run(steps: &[Step], ledger: &mut PartitionLedger, events: &mut Vec<LedgerEven
     let base = t("2026-01-01T00:00:00Z");
     let mut s = settings(BillingMode::Prepaid, "2026-01-01T00:00:00Z");
     s.monthly_budget = Some(d("50"));
+    s.monthly_allowance = Some(d("3"));
     s.auto_reload =
         Some(Box::new(AutoReload { enabled: true, threshold: d("5"), amount: None, target_balance: Some(d("20")) }));
     let mut record = |a: Applied| {

@@ -101,6 +101,9 @@ pub async fn balance(settings: Settings, args: BalanceArgs) -> Result<ExitCode> 
     println!("  granted         {}", show(state.granted));
     println!("  used (prepaid)  {}", show(state.used));
     println!("  expired         {}", show(state.expired));
+    if !state.allowance_applied.is_zero() {
+        println!("  free (allowance){}", show(state.allowance_applied));
+    }
     if !state.overage.is_zero() {
         println!("  overage         {}", show(state.overage));
     }
