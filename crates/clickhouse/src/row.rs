@@ -73,48 +73,49 @@ pub fn i128_to_decimal(v: i128) -> Option<Decimal> {
 }
 
 impl PricedRow {
-    /// The row for a priced event read from `topic`/`partition`/`offset`.
-    /// `None` if an amount has more than 24 decimal places, which rate-card
-    /// validation rules out.
-    pub fn new(p: &PricedEvent, topic: &str, partition: i32, offset: i64) -> Option<Self> {
-        let e = &p.event;
+    /// The row for a priced event read from `topic`/`partition`/`offset`,
+    /// taking its strings (no copies on the hot path). `None` if an amount
+    /// has more than 24 decimal places, which rate-card validation rules out.
+    pub fn new(p: PricedEvent, topic: &str, partition: i32, offset: i64) -> Option<Self> {
         let mut line_unit_prices = Vec::with_capacity(p.lines.len());
         let mut line_costs = Vec::with_capacity(p.lines.len());
         for l in &p.lines {
             line_unit_prices.push(decimal_to_i128(l.unit_price)?);
             line_costs.push(decimal_to_i128(l.cost)?);
         }
+        let e = p.event;
+        let (attribute_keys, attribute_values) = e.attributes.into_iter().unzip();
         Some(Self {
-            event_id: e.event_id.clone(),
-            account_id: e.account_id.clone(),
-            api_key_id: e.api_key_id.clone().unwrap_or_default(),
-            project_id: e.project_id.clone().unwrap_or_default(),
-            provider: e.provider.clone(),
-            model: e.model.clone(),
-            matched_model: p.matched_model.clone(),
-            service_tier: e.service_tier.as_str(),
-            rate_card: p.rate_card.clone(),
-            rate_card_version: p.rate_card_version,
-            contract_version: p.contract_version.unwrap_or(0),
-            occurred_at: u32::try_from(e.occurred_at.timestamp()).ok()?,
-            currency: p.currency.as_str().to_owned(),
             input_tokens: e.usage.count(Unit::INPUT_TOKENS),
             cache_read_tokens: e.usage.count(Unit::CACHE_READ_TOKENS),
             cache_write_tokens: e.usage.count(Unit::CACHE_WRITE_TOKENS),
             output_tokens: e.usage.count(Unit::OUTPUT_TOKENS),
+            usage_units: e.usage.iter().map(|(u, _)| u.key()).collect(),
+            usage_quantities: e.usage.iter().map(|(_, q)| q).collect(),
+            event_id: e.event_id,
+            account_id: e.account_id,
+            api_key_id: e.api_key_id.unwrap_or_default(),
+            project_id: e.project_id.unwrap_or_default(),
+            provider: e.provider,
+            model: e.model,
+            matched_model: p.matched_model,
+            service_tier: e.service_tier.as_str(),
+            rate_card: p.rate_card,
+            rate_card_version: p.rate_card_version,
+            contract_version: p.contract_version.unwrap_or(0),
+            occurred_at: u32::try_from(e.occurred_at.timestamp()).ok()?,
+            currency: p.currency.as_str().to_owned(),
             cost: decimal_to_i128(p.cost)?,
             line_units: p.lines.iter().map(|l| l.unit.key()).collect(),
             line_quantities: p.lines.iter().map(|l| l.quantity).collect(),
             line_priced_quantities: p.lines.iter().map(|l| l.priced_quantity).collect(),
             line_unit_prices,
             line_costs,
-            attribute_keys: e.attributes.keys().cloned().collect(),
-            attribute_values: e.attributes.values().cloned().collect(),
+            attribute_keys,
+            attribute_values,
             kafka_topic: topic.to_owned(),
             kafka_partition: partition,
             kafka_offset: offset,
-            usage_units: e.usage.iter().map(|(u, _)| u.key()).collect(),
-            usage_quantities: e.usage.iter().map(|(_, q)| q).collect(),
         })
     }
 }

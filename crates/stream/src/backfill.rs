@@ -103,7 +103,7 @@ async fn backfill_month(
         let repriced = pricer
             .price(usage_event(s))
             .map_err(|r| r.reason.code())
-            .and_then(|p| PricedRow::new(&p, &s.kafka_topic, s.kafka_partition, s.kafka_offset).ok_or("cost_overflow"));
+            .and_then(|p| PricedRow::new(p, &s.kafka_topic, s.kafka_partition, s.kafka_offset).ok_or("cost_overflow"));
         match repriced {
             Ok(row) => {
                 let cost = row_cost(&row);

@@ -146,7 +146,7 @@ impl Batch {
         part.first_offset = part.first_offset.min(offset);
         part.next_offset = part.next_offset.max(offset + 1);
         let rejection = match outcome {
-            Ok(priced) => match PricedRow::new(&priced, topic, partition, offset) {
+            Ok(priced) => match PricedRow::new(priced, topic, partition, offset) {
                 Some(row) => {
                     part.rows.push(row);
                     return;
@@ -198,7 +198,7 @@ mod tests {
             lines: vec![],
             cost: rust_decimal::Decimal::ONE,
         };
-        PricedRow::new(&priced, "t", 0, offset).unwrap()
+        PricedRow::new(priced, "t", 0, offset).unwrap()
     }
 
     #[test]
