@@ -12,9 +12,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 use usage_clickhouse::{ClickHouseSettings, ClickHouseSink};
 use usage_integration_tests::{
-    expected_by_account, isolated_env, kafka_settings, repo_root, spawn_binary, stored_by_account, unique,
+    expected_by_account, isolated_env, kafka_settings, repo_root, send_records, spawn_binary, stored_by_account,
+    stored_rows, unique,
 };
-use usage_kafka::{Outgoing, Producer};
+use usage_kafka::Producer;
 use usage_synth::{Encoding, Generator, SynthConfig, SynthMessage};
 
 const EVENTS: usize = 30_000;
@@ -109,30 +110,13 @@ fn clickhouse_outage_delays_rows_but_never_loses_or_doubles_them() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let producer = Producer::new(&kafka_settings(), "outage").unwrap();
     let send = |messages: &[&SynthMessage]| {
-        rt.block_on(
-            producer.send_all(
-                messages
-                    .iter()
-                    .map(|m| Outgoing {
-                        topic: &raw,
-                        key: Some(&m.key),
-                        payload: &m.payload,
-                        headers: None,
-                        partition: None,
-                    })
-                    .collect(),
-            ),
-        )
-        .expect("every message acknowledged");
+        let records: Vec<(&[u8], &[u8])> = messages.iter().map(|m| (&m.key[..], &m.payload[..])).collect();
+        rt.block_on(send_records(&producer, &raw, &records));
     };
     let sink =
         ClickHouseSink::new(ClickHouseSettings { url: ch.url(), database: database.clone(), ..Default::default() })
             .unwrap();
-    let stored = || -> u64 {
-        rt.block_on(sink.query_tsv(&format!("SELECT count() FROM {database}.priced_events")))
-            .map(|r| r.concat().concat().parse().unwrap_or(0))
-            .unwrap_or(0)
-    };
+    let stored = || rt.block_on(stored_rows(&sink));
 
     let mut pipeline = spawn_binary(&env, &["run"], &log);
     let (first, rest) = stream.split_at(stream.len() / 3);

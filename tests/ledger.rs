@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use usage_codec::{Decoder, SchemaResolver, ValueFormat};
-use usage_integration_tests::{clickhouse, kafka_settings, read_topic, repo_root, unique};
+use usage_integration_tests::{check_balances_view, clickhouse, kafka_settings, read_topic, repo_root, unique};
 use usage_kafka::{Message, Outgoing, Producer};
 use usage_ledger::{AccountState, EventKind, LedgerEvent};
 use usage_pricing::{load_dir, Pricer};
@@ -347,24 +347,6 @@ async fn balances_budgets_and_alerts_through_the_broker() {
             );
         }
     }
-    let view = sink
-        .query_tsv(&format!(
-            "SELECT account_id, granted, used, expired, balance FROM {} ORDER BY account_id",
-            sink.table("balances")
-        ))
-        .await
-        .unwrap();
-    let mut seen = 0;
-    for row in view {
-        let s = state(&row[0]);
-        let d = |i: usize| row[i].parse::<Decimal>().unwrap();
-        assert_eq!(
-            (d(1), d(2), d(3), d(4)),
-            (s.granted, s.used, s.expired, s.balance()),
-            "ClickHouse balances of {}",
-            row[0]
-        );
-        seen += 1;
-    }
+    let seen = check_balances_view(&sink, state).await;
     assert_eq!(seen, 5, "every account with money has a balance row");
 }

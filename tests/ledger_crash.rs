@@ -12,8 +12,10 @@ use rust_decimal::Decimal;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::process::Child;
 use std::time::{Duration, Instant};
-use usage_integration_tests::{clickhouse, isolated_env, kafka_settings, spawn_binary, unique};
-use usage_kafka::{Outgoing, Producer};
+use usage_integration_tests::{
+    check_balances_view, clickhouse, isolated_env, kafka_settings, send_records, spawn_binary, unique,
+};
+use usage_kafka::Producer;
 use usage_ledger::{AccountState, EventKind, LedgerEvent};
 
 const PARTITIONS: i32 = 4;
@@ -86,21 +88,8 @@ fn sigkills_never_deduct_twice_nor_repeat_an_alert() {
     }
     let producer = Producer::new(&kafka_settings(), "ledger-crash").unwrap();
     let send = |topic: &str, messages: &[(String, String)]| {
-        rt.block_on(
-            producer.send_all(
-                messages
-                    .iter()
-                    .map(|(k, v)| Outgoing {
-                        topic,
-                        key: Some(k.as_bytes()),
-                        payload: v.as_bytes(),
-                        headers: None,
-                        partition: None,
-                    })
-                    .collect(),
-            ),
-        )
-        .expect("every message acknowledged");
+        let records: Vec<(&[u8], &[u8])> = messages.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())).collect();
+        rt.block_on(send_records(&producer, topic, &records));
     };
     send(&commands_topic, &commands);
 
@@ -232,20 +221,5 @@ fn sigkills_never_deduct_twice_nor_repeat_an_alert() {
             );
         }
     }
-    let view = rt
-        .block_on(
-            sink.query_tsv(&format!("SELECT account_id, granted, used, expired, balance FROM {database}.balances")),
-        )
-        .unwrap();
-    assert_eq!(view.len(), PREPAID);
-    for row in view {
-        let s = &states[&row[0]];
-        let d = |i: usize| row[i].parse::<Decimal>().unwrap();
-        assert_eq!(
-            (d(1), d(2), d(3), d(4)),
-            (s.granted, s.used, s.expired, s.balance()),
-            "ClickHouse balances of {}",
-            row[0]
-        );
-    }
+    assert_eq!(rt.block_on(check_balances_view(&sink, |a| states[a].clone())), PREPAID);
 }

@@ -18,7 +18,8 @@ use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rust_decimal::Decimal;
 use std::collections::HashMap;
 use std::time::Duration;
-use usage_kafka::{read_partition, KafkaSettings, Outgoing, Producer};
+use usage_integration_tests::send_records;
+use usage_kafka::{read_partition, KafkaSettings, Producer};
 use usage_ledger::{AccountState, EventKind, LedgerEvent, PricedUsage};
 use usage_stream::{Ledger, LedgerConfig, LedgerReport, Shutdown, StopWhen};
 
@@ -95,21 +96,8 @@ async fn transactions_commit_state_events_and_offsets_together_through_failed_co
         }
     }
     for (topic, records) in [("commands", &commands), ("priced", &usage)] {
-        producer
-            .send_all(
-                records
-                    .iter()
-                    .map(|(k, v)| Outgoing {
-                        topic,
-                        key: Some(k.as_bytes()),
-                        payload: v.as_bytes(),
-                        headers: None,
-                        partition: None,
-                    })
-                    .collect(),
-            )
-            .await
-            .unwrap();
+        let records: Vec<(&[u8], &[u8])> = records.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())).collect();
+        send_records(&producer, topic, &records).await;
     }
 
     // Commits fail: first retriably (librdkafka retries), then with errors

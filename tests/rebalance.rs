@@ -7,9 +7,10 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 use usage_integration_tests::{
-    clickhouse, expected_by_account, isolated_env, kafka_settings, spawn_binary, stored_by_account, unique,
+    clickhouse, expected_by_account, isolated_env, kafka_settings, send_records, spawn_binary, stored_by_account,
+    stored_rows, unique,
 };
-use usage_kafka::{Outgoing, Producer};
+use usage_kafka::Producer;
 use usage_synth::{Encoding, Generator, SynthConfig, SynthMessage};
 
 const EVENTS: usize = 40_000;
@@ -38,28 +39,11 @@ fn a_rebalance_between_two_live_instances_loses_nothing_and_counts_nothing_twice
     let rt = tokio::runtime::Runtime::new().unwrap();
     let producer = Producer::new(&kafka_settings(), "rebalance").unwrap();
     let send = |messages: &[SynthMessage]| {
-        rt.block_on(
-            producer.send_all(
-                messages
-                    .iter()
-                    .map(|m| Outgoing {
-                        topic: &raw,
-                        key: Some(&m.key),
-                        payload: &m.payload,
-                        headers: None,
-                        partition: None,
-                    })
-                    .collect(),
-            ),
-        )
-        .expect("every message acknowledged");
+        let records: Vec<(&[u8], &[u8])> = messages.iter().map(|m| (&m.key[..], &m.payload[..])).collect();
+        rt.block_on(send_records(&producer, &raw, &records));
     };
     let sink = clickhouse(&database);
-    let stored = || -> u64 {
-        rt.block_on(sink.query_tsv(&format!("SELECT count() FROM {database}.priced_events")))
-            .map(|r| r.concat().concat().parse().unwrap_or(0))
-            .unwrap_or(0)
-    };
+    let stored = || rt.block_on(stored_rows(&sink));
     let assigned = |log_text: &str| log_text.matches("partitions assigned").count();
 
     let mut first = Some(spawn_binary(&env, &["run"], &log));

@@ -165,3 +165,49 @@ pub async fn stored_by_account(
     }
     out
 }
+
+/// Sends `(key, value)` records to `topic` and waits for every delivery.
+pub async fn send_records(producer: &usage_kafka::Producer, topic: &str, records: &[(&[u8], &[u8])]) {
+    producer
+        .send_all(
+            records
+                .iter()
+                .map(|(key, payload)| usage_kafka::Outgoing {
+                    topic,
+                    key: Some(key),
+                    payload,
+                    headers: None,
+                    partition: None,
+                })
+                .collect(),
+        )
+        .await
+        .expect("every message acknowledged");
+}
+
+/// Rows of `priced_events` (0 while ClickHouse does not answer).
+pub async fn stored_rows(sink: &ClickHouseSink) -> u64 {
+    let sql = format!("SELECT count() FROM {}", sink.table("priced_events"));
+    sink.query_tsv(&sql).await.ok().and_then(|r| r.concat().concat().parse().ok()).unwrap_or(0)
+}
+
+/// Checks every row of ClickHouse's `balances` view against the ledger's
+/// state of its account, exactly; returns how many rows there are.
+pub async fn check_balances_view(
+    sink: &ClickHouseSink,
+    state_of: impl Fn(&str) -> usage_ledger::AccountState,
+) -> usize {
+    let sql = format!("SELECT account_id, granted, used, expired, balance FROM {}", sink.table("balances"));
+    let rows = sink.query_tsv(&sql).await.expect("balances view");
+    for row in &rows {
+        let s = state_of(&row[0]);
+        let d = |i: usize| row[i].parse::<rust_decimal::Decimal>().expect("a decimal");
+        assert_eq!(
+            (d(1), d(2), d(3), d(4)),
+            (s.granted, s.used, s.expired, s.balance()),
+            "ClickHouse balances of {}",
+            row[0]
+        );
+    }
+    rows.len()
+}
