@@ -26,6 +26,9 @@ pub async fn print_run_summary(report: &RunReport, sink: &ClickHouseSink) -> Res
         println!("{:<28}{:>10}", "already stored (skipped)", report.skipped);
         println!("{:<28}{:>10}", "handed over (rebalance)", report.handed_over);
     }
+    if report.rollup_keys_repaired > 0 {
+        println!("{:<28}{:>10}", "rollup rows repaired", report.rollup_keys_repaired);
+    }
     let mut consistent = report.balances();
     println!(
         "check: in = priced + dead-lettered + duplicates + skipped + handed over: {} = {} + {} + {} + {} + {}  {}",

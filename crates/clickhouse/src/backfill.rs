@@ -5,7 +5,7 @@
 //! table. Analysts never see a row twice: a month's rows are replaced, not
 //! added to.
 
-use crate::migrations::{statements, MIGRATIONS, ROLLUP_TABLES};
+use crate::rollups::ROLLUPS;
 use crate::row::{i128_to_decimal, PricedRow};
 use crate::sink::{ClickHouseSink, SinkError};
 use rust_decimal::Decimal;
@@ -117,29 +117,23 @@ impl ClickHouseSink {
         self.drop_staging(suffix).await?;
         let db = self.database();
         self.execute(&format!("CREATE TABLE {db}.priced_events_{suffix} AS {db}.priced_events")).await?;
-        for rollup in ROLLUP_TABLES {
-            self.execute(&format!("CREATE TABLE {db}.{rollup}_{suffix} AS {db}.{rollup}")).await?;
-        }
-        for stmt in statements(MIGRATIONS[1].2, db).iter().filter(|s| s.contains("MATERIALIZED VIEW")) {
-            let rollup = ROLLUP_TABLES
-                .iter()
-                .find(|r| stmt.contains(&format!("TO {db}.{r}\n")))
-                .ok_or_else(|| SinkError::Unexpected(format!("rollup view without a known target: {stmt}")))?;
-            let staged = stmt
-                .replace(&format!("{db}.{rollup}_mv"), &format!("{db}.{rollup}_mv_{suffix}"))
-                .replace(&format!("TO {db}.{rollup}\n"), &format!("TO {db}.{rollup}_{suffix}\n"))
-                .replace(&format!("FROM {db}.priced_events\n"), &format!("FROM {db}.priced_events_{suffix}\n"));
-            if !staged.contains(&format!("FROM {db}.priced_events_{suffix}")) {
-                return Err(SinkError::Unexpected(format!("cannot stage the view of {rollup}")));
-            }
-            self.execute(&staged).await?;
+        for rollup in ROLLUPS {
+            let table = rollup.table;
+            self.execute(&format!("CREATE TABLE {db}.{table}_{suffix} AS {db}.{table}")).await?;
+            let view = rollup.create_view(
+                db,
+                &format!("{table}_mv_{suffix}"),
+                &format!("{table}_{suffix}"),
+                &format!("priced_events_{suffix}"),
+            );
+            self.execute(&view).await?;
         }
         Ok(())
     }
 
     pub async fn drop_staging(&self, suffix: &str) -> Result<(), SinkError> {
         let db = self.database();
-        for rollup in ROLLUP_TABLES {
+        for rollup in ROLLUPS.iter().map(|r| r.table) {
             self.execute(&format!("DROP TABLE IF EXISTS {db}.{rollup}_mv_{suffix}")).await?;
             self.execute(&format!("DROP TABLE IF EXISTS {db}.{rollup}_{suffix}")).await?;
         }
@@ -191,7 +185,7 @@ impl ClickHouseSink {
     /// Swaps the staged month into `priced_events` and every rollup.
     pub async fn replace_month(&self, suffix: &str, month: u32) -> Result<(), SinkError> {
         let db = self.database();
-        for table in std::iter::once("priced_events").chain(ROLLUP_TABLES.iter().copied()) {
+        for table in std::iter::once("priced_events").chain(ROLLUPS.iter().map(|r| r.table)) {
             self.execute(&format!("ALTER TABLE {db}.{table} REPLACE PARTITION {month} FROM {db}.{table}_{suffix}"))
                 .await?;
         }

@@ -5,8 +5,12 @@
 //!   idempotently, and records them in `schema_migrations`.
 //! - [`PricedRow`] is a priced event as a `priced_events` row (RowBinary).
 //! - [`ClickHouseSink::insert_with_id`] sends rows as one INSERT, under a
-//!   deterministic query id; [`ClickHouseSink::stored_event_ids`] and
-//!   [`ClickHouseSink::last_stored_offset`] serve exactly-once delivery.
+//!   deterministic query id; [`ClickHouseSink::stored_positions`],
+//!   [`ClickHouseSink::last_stored_offset`] and
+//!   [`ClickHouseSink::record_offsets`] serve exactly-once delivery.
+//! - [`ROLLUPS`] describes the rollups; [`ClickHouseSink::repair_rollups`]
+//!   adds to a rollup what its view missed (an INSERT into
+//!   `priced_events` and its views is not atomic).
 //! - [`ClickHouseSink::query_tsv`] serves read-backs (summaries, tests).
 //!
 //! The `clickhouse` client runs with validation off: ClickHouse 18.16 cannot
@@ -15,11 +19,13 @@
 mod backfill;
 mod migrations;
 mod reports;
+mod rollups;
 mod row;
 mod sink;
 
 pub use backfill::{row_cost, StoredUsage};
-pub use migrations::{MIGRATIONS, ROLLUP_TABLES};
+pub use migrations::MIGRATIONS;
 pub use reports::{quote, CostBy, OffsetRanges, Totals};
+pub use rollups::{RepairReport, Rollup, ROLLUPS};
 pub use row::{decimal_to_i128, i128_to_decimal, LedgerEntryRow, PricedRow, DECIMAL_SCALE};
-pub use sink::{ClickHouseSettings, ClickHouseSink, SinkError};
+pub use sink::{ClickHouseSettings, ClickHouseSink, SinkError, StoredPositions};

@@ -10,11 +10,8 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
     (3, "offsets", include_str!("../../../schemas/clickhouse/0003_offsets.sql")),
     (4, "ledger", include_str!("../../../schemas/clickhouse/0004_ledger.sql")),
     (5, "usage_counts", include_str!("../../../schemas/clickhouse/0005_usage_counts.sql")),
+    (6, "rollups_by_source", include_str!("../../../schemas/clickhouse/0006_rollups_by_source.sql")),
 ];
-
-/// Rollup tables, for checks and tests.
-pub const ROLLUP_TABLES: &[&str] =
-    &["cost_by_account_model_hour", "cost_by_account_day", "cost_by_api_key_day", "cost_by_project_day"];
 
 /// The statements of a migration, with the database filled in.
 pub(crate) fn statements(sql: &str, database: &str) -> Vec<String> {
@@ -45,7 +42,7 @@ mod tests {
         assert!(MIGRATIONS.windows(2).all(|w| w[0].0 < w[1].0));
         let stmts = statements(MIGRATIONS[0].2, "usage");
         assert_eq!(stmts.len(), 1);
-        assert_eq!(statements(MIGRATIONS[1].2, "usage").len(), 2 * ROLLUP_TABLES.len());
+        assert_eq!(statements(MIGRATIONS[1].2, "usage").len(), 2 * crate::rollups::ROLLUPS.len());
         assert!(stmts[0].starts_with("CREATE TABLE IF NOT EXISTS usage.priced_events"));
         assert!(!stmts[0].contains("--"));
     }

@@ -87,9 +87,16 @@ impl ClickHouseSink {
         Ok(self.query_tsv("SELECT version()").await?.concat().concat())
     }
 
-    /// Applies the migrations not yet recorded. Safe to run concurrently and
-    /// repeatedly: every statement is `IF NOT EXISTS`.
+    /// Applies the migrations not yet recorded. Safe to run repeatedly:
+    /// every statement is idempotent. Safe to run concurrently, except
+    /// migration 6, which rebuilds the rollups (stop the pipelines first).
     pub async fn migrate(&self) -> Result<Vec<u32>, SinkError> {
+        self.migrate_up_to(u32::MAX).await
+    }
+
+    /// Applies the migrations not yet recorded, up to `last` (tests of an
+    /// upgrade start from an older schema).
+    pub async fn migrate_up_to(&self, last: u32) -> Result<Vec<u32>, SinkError> {
         let db = &self.settings.database;
         self.execute(&format!("CREATE DATABASE IF NOT EXISTS {db}")).await?;
         self.execute(&format!(
@@ -105,7 +112,7 @@ impl ClickHouseSink {
             .collect();
         let mut newly = Vec::new();
         for (version, name, sql) in MIGRATIONS {
-            if applied.contains(version) {
+            if applied.contains(version) || *version > last {
                 continue;
             }
             for stmt in statements(sql, db) {
@@ -183,6 +190,10 @@ fn unescape_tsv(field: &str) -> String {
     out
 }
 
+/// `(account_id, event_id)` → `(kafka_topic, kafka_partition, kafka_offset)`
+/// of stored rows.
+pub type StoredPositions = std::collections::HashMap<(String, String), (String, i32, i64)>;
+
 /// Rows per duplicate-check query: 2,000 ids of up to 128 characters stay
 /// under ClickHouse's default `max_query_size` (256 KiB).
 const DUPLICATE_CHECK_IDS_MAX: usize = 2_000;
@@ -190,14 +201,13 @@ const DUPLICATE_CHECK_IDS_MAX: usize = 2_000;
 const IN_FLIGHT_POLL: Duration = Duration::from_millis(200);
 
 impl ClickHouseSink {
-    /// `(account_id, event_id)` of the given rows that are already stored.
+    /// The given rows that are already stored, by `(account_id, event_id)`,
+    /// with the Kafka position they were stored from: another position is a
+    /// producer's re-send, the same one an earlier INSERT of this very row.
     /// Duplicates are identical re-sends, so the search is limited to the
     /// rows' accounts and `occurred_at` span (the table's sort key).
-    pub async fn stored_event_ids(
-        &self,
-        rows: &[&PricedRow],
-    ) -> Result<std::collections::HashSet<(String, String)>, SinkError> {
-        let mut found = std::collections::HashSet::new();
+    pub async fn stored_positions(&self, rows: &[&PricedRow]) -> Result<StoredPositions, SinkError> {
+        let mut found = StoredPositions::new();
         for chunk in rows.chunks(DUPLICATE_CHECK_IDS_MAX) {
             let from = chunk.iter().map(|r| r.occurred_at).min().expect("non-empty chunk");
             let until = chunk.iter().map(|r| r.occurred_at).max().expect("non-empty chunk");
@@ -206,15 +216,22 @@ impl ClickHouseSink {
             accounts.dedup();
             let list = |items: &mut dyn Iterator<Item = &str>| items.map(crate::quote).collect::<Vec<_>>().join(",");
             let sql = format!(
-                "SELECT account_id, event_id FROM {} WHERE occurred_at >= toDateTime({from}) AND occurred_at <= toDateTime({until}) \
+                "SELECT account_id, event_id, kafka_topic, kafka_partition, kafka_offset FROM {} WHERE occurred_at >= toDateTime({from}) AND occurred_at <= toDateTime({until}) \
                  AND account_id IN ({}) AND event_id IN ({})",
                 self.table("priced_events"),
                 list(&mut accounts.into_iter()),
                 list(&mut chunk.iter().map(|r| r.event_id.as_str())),
             );
             for row in self.query_tsv(&sql).await? {
-                if let [account, event] = &row[..] {
-                    found.insert((account.clone(), event.clone()));
+                if let [account, event, topic, partition, offset] = &row[..] {
+                    let position = (
+                        topic.clone(),
+                        partition
+                            .parse()
+                            .map_err(|e| SinkError::Unexpected(format!("partition {partition:?}: {e}")))?,
+                        offset.parse().map_err(|e| SinkError::Unexpected(format!("offset {offset:?}: {e}")))?,
+                    );
+                    found.insert((account.clone(), event.clone()), position);
                 }
             }
         }
@@ -236,6 +253,32 @@ impl ClickHouseSink {
             insert.write(*row).await.map_err(ch("writing INSERT"))?;
         }
         insert.end().await.map_err(ch(format!("INSERT {query_id} of {} rows", rows.len())))
+    }
+
+    /// Runs a statement under a deterministic `query_id` (see
+    /// [`Self::wait_for_queries`]).
+    pub async fn execute_with_id(&self, sql: &str, query_id: &str) -> Result<(), SinkError> {
+        let client = self.client.clone().with_setting("query_id", query_id);
+        client.query(sql).execute().await.map_err(ch(format!("{query_id}: {}", first_line(sql))))
+    }
+
+    /// Records, per topic partition, the last offset whose rows are stored
+    /// and whose rollups are known complete: where the pipeline resumes.
+    /// Idempotent (the table keeps the largest offset).
+    pub async fn record_offsets(&self, offsets: &[(&str, i32, i64)]) -> Result<(), SinkError> {
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let values = offsets
+            .iter()
+            .map(|(topic, partition, offset)| format!("({}, {partition}, {offset})", crate::quote(topic)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        self.execute(&format!(
+            "INSERT INTO {} (kafka_topic, kafka_partition, last_offset) VALUES {values}",
+            self.table("pipeline_offsets")
+        ))
+        .await
     }
 
     /// Inserts rows into a table shaped like `priced_events` (staging).

@@ -16,6 +16,16 @@
 //!   producer's re-send, or our own rows when a failed attempt had in fact
 //!   succeeded. A retry reuses the query id, which ClickHouse refuses while
 //!   the first attempt still runs.
+//! - **Rollups.** ClickHouse fills the views after `priced_events`, not
+//!   atomically with it: an attempt that failed may have stored the rows
+//!   but not all rollup rows. So when an attempt failed, or rows are found
+//!   stored from this very Kafka position (ours, or a previous owner's that
+//!   crashed), the rollups are repaired for the keys the unit touches
+//!   before the loop goes on.
+//! - **Resume point.** Once a unit is in (and repaired), the loop records
+//!   its partition's offset in `pipeline_offsets`.
+//!   Rows past it were stored by an attempt not known to be complete: they
+//!   are read again, found stored, and repaired.
 //! - **Revocation.** Work in progress for a revoked partition is dropped,
 //!   and rows are inserted only for partitions still assigned: the new owner
 //!   redoes that work from what is stored.
@@ -158,6 +168,7 @@ pub(crate) struct Delivered {
     pub cost_scaled: i128,
     /// Messages of partitions revoked before their rows were all inserted.
     pub handed_over: u64,
+    pub rollup_keys_repaired: u64,
 }
 
 pub struct Pipeline {
@@ -494,23 +505,57 @@ impl Pipeline {
         let keys: Vec<(String, i32)> = batch.partitions.keys().cloned().collect();
         for key in keys {
             let (topic, partition) = &key;
-            for unit in batch.partitions[&key].insert_units() {
+            let units = batch.partitions[&key].insert_units();
+            let last_message = batch.partitions[&key].next_offset - 1;
+            let mut revoked = false;
+            for (i, unit) in units.iter().enumerate() {
                 if !self.owns(consumer, topic, *partition) {
-                    // Revoked while we delivered: the new owner resumes after
-                    // what is stored, which may include our earlier units.
-                    let part = batch.drop_partition(topic, *partition).expect("partition in batch");
-                    tracing::info!(topic, partition, "partition revoked during delivery: handing over");
-                    delivered.handed_over += part.n_messages;
+                    revoked = true;
                     break;
                 }
-                let (inserted, duplicates, cost) =
-                    self.insert_unit(topic, *partition, unit, shutdown, n_messages).await?;
-                delivered.inserted += inserted;
-                delivered.duplicates += duplicates;
-                delivered.cost_scaled += cost;
+                let done = self.insert_unit(topic, *partition, unit, shutdown, n_messages).await?;
+                delivered.inserted += done.inserted;
+                delivered.duplicates += done.duplicates;
+                delivered.cost_scaled += done.cost_scaled;
+                delivered.rollup_keys_repaired += done.rollup_keys_repaired;
+                // Through the unit's last row, or the whole batch's messages
+                // once its last unit is in (dead letters went out first).
+                let through = if i + 1 == units.len() { last_message } else { unit[unit.len() - 1].kafka_offset };
+                self.record_offset(topic, *partition, through, shutdown, n_messages).await?;
+            }
+            if revoked {
+                // Revoked while we delivered: the new owner resumes after
+                // what is recorded, which may include our earlier units.
+                let part = batch.drop_partition(topic, *partition).expect("partition in batch");
+                tracing::info!(topic, partition, "partition revoked during delivery: handing over");
+                delivered.handed_over += part.n_messages;
+            } else if units.is_empty() {
+                self.record_offset(topic, *partition, last_message, shutdown, n_messages).await?;
             }
         }
         Ok(delivered)
+    }
+
+    /// Records where the partition resumes: every message through `offset`
+    /// is delivered (rows stored, rollups complete, dead letters sent).
+    async fn record_offset(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        shutdown: &Shutdown,
+        n_messages: u64,
+    ) -> Result<(), PipelineError> {
+        let mut backoff = Backoff::new("recording the offset", &self.config);
+        loop {
+            match self.sink.record_offsets(&[(topic, partition, offset)]).await {
+                Ok(()) => {
+                    backoff.succeeded();
+                    return Ok(());
+                }
+                Err(e) => backoff.failed(e.to_string(), shutdown, n_messages).await?,
+            }
+        }
     }
 
     fn owns(&self, consumer: &GroupConsumer, topic: &str, partition: i32) -> bool {
@@ -521,8 +566,9 @@ impl Pipeline {
 
     /// Inserts one unit: drops the rows already stored (duplicates, or ours
     /// from an attempt that failed after it succeeded), then inserts the rest
-    /// with the unit's query id; retried until it succeeds. Returns (rows
-    /// inserted, duplicates, cost of the inserted rows).
+    /// with the unit's query id; retried until it succeeds. Then, if an
+    /// attempt failed or rows were found stored from this very position,
+    /// repairs the rollups for the unit's keys.
     async fn insert_unit(
         &self,
         topic: &str,
@@ -530,51 +576,72 @@ impl Pipeline {
         unit: &[PricedRow],
         shutdown: &Shutdown,
         n_messages: u64,
-    ) -> Result<(u64, u64, i128), PipelineError> {
+    ) -> Result<Delivered, PipelineError> {
         let first = unit.first().expect("units are not empty").kafka_offset;
         let last = unit.last().expect("units are not empty").kafka_offset;
-        let query_id = format!("{}{first}-{last}", self.query_id_prefix(topic, partition));
+        let prefix = self.query_id_prefix(topic, partition);
+        let query_id = format!("{prefix}{first}-{last}");
         let mut backoff = Backoff::new("ClickHouse insert", &self.config);
-        let mut counted: Option<(u64, u64, i128)> = None;
+        let mut counted: Option<Delivered> = None;
+        let mut needs_repair = false;
         loop {
-            let attempt = async {
-                let refs: Vec<&PricedRow> = unit.iter().collect();
-                let stored = self.sink.stored_event_ids(&refs).await?;
-                let mut seen = HashSet::new();
-                let fresh: Vec<&PricedRow> = unit
-                    .iter()
-                    .filter(|r| {
-                        let key = (r.account_id.clone(), r.event_id.clone());
-                        !stored.contains(&key) && seen.insert(key)
-                    })
-                    .collect();
-                Ok::<_, SinkError>(fresh)
-            };
-            let fresh = match attempt.await {
-                Ok(f) => f,
+            let refs: Vec<&PricedRow> = unit.iter().collect();
+            let stored = match self.sink.stored_positions(&refs).await {
+                Ok(s) => s,
                 Err(e) => {
                     backoff.failed(e.to_string(), shutdown, n_messages).await?;
                     continue;
                 }
             };
+            let mut seen = HashSet::new();
+            let mut fresh: Vec<&PricedRow> = Vec::with_capacity(unit.len());
+            for row in unit {
+                let key = (row.account_id.to_string(), row.event_id.to_string());
+                match stored.get(&key) {
+                    Some((t, p, o)) => {
+                        needs_repair |=
+                            t.as_str() == &*row.kafka_topic && *p == row.kafka_partition && *o == row.kafka_offset
+                    }
+                    None if seen.insert(key) => fresh.push(row),
+                    None => {}
+                }
+            }
             // What the first look finds is what this unit contributes; later
             // looks also find our own rows of an attempt that did succeed.
-            let counts = *counted.get_or_insert_with(|| {
-                let cost = fresh.iter().map(|r| r.cost).sum();
-                (fresh.len() as u64, (unit.len() - fresh.len()) as u64, cost)
+            counted.get_or_insert_with(|| Delivered {
+                inserted: fresh.len() as u64,
+                duplicates: (unit.len() - fresh.len()) as u64,
+                cost_scaled: fresh.iter().map(|r| r.cost).sum(),
+                ..Delivered::default()
             });
             if fresh.is_empty() {
-                backoff.succeeded();
-                return Ok(counts);
+                break;
             }
             match self.sink.insert_with_id(&fresh, &query_id).await {
-                Ok(()) => {
-                    backoff.succeeded();
-                    return Ok(counts);
+                Ok(()) => break,
+                Err(e) => {
+                    needs_repair = true;
+                    backoff.failed(e.to_string(), shutdown, n_messages).await?
                 }
-                Err(e) => backoff.failed(e.to_string(), shutdown, n_messages).await?,
             }
         }
+        backoff.succeeded();
+        let mut done = counted.expect("the first look counted");
+        if needs_repair {
+            let rows: Vec<&PricedRow> = unit.iter().collect();
+            let mut backoff = Backoff::new("rollup repair", &self.config);
+            loop {
+                match self.sink.repair_rollups(&rows, &prefix).await {
+                    Ok(report) => {
+                        backoff.succeeded();
+                        done.rollup_keys_repaired = report.keys_repaired;
+                        break;
+                    }
+                    Err(e) => backoff.failed(e.to_string(), shutdown, n_messages).await?,
+                }
+            }
+        }
+        Ok(done)
     }
 
     /// Feeds the ledger the rows priced since the last feed, as soon as
@@ -589,13 +656,13 @@ impl Pipeline {
         if pending.is_empty() {
             return Ok(());
         }
-        let stored = self.sink.stored_event_ids(&pending).await.map_err(|e| e.to_string())?;
+        let stored = self.sink.stored_positions(&pending).await.map_err(|e| e.to_string())?;
         let mut keys = HashSet::new();
         let fresh: Vec<&PricedRow> = pending
             .into_iter()
             .filter(|r| {
                 let key = (r.account_id.clone(), r.event_id.clone());
-                !stored.contains(&key) && !batch.fed_keys.contains(&key) && keys.insert(key)
+                !stored.contains_key(&key) && !batch.fed_keys.contains(&key) && keys.insert(key)
             })
             .collect();
         self.feed_ledger(&fresh).await.map_err(|e| e.to_string())?;

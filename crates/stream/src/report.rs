@@ -26,6 +26,9 @@ pub struct RunReport {
     pub offsets: BTreeMap<(String, i32), (i64, i64)>,
     pub batches: u64,
     pub commit_failures: u64,
+    /// Rollup rows added because a view had missed an INSERT (see
+    /// `ClickHouseSink::repair_rollups`).
+    pub rollup_keys_repaired: u64,
 }
 
 impl Default for RunReport {
@@ -41,6 +44,7 @@ impl Default for RunReport {
             offsets: BTreeMap::new(),
             batches: 0,
             commit_failures: 0,
+            rollup_keys_repaired: 0,
         }
     }
 }
@@ -66,6 +70,7 @@ impl RunReport {
         self.handed_over += batch.handed_over + delivered.handed_over;
         self.priced += delivered.inserted;
         self.duplicates += delivered.duplicates;
+        self.rollup_keys_repaired += delivered.rollup_keys_repaired;
         self.cost_scaled = self.cost_scaled.and_then(|sum| sum.checked_add(delivered.cost_scaled));
         for ((topic, partition), part) in &batch.partitions {
             for (reason, n) in &part.rejected {
