@@ -71,11 +71,19 @@ struct Args {
     /// Only the in-process ledger measurements (no services needed).
     #[arg(long)]
     ledger_only: bool,
+    /// Only the alert-latency run (printed, results file left alone).
+    #[arg(long)]
+    alerts_only: bool,
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
     let mut results: BTreeMap<&'static str, f64> = BTreeMap::new();
+    if args.alerts_only {
+        tokio::runtime::Runtime::new()?.block_on(alert_latency(&args, &mut results))?;
+        print_table(&results);
+        return Ok(());
+    }
     criterion_results(&mut results);
     ledger_memory(&mut results);
     ledger_throughput(&mut results);
@@ -224,7 +232,7 @@ fn pipeline_env(raw: &str, database: &str) -> Vec<(&'static str, String)> {
         ("LEDGER_GROUP_ID", format!("{raw}-ledger")),
         ("CLICKHOUSE_DATABASE", database.to_owned()),
         ("USAGE_RATE_CARDS", "rate-cards".into()),
-        ("USAGE_LOG", "warn".into()),
+        ("USAGE_LOG", std::env::var("BENCH_USAGE_LOG").unwrap_or_else(|_| "warn".into())),
     ]
 }
 

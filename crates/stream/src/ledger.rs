@@ -70,6 +70,10 @@ pub struct LedgerConfig {
     pub batch_linger: Duration,
     /// How often idle accounts' grants are checked for expiry.
     pub sweep_interval: Duration,
+    /// How often ledger entries go to ClickHouse: one INSERT per interval,
+    /// not per batch (an INSERT costs ClickHouse the same whatever its
+    /// size, and the loop waits for it).
+    pub entries_interval: Duration,
     pub event_format: EventFormat,
     /// Set on brokers with Kafka transactions: exactly-once outputs.
     pub transactional_id: Option<String>,
@@ -96,6 +100,7 @@ impl Default for LedgerConfig {
             batch_records_max: 10_000,
             batch_linger: Duration::from_millis(20),
             sweep_interval: Duration::from_secs(1),
+            entries_interval: Duration::from_secs(1),
             event_format: EventFormat::Json,
             transactional_id: None,
             pending_entries_max: 500_000,
@@ -204,6 +209,7 @@ pub struct Ledger {
     held: HashMap<i32, Vec<OwnedMessage>>,
     avro_schema: Option<apache_avro::Schema>,
     last_sweep: Instant,
+    last_entries_write: Instant,
 }
 
 impl Ledger {
@@ -221,6 +227,7 @@ impl Ledger {
             held: HashMap::new(),
             avro_schema,
             last_sweep: Instant::now(),
+            last_entries_write: Instant::now(),
         }
     }
 
@@ -279,7 +286,10 @@ impl Ledger {
             for (_, partition) in consumer.context().take_revoked() {
                 self.drop_partition(partition);
             }
+            let filling = Instant::now();
             let (messages, stopping) = self.fill(&consumer, shutdown).await;
+            let n_messages = messages.len();
+            let routing = Instant::now();
             let received = !messages.is_empty();
             let mut work: HashMap<i32, PartitionWork> = HashMap::new();
             for m in messages {
@@ -310,8 +320,18 @@ impl Ledger {
                 if !done {
                     return Ok(SessionEnd::Rebuild);
                 }
+                tracing::debug!(
+                    messages = n_messages,
+                    fill_ms = (routing - filling).as_millis() as u64,
+                    apply_and_persist_ms = routing.elapsed().as_millis() as u64,
+                    "ledger batch persisted"
+                );
             }
-            self.write_entries(report, shutdown).await?;
+            if stopping || shutdown.is_requested() || self.last_entries_write.elapsed() >= self.config.entries_interval
+            {
+                self.write_entries(report, shutdown).await?;
+                self.last_entries_write = Instant::now();
+            }
             if stopping || shutdown.is_requested() {
                 tracing::info!("ledger: shutdown requested, last batch committed");
                 return Ok(SessionEnd::Stopped);
@@ -325,6 +345,7 @@ impl Ledger {
                     });
                 }
                 if assigned && !received && last_activity.elapsed() >= idle && caught_up(&consumer)? {
+                    self.write_entries(report, shutdown).await?;
                     tracing::info!("ledger caught up with every assigned partition, stopping");
                     return Ok(SessionEnd::Stopped);
                 }

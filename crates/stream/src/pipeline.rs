@@ -259,9 +259,17 @@ impl Pipeline {
         let mut last_progress_log = Instant::now();
         loop {
             self.apply_rate_updates();
+            let filling = Instant::now();
             let mut batch = self.fill(Arc::clone(&consumer), shutdown.clone()).await?;
             if !batch.is_empty() {
+                let delivering = Instant::now();
                 let delivered = self.deliver(&consumer, &mut batch, &shutdown).await?;
+                tracing::debug!(
+                    messages = batch.n_messages(),
+                    fill_ms = (delivering - filling).as_millis() as u64,
+                    deliver_ms = delivering.elapsed().as_millis() as u64,
+                    "batch delivered"
+                );
                 report.commit_failures += self.commit(&consumer, &batch);
                 report.add(&batch, &delivered);
                 last_activity = Instant::now();
