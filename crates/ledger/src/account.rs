@@ -14,6 +14,7 @@ use crate::output::{Effects, EntryKind, EventKind, LedgerEntry, LedgerEvent};
 use chrono::{DateTime, Datelike, Duration, Timelike, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
+use thin_vec::ThinVec;
 
 /// Settings versions kept per account (older ones price nothing new).
 const SETTINGS_KEPT: usize = 4;
@@ -66,13 +67,13 @@ pub struct AccountState {
     pub account_id: String,
     /// Set by the settings, else by the first grant or usage.
     pub currency: String,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub settings: Vec<AccountSettings>,
+    #[serde(default, skip_serializing_if = "ThinVec::is_empty")]
+    pub settings: ThinVec<AccountSettings>,
     /// Grants with something left, in burn order.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub grants: Vec<GrantState>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub spent_grant_ids: Vec<String>,
+    #[serde(default, skip_serializing_if = "ThinVec::is_empty")]
+    pub grants: ThinVec<GrantState>,
+    #[serde(default, skip_serializing_if = "ThinVec::is_empty")]
+    pub spent_grant_ids: ThinVec<String>,
     pub overage: Decimal,
     pub granted: Decimal,
     /// Prepaid usage charged (costs less allowances), exact.
@@ -82,8 +83,8 @@ pub struct AccountState {
     #[serde(default)]
     pub allowance_applied: Decimal,
     pub expired: Decimal,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub periods: Vec<PeriodSpend>,
+    #[serde(default, skip_serializing_if = "ThinVec::is_empty")]
+    pub periods: ThinVec<PeriodSpend>,
     pub depleted: bool,
     /// Depletions so far: the id of the next `balance.depleted`.
     pub depletion_cycle: u32,
@@ -99,17 +100,17 @@ pub struct AccountState {
     pub runway_announced: bool,
     /// Per origin topic partition of the pricing stage, the last offset
     /// applied: a pricing replay re-sends records, this drops them.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub origins: Vec<(String, i32, i64)>,
+    #[serde(default, skip_serializing_if = "ThinVec::is_empty")]
+    pub origins: ThinVec<(String, i32, i64)>,
     /// Last offsets applied from the ledger's own inputs.
     pub priced_offset: i64,
     pub commands_offset: i64,
     /// Events emitted but not known to be sent: re-sent after a restore.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub outbox: Vec<LedgerEvent>,
+    #[serde(default, skip_serializing_if = "ThinVec::is_empty")]
+    pub outbox: ThinVec<LedgerEvent>,
     /// Entries not known to be in ClickHouse: written again after a restore.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub pending_entries: Vec<LedgerEntry>,
+    #[serde(default, skip_serializing_if = "ThinVec::is_empty")]
+    pub pending_entries: ThinVec<LedgerEntry>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -139,15 +140,15 @@ impl AccountState {
         Self {
             account_id: account_id.to_owned(),
             currency: String::new(),
-            settings: Vec::new(),
-            grants: Vec::new(),
-            spent_grant_ids: Vec::new(),
+            settings: ThinVec::new(),
+            grants: ThinVec::new(),
+            spent_grant_ids: ThinVec::new(),
             overage: Decimal::ZERO,
             granted: Decimal::ZERO,
             used: Decimal::ZERO,
             allowance_applied: Decimal::ZERO,
             expired: Decimal::ZERO,
-            periods: Vec::new(),
+            periods: ThinVec::new(),
             depleted: false,
             depletion_cycle: 1,
             reload_cycle: 0,
@@ -156,11 +157,11 @@ impl AccountState {
             burn: BurnRate::default(),
             runway_cycle: 1,
             runway_announced: false,
-            origins: Vec::new(),
+            origins: ThinVec::new(),
             priced_offset: -1,
             commands_offset: -1,
-            outbox: Vec::new(),
-            pending_entries: Vec::new(),
+            outbox: ThinVec::new(),
+            pending_entries: ThinVec::new(),
         }
     }
 
@@ -364,7 +365,7 @@ impl AccountState {
     pub fn expire_until(&mut self, now: DateTime<Utc>) -> Result<Effects, LedgerError> {
         let mut effects = Effects::default();
         let mut expired_any = false;
-        let mut kept = Vec::with_capacity(self.grants.len());
+        let mut kept = ThinVec::with_capacity(self.grants.len());
         for grant in std::mem::take(&mut self.grants) {
             if grant.expires_at > now {
                 kept.push(grant);

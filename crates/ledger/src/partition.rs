@@ -7,6 +7,7 @@ use crate::input::{AccountCommand, PricedUsage};
 use crate::output::{Effects, LedgerEntry, LedgerEvent};
 use chrono::{DateTime, Utc};
 use std::collections::{BTreeSet, HashMap, HashSet};
+use thin_vec::ThinVec;
 
 /// Which input of the ledger a record came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -156,12 +157,12 @@ impl PartitionLedger {
     /// sends them again: at least once, same ids).
     pub fn events_sent(&mut self) {
         // Not `clear`: an idle account keeps no spare capacity.
-        self.forget_unsent(|a| a.outbox = Vec::new());
+        self.forget_unsent(|a| a.outbox = ThinVec::new());
     }
 
     /// The entries returned by `unsent_entries` are in ClickHouse.
     pub fn entries_written(&mut self) {
-        self.forget_unsent(|a| a.pending_entries = Vec::new());
+        self.forget_unsent(|a| a.pending_entries = ThinVec::new());
     }
 
     fn forget_unsent(&mut self, clear: impl Fn(&mut AccountState)) {
