@@ -297,6 +297,22 @@ async fn migrations_are_idempotent_and_recorded_once() {
     sink.execute(&format!("DROP DATABASE {database}")).await.unwrap();
 }
 
+/// `usage-pipeline rollups check` over every day of the synthetic stream.
+fn rollups_check(database: &str, repair: bool) -> (std::process::Output, String) {
+    let mut args = vec!["rollups", "check", "--from", "2000-01-01T00:00:00Z", "--to", "2100-01-01T00:00:00Z"];
+    if repair {
+        args.push("--repair");
+    }
+    let output = std::process::Command::new(usage_integration_tests::binary())
+        .args(&args)
+        .env("CLICKHOUSE_DATABASE", database)
+        .env("USAGE_LOG", "error")
+        .output()
+        .expect("run usage-pipeline");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
+    (output, text)
+}
+
 /// Rows in `priced_events`, as 18.16 takes them (two accounts, two Kafka
 /// partitions, one account on both).
 fn sample_rows_sql(table: &str, first_offset: u32) -> String {
@@ -401,11 +417,29 @@ async fn rollups_that_missed_an_insert_are_repaired_when_its_rows_are_read_again
     let damaged = usage_integration_tests::stored_by_account(&sink).await;
     assert_ne!(damaged[2].1, expected, "cost_by_account_day lacks the second half");
     assert!(damaged[4].1.is_empty(), "cost_by_project_day is empty");
+    let (check, damage_seen) = rollups_check(&database, false);
+    assert!(!check.status.success(), "rollups check fails on damage:\n{damage_seen}");
+    for table in ["cost_by_account_day", "cost_by_project_day"] {
+        assert!(damage_seen.contains(table), "{table} reported:\n{damage_seen}");
+    }
+    assert!(!damage_seen.contains("cost_by_api_key_day"), "intact rollups are not reported:\n{damage_seen}");
 
     sink.execute(&format!("TRUNCATE TABLE {}", sink.table("pipeline_offsets"))).await.unwrap();
     let report = run(&unique("rgroup")).await;
     assert_eq!((report.consumed, report.priced), (messages.len() as u64 + resent.len() as u64, 0));
     assert!(report.rollup_keys_repaired > 0);
+    for (table, totals) in usage_integration_tests::stored_by_account(&sink).await {
+        assert_eq!(totals, expected, "{table}");
+    }
+
+    let (check, output) = rollups_check(&database, false);
+    assert!(check.status.success(), "{output}");
+
+    // The operator's repair, with the pipelines stopped: same result.
+    sink.execute(&format!("TRUNCATE TABLE {}", sink.table("cost_by_api_key_day"))).await.unwrap();
+    let (check, output) = rollups_check(&database, true);
+    assert!(check.status.success(), "{output}");
+    assert!(output.contains("repaired") && output.contains("rollups agree"), "{output}");
     for (table, totals) in usage_integration_tests::stored_by_account(&sink).await {
         assert_eq!(totals, expected, "{table}");
     }

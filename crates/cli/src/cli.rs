@@ -31,6 +31,9 @@ pub enum Command {
     RateCards(RateCardsCommand),
     /// Re-price the stored usage of a time range (closed months) with the rate cards in force now.
     Backfill(BackfillArgs),
+    /// Rollup tools: compare the rollups with priced_events, and repair them.
+    #[command(subcommand)]
+    Rollups(RollupsCommand),
     /// Run the ledger: balances, grants, budgets; emits threshold events.
     Ledger(LedgerArgs),
     /// Print an account's balance, grants, month-to-date spend and runway, from the ledger's state.
@@ -40,6 +43,28 @@ pub enum Command {
     /// Billing commands (account settings, credit grants, reload failures) to the commands topic.
     #[command(subcommand)]
     Accounts(AccountsCommand),
+}
+
+#[derive(Subcommand)]
+pub enum RollupsCommand {
+    /// Compare every rollup's totals with priced_events, per Kafka topic
+    /// partition; exit 1 if any differ.
+    Check(RollupsCheckArgs),
+}
+
+#[derive(Args)]
+pub struct RollupsCheckArgs {
+    /// Start of the range (RFC 3339, a UTC midnight), inclusive.
+    #[arg(long)]
+    pub from: String,
+    /// End of the range (RFC 3339, a UTC midnight), exclusive.
+    #[arg(long)]
+    pub to: String,
+    /// Add to the rollups what they lack. Stop the pipelines first (or
+    /// choose days no usage reaches any more): a repair compares and adds,
+    /// and must not race an INSERT of the same partition.
+    #[arg(long)]
+    pub repair: bool,
 }
 
 #[derive(Args)]

@@ -201,24 +201,42 @@ impl Rollup {
         let (time_column, time_expr) = self.time_key();
         let at = |seconds: u32| time_expr.replace("occurred_at", &format!("toDateTime({seconds}, 'UTC')"));
         let time = if source { time_expr.to_owned() } else { time_column.to_owned() };
+        let accounts = match &scope.accounts {
+            Some(accounts) => {
+                format!(" AND account_id IN ({})", accounts.iter().map(|a| quote(a)).collect::<Vec<_>>().join(", "))
+            }
+            None => String::new(),
+        };
         format!(
-            "kafka_topic = {} AND kafka_partition = {} AND account_id IN ({}) AND {time} >= {} AND {time} <= {}",
+            "kafka_topic = {} AND kafka_partition = {}{accounts} AND {time} >= {} AND {time} <= {}",
             quote(&scope.topic),
             scope.partition,
-            scope.accounts.iter().map(|a| quote(a)).collect::<Vec<_>>().join(", "),
             at(scope.from),
             at(scope.until)
         )
     }
 }
 
-/// Which rollup keys a repair looks at.
+/// Which rollup keys a repair looks at: one topic partition's rows, of
+/// some accounts (or all), with `occurred_at` in `[from, until]` (seconds,
+/// both included; whole hours or days of the rollup's time key).
 struct RepairScope {
     topic: String,
     partition: i32,
-    accounts: Vec<String>,
+    accounts: Option<Vec<String>>,
     from: u32,
     until: u32,
+}
+
+/// A rollup whose totals differ from `priced_events` for a topic partition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RollupMismatch {
+    pub table: &'static str,
+    pub topic: String,
+    pub partition: i32,
+    /// `events/cost` from `priced_events`, and from the rollup.
+    pub expected: String,
+    pub found: String,
 }
 
 /// What a repair found.
@@ -249,7 +267,6 @@ impl ClickHouseSink {
                 _ => by_account.push((account, at, at)),
             }
         }
-        let db = self.database();
         let mut chunks: Vec<&[(&str, u32, u32)]> = Vec::new();
         let (mut start, mut bytes) = (0, 0);
         for (i, (account, _, _)) in by_account.iter().enumerate() {
@@ -265,54 +282,124 @@ impl ClickHouseSink {
             let scope = RepairScope {
                 topic: first.kafka_topic.to_string(),
                 partition: first.kafka_partition,
-                accounts: chunk.iter().map(|(a, _, _)| a.to_string()).collect(),
+                accounts: Some(chunk.iter().map(|(a, _, _)| a.to_string()).collect()),
                 from: chunk.iter().map(|c| c.1).min().expect("non-empty chunk"),
                 until: chunk.iter().map(|c| c.2).max().expect("non-empty chunk"),
             };
-            // First a cheap look at totals; keys only where they differ.
-            let totals = ROLLUPS
-                .iter()
-                .flat_map(|r| [r.totals_sql(db, &scope, true), r.totals_sql(db, &scope, false)])
-                .collect::<Vec<_>>()
-                .join(", ");
-            let row = self.query_tsv(&format!("SELECT {totals}")).await?.into_iter().next().unwrap_or_default();
-            if row.len() != 2 * ROLLUPS.len() {
-                return Err(SinkError::Unexpected(format!("rollup totals: {} columns", row.len())));
-            }
-            for (rollup, pair) in ROLLUPS.iter().zip(row.chunks(2)) {
-                if pair[0] == pair[1] {
-                    continue;
-                }
-                let missing = self.count(&format!("SELECT count() FROM ({})", rollup.deficit_sql(db, &scope))).await?;
-                if missing > 0 {
-                    // One id per partition and table: ClickHouse refuses a second
-                    // repair (a previous owner's) while one runs; each computes
-                    // the difference when it runs, so in turn they never double.
-                    let id = format!("{query_id_prefix}repair-{}", rollup.table);
-                    self.execute_with_id(&rollup.repair_sql(db, &scope), &id).await?;
-                    tracing::warn!(
-                        table = rollup.table,
-                        topic = %scope.topic,
-                        partition = scope.partition,
-                        keys = missing,
-                        "a rollup missed rows stored in priced_events (its view's INSERT did not happen); repaired"
-                    );
-                }
-                report.keys_repaired += missing;
-                let excess = self.count(&rollup.excess_sql(db, &scope)).await?;
-                if excess > 0 {
-                    tracing::error!(
-                        table = rollup.table,
-                        topic = %scope.topic,
-                        partition = scope.partition,
-                        keys = excess,
-                        "a rollup holds more than priced_events for these keys; left alone"
-                    );
-                }
-                report.keys_in_excess += excess;
-            }
+            let found = self.repair_scope(&scope, query_id_prefix).await?;
+            report.keys_repaired += found.keys_repaired;
+            report.keys_in_excess += found.keys_in_excess;
         }
         Ok(report)
+    }
+
+    /// Repairs every rollup for one scope (see [`Self::repair_rollups`]).
+    async fn repair_scope(&self, scope: &RepairScope, query_id_prefix: &str) -> Result<RepairReport, SinkError> {
+        let db = self.database();
+        let mut report = RepairReport::default();
+        // First a cheap look at totals; keys only where they differ.
+        let totals = ROLLUPS
+            .iter()
+            .flat_map(|r| [r.totals_sql(db, scope, true), r.totals_sql(db, scope, false)])
+            .collect::<Vec<_>>()
+            .join(", ");
+        let row = self.query_tsv(&format!("SELECT {totals}")).await?.into_iter().next().unwrap_or_default();
+        if row.len() != 2 * ROLLUPS.len() {
+            return Err(SinkError::Unexpected(format!("rollup totals: {} columns", row.len())));
+        }
+        for (rollup, pair) in ROLLUPS.iter().zip(row.chunks(2)) {
+            if pair[0] == pair[1] {
+                continue;
+            }
+            let missing = self.count(&format!("SELECT count() FROM ({})", rollup.deficit_sql(db, scope))).await?;
+            if missing > 0 {
+                // One id per partition and table: ClickHouse refuses a second
+                // repair (a previous owner's) while one runs; each computes
+                // the difference when it runs, so in turn they never double.
+                let id = format!("{query_id_prefix}repair-{}", rollup.table);
+                self.execute_with_id(&rollup.repair_sql(db, scope), &id).await?;
+                tracing::warn!(
+                    table = rollup.table,
+                    topic = %scope.topic,
+                    partition = scope.partition,
+                    keys = missing,
+                    "a rollup missed rows stored in priced_events (its view's INSERT did not happen); repaired"
+                );
+            }
+            report.keys_repaired += missing;
+            let excess = self.count(&rollup.excess_sql(db, scope)).await?;
+            if excess > 0 {
+                tracing::error!(
+                    table = rollup.table,
+                    topic = %scope.topic,
+                    partition = scope.partition,
+                    keys = excess,
+                    "a rollup holds more than priced_events for these keys; left alone"
+                );
+            }
+            report.keys_in_excess += excess;
+        }
+        Ok(report)
+    }
+
+    /// Rollups whose totals differ from `priced_events`, per Kafka topic
+    /// partition, for `occurred_at` in `[from, until)` (seconds; whole UTC
+    /// days, so that every rollup's time keys fall inside or outside).
+    pub async fn check_rollups(&self, from: u32, until: u32) -> Result<Vec<RollupMismatch>, SinkError> {
+        let db = self.database();
+        let mut mismatches = Vec::new();
+        for rollup in ROLLUPS {
+            let (time_column, time_expr) = rollup.time_key();
+            let at = |seconds: u32| time_expr.replace("occurred_at", &format!("toDateTime({seconds}, 'UTC')"));
+            let range = |time: &str| format!("{time} >= {} AND {time} <= {}", at(from), at(until - 1));
+            let totals = |table: &str, events: &str, time: &str| {
+                format!(
+                    "SELECT kafka_topic, kafka_partition, concat(toString({events}), '/', toString(sum(cost))) \
+                     FROM {db}.{table} WHERE {} GROUP BY kafka_topic, kafka_partition",
+                    range(time)
+                )
+            };
+            let read = |rows: Vec<Vec<String>>| -> std::collections::BTreeMap<(String, String), String> {
+                rows.into_iter()
+                    .filter(|r| r.len() == 3)
+                    .map(|r| ((r[0].clone(), r[1].clone()), r[2].clone()))
+                    .collect()
+            };
+            let expected = read(self.query_tsv(&totals("priced_events", "count()", time_expr)).await?);
+            let found = read(self.query_tsv(&totals(rollup.table, "sum(events)", time_column)).await?);
+            let sources: std::collections::BTreeSet<&(String, String)> = expected.keys().chain(found.keys()).collect();
+            for key in sources {
+                let (e, f) = (expected.get(key), found.get(key));
+                if e != f {
+                    mismatches.push(RollupMismatch {
+                        table: rollup.table,
+                        topic: key.0.clone(),
+                        partition: key
+                            .1
+                            .parse()
+                            .map_err(|e| SinkError::Unexpected(format!("partition {:?}: {e}", key.1)))?,
+                        expected: e.cloned().unwrap_or_else(|| "0/0".into()),
+                        found: f.cloned().unwrap_or_else(|| "0/0".into()),
+                    });
+                }
+            }
+        }
+        Ok(mismatches)
+    }
+
+    /// Adds to every rollup what it lacks for one topic partition's rows
+    /// with `occurred_at` in `[from, until)` (whole UTC days). Only safe
+    /// while nothing writes that partition's rows (pipelines stopped, or a
+    /// month no late usage reaches).
+    pub async fn repair_rollups_between(
+        &self,
+        topic: &str,
+        partition: i32,
+        from: u32,
+        until: u32,
+    ) -> Result<RepairReport, SinkError> {
+        let scope = RepairScope { topic: topic.to_owned(), partition, accounts: None, from, until: until - 1 };
+        self.repair_scope(&scope, &format!("usage-rollups-check:{}:{topic}:{partition}:", self.database())).await
     }
 
     async fn count(&self, sql: &str) -> Result<u64, SinkError> {
@@ -350,7 +437,7 @@ mod tests {
         let scope = RepairScope {
             topic: "usage.raw".into(),
             partition: 3,
-            accounts: vec!["a'1".into(), "b".into()],
+            accounts: Some(vec!["a'1".into(), "b".into()]),
             from: 1_767_225_599,
             until: 1_767_225_600,
         };

@@ -5,10 +5,11 @@ mod import;
 mod ledger;
 mod price;
 mod produce;
+mod rollups;
 mod run;
 mod status;
 
-use crate::cli::{AccountsCommand, Cli, Command, RateCardsCommand, RatesArg};
+use crate::cli::{AccountsCommand, Cli, Command, RateCardsCommand, RatesArg, RollupsCommand};
 use crate::config::Settings;
 use anyhow::{Context, Result};
 use std::process::ExitCode;
@@ -26,6 +27,7 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::RateCards(RateCardsCommand::Import(args)) => import::import(args),
         Command::RateCards(RateCardsCommand::Publish(args)) => import::publish(settings, args).await,
         Command::Backfill(args) => backfill::backfill(settings, args).await,
+        Command::Rollups(RollupsCommand::Check(args)) => rollups::check(settings, args).await,
         Command::Ledger(args) => ledger::ledger(settings, args).await,
         Command::Balance(args) => ledger::balance(settings, args).await,
         Command::Events(args) => ledger::events(settings, args).await,
