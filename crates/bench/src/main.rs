@@ -74,11 +74,19 @@ struct Args {
     /// Only the alert-latency run (printed, results file left alone).
     #[arg(long)]
     alerts_only: bool,
+    /// Only the end-to-end run (printed, results file left alone).
+    #[arg(long)]
+    e2e_only: bool,
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
     let mut results: BTreeMap<&'static str, f64> = BTreeMap::new();
+    if args.e2e_only {
+        tokio::runtime::Runtime::new()?.block_on(end_to_end(&args, &mut results))?;
+        print_table(&results);
+        return Ok(());
+    }
     if args.alerts_only {
         tokio::runtime::Runtime::new()?.block_on(alert_latency(&args, &mut results))?;
         print_table(&results);

@@ -179,8 +179,9 @@ pub struct Pipeline {
     producer: Producer,
     /// New rate books from the rate-card feed, applied between batches.
     rate_updates: Option<watch::Receiver<Arc<RateBook>>>,
-    /// Per assigned partition: the first offset not yet stored.
-    resume_from: HashMap<(String, i32), i64>,
+    /// Per assigned topic, then partition: the first offset not yet stored
+    /// (nested so that the per-message lookup borrows the topic name).
+    resume_from: HashMap<String, HashMap<i32, i64>>,
     /// Partitions of the priced topic (the ledger feed), read at start.
     priced_partitions: Option<i32>,
 }
@@ -319,7 +320,9 @@ impl Pipeline {
     fn apply_revocations(&mut self, consumer: &GroupConsumer, batch: &mut Batch) -> u64 {
         let mut dropped = 0;
         for (topic, partition) in consumer.context().take_revoked() {
-            self.resume_from.remove(&(topic.clone(), partition));
+            if let Some(partitions) = self.resume_from.get_mut(&topic) {
+                partitions.remove(&partition);
+            }
             if let Some(part) = batch.drop_partition(&topic, partition) {
                 tracing::info!(
                     topic,
@@ -376,7 +379,7 @@ impl Pipeline {
                     Ok(Ok(m)) => m,
                 };
                 let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
-                match self.resume_from.get(&(topic.to_owned(), partition)) {
+                match self.resume_from.get(topic).and_then(|p| p.get(&partition)) {
                     // First message of a partition: find where to resume.
                     None => Some(message.detach()),
                     Some(&next) if offset < next => {
@@ -403,12 +406,15 @@ impl Pipeline {
                 }
             };
             let Some(owned) = waiting else { continue };
-            let key = (owned.topic().to_owned(), owned.partition());
-            if !self.resume_from.contains_key(&key) {
-                let Some(next) = self.resume_point(&key.0, key.1, &shutdown).await? else { break };
-                self.resume_from.insert(key.clone(), next);
-            }
-            let resume = self.resume_from[&key];
+            let (topic, partition) = (owned.topic(), owned.partition());
+            let resume = match self.resume_from.get(topic).and_then(|p| p.get(&partition)) {
+                Some(&next) => next,
+                None => {
+                    let Some(next) = self.resume_point(topic, partition, &shutdown).await? else { break };
+                    self.resume_from.entry(topic.to_owned()).or_default().insert(partition, next);
+                    next
+                }
+            };
             if owned.offset() < resume {
                 batch.skipped += 1;
                 continue;
@@ -569,7 +575,7 @@ impl Pipeline {
     fn owns(&self, consumer: &GroupConsumer, topic: &str, partition: i32) -> bool {
         !consumer.assignment_lost()
             && consumer.assignment().is_ok_and(|a| a.find_partition(topic, partition).is_some())
-            && self.resume_from.contains_key(&(topic.to_owned(), partition))
+            && self.resume_from.get(topic).is_some_and(|p| p.contains_key(&partition))
     }
 
     /// Inserts one unit: drops the rows already stored (duplicates, or ours
@@ -601,10 +607,13 @@ impl Pipeline {
                     continue;
                 }
             };
-            let mut seen = HashSet::new();
+            // Borrowed keys: no allocation per row.
+            let stored: HashMap<(&str, &str), &(String, i32, i64)> =
+                stored.iter().map(|((a, e), at)| ((a.as_str(), e.as_str()), at)).collect();
+            let mut seen = HashSet::with_capacity(unit.len());
             let mut fresh: Vec<&PricedRow> = Vec::with_capacity(unit.len());
             for row in unit {
-                let key = (row.account_id.to_string(), row.event_id.to_string());
+                let key = (row.account_id.as_str(), row.event_id.as_str());
                 match stored.get(&key) {
                     Some((t, p, o)) => {
                         needs_repair |=
