@@ -6,7 +6,8 @@
 //! - `burst`: depletion announced once under a burst spread over every raw partition;
 //! - `reload`: auto-reload requested once per cycle, then confirmed by its grant;
 //! - `budget`: postpaid thresholds crossed once each, three of them by one event;
-//! - `switch`: a prepaid account switched to postpaid.
+//! - `switch`: a prepaid account switched to postpaid;
+//! - `tokens`: a monthly token allowance, valued at the usage's own prices.
 //!
 //! Then the reconciliation: for every account, granted − used − expired =
 //! balance exactly, used = Σ cost in priced_events, and the same figures in
@@ -181,6 +182,13 @@ async fn balances_budgets_and_alerts_through_the_broker() {
         settings_json("switch", "prepaid", past - Span::days(1), ""),
         grant_json("switch", "g", c, past - Span::days(1), far, 0, ""),
         settings_json("switch", "postpaid", past + Span::minutes(30), ""),
+        settings_json(
+            "tokens",
+            "prepaid",
+            past - Span::days(1),
+            r#","monthly_token_allowances":[{"unit":"input_tokens","quantity":1500}]"#,
+        ),
+        grant_json("tokens", "g", c * Decimal::from(10), past - Span::days(1), far, 0, ""),
     ];
     commands.push(r#"{"type":"credit_grant","account_id":"burn"}"#.into()); // Malformed: dead-lettered.
     let keyed: Vec<(String, String, Option<i32>)> = commands
@@ -209,9 +217,9 @@ async fn balances_budgets_and_alerts_through_the_broker() {
     );
     let mut pipeline = Pipeline::new(stream_config.clone(), kafka_settings(), sink.clone(), processor).unwrap();
     let pipeline_task = tokio::spawn(async move { pipeline.run(shutdown).await });
-    // The six accounts' states are in the changelog once phase 1 is applied.
-    let states = read_topic(&n.ledger.state_topic, PARTITIONS, 6, Duration::from_secs(90));
-    assert!(states.len() >= 6, "phase 1 applied: {} state records", states.len());
+    // The seven accounts' states are in the changelog once phase 1 is applied.
+    let states = read_topic(&n.ledger.state_topic, PARTITIONS, 7, Duration::from_secs(90));
+    assert!(states.len() >= 7, "phase 1 applied: {} state records", states.len());
 
     // Phase 2: usage.
     let mut usage: Vec<(String, String, Option<i32>)> = Vec::new();
@@ -233,6 +241,9 @@ async fn balances_budgets_and_alerts_through_the_broker() {
     event("budget", "budget-1".into(), 7000, None, past + Span::seconds(1)); // 40% → 110%: three thresholds.
     event("switch", "switch-0".into(), 2000, None, past); // Prepaid: depletes.
     event("switch", "switch-1".into(), 50_000, None, past + Span::hours(1)); // Postpaid by then.
+    for i in 0..3 {
+        event("tokens", format!("tokens-{i}"), 1000, None, past + Span::seconds(i));
+    }
     at += Span::seconds(1);
     let _ = at;
     send(&n.raw, &usage).await;
@@ -279,7 +290,7 @@ async fn balances_budgets_and_alerts_through_the_broker() {
     let report = pipeline_task.await.unwrap().unwrap();
     let (ledger, ledger_report) = ledger_task.await.unwrap();
     let ledger_report = ledger_report.unwrap();
-    assert_eq!(report.priced, 213);
+    assert_eq!(report.priced, 216);
     assert_eq!(ledger_report.dead_lettered, 1, "{ledger_report:?}");
     let events = events_until(&n.ledger.events_topic, Duration::from_secs(5), |_| true);
     let state = |a: &str| -> AccountState { ledger.account(a).unwrap_or_else(|| panic!("account {a}")).clone() };
@@ -336,7 +347,16 @@ async fn balances_budgets_and_alerts_through_the_broker() {
         .await
         .unwrap();
     let priced: HashMap<String, Decimal> = costs.iter().map(|r| (r[0].clone(), r[1].parse().unwrap())).collect();
-    for account in ["burn", "idle", "burst", "reload", "switch"] {
+    // tokens: the first 1,500 input tokens of the month were free, at the
+    // input price the pipeline priced them at.
+    let book = Arc::new(load_dir(&repo_root().join("rate-cards"), None).unwrap());
+    let sample =
+        Pricer::new(book).price(usage_codec::decode_json(usage_json("x", "x", past, 1000).as_bytes()).unwrap());
+    let input_price = sample.unwrap().lines.iter().find(|l| l.unit.key() == "input_tokens").unwrap().unit_price;
+    let tokens = state("tokens");
+    assert_eq!(tokens.allowance_applied, input_price * Decimal::from(1500));
+    assert_eq!(tokens.used, c * Decimal::from(3) - input_price * Decimal::from(1500));
+    for account in ["burn", "idle", "burst", "reload", "switch", "tokens"] {
         let s = state(account);
         assert_eq!(s.granted - s.used - s.expired, s.balance(), "{account}");
         if account != "switch" {
@@ -348,5 +368,5 @@ async fn balances_budgets_and_alerts_through_the_broker() {
         }
     }
     let seen = check_balances_view(&sink, state).await;
-    assert_eq!(seen, 5, "every account with money has a balance row");
+    assert_eq!(seen, 6, "every account with money has a balance row");
 }

@@ -91,6 +91,7 @@ async fn transactions_commit_state_events_and_offsets_together_through_failed_co
                 origin_topic: "raw".into(),
                 origin_partition: 0,
                 origin_offset: (a * 100 + i) as i64,
+                lines: Vec::new(),
             };
             usage.push((account.clone(), String::from_utf8(record.to_json()).unwrap()));
         }

@@ -203,6 +203,7 @@ fn ledger_throughput(results: &mut BTreeMap<&'static str, f64>) {
                 origin_topic: "usage.raw".into(),
                 origin_partition: 0,
                 origin_offset: i as i64,
+                lines: Vec::new(),
             })
             .collect();
         let started = Instant::now();

@@ -50,6 +50,22 @@ pub struct PeriodSpend {
     /// Threshold percentages already announced for this period.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub announced: Vec<u32>,
+    /// Per unit, the part of its monthly token allowance used so far.
+    #[serde(default, skip_serializing_if = "ThinVec::is_empty")]
+    pub tokens_free_used: ThinVec<(String, u64)>,
+}
+
+impl PeriodSpend {
+    fn tokens_used(&self, unit: &str) -> u64 {
+        self.tokens_free_used.iter().find(|(u, _)| u == unit).map_or(0, |(_, q)| *q)
+    }
+
+    fn use_tokens(&mut self, unit: &str, quantity: u64) {
+        match self.tokens_free_used.iter_mut().find(|(u, _)| u == unit) {
+            Some((_, used)) => *used += quantity,
+            None => self.tokens_free_used.push((unit.to_owned(), quantity)),
+        }
+    }
 }
 
 /// Spend per hour of usage time, for the runway projection.
@@ -78,7 +94,8 @@ pub struct AccountState {
     pub granted: Decimal,
     /// Prepaid usage charged (costs less allowances), exact.
     pub used: Decimal,
-    /// Usage that monthly allowances made free, exact (every billing mode):
+    /// Usage that monthly allowances (money and tokens) made free, exact
+    /// (every billing mode):
     /// Σ priced cost = charged + this.
     #[serde(default)]
     pub allowance_applied: Decimal,
@@ -423,6 +440,7 @@ impl AccountState {
                     spend: Decimal::ZERO,
                     allowance_used: Decimal::ZERO,
                     announced: Vec::new(),
+                    tokens_free_used: ThinVec::new(),
                 });
                 self.periods.sort_by_key(|p| p.period);
                 if self.periods.len() > PERIODS_KEPT {
@@ -432,18 +450,46 @@ impl AccountState {
                 self.periods.iter().position(|p| p.period == period).expect("just inserted")
             }
         };
-        let allowance = self.settings_at(usage.occurred_at).and_then(|s| s.monthly_allowance).unwrap_or_default();
-        let free = usage.cost.min((allowance - self.periods[idx].allowance_used).max(Decimal::ZERO));
-        let charged = add(usage.cost, -free, &self.account_id)?;
+        let (allowance, token_allowances, budget, mut thresholds) = match self.settings_at(usage.occurred_at) {
+            Some(s) => (
+                s.monthly_allowance.unwrap_or_default(),
+                s.monthly_token_allowances.clone(),
+                s.monthly_budget,
+                s.alert_thresholds.clone(),
+            ),
+            None => (Decimal::ZERO, ThinVec::new(), None, Vec::new()),
+        };
+        // Free tokens first, unit by unit, valued at this event's prices;
+        // then the money allowance on what is left.
+        let mut tokens_free = Decimal::ZERO;
+        for a in &token_allowances {
+            let remaining = a.quantity.saturating_sub(self.periods[idx].tokens_used(&a.unit));
+            let Some(line) = usage.lines.iter().find(|l| l.unit == a.unit) else { continue };
+            let quantity = remaining.min(line.quantity);
+            if quantity == 0 {
+                continue;
+            }
+            let value = usage_model::exact_mul(Decimal::from(quantity), line.unit_price)
+                .map_err(|_| LedgerError::Overflow(self.account_id.clone()))?;
+            tokens_free = add(tokens_free, value, &self.account_id)?;
+            self.periods[idx].use_tokens(&a.unit, quantity);
+        }
+        // Lines never cost more than the event; a record whose lines do
+        // is not trusted beyond its cost.
+        let tokens_free = tokens_free.min(usage.cost);
+        let after_tokens = add(usage.cost, -tokens_free, &self.account_id)?;
+        let money_free = after_tokens.min((allowance - self.periods[idx].allowance_used).max(Decimal::ZERO));
+        let charged = add(after_tokens, -money_free, &self.account_id)?;
+        if !money_free.is_zero() {
+            self.periods[idx].allowance_used = add(self.periods[idx].allowance_used, money_free, &self.account_id)?;
+        }
+        let free = add(tokens_free, money_free, &self.account_id)?;
         if !free.is_zero() {
-            self.periods[idx].allowance_used = add(self.periods[idx].allowance_used, free, &self.account_id)?;
             self.allowance_applied = add(self.allowance_applied, free, &self.account_id)?;
         }
         let spend = add(self.periods[idx].spend, charged, &self.account_id)?;
         self.periods[idx].spend = spend;
-        let Some(settings) = self.settings_at(usage.occurred_at).cloned() else { return Ok(charged) };
-        let Some(budget) = settings.monthly_budget else { return Ok(charged) };
-        let mut thresholds = settings.alert_thresholds.clone();
+        let Some(budget) = budget else { return Ok(charged) };
         thresholds.sort_unstable();
         for pct in thresholds {
             // spend ≥ budget × pct / 100, without a division.

@@ -6,6 +6,7 @@
 use chrono::{DateTime, Months, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
+use thin_vec::ThinVec;
 
 /// One priced usage event, as the ledger needs it. `origin_*` say where the
 /// pricing stage read the usage event: a pricing replay re-sends records
@@ -21,6 +22,30 @@ pub struct PricedUsage {
     pub origin_topic: String,
     pub origin_partition: i32,
     pub origin_offset: i64,
+    /// The priced units of the event (those with a quantity and a price):
+    /// what monthly token allowances are valued at. Absent in records of
+    /// older pipelines: no token allowance applies to them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lines: Vec<UsageLine>,
+}
+
+/// One priced unit of a usage event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageLine {
+    /// A unit key of the usage model (`input_tokens`, `output_tokens`...).
+    pub unit: String,
+    /// The quantity priced at `unit_price` (input tokens less cache reads).
+    pub quantity: u64,
+    /// Price of one unit, exact.
+    pub unit_price: Decimal,
+}
+
+/// So many units of one kind free per calendar month (a contract's token
+/// allowance), valued at the prices of the usage that uses them up.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenAllowance {
+    pub unit: String,
+    pub quantity: u64,
 }
 
 impl PricedUsage {
@@ -107,6 +132,10 @@ pub struct AccountSettings {
     /// used up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub monthly_allowance: Option<Decimal>,
+    /// Units free per month, before the money allowance: e.g. the first
+    /// million input tokens. Applied in the order of the usage.
+    #[serde(default, skip_serializing_if = "ThinVec::is_empty")]
+    pub monthly_token_allowances: ThinVec<TokenAllowance>,
     /// IANA name; the monthly period is the calendar month there.
     #[serde(default = "utc")]
     pub time_zone: String,
@@ -237,6 +266,20 @@ impl AccountCommand {
                 }
                 if s.alert_thresholds.iter().any(|t| *t == 0 || *t > 1000) {
                     return invalid("alert thresholds are percentages in 1..=1000".into());
+                }
+                if s.monthly_token_allowances.len() > 16 {
+                    return invalid("monthly_token_allowances holds at most 16 units".into());
+                }
+                for (i, a) in s.monthly_token_allowances.iter().enumerate() {
+                    if usage_model::Unit::from_key(&a.unit).is_none() {
+                        return invalid(format!("monthly_token_allowances: unknown unit {:?}", a.unit));
+                    }
+                    if a.quantity == 0 {
+                        return invalid(format!("monthly_token_allowances: {} needs a positive quantity", a.unit));
+                    }
+                    if s.monthly_token_allowances[..i].iter().any(|b| b.unit == a.unit) {
+                        return invalid(format!("monthly_token_allowances: {} given twice", a.unit));
+                    }
                 }
                 if let Some(r) = &s.auto_reload {
                     if r.amount.is_some() == r.target_balance.is_some() {

@@ -17,7 +17,7 @@ mod partition;
 pub use account::{AccountState, BurnRate, GrantState, LedgerError, PeriodSpend};
 pub use input::{
     AccountCommand, AccountSettings, AutoReload, AutoReloadFailed, BillingMode, CommandError, CreditGrant, GrantKind,
-    PricedUsage,
+    PricedUsage, TokenAllowance, UsageLine,
 };
 pub use output::{Effects, EntryKind, EventKind, LedgerEntry, LedgerEvent, LEDGER_EVENT_AVRO_SCHEMA};
 pub use partition::{Applied, PartitionLedger, Position};

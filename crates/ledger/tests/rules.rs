@@ -8,7 +8,7 @@ use rust_decimal::Decimal;
 use std::collections::HashSet;
 use usage_ledger::{
     AccountCommand, AccountSettings, Applied, AutoReload, AutoReloadFailed, BillingMode, CreditGrant, EventKind,
-    GrantKind, LedgerEvent, PartitionLedger, PricedUsage,
+    GrantKind, LedgerEvent, PartitionLedger, PricedUsage, TokenAllowance, UsageLine,
 };
 
 fn d(s: &str) -> Decimal {
@@ -29,6 +29,7 @@ fn settings(mode: BillingMode, from: &str) -> AccountSettings {
         monthly_budget: None,
         alert_thresholds: vec![50, 80, 100],
         monthly_allowance: None,
+        monthly_token_allowances: Default::default(),
         time_zone: "UTC".into(),
         auto_reload: None,
         low_runway_hours: 72,
@@ -59,6 +60,7 @@ fn usage(id: &str, cost: &str, at: &str, origin_offset: i64) -> PricedUsage {
         origin_topic: "usage.raw".into(),
         origin_partition: 0,
         origin_offset,
+        lines: Vec::new(),
     }
 }
 
@@ -323,6 +325,50 @@ fn a_monthly_allowance_is_free_before_anything_is_charged_or_counted() {
     assert_eq!(effects.entries[0].amount, Decimal::ZERO);
 }
 
+fn line(unit: &str, quantity: u64, unit_price: &str) -> UsageLine {
+    UsageLine { unit: unit.into(), quantity, unit_price: d(unit_price) }
+}
+
+#[test]
+fn token_allowances_make_units_free_at_the_usage_prices_then_the_money_allowance_applies() {
+    let mut s = settings(BillingMode::Prepaid, "2026-01-01T00:00:00Z");
+    s.monthly_token_allowances = vec![TokenAllowance { unit: "input_tokens".into(), quantity: 1_000 }].into();
+    s.monthly_allowance = Some(d("0.1"));
+    let priced = |id: &str, at: &str, offset: i64, lines: Vec<UsageLine>| {
+        let mut u = usage(id, "0", at, offset);
+        u.cost = lines.iter().map(|l| Decimal::from(l.quantity) * l.unit_price).sum();
+        u.lines = lines;
+        u
+    };
+    let mut f = Feed::new();
+    f.command(AccountCommand::AccountSettings(s))
+        .command(AccountCommand::CreditGrant(grant("g", "10", "2026-01-01T00:00:00Z", None, 0)))
+        // 600 input tokens free (0.6); of the output's 0.4, 0.1 is the money allowance.
+        .usage(priced(
+            "u1",
+            "2026-01-10T00:00:00Z",
+            1,
+            vec![line("input_tokens", 600, "0.001"), line("output_tokens", 100, "0.004")],
+        ))
+        // The last 400 free tokens, at this event's price (0.002 each).
+        .usage(priced("u2", "2026-01-11T00:00:00Z", 2, vec![line("input_tokens", 600, "0.002")]))
+        // A new month: 1,000 free again.
+        .usage(priced("u3", "2026-02-01T00:00:00Z", 3, vec![line("input_tokens", 500, "0.001")]));
+    let a = f.ledger.account("acct").unwrap();
+    // u1: 1.0 = 0.6 tokens + 0.1 money + 0.3 charged; u2: 1.2 = 0.8 + 0.4; u3: 0.5 free.
+    assert_eq!((a.allowance_applied, a.used), (d("2.0"), d("0.7")));
+    assert_eq!(a.used + a.allowance_applied, d("2.7"), "every cost is charged or free, exactly");
+    assert_eq!((a.spend_in(202601), a.spend_in(202602)), (d("0.7"), d("0")));
+    assert_eq!(a.balance(), d("9.3"));
+    // The month's use of the allowance survives a restart (the changelog is JSON).
+    let restored: usage_ledger::AccountState = serde_json::from_slice(&serde_json::to_vec(a).unwrap()).unwrap();
+    assert_eq!(&restored, a);
+    // Settings naming unknown units, or none of them, are refused.
+    let bad = br#"{"type":"account_settings","account_id":"a","effective_from":"2026-01-01T00:00:00Z",
+        "billing_mode":"postpaid","currency":"USD","monthly_token_allowances":[{"unit":"tokenz","quantity":5}]}"#;
+    assert!(AccountCommand::from_json(bad).unwrap_err().to_string().contains("tokenz"));
+}
+
 #[derive(Clone, Debug)]
 enum Step {
     Usage { cents: u32, minute: i64 },
@@ -348,6 +394,7 @@ fn run(steps: &[Step], ledger: &mut PartitionLedger, events: &mut Vec<LedgerEven
     let mut s = settings(BillingMode::Prepaid, "2026-01-01T00:00:00Z");
     s.monthly_budget = Some(d("50"));
     s.monthly_allowance = Some(d("3"));
+    s.monthly_token_allowances = vec![TokenAllowance { unit: "input_tokens".into(), quantity: 5_000 }].into();
     s.auto_reload =
         Some(Box::new(AutoReload { enabled: true, threshold: d("5"), amount: None, target_balance: Some(d("20")) }));
     let mut record = |a: Applied| {
@@ -362,8 +409,10 @@ fn run(steps: &[Step], ledger: &mut PartitionLedger, events: &mut Vec<LedgerEven
         match st {
             Step::Usage { cents, minute } => {
                 let mut u = usage(&format!("u{i}"), "0", "2026-01-01T00:00:00Z", offset);
-                // Costs carry up to 24 places, like priced ones.
+                // Costs carry up to 24 places, like priced ones; the input
+                // tokens' line is the part in cents.
                 u.cost = Decimal::new(i64::from(*cents) * 1_234_567_891_234, 24) + Decimal::new(i64::from(*cents), 2);
+                u.lines = vec![line("input_tokens", u64::from(*cents) * 10, "0.001")];
                 u.occurred_at = at(*minute);
                 record(ledger.apply_usage(offset, &u));
             }
@@ -400,6 +449,13 @@ proptest! {
         prop_assert!(a.grants.iter().all(|g| g.remaining > Decimal::ZERO && g.remaining <= g.amount));
         prop_assert!(a.overage >= Decimal::ZERO);
         prop_assert!(a.overage.is_zero() || a.grants.is_empty(), "overage only once every grant is used up");
+        // Every cost is charged (in its month's spend) or free, exactly.
+        let costs: Decimal = steps.iter().map(|st| match st {
+            Step::Usage { cents, .. } => Decimal::new(i64::from(*cents) * 1_234_567_891_234, 24) + Decimal::new(i64::from(*cents), 2),
+            _ => Decimal::ZERO,
+        }).sum();
+        let spent: Decimal = [202601, 202602].iter().map(|p| a.spend_in(*p)).sum();
+        prop_assert_eq!(spent + a.allowance_applied, costs);
         let ids: HashSet<_> = events.iter().map(|e| e.event_id.clone()).collect();
         prop_assert_eq!(ids.len(), events.len(), "every event id is unique");
         // Depletions and restorations alternate.

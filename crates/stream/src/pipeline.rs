@@ -779,5 +779,15 @@ fn priced_usage(row: &PricedRow) -> usage_ledger::PricedUsage {
         origin_topic: row.kafka_topic.clone(),
         origin_partition: row.kafka_partition,
         origin_offset: row.kafka_offset,
+        lines: (0..row.line_units.len())
+            .filter(|&i| row.line_priced_quantities[i] > 0 && row.line_unit_prices[i] > 0)
+            .map(|i| usage_ledger::UsageLine {
+                unit: row.line_units[i].to_owned(),
+                quantity: row.line_priced_quantities[i],
+                unit_price: usage_clickhouse::i128_to_decimal(row.line_unit_prices[i])
+                    .expect("row prices come from decimals")
+                    .normalize(),
+            })
+            .collect(),
     }
 }
