@@ -699,15 +699,15 @@ impl Pipeline {
         let (Some(topic), Some(partitions)) = (&self.config.priced_topic, self.priced_partitions) else {
             return Ok(());
         };
-        let mut by_partition: BTreeMap<i32, Vec<usage_ledger::PricedUsage>> = BTreeMap::new();
+        let mut by_partition: BTreeMap<i32, Vec<&PricedRow>> = BTreeMap::new();
         for r in rows {
             let p = partition_for_key(r.account_id.as_bytes(), partitions);
-            by_partition.entry(p).or_default().push(priced_usage(r));
+            by_partition.entry(p).or_default().push(r);
         }
         let mut payloads = Vec::new();
         for (p, records) in &by_partition {
             for chunk in records.chunks(FEED_RECORDS_PER_MESSAGE_MAX) {
-                payloads.push((*p, usage_ledger::PricedUsage::batch_to_json(chunk)));
+                payloads.push((*p, crate::feed::batch_to_json(chunk)));
             }
         }
         let messages = payloads
@@ -766,28 +766,4 @@ fn caught_up(consumer: &GroupConsumer, report: &RunReport) -> Result<bool, Kafka
         }
     }
     Ok(true)
-}
-
-/// What the ledger needs of a stored row.
-fn priced_usage(row: &PricedRow) -> usage_ledger::PricedUsage {
-    usage_ledger::PricedUsage {
-        event_id: row.event_id.clone(),
-        account_id: row.account_id.clone(),
-        occurred_at: chrono::DateTime::from_timestamp(i64::from(row.occurred_at), 0).unwrap_or_default(),
-        currency: row.currency.clone(),
-        cost: usage_clickhouse::i128_to_decimal(row.cost).expect("row costs come from decimals").normalize(),
-        origin_topic: row.kafka_topic.clone(),
-        origin_partition: row.kafka_partition,
-        origin_offset: row.kafka_offset,
-        lines: (0..row.line_units.len())
-            .filter(|&i| row.line_priced_quantities[i] > 0 && row.line_unit_prices[i] > 0)
-            .map(|i| usage_ledger::UsageLine {
-                unit: row.line_units[i].to_owned(),
-                quantity: row.line_priced_quantities[i],
-                unit_price: usage_clickhouse::i128_to_decimal(row.line_unit_prices[i])
-                    .expect("row prices come from decimals")
-                    .normalize(),
-            })
-            .collect(),
-    }
 }
