@@ -6,8 +6,16 @@ source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 "$(dirname "${BASH_SOURCE[0]}")/install.sh"
 mkdir -p "$DATA_DIR/tansu" "$DATA_DIR/clickhouse/data" "$DATA_DIR/clickhouse/tmp" "$DATA_DIR/clickhouse/log" "$DATA_DIR/clickhouse/user_files" "$DATA_DIR/clickhouse/format_schemas"
 
+# A server on the port that this checkout did not start (another clone's,
+# say) is used as it is; say so, since `make down` here will not stop it
+# and its data is not in $DATA_DIR.
+ours() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 if port_open "$KAFKA_PORT"; then
-  log "broker already listening on 127.0.0.1:$KAFKA_PORT"
+  if ours "$DATA_DIR/tansu/pid"; then
+    log "broker already listening on 127.0.0.1:$KAFKA_PORT"
+  else
+    log "WARNING: a broker not started from $DATA_DIR answers on 127.0.0.1:$KAFKA_PORT; using it (stop it where it was started)"
+  fi
 else
   log "starting tansu on 127.0.0.1:$KAFKA_PORT (data: $DATA_DIR/tansu)"
   # tansu reads the path of a sqlite:// URL relative to its working directory.
@@ -22,7 +30,11 @@ fi
 
 clickhouse_ping() { [ "$(curl -fsS "http://127.0.0.1:$CLICKHOUSE_HTTP_PORT/ping" 2>/dev/null)" = "Ok." ]; }
 if clickhouse_ping; then
-  log "ClickHouse already answering on http://127.0.0.1:$CLICKHOUSE_HTTP_PORT"
+  if ours "$DATA_DIR/clickhouse/pid"; then
+    log "ClickHouse already answering on http://127.0.0.1:$CLICKHOUSE_HTTP_PORT"
+  else
+    log "WARNING: a ClickHouse not started from $DATA_DIR answers on http://127.0.0.1:$CLICKHOUSE_HTTP_PORT; using it (stop it where it was started)"
+  fi
 else
   ch="$DATA_DIR/clickhouse"
   log "starting ClickHouse on http://127.0.0.1:$CLICKHOUSE_HTTP_PORT (data: $ch)"
