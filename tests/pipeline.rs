@@ -451,5 +451,12 @@ async fn rollups_that_missed_an_insert_are_repaired_when_its_rows_are_read_again
     for (table, totals) in usage_integration_tests::stored_by_account(&sink).await {
         assert_eq!(totals, expected, "{table}");
     }
+
+    // A rollup holding more than the rows is reported, never "repaired".
+    let day_table = sink.table("cost_by_account_day");
+    sink.execute(&format!("INSERT INTO {day_table} SELECT * FROM {day_table} LIMIT 1")).await.unwrap();
+    let (check, output) = rollups_check(&database, true);
+    assert!(!check.status.success(), "{output}");
+    assert!(output.contains("0 rollup rows added, 1 keys where a rollup holds more"), "{output}");
     sink.execute(&format!("DROP DATABASE {database}")).await.unwrap();
 }

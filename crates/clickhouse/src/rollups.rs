@@ -130,27 +130,44 @@ impl Rollup {
         )
     }
 
+    /// Per key in scope, what `priced_events` holds (`e_<sum>`) and what
+    /// the rollup holds (`a_<sum>`, 0 where it has no row). `from_rollup`
+    /// turns the join around: every rollup key, 0 where no row backs it.
+    fn compare_sql(&self, database: &str, scope: &RepairScope, from_rollup: bool) -> String {
+        let keys = self.key_columns();
+        let expected = format!(
+            "(SELECT {}, {} FROM {database}.priced_events WHERE {} GROUP BY {keys})",
+            self.keys.iter().map(item).collect::<Vec<_>>().join(", "),
+            self.sums.iter().map(|(c, e)| format!("{e} AS e_{c}")).collect::<Vec<_>>().join(", "),
+            self.scope_sql(scope, true),
+        );
+        let actual = format!(
+            "(SELECT {keys}, {} FROM {database}.{} WHERE {} GROUP BY {keys})",
+            self.sums.iter().map(|(c, _)| format!("sum({c}) AS a_{c}")).collect::<Vec<_>>().join(", "),
+            self.table,
+            self.scope_sql(scope, false),
+        );
+        let (left, right) = if from_rollup { (actual, expected) } else { (expected, actual) };
+        format!("{left} ANY LEFT JOIN {right} USING ({keys})")
+    }
+
+    /// `sums` as `template` with `{}` the column, joined by `separator`.
+    fn each_sum(&self, template: &str, separator: &str) -> String {
+        self.sums.iter().map(|(c, _)| template.replace("{}", c)).collect::<Vec<_>>().join(separator)
+    }
+
     /// For the keys of rows from the scope's topic partition, accounts and
     /// `occurred_at` span, what `priced_events` holds and the rollup lacks,
     /// as rows to add to the rollup. Keys where the rollup holds more are
     /// left out (see [`Self::excess_sql`]).
     fn deficit_sql(&self, database: &str, scope: &RepairScope) -> String {
-        let expected_sums = self.sums.iter().map(|(c, e)| format!("{e} AS e_{c}")).collect::<Vec<_>>().join(", ");
-        let actual_sums = self.sums.iter().map(|(c, _)| format!("sum({c}) AS a_{c}")).collect::<Vec<_>>().join(", ");
-        let deltas = self.sums.iter().map(|(c, _)| format!("e_{c} - a_{c}")).collect::<Vec<_>>().join(", ");
-        let none_above = self.sums.iter().map(|(c, _)| format!("e_{c} >= a_{c}")).collect::<Vec<_>>().join(" AND ");
-        let some_below = self.sums.iter().map(|(c, _)| format!("e_{c} != a_{c}")).collect::<Vec<_>>().join(" OR ");
-        let keys = self.key_columns();
         format!(
-            "SELECT {keys}, {deltas} FROM \
-             (SELECT {key_items}, {expected_sums} FROM {database}.priced_events WHERE {source_scope} GROUP BY {keys}) \
-             ANY LEFT JOIN \
-             (SELECT {keys}, {actual_sums} FROM {database}.{table} WHERE {rollup_scope} GROUP BY {keys}) \
-             USING ({keys}) WHERE ({none_above}) AND ({some_below})",
-            table = self.table,
-            key_items = self.keys.iter().map(item).collect::<Vec<_>>().join(", "),
-            source_scope = self.scope_sql(scope, true),
-            rollup_scope = self.scope_sql(scope, false),
+            "SELECT {}, {} FROM {} WHERE ({}) AND ({})",
+            self.key_columns(),
+            self.each_sum("e_{} - a_{}", ", "),
+            self.compare_sql(database, scope, false),
+            self.each_sum("e_{} >= a_{}", " AND "),
+            self.each_sum("e_{} != a_{}", " OR "),
         )
     }
 
@@ -177,20 +194,10 @@ impl Rollup {
     /// Counts the keys in scope where the rollup holds more than
     /// `priced_events`: never expected, reported when found.
     fn excess_sql(&self, database: &str, scope: &RepairScope) -> String {
-        let expected_sums = self.sums.iter().map(|(c, e)| format!("{e} AS e_{c}")).collect::<Vec<_>>().join(", ");
-        let actual_sums = self.sums.iter().map(|(c, _)| format!("sum({c}) AS a_{c}")).collect::<Vec<_>>().join(", ");
-        let above = self.sums.iter().map(|(c, _)| format!("a_{c} > e_{c}")).collect::<Vec<_>>().join(" OR ");
-        let keys = self.key_columns();
         format!(
-            "SELECT count() FROM \
-             (SELECT {keys}, {actual_sums} FROM {database}.{table} WHERE {rollup_scope} GROUP BY {keys}) \
-             ANY LEFT JOIN \
-             (SELECT {key_items}, {expected_sums} FROM {database}.priced_events WHERE {source_scope} GROUP BY {keys}) \
-             USING ({keys}) WHERE {above}",
-            table = self.table,
-            key_items = self.keys.iter().map(item).collect::<Vec<_>>().join(", "),
-            source_scope = self.scope_sql(scope, true),
-            rollup_scope = self.scope_sql(scope, false),
+            "SELECT count() FROM {} WHERE {}",
+            self.compare_sql(database, scope, true),
+            self.each_sum("a_{} > e_{}", " OR ")
         )
     }
 
