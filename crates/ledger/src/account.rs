@@ -455,7 +455,8 @@ impl AccountState {
                 s.monthly_allowance.unwrap_or_default(),
                 s.monthly_token_allowances.clone(),
                 s.monthly_budget,
-                s.alert_thresholds.clone(),
+                // Only read with a budget: no copy per usage otherwise.
+                if s.monthly_budget.is_some() { s.alert_thresholds.clone() } else { Vec::new() },
             ),
             None => (Decimal::ZERO, ThinVec::new(), None, Vec::new()),
         };
