@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 use usage_clickhouse::{ClickHouseSettings, ClickHouseSink};
 use usage_integration_tests::{
-    expected_by_account, isolated_env, kafka_settings, repo_root, send_records, spawn_binary, stored_by_account,
+    catch_up_stop_and_check, expected_by_account, isolated_env, kafka_settings, repo_root, send_records, spawn_binary,
     stored_rows, unique,
 };
 use usage_kafka::Producer;
@@ -139,17 +139,5 @@ fn clickhouse_outage_delays_rows_but_never_loses_or_doubles_them() {
 
     // Back: it catches up by itself.
     ch.start();
-    let n_expected: u64 = expected.values().map(|v| v.0).sum();
-    let deadline = Instant::now() + Duration::from_secs(240);
-    while stored() < n_expected {
-        assert!(Instant::now() < deadline, "not caught up: {} of {n_expected}; see {}", stored(), log.display());
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    std::thread::sleep(Duration::from_secs(2)); // anything extra would show now
-    Command::new("kill").args(["-TERM", &pipeline.id().to_string()]).status().unwrap();
-    assert!(pipeline.wait().unwrap().success(), "clean stop; see {}", log.display());
-
-    for (table, totals) in rt.block_on(stored_by_account(&sink)) {
-        assert_eq!(totals, expected, "{table}");
-    }
+    catch_up_stop_and_check(&rt, &sink, &mut pipeline, &expected, &log);
 }

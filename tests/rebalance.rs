@@ -7,8 +7,8 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 use usage_integration_tests::{
-    clickhouse, expected_by_account, isolated_env, kafka_settings, send_records, spawn_binary, stored_by_account,
-    stored_rows, unique,
+    catch_up_stop_and_check, clickhouse, expected_by_account, isolated_env, kafka_settings, send_records, spawn_binary,
+    unique,
 };
 use usage_kafka::Producer;
 use usage_synth::{Encoding, Generator, SynthConfig, SynthMessage};
@@ -43,7 +43,6 @@ fn a_rebalance_between_two_live_instances_loses_nothing_and_counts_nothing_twice
         rt.block_on(send_records(&producer, &raw, &records));
     };
     let sink = clickhouse(&database);
-    let stored = || rt.block_on(stored_rows(&sink));
     let assigned = |log_text: &str| log_text.matches("partitions assigned").count();
 
     let mut first = Some(spawn_binary(&env, &["run"], &log));
@@ -73,16 +72,5 @@ fn a_rebalance_between_two_live_instances_loses_nothing_and_counts_nothing_twice
         }
     }
     let mut second = second.expect("started");
-    let n_expected: u64 = expected.values().map(|v| v.0).sum();
-    let deadline = Instant::now() + Duration::from_secs(240);
-    while stored() < n_expected {
-        assert!(Instant::now() < deadline, "not caught up: {} of {n_expected}; see {}", stored(), log.display());
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    std::thread::sleep(Duration::from_secs(2)); // anything extra would show now
-    Command::new("kill").args(["-TERM", &second.id().to_string()]).status().unwrap();
-    assert!(second.wait().unwrap().success(), "the second instance stopped cleanly; see {}", log.display());
-    for (table, totals) in rt.block_on(stored_by_account(&sink)) {
-        assert_eq!(totals, expected, "{table}");
-    }
+    catch_up_stop_and_check(&rt, &sink, &mut second, &expected, &log);
 }

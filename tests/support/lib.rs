@@ -191,6 +191,37 @@ pub async fn stored_rows(sink: &ClickHouseSink) -> u64 {
     sink.query_tsv(&sql).await.ok().and_then(|r| r.concat().concat().parse().ok()).unwrap_or(0)
 }
 
+/// Waits (at most 240 s) until `expected`'s events are all stored, lets
+/// anything extra show for 2 s, stops `pipeline` with SIGTERM (it must exit
+/// cleanly), then checks every account's totals in `priced_events` and in
+/// every rollup against `expected`.
+pub fn catch_up_stop_and_check(
+    rt: &tokio::runtime::Runtime,
+    sink: &ClickHouseSink,
+    pipeline: &mut std::process::Child,
+    expected: &std::collections::BTreeMap<String, (u64, rust_decimal::Decimal)>,
+    log: &std::path::Path,
+) {
+    let n_expected: u64 = expected.values().map(|v| v.0).sum();
+    let stored = || rt.block_on(stored_rows(sink));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(240);
+    while stored() < n_expected {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not caught up: {} of {n_expected}; see {}",
+            stored(),
+            log.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    std::thread::sleep(std::time::Duration::from_secs(2)); // anything extra would show now
+    std::process::Command::new("kill").args(["-TERM", &pipeline.id().to_string()]).status().unwrap();
+    assert!(pipeline.wait().unwrap().success(), "clean stop; see {}", log.display());
+    for (table, totals) in rt.block_on(stored_by_account(sink)) {
+        assert_eq!(&totals, expected, "{table}");
+    }
+}
+
 /// Checks every row of ClickHouse's `balances` view against the ledger's
 /// state of its account, exactly; returns how many rows there are.
 pub async fn check_balances_view(

@@ -39,8 +39,7 @@ impl ClickHouseSink {
     /// Rows of `priced_events` in `month` (`YYYYMM`).
     pub async fn count_month(&self, month: u32) -> Result<u64, SinkError> {
         let sql = format!("SELECT count() FROM {} WHERE toYYYYMM(occurred_at) = {month}", self.table("priced_events"));
-        let n = self.query_tsv(&sql).await?.concat().concat();
-        n.parse().map_err(|e| SinkError::Unexpected(format!("count {n:?}: {e}")))
+        self.count(&sql).await
     }
 
     /// The usage stored in `month` with `from <= occurred_at < until`
@@ -198,8 +197,7 @@ impl ClickHouseSink {
             "SELECT count() FROM {} WHERE toYYYYMM(occurred_at) = {month}",
             self.table(&format!("priced_events_{suffix}"))
         );
-        let n = self.query_tsv(&sql).await?.concat().concat();
-        n.parse().map_err(|e| SinkError::Unexpected(format!("count {n:?}: {e}")))
+        self.count(&sql).await
     }
 
     /// Sum of `cost` over the month's rows, exact.

@@ -408,11 +408,6 @@ impl ClickHouseSink {
         let scope = RepairScope { topic: topic.to_owned(), partition, accounts: None, from, until: until - 1 };
         self.repair_scope(&scope, &format!("usage-rollups-check:{}:{topic}:{partition}:", self.database())).await
     }
-
-    async fn count(&self, sql: &str) -> Result<u64, SinkError> {
-        let n = self.query_tsv(sql).await?.concat().concat();
-        n.parse().map_err(|e| SinkError::Unexpected(format!("count {n:?}: {e}")))
-    }
 }
 
 #[cfg(test)]

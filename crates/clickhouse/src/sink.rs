@@ -147,6 +147,12 @@ impl ClickHouseSink {
         self.client.query(sql).execute().await.map_err(ch(first_line(sql)))
     }
 
+    /// Runs a query whose answer is one number (`SELECT count() ...`).
+    pub(crate) async fn count(&self, sql: &str) -> Result<u64, SinkError> {
+        let n = self.query_tsv(sql).await?.concat().concat();
+        n.parse().map_err(|e| SinkError::Unexpected(format!("count {n:?}: {e}")))
+    }
+
     /// Runs a query and returns its rows as tab-separated fields (escapes
     /// undone for `\t`, `\n` and `\\`).
     pub async fn query_tsv(&self, sql: &str) -> Result<Vec<Vec<String>>, SinkError> {
