@@ -5,13 +5,13 @@
 //! nothing.
 
 use chrono::{DateTime, Duration as Span, Utc};
-use rust_decimal::Decimal;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use usage_codec::{Decoder, SchemaResolver, ValueFormat};
 use usage_integration_tests::{clickhouse, kafka_settings, repo_root, stored_by_account, unique};
 use usage_kafka::{Outgoing, Producer};
+use usage_model::Amount;
 use usage_pricing::{load_dir, Pricer};
 use usage_stream::{backfill, BackfillError, Pipeline, Processor, Shutdown, StopWhen, StreamConfig, SystemClock};
 
@@ -100,7 +100,7 @@ async fn backfill_reprices_a_closed_month_once_and_only_after_the_new_version() 
     let new_book = Arc::new(load_dir(&cards_with_new_version(), None).unwrap());
     let mut new_pricer = Pricer::new(new_book.clone());
     let mut old_pricer = Pricer::new(old_book);
-    let mut expected: BTreeMap<String, (u32, Decimal)> = BTreeMap::new();
+    let mut expected: BTreeMap<String, (u32, Amount)> = BTreeMap::new();
     let mut changed = 0;
     for e in &events {
         let event = usage_codec::decode_json(e.as_bytes()).unwrap();
@@ -130,11 +130,12 @@ async fn backfill_reprices_a_closed_month_once_and_only_after_the_new_version() 
         assert_eq!(rows.len(), 120, "every event once");
         for r in &rows {
             let (version, cost) = expected[&r[0]];
-            assert_eq!((r[1].parse::<u32>().unwrap(), r[2].parse::<Decimal>().unwrap()), (version, cost), "{}", r[0]);
+            assert_eq!((r[1].parse::<u32>().unwrap(), r[2].parse::<Amount>().unwrap()), (version, cost), "{}", r[0]);
         }
-        let total: Decimal = expected.values().map(|(_, c)| *c).sum();
+        let total = Amount::checked_sum(expected.values().map(|(_, c)| *c)).unwrap();
         for (table, totals) in stored_by_account(&sink).await {
-            let sums = totals.values().fold((0, Decimal::ZERO), |(n, c), (dn, dc)| (n + dn, c + dc));
+            let sums =
+                totals.values().fold((0, Amount::ZERO), |(n, c), (dn, dc)| (n + dn, c.checked_add(*dc).unwrap()));
             assert_eq!(sums, (120, total), "{table}");
         }
         let attributes = sink

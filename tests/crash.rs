@@ -7,8 +7,8 @@
 
 use chrono::{DateTime, Timelike, Utc};
 use rand::{Rng, SeedableRng};
-use rust_decimal::Decimal;
 use std::collections::{BTreeMap, HashSet};
+use usage_model::Amount;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,7 +27,7 @@ const PRODUCE_CHUNK: usize = 2_000;
 const PRODUCE_PAUSE: Duration = Duration::from_millis(1_000);
 
 /// Per (account, hour): (events, cost).
-type Totals = BTreeMap<(String, u32), (u64, Decimal)>;
+type Totals = BTreeMap<(String, u32), (u64, Amount)>;
 
 fn hour_of(t: DateTime<Utc>) -> u32 {
     (t.timestamp() - (t.minute() * 60 + t.second()) as i64) as u32
@@ -86,7 +86,7 @@ fn sigkill_at_random_moments_loses_nothing_and_counts_nothing_twice() {
         let priced = pricer.price(event.clone()).unwrap();
         let entry = expected.entry((event.account_id.clone(), hour_of(event.occurred_at))).or_default();
         entry.0 += 1;
-        entry.1 += priced.cost;
+        entry.1 = entry.1.checked_add(priced.cost).unwrap();
     }
 
     // Produce in the background, slowly enough that data flows through
@@ -162,12 +162,7 @@ fn sigkill_at_random_moments_loses_nothing_and_counts_nothing_twice() {
         rt.block_on(sink.query_tsv(&sql))
             .unwrap()
             .into_iter()
-            .map(|r| {
-                (
-                    (r[0].clone(), r[1].parse().unwrap()),
-                    (r[2].parse().unwrap(), Decimal::from_str_exact(&r[3]).unwrap()),
-                )
-            })
+            .map(|r| ((r[0].clone(), r[1].parse().unwrap()), (r[2].parse().unwrap(), r[3].parse::<Amount>().unwrap())))
             .collect()
     };
     let db = &database;
@@ -184,12 +179,12 @@ fn sigkill_at_random_moments_loses_nothing_and_counts_nothing_twice() {
     assert!(hourly == expected, "cost_by_account_model_hour differs");
 
     // The daily rollups, against the same events by day.
-    let mut expected_daily: BTreeMap<String, (u64, Decimal)> = BTreeMap::new();
+    let mut expected_daily: BTreeMap<String, (u64, Amount)> = BTreeMap::new();
     for ((account, hour), (n, cost)) in &expected {
         let day = DateTime::from_timestamp(*hour as i64, 0).unwrap().date_naive();
         let e = expected_daily.entry(format!("{account}/{day}")).or_default();
         e.0 += n;
-        e.1 += cost;
+        e.1 = e.1.checked_add(*cost).unwrap();
     }
     for (table, extra_key) in
         [("cost_by_account_day", ""), ("cost_by_api_key_day", ", api_key_id"), ("cost_by_project_day", ", project_id")]
@@ -199,9 +194,9 @@ fn sigkill_at_random_moments_loses_nothing_and_counts_nothing_twice() {
                 "SELECT account_id, toString(day), sum(events), toString(sum(cost)) FROM (SELECT account_id, day{extra_key}, sum(events) AS events, sum(cost) AS cost FROM {db}.{table} GROUP BY account_id, day{extra_key}) GROUP BY account_id, day"
             )))
             .unwrap();
-        let got: BTreeMap<String, (u64, Decimal)> = rows
+        let got: BTreeMap<String, (u64, Amount)> = rows
             .into_iter()
-            .map(|r| (format!("{}/{}", r[0], r[1]), (r[2].parse().unwrap(), Decimal::from_str_exact(&r[3]).unwrap())))
+            .map(|r| (format!("{}/{}", r[0], r[1]), (r[2].parse().unwrap(), r[3].parse::<Amount>().unwrap())))
             .collect();
         assert!(got == expected_daily, "{table} differs");
     }

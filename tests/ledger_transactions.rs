@@ -15,12 +15,12 @@
 
 use rdkafka::mocking::MockCluster;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-use rust_decimal::Decimal;
 use std::collections::HashMap;
 use std::time::Duration;
 use usage_integration_tests::send_records;
 use usage_kafka::{read_partition, KafkaSettings, Producer};
 use usage_ledger::{AccountState, EventKind, LedgerEvent, PricedUsage};
+use usage_model::Amount;
 use usage_stream::{Ledger, LedgerConfig, LedgerReport, Shutdown, StopWhen};
 
 const PARTITIONS: i32 = 2;
@@ -87,7 +87,7 @@ async fn transactions_commit_state_events_and_offsets_together_through_failed_co
                 account_id: account.clone(),
                 occurred_at: format!("2026-02-01T00:00:{i:02}Z").parse().unwrap(),
                 currency: "USD".into(),
-                cost: Decimal::ONE,
+                cost: Amount::ONE,
                 origin_topic: "raw".into(),
                 origin_partition: 0,
                 origin_offset: (a * 100 + i) as i64,
@@ -130,7 +130,7 @@ async fn transactions_commit_state_events_and_offsets_together_through_failed_co
             .collect();
         assert_eq!(depleted.len(), 1);
         assert_eq!(depleted[0].triggering_event_id.as_deref(), Some(format!("acct-{a}-e9").as_str()));
-        assert_eq!(depleted[0].balance, Some(Decimal::ZERO));
+        assert_eq!(depleted[0].balance, Some(Amount::ZERO));
     }
     let states = |kafka: &KafkaSettings| -> HashMap<String, AccountState> {
         read_all(kafka, "state")
@@ -143,8 +143,8 @@ async fn transactions_commit_state_events_and_offsets_together_through_failed_co
     assert_eq!(first.len(), ACCOUNTS);
     for s in first.values() {
         assert_eq!(
-            (s.granted, s.used, s.balance(), s.overage),
-            (Decimal::from(10), Decimal::from(12), Decimal::from(-2), Decimal::from(2))
+            (s.granted, s.used, s.balance().unwrap(), s.overage),
+            (Amount::units(10), Amount::units(12), Amount::units(2).neg(), Amount::units(2))
         );
         assert!(s.outbox.is_empty(), "no outbox with transactions: events committed with the state");
     }
@@ -158,7 +158,9 @@ async fn transactions_commit_state_events_and_offsets_together_through_failed_co
     let money = |states: HashMap<String, AccountState>| -> Vec<_> {
         let mut v: Vec<_> = states
             .into_values()
-            .map(|s| (s.account_id.clone(), s.granted, s.used, s.balance(), s.depletion_cycle, s.origins.clone()))
+            .map(|s| {
+                (s.account_id.clone(), s.granted, s.used, s.balance().unwrap(), s.depletion_cycle, s.origins.clone())
+            })
             .collect();
         v.sort();
         v

@@ -126,16 +126,17 @@ pub fn spawn_binary(env: &[(&'static str, String)], args: &[&str], log: &std::pa
 /// Per account: (events, exact cost) of distinct good events of a stream.
 pub fn expected_by_account<'a>(
     events: impl IntoIterator<Item = &'a usage_model::UsageEvent>,
-) -> std::collections::BTreeMap<String, (u64, rust_decimal::Decimal)> {
+) -> std::collections::BTreeMap<String, (u64, usage_model::Amount)> {
     let book = std::sync::Arc::new(usage_pricing::load_dir(&repo_root().join("rate-cards"), None).expect("rate cards"));
     let mut pricer = usage_pricing::Pricer::new(book);
     let mut seen = std::collections::HashSet::new();
-    let mut out: std::collections::BTreeMap<String, (u64, rust_decimal::Decimal)> = Default::default();
+    let mut out: std::collections::BTreeMap<String, (u64, usage_model::Amount)> = Default::default();
     for e in events {
         if seen.insert((e.account_id.clone(), e.event_id.clone())) {
             let entry = out.entry(e.account_id.clone()).or_default();
             entry.0 += 1;
-            entry.1 += pricer.price(e.clone()).expect("priceable").cost;
+            let cost = pricer.price(e.clone()).expect("priceable").cost;
+            entry.1 = entry.1.checked_add(cost).expect("test totals fit an amount");
         }
     }
     out
@@ -145,7 +146,7 @@ pub fn expected_by_account<'a>(
 /// `(table, totals)`, with analysts' queries (no FINAL, no GROUP BY event_id).
 pub async fn stored_by_account(
     sink: &ClickHouseSink,
-) -> Vec<(&'static str, std::collections::BTreeMap<String, (u64, rust_decimal::Decimal)>)> {
+) -> Vec<(&'static str, std::collections::BTreeMap<String, (u64, usage_model::Amount)>)> {
     let mut out = Vec::new();
     for (table, count) in [
         ("priced_events", "count()"),
@@ -199,7 +200,7 @@ pub fn catch_up_stop_and_check(
     rt: &tokio::runtime::Runtime,
     sink: &ClickHouseSink,
     pipeline: &mut std::process::Child,
-    expected: &std::collections::BTreeMap<String, (u64, rust_decimal::Decimal)>,
+    expected: &std::collections::BTreeMap<String, (u64, usage_model::Amount)>,
     log: &std::path::Path,
 ) {
     let n_expected: u64 = expected.values().map(|v| v.0).sum();
@@ -232,10 +233,10 @@ pub async fn check_balances_view(
     let rows = sink.query_tsv(&sql).await.expect("balances view");
     for row in &rows {
         let s = state_of(&row[0]);
-        let d = |i: usize| row[i].parse::<rust_decimal::Decimal>().expect("a decimal");
+        let d = |i: usize| row[i].parse::<usage_model::Amount>().expect("a decimal");
         assert_eq!(
             (d(1), d(2), d(3), d(4)),
-            (s.granted, s.used, s.expired, s.balance()),
+            (s.granted, s.used, s.expired, s.balance().expect("a balance")),
             "ClickHouse balances of {}",
             row[0]
         );

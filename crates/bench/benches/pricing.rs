@@ -26,11 +26,11 @@ fn pricing(c: &mut Criterion) {
             b.iter_batched(
                 || (),
                 |()| {
-                    let mut cost = rust_decimal::Decimal::ZERO;
+                    let mut cost = usage_model::Amount::ZERO;
                     for (offset, payload) in payloads.iter().enumerate() {
                         let event = decoder.decode(payload).expect("valid event");
                         let priced = pricer.price(event).expect("priceable");
-                        cost += priced.cost;
+                        cost = cost.checked_add(priced.cost).expect("bench costs are small");
                         let row = PricedRow::new(priced, "usage.raw", 0, offset as i64).expect("row");
                         black_box(row);
                     }

@@ -15,7 +15,6 @@
 use anyhow::{bail, Context, Result};
 use chrono::Utc;
 use clap::Parser;
-use rust_decimal::Decimal;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -172,7 +171,7 @@ fn idle_ledger(n: usize) -> PartitionLedger {
     }
     let _ = ledger.take_dirty();
     ledger.events_sent();
-    ledger.entries_written();
+    ledger.entries_written(|_| false);
     ledger
 }
 
@@ -199,7 +198,7 @@ fn ledger_throughput(results: &mut BTreeMap<&'static str, f64>) {
                 account_id: format!("acct-{:07}", (i * 7_919) % accounts),
                 occurred_at: base + chrono::Duration::milliseconds(i as i64),
                 currency: "USD".into(),
-                cost: Decimal::new(123_456_789, 12),
+                cost: "0.000123456789".parse().expect("a valid amount"),
                 origin_topic: "usage.raw".into(),
                 origin_partition: 0,
                 origin_offset: i as i64,
@@ -213,7 +212,7 @@ fn ledger_throughput(results: &mut BTreeMap<&'static str, f64>) {
                 // What the loop does per batch.
                 let _ = ledger.take_dirty().len();
                 ledger.events_sent();
-                ledger.entries_written();
+                ledger.entries_written(|_| false);
             }
         }
         results.insert(key, EVENTS as f64 / started.elapsed().as_secs_f64());
@@ -390,13 +389,14 @@ async fn alert_latency(args: &Args, results: &mut BTreeMap<&'static str, f64>) -
         )
     };
     let cost = usage_pricing::Pricer::new(book).price(usage_codec::decode_json(usage(0).as_bytes())?)?.cost;
+    let budget = cost.checked_mul_count(30)?;
     // Every account crosses 50, 80 and 100% of a budget of 30 events.
     let commands: Vec<(Vec<u8>, Vec<u8>)> = (0..ACCOUNTS)
         .map(|a| {
             let account = format!("lat-{a:05}");
             let json = format!(
                 r#"{{"type":"account_settings","account_id":"{account}","effective_from":"2026-01-01T00:00:00Z","billing_mode":"postpaid","currency":"USD","monthly_budget":"{}"}}"#,
-                cost * Decimal::from(30)
+                budget
             );
             (account.into_bytes(), json.into_bytes())
         })

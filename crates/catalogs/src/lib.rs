@@ -49,9 +49,29 @@ pub(crate) fn exact_decimal(text: &str) -> Result<rust_decimal::Decimal, String>
     Ok(d.normalize())
 }
 
+/// `a × b`, exactly, or `None`: `rust_decimal` rounds a product that needs
+/// more than 28 places or 96 bits, and a catalog price must not be rounded.
+pub(crate) fn exact_mul(a: rust_decimal::Decimal, b: rust_decimal::Decimal) -> Option<rust_decimal::Decimal> {
+    let scale = a.scale() + b.scale();
+    match a.checked_mul(b) {
+        // The product keeps the sum of the scales unless it was rounded;
+        // zero may come back with any scale.
+        Some(p) if p.scale() == scale || (p.is_zero() && scale <= 28) => Some(p),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::exact_decimal;
+    use super::{exact_decimal, exact_mul};
+
+    #[test]
+    fn exact_mul_refuses_to_round() {
+        let d = |s: &str| s.parse::<rust_decimal::Decimal>().unwrap();
+        assert_eq!(exact_mul(d("0.0000025"), d("1234567")), Some(d("3.0864175")));
+        assert_eq!(exact_mul(d("0.00000000000001"), d("0.000000000000001")), None);
+        assert_eq!(exact_mul(rust_decimal::Decimal::MAX, d("2")), None);
+    }
 
     #[test]
     fn json_numbers_become_exact_decimals_by_their_text() {

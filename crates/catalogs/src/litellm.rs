@@ -161,7 +161,7 @@ pub fn import(json: &str, options: &ImportOptions) -> Result<(VersionOut, Import
             if value.is_null() {
                 continue;
             }
-            let Some(price) = shortest_decimal(value).and_then(|p| usage_model::exact_mul(p, parts.scale).ok()) else {
+            let Some(price) = shortest_decimal(value).and_then(|p| crate::exact_mul(p, parts.scale)) else {
                 report.note(format!("cost key `{field}` with a value that is not a non-negative number"), key.clone());
                 continue;
             };

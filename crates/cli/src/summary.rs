@@ -2,9 +2,8 @@
 //! ClickHouse holds for the offsets it consumed, side by side.
 
 use anyhow::Result;
-use rust_decimal::Decimal;
 use usage_clickhouse::{ClickHouseSink, OffsetRanges};
-use usage_model::Currency;
+use usage_model::{Amount, Currency};
 use usage_stream::RunReport;
 
 const TOP_N: usize = 10;
@@ -12,7 +11,7 @@ const TOP_N: usize = 10;
 /// Prints the summary; returns whether the numbers agree.
 pub async fn print_run_summary(report: &RunReport, sink: &ClickHouseSink) -> Result<bool> {
     let dead = report.dead_lettered_total();
-    let own_cost = report.cost().map_or_else(|| "(too large to sum exactly)".to_owned(), |c| c.normalize().to_string());
+    let own_cost = report.cost.map_or_else(|| "(too large to sum exactly)".to_owned(), |c| c.to_string());
     println!();
     println!("== usage-pipeline run summary ==");
     println!("{:<28}{:>10}", "events in", report.consumed);
@@ -48,12 +47,12 @@ pub async fn print_run_summary(report: &RunReport, sink: &ClickHouseSink) -> Res
         report.offsets.iter().map(|((t, p), (first, next))| (t.clone(), *p, *first, *next)).collect();
     let condition = OffsetRanges(&ranges).sql_condition();
     let totals = sink.totals(&condition).await?;
-    let ch_cost = Decimal::from_str_exact(&totals.cost).ok();
-    let shown_cost = ch_cost.map_or(totals.cost.clone(), |c| c.normalize().to_string());
+    let ch_cost = totals.cost.parse::<Amount>().ok();
+    let shown_cost = ch_cost.map_or(totals.cost.clone(), |c| c.to_string());
     if report.skipped == 0 && report.handed_over == 0 {
         // Every row of these offsets was inserted by this run: they must
         // be exactly the rows it priced.
-        let cost_matches = ch_cost.is_some() && ch_cost == report.cost();
+        let cost_matches = ch_cost.is_some() && ch_cost == report.cost;
         let rows_match = totals.rows == report.priced;
         println!(
             "ClickHouse {} (rows from the offsets consumed): {} rows, sum(cost) {shown_cost}  {}",
@@ -74,7 +73,7 @@ pub async fn print_run_summary(report: &RunReport, sink: &ClickHouseSink) -> Res
     for (title, column) in [("cost by account", "account_id"), ("cost by model", "matched_model")] {
         println!("{title} (top {TOP_N}, from ClickHouse):");
         for line in sink.cost_by(column, &condition, TOP_N).await? {
-            let cost = match (Decimal::from_str_exact(&line.cost), line.currency.parse::<Currency>()) {
+            let cost = match (line.cost.parse::<Amount>(), line.currency.parse::<Currency>()) {
                 (Ok(c), Ok(currency)) => usage_model::round_for_display(c, currency).to_string(),
                 _ => line.cost.clone(),
             };

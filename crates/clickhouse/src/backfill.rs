@@ -6,9 +6,9 @@
 //! added to.
 
 use crate::rollups::ROLLUPS;
-use crate::row::{i128_to_decimal, PricedRow};
+use crate::row::PricedRow;
 use crate::sink::{ClickHouseSink, SinkError};
-use rust_decimal::Decimal;
+use usage_model::Amount;
 
 /// One stored row's usage, as needed to price it again.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,7 +29,7 @@ pub struct StoredUsage {
     pub kafka_partition: i32,
     pub kafka_offset: i64,
     pub rate_card_version: u32,
-    pub cost: Decimal,
+    pub cost: Amount,
 }
 
 /// Rows per staging INSERT.
@@ -201,7 +201,7 @@ impl ClickHouseSink {
     }
 
     /// Sum of `cost` over the month's rows, exact.
-    pub async fn month_cost(&self, table_suffix: Option<&str>, month: u32) -> Result<Decimal, SinkError> {
+    pub async fn month_cost(&self, table_suffix: Option<&str>, month: u32) -> Result<Amount, SinkError> {
         let table = match table_suffix {
             Some(s) => format!("priced_events_{s}"),
             None => "priced_events".to_owned(),
@@ -242,11 +242,6 @@ fn parse_hex_list(text: &str) -> Result<Vec<String>, SinkError> {
             String::from_utf8(bytes).map_err(|_| bad())
         })
         .collect()
-}
-
-/// The cost of a row, exact.
-pub fn row_cost(row: &PricedRow) -> Decimal {
-    i128_to_decimal(row.cost).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -23,9 +23,9 @@ mod rollups;
 mod row;
 mod sink;
 
-pub use backfill::{row_cost, StoredUsage};
+pub use backfill::StoredUsage;
 pub use migrations::MIGRATIONS;
 pub use reports::{quote, CostBy, OffsetRanges, Totals};
 pub use rollups::{RepairReport, Rollup, RollupMismatch, ROLLUPS};
-pub use row::{decimal_to_i128, i128_to_decimal, LedgerEntryRow, PricedRow, DECIMAL_SCALE};
+pub use row::{datetime, DateTimeRangeError, LedgerEntryRow, PricedRow, DECIMAL_SCALE};
 pub use sink::{ClickHouseSettings, ClickHouseSink, SinkError, StoredPositions};

@@ -1,13 +1,21 @@
 //! A priced event as a row of `priced_events`, in RowBinary.
 
 use clickhouse::Row;
-use rust_decimal::Decimal;
-use serde::Serialize;
-use usage_model::{PricedEvent, Unit};
+use serde::{Serialize, Serializer};
+use usage_model::{Amount, PricedEvent, RejectReason, Rejection, Unit};
 
-/// Scale of every `Decimal(38, 24)` column: 24 decimal places hold every
-/// unit price a rate card accepts, and leave 14 integer digits.
-pub const DECIMAL_SCALE: u32 = 24;
+/// Scale of every `Decimal(38, 24)` column: an [`Amount`]'s own scale, so a
+/// column value is the amount's scaled integer, and writing one cannot fail.
+pub const DECIMAL_SCALE: u32 = usage_model::AMOUNT_SCALE;
+
+/// An amount as a `Decimal(38, 24)` in RowBinary: its scaled `i128`.
+fn decimal128<S: Serializer>(amount: &Amount, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_i128(amount.scaled())
+}
+
+fn decimal128_array<S: Serializer>(amounts: &[Amount], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(amounts.iter().map(|a| a.scaled()))
+}
 
 /// Field order is column order of the RowBinary INSERT; names are columns.
 #[derive(Debug, Row, Serialize)]
@@ -32,18 +40,18 @@ pub struct PricedRow {
     pub cache_read_tokens: u64,
     pub cache_write_tokens: u64,
     pub output_tokens: u64,
-    /// `Decimal(38, 24)` as its scaled integer.
-    pub cost: i128,
+    #[serde(serialize_with = "decimal128")]
+    pub cost: Amount,
     #[serde(rename = "lines.unit")]
     pub line_units: Vec<&'static str>,
     #[serde(rename = "lines.quantity")]
     pub line_quantities: Vec<u64>,
     #[serde(rename = "lines.priced_quantity")]
     pub line_priced_quantities: Vec<u64>,
-    #[serde(rename = "lines.unit_price")]
-    pub line_unit_prices: Vec<i128>,
-    #[serde(rename = "lines.cost")]
-    pub line_costs: Vec<i128>,
+    #[serde(rename = "lines.unit_price", serialize_with = "decimal128_array")]
+    pub line_unit_prices: Vec<Amount>,
+    #[serde(rename = "lines.cost", serialize_with = "decimal128_array")]
+    pub line_costs: Vec<Amount>,
     #[serde(rename = "attributes.key")]
     pub attribute_keys: Vec<String>,
     #[serde(rename = "attributes.value")]
@@ -58,34 +66,23 @@ pub struct PricedRow {
     pub usage_quantities: Vec<u64>,
 }
 
-/// A decimal as the scaled integer of `Decimal(38, 24)`, or `None` when it
-/// has more than 24 decimal places (it would need rounding).
-pub fn decimal_to_i128(d: Decimal) -> Option<i128> {
-    let scale = d.scale();
-    if scale > DECIMAL_SCALE {
-        return None;
-    }
-    d.mantissa().checked_mul(10i128.pow(DECIMAL_SCALE - scale))
-}
-
-pub fn i128_to_decimal(v: i128) -> Option<Decimal> {
-    Decimal::try_from_i128_with_scale(v, DECIMAL_SCALE).ok()
-}
-
 impl PricedRow {
     /// The row for a priced event read from `topic`/`partition`/`offset`,
-    /// taking its strings (no copies on the hot path). `None` if an amount
-    /// has more than 24 decimal places, which rate-card validation rules out.
-    pub fn new(p: PricedEvent, topic: &str, partition: i32, offset: i64) -> Option<Self> {
-        let mut line_unit_prices = Vec::with_capacity(p.lines.len());
-        let mut line_costs = Vec::with_capacity(p.lines.len());
-        for l in &p.lines {
-            line_unit_prices.push(decimal_to_i128(l.unit_price)?);
-            line_costs.push(decimal_to_i128(l.cost)?);
-        }
+    /// taking its strings (no copies on the hot path). Refused only when
+    /// `occurred_at` is outside `DateTime`'s range (1970 to 2106), which the
+    /// event limits rule out.
+    pub fn new(p: PricedEvent, topic: &str, partition: i32, offset: i64) -> Result<Self, Rejection> {
+        let occurred_at = datetime(p.event.occurred_at.timestamp()).ok_or_else(|| {
+            Rejection::new(
+                RejectReason::TimestampOutOfRange,
+                format!("occurred_at {} is outside ClickHouse's DateTime range", p.event.occurred_at.to_rfc3339()),
+            )
+        })?;
+        let line_unit_prices = p.lines.iter().map(|l| l.unit_price).collect();
+        let line_costs = p.lines.iter().map(|l| l.cost).collect();
         let e = p.event;
         let (attribute_keys, attribute_values) = e.attributes.into_iter().unzip();
-        Some(Self {
+        Ok(Self {
             input_tokens: e.usage.count(Unit::INPUT_TOKENS),
             cache_read_tokens: e.usage.count(Unit::CACHE_READ_TOKENS),
             cache_write_tokens: e.usage.count(Unit::CACHE_WRITE_TOKENS),
@@ -103,9 +100,9 @@ impl PricedRow {
             rate_card: p.rate_card,
             rate_card_version: p.rate_card_version,
             contract_version: p.contract_version.unwrap_or(0),
-            occurred_at: u32::try_from(e.occurred_at.timestamp()).ok()?,
+            occurred_at,
             currency: p.currency.as_str().to_owned(),
-            cost: decimal_to_i128(p.cost)?,
+            cost: p.cost,
             line_units: p.lines.iter().map(|l| l.unit.key()).collect(),
             line_quantities: p.lines.iter().map(|l| l.quantity).collect(),
             line_priced_quantities: p.lines.iter().map(|l| l.priced_quantity).collect(),
@@ -120,19 +117,16 @@ impl PricedRow {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn decimals_scale_to_24_places_exactly() {
-        let d = |s: &str| s.parse::<Decimal>().unwrap();
-        assert_eq!(decimal_to_i128(d("1.5")), Some(15 * 10i128.pow(23)));
-        assert_eq!(decimal_to_i128(d("0.000000000000000000000001")), Some(1));
-        assert_eq!(decimal_to_i128(d("0.0000000000000000000000001")), None);
-        assert_eq!(i128_to_decimal(15 * 10i128.pow(23)).unwrap(), d("1.5"));
-    }
+/// Seconds since the epoch as ClickHouse's `DateTime` (a `UInt32`: from
+/// 1970 to 2106-02-07).
+pub fn datetime(epoch_seconds: i64) -> Option<u32> {
+    u32::try_from(epoch_seconds).ok()
 }
+
+/// An instant ClickHouse's `DateTime` cannot hold.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0} is outside ClickHouse's DateTime range (1970-01-01 to 2106-02-07)")]
+pub struct DateTimeRangeError(pub String);
 
 /// A ledger entry as a row of `ledger_entries`.
 #[derive(Debug, Row, Serialize)]
@@ -140,24 +134,24 @@ pub struct LedgerEntryRow {
     pub entry_id: String,
     pub account_id: String,
     pub kind: &'static str,
-    /// `Decimal(38, 24)` as its scaled integer.
-    pub amount: i128,
+    #[serde(serialize_with = "decimal128")]
+    pub amount: Amount,
     pub currency: String,
     pub at: u32,
     pub reference: String,
 }
 
 impl LedgerEntryRow {
-    /// `None` if the amount has more than 24 places or the instant is
-    /// outside `DateTime`'s range.
-    pub fn new(e: &usage_ledger::LedgerEntry) -> Option<Self> {
-        Some(Self {
+    /// Refused only if the instant is outside `DateTime`'s range (the
+    /// ledger refuses commands and usage whose instants are).
+    pub fn new(e: &usage_ledger::LedgerEntry) -> Result<Self, DateTimeRangeError> {
+        Ok(Self {
             entry_id: e.entry_id.clone(),
             account_id: e.account_id.clone(),
             kind: e.kind.as_str(),
-            amount: decimal_to_i128(e.amount)?,
-            currency: e.currency.clone(),
-            at: u32::try_from(e.at.timestamp()).ok()?,
+            amount: e.amount,
+            currency: e.currency.to_string(),
+            at: datetime(e.at.timestamp()).ok_or_else(|| DateTimeRangeError(e.at.to_rfc3339()))?,
             reference: e.reference.clone(),
         })
     }

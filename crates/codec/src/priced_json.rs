@@ -45,7 +45,7 @@ pub fn priced_to_json(p: &PricedEvent) -> String {
         rate_card_version: p.rate_card_version,
         contract_version: p.contract_version,
         currency: p.currency.as_str(),
-        cost: p.cost.normalize().to_string(),
+        cost: p.cost.to_string(),
         lines: p
             .lines
             .iter()
@@ -53,8 +53,8 @@ pub fn priced_to_json(p: &PricedEvent) -> String {
                 unit: l.unit.key(),
                 quantity: l.quantity,
                 priced_quantity: l.priced_quantity,
-                unit_price: l.unit_price.normalize().to_string(),
-                cost: l.cost.normalize().to_string(),
+                unit_price: l.unit_price.to_string(),
+                cost: l.cost.to_string(),
             })
             .collect(),
     };

@@ -9,12 +9,15 @@
 //! - every account's spend is kept per calendar month of its time zone and
 //!   compared with its budget.
 
-use crate::input::{AccountSettings, AutoReloadFailed, BillingMode, CreditGrant, GrantKind, PricedUsage};
+use crate::input::{
+    AccountSettings, AutoReloadFailed, BillingMode, CreditGrant, GrantKind, PricedUsage, ACCOUNT_TOTAL_MAX,
+};
 use crate::output::{Effects, EntryKind, EventKind, LedgerEntry, LedgerEvent};
 use chrono::{DateTime, Datelike, Duration, Timelike, Utc};
-use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
+use std::cmp::Ordering;
 use thin_vec::ThinVec;
+use usage_model::Amount;
 
 /// Settings versions kept per account (older ones price nothing new).
 const SETTINGS_KEPT: usize = 4;
@@ -34,8 +37,8 @@ pub struct GrantState {
     pub priority: u32,
     pub granted_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
-    pub amount: Decimal,
-    pub remaining: Decimal,
+    pub amount: Amount,
+    pub remaining: Amount,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,10 +46,10 @@ pub struct PeriodSpend {
     /// `year * 100 + month` in the account's time zone.
     pub period: u32,
     /// What the account is charged this month: usage less the allowance.
-    pub spend: Decimal,
+    pub spend: Amount,
     /// The part of the monthly allowance used so far.
-    #[serde(default, skip_serializing_if = "Decimal::is_zero")]
-    pub allowance_used: Decimal,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub allowance_used: Amount,
     /// Threshold percentages already announced for this period.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub announced: Vec<u32>,
@@ -73,8 +76,8 @@ impl PeriodSpend {
 pub struct BurnRate {
     /// Hours since the epoch of `this_hour`.
     pub hour: i64,
-    pub this_hour: Decimal,
-    pub previous_hour: Decimal,
+    pub this_hour: Amount,
+    pub previous_hour: Amount,
 }
 
 /// An account's whole ledger state: what the changelog stores.
@@ -90,16 +93,16 @@ pub struct AccountState {
     pub grants: ThinVec<GrantState>,
     #[serde(default, skip_serializing_if = "ThinVec::is_empty")]
     pub spent_grant_ids: ThinVec<String>,
-    pub overage: Decimal,
-    pub granted: Decimal,
+    pub overage: Amount,
+    pub granted: Amount,
     /// Prepaid usage charged (costs less allowances), exact.
-    pub used: Decimal,
+    pub used: Amount,
     /// Usage that monthly allowances (money and tokens) made free, exact
     /// (every billing mode):
     /// Σ priced cost = charged + this.
     #[serde(default)]
-    pub allowance_applied: Decimal,
-    pub expired: Decimal,
+    pub allowance_applied: Amount,
+    pub expired: Amount,
     #[serde(default, skip_serializing_if = "ThinVec::is_empty")]
     pub periods: ThinVec<PeriodSpend>,
     pub depleted: bool,
@@ -130,26 +133,44 @@ pub struct AccountState {
     pub pending_entries: ThinVec<LedgerEntry>,
 }
 
+fn is_zero(a: &Amount) -> bool {
+    a.is_zero()
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum LedgerError {
     #[error("usage in {usage} cannot be charged to account {account} billed in {account_currency}")]
     CurrencyMismatch { account: String, usage: String, account_currency: String },
-    #[error("amount overflow on account {0}")]
-    Overflow(String),
+    #[error("account {account}: {detail} would pass the largest account total, {ACCOUNT_TOTAL_MAX}")]
+    Overflow { account: String, detail: String },
+    #[error("priced usage refused: {0}")]
+    InvalidUsage(String),
 }
 
 impl LedgerError {
     pub fn code(&self) -> &'static str {
         match self {
             LedgerError::CurrencyMismatch { .. } => "currency_mismatch",
-            LedgerError::Overflow(_) => "ledger_overflow",
+            LedgerError::Overflow { .. } => "ledger_overflow",
+            LedgerError::InvalidUsage(_) => "invalid_priced_usage",
         }
     }
 }
 
-/// `a + b`, exactly, or an error (never a silent rounding).
-fn add(a: Decimal, b: Decimal, account: &str) -> Result<Decimal, LedgerError> {
-    usage_model::exact_add(a, b).map_err(|_| LedgerError::Overflow(account.to_owned()))
+/// `total + more`, if the sum stays within [`ACCOUNT_TOTAL_MAX`]. Totals
+/// and what is added to them are never negative, and the checks before an
+/// input is applied keep every total within the bound: these sums cannot
+/// fail once an input is accepted (the error is for a broken invariant).
+fn add(total: Amount, more: Amount, account: &str) -> Result<Amount, LedgerError> {
+    match total.checked_add(more) {
+        Ok(sum) if sum <= ACCOUNT_TOTAL_MAX => Ok(sum),
+        _ => Err(LedgerError::Overflow { account: account.to_owned(), detail: format!("{total} + {more}") }),
+    }
+}
+
+/// `a − b` for amounts within the account totals' bound.
+fn sub(a: Amount, b: Amount, account: &str) -> Result<Amount, LedgerError> {
+    a.checked_sub(b).map_err(|_| LedgerError::Overflow { account: account.to_owned(), detail: format!("{a} − {b}") })
 }
 
 impl AccountState {
@@ -160,11 +181,11 @@ impl AccountState {
             settings: ThinVec::new(),
             grants: ThinVec::new(),
             spent_grant_ids: ThinVec::new(),
-            overage: Decimal::ZERO,
-            granted: Decimal::ZERO,
-            used: Decimal::ZERO,
-            allowance_applied: Decimal::ZERO,
-            expired: Decimal::ZERO,
+            overage: Amount::ZERO,
+            granted: Amount::ZERO,
+            used: Amount::ZERO,
+            allowance_applied: Amount::ZERO,
+            expired: Amount::ZERO,
             periods: ThinVec::new(),
             depleted: false,
             depletion_cycle: 1,
@@ -183,8 +204,12 @@ impl AccountState {
     }
 
     /// Σ grant remainders − overage; equals granted − used − expired.
-    pub fn balance(&self) -> Decimal {
-        self.grants.iter().map(|g| g.remaining).sum::<Decimal>() - self.overage
+    /// Within range whenever the totals are (each part is at most one).
+    pub fn balance(&self) -> Result<Amount, LedgerError> {
+        let overflow = |detail: &str| LedgerError::Overflow { account: self.account_id.clone(), detail: detail.into() };
+        let remaining =
+            Amount::checked_sum(self.grants.iter().map(|g| g.remaining)).map_err(|_| overflow("the grants' sum"))?;
+        remaining.checked_sub(self.overage).map_err(|_| overflow("the balance"))
     }
 
     /// The settings in force at `at`, if any were ever given.
@@ -200,12 +225,9 @@ impl AccountState {
         }
     }
 
-    /// Takes `currency` as the account's if it has none; refuses another.
-    fn check_currency(&mut self, currency: &str) -> Result<(), LedgerError> {
-        if self.currency.is_empty() {
-            self.currency = currency.to_owned();
-        }
-        if self.currency == currency {
+    /// Refuses a currency other than the account's (if it has one yet).
+    fn check_currency(&self, currency: &str) -> Result<(), LedgerError> {
+        if self.currency.is_empty() || self.currency == currency {
             Ok(())
         } else {
             Err(LedgerError::CurrencyMismatch {
@@ -216,8 +238,37 @@ impl AccountState {
         }
     }
 
-    pub fn spend_in(&self, period: u32) -> Decimal {
-        self.periods.iter().find(|p| p.period == period).map(|p| p.spend).unwrap_or_default()
+    /// Takes `currency` as the account's if it has none (checked first).
+    fn adopt_currency(&mut self, currency: &str) {
+        if self.currency.is_empty() {
+            self.currency = currency.to_owned();
+        }
+    }
+
+    /// Refuses usage that would take a total of the account past
+    /// [`ACCOUNT_TOTAL_MAX`], before anything changes: every total it
+    /// adds to grows by at most its cost (expiries only move what grants
+    /// already count, and overage is part of what is used).
+    fn check_headroom(&self, usage: &PricedUsage) -> Result<(), LedgerError> {
+        let spend = self.spend_in(self.period_of(usage.occurred_at));
+        let burn = self.burn.this_hour.max(self.burn.previous_hour);
+        for (name, total) in [
+            ("used", self.used),
+            ("overage", self.overage),
+            ("allowances applied", self.allowance_applied),
+            ("this month's spend", spend),
+            ("the hour's spend", burn),
+        ] {
+            add(total, usage.cost, &self.account_id).map_err(|_| LedgerError::Overflow {
+                account: self.account_id.clone(),
+                detail: format!("{name} {total} + usage {} of {}", usage.cost, usage.event_id),
+            })?;
+        }
+        Ok(())
+    }
+
+    pub fn spend_in(&self, period: u32) -> Amount {
+        self.periods.iter().find(|p| p.period == period).map_or(Amount::ZERO, |p| p.spend)
     }
 
     /// The period of `at` in the account's time zone (as of `at`).
@@ -262,17 +313,20 @@ impl AccountState {
     }
 
     pub fn apply_grant(&mut self, grant: &CreditGrant) -> Result<Effects, LedgerError> {
-        let mut effects = self.expire_until(grant.granted_at)?;
         let known =
             self.grants.iter().any(|g| g.grant_id == grant.grant_id) || self.spent_grant_ids.contains(&grant.grant_id);
         if known {
-            return Ok(effects);
+            return self.expire_until(grant.granted_at);
         }
+        // Refused before anything changes (expiries included).
         self.check_currency(&grant.currency)?;
-        self.granted = add(self.granted, grant.amount, &self.account_id)?;
+        let granted = add(self.granted, grant.amount, &self.account_id)?;
+        let mut effects = self.expire_until(grant.granted_at)?;
+        self.adopt_currency(&grant.currency);
+        self.granted = granted;
         let paid_off = grant.amount.min(self.overage);
-        self.overage -= paid_off;
-        let remaining = grant.amount - paid_off;
+        self.overage = sub(self.overage, paid_off, &self.account_id)?;
+        let remaining = sub(grant.amount, paid_off, &self.account_id)?;
         let state = GrantState {
             grant_id: grant.grant_id.clone(),
             kind: grant.kind,
@@ -282,7 +336,7 @@ impl AccountState {
             amount: grant.amount,
             remaining,
         };
-        if remaining > Decimal::ZERO {
+        if remaining > Amount::ZERO {
             let key = burn_order(&state);
             let at = self.grants.partition_point(|g| burn_order(g) < key);
             self.grants.insert(at, state);
@@ -302,7 +356,7 @@ impl AccountState {
         if grant.reload_key.is_some() && grant.reload_key == self.reload_open {
             self.reload_open = None;
         }
-        let balance = self.balance();
+        let balance = self.balance()?;
         let settings = self.settings_at(grant.granted_at).cloned();
         if let Some(reload) = settings.as_ref().and_then(|s| s.auto_reload.as_ref()) {
             if balance >= reload.threshold {
@@ -313,7 +367,7 @@ impl AccountState {
             self.runway_announced = false;
             self.runway_cycle += 1;
         }
-        if self.depleted && balance > Decimal::ZERO {
+        if self.depleted && balance > Amount::ZERO {
             self.depleted = false;
             let mut event = self.event(EventKind::BalanceRestored, &self.depletion_cycle.to_string(), grant.granted_at);
             event.balance = Some(balance);
@@ -334,7 +388,11 @@ impl AccountState {
 
     pub fn apply_usage(&mut self, usage: &PricedUsage) -> Result<Effects, LedgerError> {
         let at = usage.occurred_at;
+        // Refused before anything changes (expiries included).
+        usage.validate().map_err(|e| LedgerError::InvalidUsage(e.to_string()))?;
         self.check_currency(&usage.currency)?;
+        self.check_headroom(usage)?;
+        self.adopt_currency(&usage.currency);
         let mut effects = self.expire_until(at)?;
         let charged = self.add_spend(usage, &mut effects)?;
         match self.mode_at(at) {
@@ -343,8 +401,8 @@ impl AccountState {
                 let mut rest = charged;
                 for grant in &mut self.grants {
                     let burnt = rest.min(grant.remaining);
-                    grant.remaining = add(grant.remaining, -burnt, &self.account_id)?;
-                    rest = add(rest, -burnt, &self.account_id)?;
+                    grant.remaining = sub(grant.remaining, burnt, &self.account_id)?;
+                    rest = sub(rest, burnt, &self.account_id)?;
                     if rest.is_zero() {
                         break;
                     }
@@ -355,20 +413,20 @@ impl AccountState {
                     entry_id: format!("usage:{}", usage.event_id),
                     account_id: self.account_id.clone(),
                     kind: EntryKind::Usage,
-                    amount: -charged,
+                    amount: charged.neg(),
                     currency: usage.currency.clone(),
                     at,
                     reference: usage.event_id.clone(),
                 });
-                self.track_burn(at, charged);
-                self.after_balance_fell(at, Some(&usage.event_id), &mut effects);
+                self.track_burn(at, charged)?;
+                self.after_balance_fell(at, Some(&usage.event_id), &mut effects)?;
             }
             BillingMode::Postpaid => {
                 // Switched from prepaid: the gateway may serve it again.
                 if self.depleted {
                     self.depleted = false;
                     let mut event = self.event(EventKind::BalanceRestored, &self.depletion_cycle.to_string(), at);
-                    event.balance = Some(self.balance());
+                    event.balance = Some(self.balance()?);
                     event.triggering_event_id = Some(usage.event_id.clone());
                     self.depletion_cycle += 1;
                     effects.events.push(event);
@@ -394,7 +452,7 @@ impl AccountState {
                 entry_id: format!("expiry:{}", grant.grant_id),
                 account_id: self.account_id.clone(),
                 kind: EntryKind::Expiry,
-                amount: -grant.remaining,
+                amount: grant.remaining.neg(),
                 currency: self.currency.clone(),
                 at: grant.expires_at,
                 reference: grant.grant_id.clone(),
@@ -408,12 +466,12 @@ impl AccountState {
         kept.shrink_to_fit();
         self.grants = kept;
         if expired_any {
-            let balance = self.balance();
+            let balance = self.balance()?;
             for event in &mut effects.events {
                 event.balance = Some(balance);
             }
             let at = effects.events.iter().map(|e| e.at).max().unwrap_or(now);
-            self.after_balance_fell(at, None, &mut effects);
+            self.after_balance_fell(at, None, &mut effects)?;
         }
         Ok(effects)
     }
@@ -425,7 +483,7 @@ impl AccountState {
 
     /// Adds usage to its month: the allowance first, then the spend, then
     /// the budget thresholds. Returns what is charged (cost less allowance).
-    fn add_spend(&mut self, usage: &PricedUsage, effects: &mut Effects) -> Result<Decimal, LedgerError> {
+    fn add_spend(&mut self, usage: &PricedUsage, effects: &mut Effects) -> Result<Amount, LedgerError> {
         let period = self.period_of(usage.occurred_at);
         let idx = match self.periods.iter().position(|p| p.period == period) {
             Some(i) => i,
@@ -437,8 +495,8 @@ impl AccountState {
                 }
                 self.periods.push(PeriodSpend {
                     period,
-                    spend: Decimal::ZERO,
-                    allowance_used: Decimal::ZERO,
+                    spend: Amount::ZERO,
+                    allowance_used: Amount::ZERO,
                     announced: Vec::new(),
                     tokens_free_used: ThinVec::new(),
                 });
@@ -452,17 +510,17 @@ impl AccountState {
         };
         let (allowance, token_allowances, budget, mut thresholds) = match self.settings_at(usage.occurred_at) {
             Some(s) => (
-                s.monthly_allowance.unwrap_or_default(),
+                s.monthly_allowance.unwrap_or(Amount::ZERO),
                 s.monthly_token_allowances.clone(),
                 s.monthly_budget,
                 // Only read with a budget: no copy per usage otherwise.
                 if s.monthly_budget.is_some() { s.alert_thresholds.clone() } else { Vec::new() },
             ),
-            None => (Decimal::ZERO, ThinVec::new(), None, Vec::new()),
+            None => (Amount::ZERO, ThinVec::new(), None, Vec::new()),
         };
         // Free tokens first, unit by unit, valued at this event's prices;
         // then the money allowance on what is left.
-        let mut tokens_free = Decimal::ZERO;
+        let mut tokens_free = Amount::ZERO;
         for a in &token_allowances {
             let remaining = a.quantity.saturating_sub(self.periods[idx].tokens_used(&a.unit));
             let Some(line) = usage.lines.iter().find(|l| l.unit == a.unit) else { continue };
@@ -470,17 +528,19 @@ impl AccountState {
             if quantity == 0 {
                 continue;
             }
-            let value = usage_model::exact_mul(Decimal::from(quantity), line.unit_price)
-                .map_err(|_| LedgerError::Overflow(self.account_id.clone()))?;
-            tokens_free = add(tokens_free, value, &self.account_id)?;
+            // Capped at the event's cost (below): a value past it, or past
+            // the range, frees the whole cost.
+            let value = line.unit_price.checked_mul_count(quantity).unwrap_or(Amount::MAX).min(usage.cost);
+            tokens_free = tokens_free.checked_add(value).unwrap_or(Amount::MAX).min(usage.cost);
             self.periods[idx].use_tokens(&a.unit, quantity);
         }
         // Lines never cost more than the event; a record whose lines do
         // is not trusted beyond its cost.
         let tokens_free = tokens_free.min(usage.cost);
-        let after_tokens = add(usage.cost, -tokens_free, &self.account_id)?;
-        let money_free = after_tokens.min((allowance - self.periods[idx].allowance_used).max(Decimal::ZERO));
-        let charged = add(after_tokens, -money_free, &self.account_id)?;
+        let after_tokens = sub(usage.cost, tokens_free, &self.account_id)?;
+        let allowance_left = sub(allowance, self.periods[idx].allowance_used, &self.account_id)?.max(Amount::ZERO);
+        let money_free = after_tokens.min(allowance_left);
+        let charged = sub(after_tokens, money_free, &self.account_id)?;
         if !money_free.is_zero() {
             self.periods[idx].allowance_used = add(self.periods[idx].allowance_used, money_free, &self.account_id)?;
         }
@@ -493,8 +553,8 @@ impl AccountState {
         let Some(budget) = budget else { return Ok(charged) };
         thresholds.sort_unstable();
         for pct in thresholds {
-            // spend ≥ budget × pct / 100, without a division.
-            let reached = spend * Decimal::from(100) >= budget * Decimal::from(pct);
+            // spend ≥ budget × pct / 100, exactly, without a division.
+            let reached = spend.cmp_scaled_by(100, budget, pct) != Ordering::Less;
             if !reached || self.periods[idx].announced.contains(&pct) {
                 continue;
             }
@@ -512,12 +572,17 @@ impl AccountState {
     }
 
     /// After usage or an expiry: depletion, auto-reload, runway.
-    fn after_balance_fell(&mut self, at: DateTime<Utc>, trigger: Option<&str>, effects: &mut Effects) {
+    fn after_balance_fell(
+        &mut self,
+        at: DateTime<Utc>,
+        trigger: Option<&str>,
+        effects: &mut Effects,
+    ) -> Result<(), LedgerError> {
         if self.mode_at(at) != BillingMode::Prepaid {
-            return;
+            return Ok(());
         }
-        let balance = self.balance();
-        if !self.depleted && balance <= Decimal::ZERO {
+        let balance = self.balance()?;
+        if !self.depleted && balance <= Amount::ZERO {
             self.depleted = true;
             let mut event = self.event(EventKind::BalanceDepleted, &self.depletion_cycle.to_string(), at);
             event.balance = Some(balance);
@@ -530,11 +595,14 @@ impl AccountState {
             if self.reload_open.is_none() && !self.reload_suppressed && balance < reload.threshold {
                 self.reload_cycle += 1;
                 let key = format!("{}/reload/{}", self.account_id, self.reload_cycle);
-                // One reload covers the whole shortfall, overage included.
+                // One reload covers the whole shortfall, overage included:
+                // settings ≤ COMMAND_AMOUNT_MAX and |balance| ≤ the totals'
+                // bound keep it an amount.
                 let amount = match (reload.target_balance, reload.amount) {
-                    (Some(target), _) => target - balance,
-                    (None, Some(amount)) => amount.max(reload.threshold - balance),
-                    (None, None) => unreachable!("validated: amount or target_balance"),
+                    (Some(target), _) => sub(target, balance, &self.account_id)?,
+                    (None, Some(amount)) => amount.max(sub(reload.threshold, balance, &self.account_id)?),
+                    // Validated away (exactly one of them): nothing to ask for.
+                    (None, None) => return Ok(()),
                 };
                 let mut event = self.event(EventKind::AutoReloadRequested, &self.reload_cycle.to_string(), at);
                 event.amount = Some(amount);
@@ -556,41 +624,44 @@ impl AccountState {
                 effects.events.push(event);
             }
         }
+        Ok(())
     }
 
-    fn track_burn(&mut self, at: DateTime<Utc>, cost: Decimal) {
+    fn track_burn(&mut self, at: DateTime<Utc>, cost: Amount) -> Result<(), LedgerError> {
         let hour = at.timestamp().div_euclid(3600);
+        let account = &self.account_id;
         let burn = &mut self.burn;
         if hour == burn.hour {
-            burn.this_hour += cost;
+            burn.this_hour = add(burn.this_hour, cost, account)?;
         } else if hour == burn.hour + 1 {
             burn.previous_hour = burn.this_hour;
             burn.this_hour = cost;
             burn.hour = hour;
         } else if hour > burn.hour {
-            *burn = BurnRate { hour, this_hour: cost, previous_hour: Decimal::ZERO };
+            *burn = BurnRate { hour, this_hour: cost, previous_hour: Amount::ZERO };
         } else if hour == burn.hour - 1 {
-            burn.previous_hour += cost;
+            burn.previous_hour = add(burn.previous_hour, cost, account)?;
         }
+        Ok(())
     }
 
     /// When the balance runs out at the recent spend rate (usage time):
     /// spend of the previous and current hour over the time they span.
     pub fn projected_depletion(&self, at: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let balance = self.balance();
-        if balance <= Decimal::ZERO || self.burn.hour != at.timestamp().div_euclid(3600) {
+        let balance = self.balance().ok()?;
+        if balance <= Amount::ZERO || self.burn.hour != at.timestamp().div_euclid(3600) {
             return None;
         }
         let into_hour = i64::from(at.minute() * 60 + at.second());
         let window = into_hour.max(RATE_WINDOW_MIN_SECONDS) + if self.burn.previous_hour.is_zero() { 0 } else { 3600 };
-        let spent = self.burn.this_hour + self.burn.previous_hour;
-        if spent <= Decimal::ZERO {
+        let spent = self.burn.this_hour.checked_add(self.burn.previous_hour).ok()?;
+        if spent <= Amount::ZERO {
             return None;
         }
-        // A projection, not money: the division may round.
-        let seconds = balance.checked_mul(Decimal::from(window))?.checked_div(spent)?;
-        let seconds: i64 = seconds.trunc().try_into().ok()?;
-        at.checked_add_signed(Duration::seconds(seconds.min(100 * 365 * 86_400)))
+        // A projection, not money: the division truncates.
+        let seconds = balance.ratio_times(spent, window)?;
+        let seconds = i64::try_from(seconds.min(100 * 365 * 86_400)).ok()?;
+        at.checked_add_signed(Duration::seconds(seconds))
     }
 
     fn drop_spent_grants(&mut self) {

@@ -4,9 +4,31 @@
 //! account id.
 
 use chrono::{DateTime, Months, Utc};
-use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use thin_vec::ThinVec;
+use usage_model::Amount;
+
+/// The largest amount a billing command may carry (a grant, a budget, a
+/// monthly allowance, an auto-reload setting): 10^12 currency units. An
+/// account's running totals stay at most [`ACCOUNT_TOTAL_MAX`], so
+/// anything derived from a total and a setting (a reload that also covers
+/// the overage) is still an [`Amount`].
+pub const COMMAND_AMOUNT_MAX: Amount = Amount::const_units(1_000_000_000_000);
+
+/// The largest running total of an account (granted, used, spend in a
+/// month, allowances applied): 98 trillion currency units, below
+/// `Amount::MAX − COMMAND_AMOUNT_MAX`. Input that would take a total past
+/// it is refused (`ledger_overflow`) before anything changes.
+pub const ACCOUNT_TOTAL_MAX: Amount = Amount::const_units(98_000_000_000_000);
+
+/// Instants the ledger accepts in commands and usage: from 2000-01-01 to
+/// 2100-01-01 (UTC), so that every entry's instant, a default expiry a
+/// year later included, fits ClickHouse's `DateTime` (to 2106).
+pub fn instant_accepted(at: DateTime<Utc>) -> bool {
+    const FROM: i64 = 946_684_800; // 2000-01-01T00:00:00Z
+    const UNTIL: i64 = 4_102_444_800; // 2100-01-01T00:00:00Z
+    (FROM..UNTIL).contains(&at.timestamp())
+}
 
 /// One priced usage event, as the ledger needs it. `origin_*` say where the
 /// pricing stage read the usage event: a pricing replay re-sends records
@@ -18,7 +40,7 @@ pub struct PricedUsage {
     pub occurred_at: DateTime<Utc>,
     pub currency: String,
     /// Exact, never rounded (a decimal string on the wire).
-    pub cost: Decimal,
+    pub cost: Amount,
     pub origin_topic: String,
     pub origin_partition: i32,
     pub origin_offset: i64,
@@ -37,7 +59,7 @@ pub struct UsageLine {
     /// The quantity priced at `unit_price` (input tokens less cache reads).
     pub quantity: u64,
     /// Price of one unit, exact.
-    pub unit_price: Decimal,
+    pub unit_price: Amount,
 }
 
 /// So many units of one kind free per calendar month (a contract's token
@@ -55,6 +77,28 @@ impl PricedUsage {
 
     pub fn from_json(bytes: &[u8]) -> Result<Self, CommandError> {
         serde_json::from_slice(bytes).map_err(|e| CommandError::Malformed(e.to_string()))
+    }
+
+    /// Whether the ledger can apply the record: ids present, a cost and
+    /// prices that are not negative, an instant in the accepted range.
+    pub fn validate(&self) -> Result<(), CommandError> {
+        let invalid = |m: String| Err(CommandError::Invalid(m));
+        if self.event_id.is_empty() || self.event_id.len() > 512 {
+            return invalid("event_id must be 1..=512 bytes".into());
+        }
+        if self.account_id.is_empty() || self.account_id.len() > 512 {
+            return invalid("account_id must be 1..=512 bytes".into());
+        }
+        if self.cost.is_negative() {
+            return invalid(format!("cost {} is negative", self.cost));
+        }
+        if !instant_accepted(self.occurred_at) {
+            return invalid(format!("occurred_at {} is outside 2000..2100", self.occurred_at.to_rfc3339()));
+        }
+        if let Some(l) = self.lines.iter().find(|l| l.unit_price.is_negative()) {
+            return invalid(format!("lines: {} has a negative unit price {}", l.unit, l.unit_price));
+        }
+        Ok(())
     }
 
     /// Several records in one message: a JSON array.
@@ -87,11 +131,11 @@ pub enum BillingMode {
 pub struct AutoReload {
     #[serde(default = "yes")]
     pub enabled: bool,
-    pub threshold: Decimal,
+    pub threshold: Amount,
     #[serde(default)]
-    pub amount: Option<Decimal>,
+    pub amount: Option<Amount>,
     #[serde(default)]
-    pub target_balance: Option<Decimal>,
+    pub target_balance: Option<Amount>,
 }
 
 fn yes() -> bool {
@@ -124,14 +168,14 @@ pub struct AccountSettings {
     pub rate_card: Option<String>,
     /// Monthly budget in `currency`; thresholds are percentages of it.
     #[serde(default)]
-    pub monthly_budget: Option<Decimal>,
+    pub monthly_budget: Option<Amount>,
     #[serde(default = "default_thresholds")]
     pub alert_thresholds: Vec<u32>,
     /// Usage worth this much per month is free (a contract's allowance):
     /// nothing is charged, burnt or counted against the budget until it is
     /// used up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub monthly_allowance: Option<Decimal>,
+    pub monthly_allowance: Option<Amount>,
     /// Units free per month, before the money allowance: e.g. the first
     /// million input tokens. Applied in the order of the usage.
     #[serde(default, skip_serializing_if = "ThinVec::is_empty")]
@@ -164,7 +208,7 @@ pub struct CreditGrant {
     /// Unique per account: a grant sent twice is applied once.
     pub grant_id: String,
     pub kind: GrantKind,
-    pub amount: Decimal,
+    pub amount: Amount,
     pub currency: String,
     pub granted_at: DateTime<Utc>,
     /// Default: one year after `granted_at`.
@@ -249,17 +293,32 @@ impl AccountCommand {
         if self.account_id().is_empty() || self.account_id().len() > 128 {
             return invalid("account_id must be 1..=128 characters".into());
         }
+        let amount = |field: &str, a: Amount| {
+            if a.is_positive() && a <= COMMAND_AMOUNT_MAX {
+                Ok(())
+            } else {
+                Err(CommandError::Invalid(format!("{field} must be positive and at most {COMMAND_AMOUNT_MAX}, is {a}")))
+            }
+        };
+        let instant = |field: &str, at: DateTime<Utc>| {
+            if instant_accepted(at) {
+                Ok(())
+            } else {
+                Err(CommandError::Invalid(format!("{field} {} is outside 2000..2100", at.to_rfc3339())))
+            }
+        };
         match self {
             AccountCommand::AccountSettings(s) => {
                 check_currency(&s.currency)?;
+                instant("effective_from", s.effective_from)?;
                 if s.time_zone.parse::<chrono_tz::Tz>().is_err() {
                     return invalid(format!("time_zone {:?} is not an IANA time zone", s.time_zone));
                 }
-                if s.monthly_budget.is_some_and(|b| b <= Decimal::ZERO) {
-                    return invalid("monthly_budget must be positive".into());
+                if let Some(b) = s.monthly_budget {
+                    amount("monthly_budget", b)?;
                 }
-                if s.monthly_allowance.is_some_and(|a| a <= Decimal::ZERO) {
-                    return invalid("monthly_allowance must be positive".into());
+                if let Some(a) = s.monthly_allowance {
+                    amount("monthly_allowance", a)?;
                 }
                 if s.alert_thresholds.is_empty() || s.alert_thresholds.len() > 16 {
                     return invalid("alert_thresholds must hold 1..=16 percentages".into());
@@ -285,11 +344,17 @@ impl AccountCommand {
                     if r.amount.is_some() == r.target_balance.is_some() {
                         return invalid("auto_reload needs exactly one of amount and target_balance".into());
                     }
-                    if r.amount.is_some_and(|a| a <= Decimal::ZERO) {
-                        return invalid("auto_reload.amount must be positive".into());
+                    if r.threshold.neg() > COMMAND_AMOUNT_MAX || r.threshold > COMMAND_AMOUNT_MAX {
+                        return invalid(format!("auto_reload.threshold must be within ±{COMMAND_AMOUNT_MAX}"));
                     }
-                    if r.target_balance.is_some_and(|t| t <= r.threshold) {
-                        return invalid("auto_reload.target_balance must exceed its threshold".into());
+                    if let Some(a) = r.amount {
+                        amount("auto_reload.amount", a)?;
+                    }
+                    if let Some(t) = r.target_balance {
+                        amount("auto_reload.target_balance", t)?;
+                        if t <= r.threshold {
+                            return invalid("auto_reload.target_balance must exceed its threshold".into());
+                        }
                     }
                 }
             }
@@ -298,8 +363,10 @@ impl AccountCommand {
                 if g.grant_id.is_empty() || g.grant_id.len() > 128 {
                     return invalid("grant_id must be 1..=128 characters".into());
                 }
-                if g.amount <= Decimal::ZERO {
-                    return invalid("a grant's amount must be positive".into());
+                amount("amount", g.amount)?;
+                instant("granted_at", g.granted_at)?;
+                if let Some(at) = g.expires_at {
+                    instant("expires_at", at)?;
                 }
                 if g.expiry() <= g.granted_at {
                     return invalid("expires_at must be after granted_at".into());
@@ -309,6 +376,7 @@ impl AccountCommand {
                 if f.reload_key.is_empty() {
                     return invalid("reload_key must not be empty".into());
                 }
+                instant("at", f.at)?;
             }
         }
         Ok(())

@@ -16,8 +16,8 @@ mod partition;
 
 pub use account::{AccountState, BurnRate, GrantState, LedgerError, PeriodSpend};
 pub use input::{
-    AccountCommand, AccountSettings, AutoReload, AutoReloadFailed, BillingMode, CommandError, CreditGrant, GrantKind,
-    PricedUsage, TokenAllowance, UsageLine,
+    instant_accepted, AccountCommand, AccountSettings, AutoReload, AutoReloadFailed, BillingMode, CommandError,
+    CreditGrant, GrantKind, PricedUsage, TokenAllowance, UsageLine, ACCOUNT_TOTAL_MAX, COMMAND_AMOUNT_MAX,
 };
 pub use output::{Effects, EntryKind, EventKind, LedgerEntry, LedgerEvent, LEDGER_EVENT_AVRO_SCHEMA};
 pub use partition::{Applied, PartitionLedger, Position};

@@ -3,8 +3,8 @@
 
 use apache_avro::types::Value;
 use chrono::{DateTime, SecondsFormat, Utc};
-use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
+use usage_model::Amount;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum EventKind {
@@ -51,23 +51,23 @@ pub struct LedgerEvent {
     pub currency: String,
     /// Balance after the event (prepaid), exact.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub balance: Option<Decimal>,
+    pub balance: Option<Amount>,
     /// How far usage went below zero (prepaid).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub overage: Option<Decimal>,
+    pub overage: Option<Amount>,
     /// A reload's requested amount, an expired grant's lost amount.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub amount: Option<Decimal>,
+    pub amount: Option<Amount>,
     /// `YYYY-MM` in the account's time zone (budget events).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub period: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threshold_percent: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub budget: Option<Decimal>,
+    pub budget: Option<Amount>,
     /// Month-to-date spend (budget events).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub spend: Option<Decimal>,
+    pub spend: Option<Amount>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grant_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -119,7 +119,7 @@ impl LedgerEvent {
             Some(s) => Value::Union(1, Box::new(Value::String(s))),
             None => Value::Union(0, Box::new(Value::Null)),
         };
-        let dec = |d: Option<Decimal>| opt(d.map(|d| d.normalize().to_string()));
+        let dec = |d: Option<Amount>| opt(d.map(|d| d.to_string()));
         let instant = |t: DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::AutoSi, true);
         Value::Record(vec![
             ("event_id".into(), Value::String(self.event_id.clone())),
@@ -183,7 +183,7 @@ pub struct LedgerEntry {
     pub account_id: String,
     pub kind: EntryKind,
     /// Signed: positive adds to the balance.
-    pub amount: Decimal,
+    pub amount: Amount,
     pub currency: String,
     pub at: DateTime<Utc>,
     /// The grant id or usage event id the entry is about.

@@ -160,9 +160,17 @@ impl PartitionLedger {
         self.forget_unsent(|a| a.outbox = ThinVec::new());
     }
 
-    /// The entries returned by `unsent_entries` are in ClickHouse.
-    pub fn entries_written(&mut self) {
-        self.forget_unsent(|a| a.pending_entries = ThinVec::new());
+    /// The entries returned by `unsent_entries` are in ClickHouse, except
+    /// those `unwritable` says could not be sent: they stay pending (an
+    /// entry is never dropped).
+    pub fn entries_written(&mut self, unwritable: impl Fn(&LedgerEntry) -> bool) {
+        self.forget_unsent(|a| {
+            if a.pending_entries.iter().any(&unwritable) {
+                a.pending_entries.retain(|e| unwritable(e));
+            } else {
+                a.pending_entries = ThinVec::new();
+            }
+        });
     }
 
     fn forget_unsent(&mut self, clear: impl Fn(&mut AccountState)) {

@@ -4,14 +4,14 @@
 
 use chrono::{DateTime, Duration, Utc};
 use proptest::prelude::*;
-use rust_decimal::Decimal;
 use std::collections::HashSet;
 use usage_ledger::{
     AccountCommand, AccountSettings, Applied, AutoReload, AutoReloadFailed, BillingMode, CreditGrant, EventKind,
     GrantKind, LedgerEvent, PartitionLedger, PricedUsage, TokenAllowance, UsageLine,
 };
+use usage_model::Amount;
 
-fn d(s: &str) -> Decimal {
+fn d(s: &str) -> Amount {
     s.parse().unwrap()
 }
 
@@ -101,8 +101,8 @@ impl Feed {
         self.events.iter().map(|e| (e.kind, e.event_id.clone())).collect()
     }
 
-    fn balance(&self) -> Decimal {
-        self.ledger.account("acct").unwrap().balance()
+    fn balance(&self) -> Amount {
+        self.ledger.account("acct").unwrap().balance().unwrap()
     }
 }
 
@@ -143,7 +143,7 @@ fn prepaid_burns_by_priority_then_expiry_and_runs_into_overage_once() {
     let restored = f.events.last().unwrap();
     assert_eq!((restored.kind, restored.event_id.as_str()), (EventKind::BalanceRestored, "acct/balance.restored/1"));
     let a = f.ledger.account("acct").unwrap();
-    assert_eq!(a.granted - a.used - a.expired, a.balance());
+    assert_eq!(a.granted.scaled() - a.used.scaled() - a.expired.scaled(), a.balance().unwrap().scaled());
 }
 
 #[test]
@@ -164,7 +164,7 @@ fn grants_expire_at_their_instant_and_are_reported() {
     assert_eq!(e.at, t("2026-03-01T00:00:00Z"));
     assert!(f.ledger.expire_due(t("2026-12-31T00:00:00Z")).is_empty());
     let a = f.ledger.account("acct").unwrap();
-    assert_eq!((a.granted, a.used, a.expired, a.balance()), (d("15"), d("4"), d("6"), d("5")));
+    assert_eq!((a.granted, a.used, a.expired, a.balance().unwrap()), (d("15"), d("4"), d("6"), d("5")));
     // Usage after b's expiry expires it first: that depletes the account.
     f.usage(usage("u2", "1", "2027-01-02T00:00:00Z", 2));
     let kinds: Vec<_> = f.events.iter().map(|e| e.kind).filter(|k| *k != EventKind::BalanceLowRunway).collect();
@@ -252,7 +252,7 @@ fn switching_to_postpaid_stops_burning_and_lifts_the_depletion() {
     let kinds: Vec<_> = f.events.iter().map(|e| e.kind).collect();
     assert_eq!(kinds, vec![EventKind::BalanceDepleted, EventKind::BalanceRestored]);
     let a = f.ledger.account("acct").unwrap();
-    assert_eq!((a.used, a.balance(), a.spend_in(202601)), (d("2"), d("-1"), d("52")));
+    assert_eq!((a.used, a.balance().unwrap(), a.spend_in(202601)), (d("2"), d("-1"), d("52")));
 }
 
 #[test]
@@ -287,7 +287,10 @@ fn replays_and_pricing_retries_change_nothing() {
     // The same grant sent twice.
     f.command(AccountCommand::CreditGrant(grant("g", "5", "2026-01-01T00:00:00Z", None, 0)));
     let after = f.ledger.account("acct").unwrap();
-    assert_eq!((after.balance(), after.granted, after.used), (before.balance(), before.granted, before.used));
+    assert_eq!(
+        (after.balance().unwrap(), after.granted, after.used),
+        (before.balance().unwrap(), before.granted, before.used)
+    );
 }
 
 #[test]
@@ -299,7 +302,7 @@ fn a_usage_in_another_currency_is_refused_not_converted() {
     u.currency = "EUR".into();
     let Applied::Refused(e) = ledger.apply_usage(1, &u) else { panic!("refused") };
     assert_eq!(e.code(), "currency_mismatch");
-    assert_eq!(ledger.account("acct").unwrap().balance(), Decimal::ZERO);
+    assert_eq!(ledger.account("acct").unwrap().balance(), Ok(Amount::ZERO));
 }
 
 #[test]
@@ -314,15 +317,15 @@ fn a_monthly_allowance_is_free_before_anything_is_charged_or_counted() {
         .usage(usage("u2", "4", "2026-01-11T00:00:00Z", 2)) // 2 free, 2 charged
         .usage(usage("u3", "1", "2026-02-01T00:00:00Z", 3)); // a new month: free again
     let a = f.ledger.account("acct").unwrap();
-    assert_eq!((a.used, a.allowance_applied, a.balance()), (d("2"), d("6"), d("8")));
+    assert_eq!((a.used, a.allowance_applied, a.balance().unwrap()), (d("2"), d("6"), d("8")));
     assert_eq!((a.spend_in(202601), a.spend_in(202602)), (d("2"), d("0")));
-    assert_eq!(a.granted - a.used - a.expired, a.balance());
+    assert_eq!(a.granted.scaled() - a.used.scaled() - a.expired.scaled(), a.balance().unwrap().scaled());
     assert!(f.events.iter().all(|e| e.kind != EventKind::BudgetThresholdCrossed), "charged spend is under 50%");
     let Applied::Done(effects) = f.ledger.apply_usage(99, &usage("u4", "4", "2026-02-02T00:00:00Z", 4)) else {
         panic!("applied")
     };
     // 4 free of February's remaining 4: the balance entry is zero.
-    assert_eq!(effects.entries[0].amount, Decimal::ZERO);
+    assert_eq!(effects.entries[0].amount, Amount::ZERO);
 }
 
 fn line(unit: &str, quantity: u64, unit_price: &str) -> UsageLine {
@@ -336,7 +339,8 @@ fn token_allowances_make_units_free_at_the_usage_prices_then_the_money_allowance
     s.monthly_allowance = Some(d("0.1"));
     let priced = |id: &str, at: &str, offset: i64, lines: Vec<UsageLine>| {
         let mut u = usage(id, "0", at, offset);
-        u.cost = lines.iter().map(|l| Decimal::from(l.quantity) * l.unit_price).sum();
+        u.cost =
+            Amount::checked_sum(lines.iter().map(|l| l.unit_price.checked_mul_count(l.quantity).unwrap())).unwrap();
         u.lines = lines;
         u
     };
@@ -357,9 +361,9 @@ fn token_allowances_make_units_free_at_the_usage_prices_then_the_money_allowance
     let a = f.ledger.account("acct").unwrap();
     // u1: 1.0 = 0.6 tokens + 0.1 money + 0.3 charged; u2: 1.2 = 0.8 + 0.4; u3: 0.5 free.
     assert_eq!((a.allowance_applied, a.used), (d("2.0"), d("0.7")));
-    assert_eq!(a.used + a.allowance_applied, d("2.7"), "every cost is charged or free, exactly");
+    assert_eq!(a.used.checked_add(a.allowance_applied).unwrap(), d("2.7"), "every cost is charged or free, exactly");
     assert_eq!((a.spend_in(202601), a.spend_in(202602)), (d("0.7"), d("0")));
-    assert_eq!(a.balance(), d("9.3"));
+    assert_eq!(a.balance().unwrap(), d("9.3"));
     // The month's use of the allowance survives a restart (the changelog is JSON).
     let restored: usage_ledger::AccountState = serde_json::from_slice(&serde_json::to_vec(a).unwrap()).unwrap();
     assert_eq!(&restored, a);
@@ -367,6 +371,11 @@ fn token_allowances_make_units_free_at_the_usage_prices_then_the_money_allowance
     let bad = br#"{"type":"account_settings","account_id":"a","effective_from":"2026-01-01T00:00:00Z",
         "billing_mode":"postpaid","currency":"USD","monthly_token_allowances":[{"unit":"tokenz","quantity":5}]}"#;
     assert!(AccountCommand::from_json(bad).unwrap_err().to_string().contains("tokenz"));
+}
+
+/// A usage cost with 24 places, like priced ones: `cents` cents and a tail.
+fn cost_of(cents: u32) -> Amount {
+    Amount::from_scaled(i128::from(cents) * 1_234_567_891_234 + i128::from(cents) * 10i128.pow(22)).unwrap()
 }
 
 #[derive(Clone, Debug)]
@@ -411,14 +420,14 @@ fn run(steps: &[Step], ledger: &mut PartitionLedger, events: &mut Vec<LedgerEven
                 let mut u = usage(&format!("u{i}"), "0", "2026-01-01T00:00:00Z", offset);
                 // Costs carry up to 24 places, like priced ones; the input
                 // tokens' line is the part in cents.
-                u.cost = Decimal::new(i64::from(*cents) * 1_234_567_891_234, 24) + Decimal::new(i64::from(*cents), 2);
+                u.cost = cost_of(*cents);
                 u.lines = vec![line("input_tokens", u64::from(*cents) * 10, "0.001")];
                 u.occurred_at = at(*minute);
                 record(ledger.apply_usage(offset, &u));
             }
             Step::Grant { cents, minute, expires_after_minutes, priority } => {
                 let mut g = grant(&format!("g{i}"), "1", "2026-01-01T00:00:00Z", None, *priority);
-                g.amount = Decimal::new(i64::from(*cents), 2);
+                g.amount = Amount::from_scaled(i128::from(*cents) * 10i128.pow(22)).unwrap();
                 g.granted_at = at(*minute);
                 g.expires_at = Some(at(minute + expires_after_minutes));
                 record(ledger.apply_command(offset, &AccountCommand::CreditGrant(g)));
@@ -445,17 +454,17 @@ proptest! {
         let mut events = Vec::new();
         run(&steps, &mut ledger, &mut events, true);
         let a = ledger.account("acct").unwrap().clone();
-        prop_assert_eq!(a.granted - a.used - a.expired, a.balance());
-        prop_assert!(a.grants.iter().all(|g| g.remaining > Decimal::ZERO && g.remaining <= g.amount));
-        prop_assert!(a.overage >= Decimal::ZERO);
+        prop_assert_eq!(a.granted.scaled() - a.used.scaled() - a.expired.scaled(), a.balance().unwrap().scaled());
+        prop_assert!(a.grants.iter().all(|g| g.remaining > Amount::ZERO && g.remaining <= g.amount));
+        prop_assert!(a.overage >= Amount::ZERO);
         prop_assert!(a.overage.is_zero() || a.grants.is_empty(), "overage only once every grant is used up");
         // Every cost is charged (in its month's spend) or free, exactly.
-        let costs: Decimal = steps.iter().map(|st| match st {
-            Step::Usage { cents, .. } => Decimal::new(i64::from(*cents) * 1_234_567_891_234, 24) + Decimal::new(i64::from(*cents), 2),
-            _ => Decimal::ZERO,
+        let costs: i128 = steps.iter().map(|st| match st {
+            Step::Usage { cents, .. } => cost_of(*cents).scaled(),
+            _ => 0,
         }).sum();
-        let spent: Decimal = [202601, 202602].iter().map(|p| a.spend_in(*p)).sum();
-        prop_assert_eq!(spent + a.allowance_applied, costs);
+        let spent: i128 = [202601, 202602].iter().map(|p| a.spend_in(*p).scaled()).sum();
+        prop_assert_eq!(spent + a.allowance_applied.scaled(), costs);
         let ids: HashSet<_> = events.iter().map(|e| e.event_id.clone()).collect();
         prop_assert_eq!(ids.len(), events.len(), "every event id is unique");
         // Depletions and restorations alternate.
@@ -472,7 +481,7 @@ proptest! {
         let mut again = Vec::new();
         run(&steps, &mut restored, &mut again, false);
         let b = restored.account("acct").unwrap();
-        prop_assert_eq!((b.balance(), b.granted, b.used), (a.balance(), a.granted, a.used));
+        prop_assert_eq!((b.balance().unwrap(), b.granted, b.used), (a.balance().unwrap(), a.granted, a.used));
         prop_assert!(again.iter().all(|e| e.kind == EventKind::CreditsExpired || ids.contains(&e.event_id)));
     }
 }

@@ -2,9 +2,10 @@
 //!
 //! This crate does no I/O. It defines what a usage event is ([`UsageEvent`]),
 //! the units usage is counted in ([`Unit`], named as pydantic's genai-prices
-//! names them), exact money ([`Money`], [`Currency`]), what pricing produces
+//! names them), exact money ([`Amount`], [`Money`], [`Currency`]), what pricing produces
 //! ([`PricedEvent`]) and why an event can be refused ([`Rejection`]).
 
+mod amount;
 mod event;
 mod money;
 mod priced;
@@ -12,8 +13,9 @@ mod rejection;
 mod unit;
 mod units_table;
 
+pub use amount::{Amount, AmountError, AMOUNT_SCALE};
 pub use event::{EventLimits, ServiceTier, UsageCounts, UsageEvent};
-pub use money::{exact_add, exact_mul, round_for_display, Currency, CurrencyError, Money, MoneyError};
+pub use money::{round_for_display, Currency, CurrencyError, Money, MoneyError};
 pub use priced::{CostLine, PricedEvent};
 pub use rejection::{RejectReason, Rejection};
 pub use unit::{Unit, UnitDef, UnitSet, UNIT_COUNT};

@@ -1,9 +1,9 @@
 //! What pricing makes of a usage event.
 
+use crate::amount::Amount;
 use crate::event::UsageEvent;
 use crate::money::Currency;
 use crate::unit::Unit;
-use rust_decimal::Decimal;
 
 /// The cost of one unit of usage in a priced event.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -15,9 +15,9 @@ pub struct CostLine {
     /// specific priced units are taken out (input tokens less cache reads).
     pub priced_quantity: u64,
     /// Price of one unit, exact.
-    pub unit_price: Decimal,
+    pub unit_price: Amount,
     /// `priced_quantity × unit_price`, exact, never rounded.
-    pub cost: Decimal,
+    pub cost: Amount,
 }
 
 /// A usage event and its exact cost under one rate-card version.
@@ -34,5 +34,5 @@ pub struct PricedEvent {
     /// One line per priced unit, in unit-registry order.
     pub lines: Vec<CostLine>,
     /// Sum of the lines' costs, exact.
-    pub cost: Decimal,
+    pub cost: Amount,
 }

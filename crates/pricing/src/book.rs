@@ -3,23 +3,22 @@
 use crate::contract::Contract;
 use crate::matching::MatchRule;
 use chrono::{DateTime, NaiveTime, Utc};
-use rust_decimal::Decimal;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use usage_model::{Currency, ServiceTier, Unit, UnitSet};
+use usage_model::{Amount, Currency, ServiceTier, Unit, UnitSet};
 
 /// The price of one unit (not of a million: `per` is divided out at load
 /// time, exactly), possibly tiered on the request's input tokens.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UnitPrice {
-    pub base: Decimal,
+    pub base: Amount,
     /// `(start, price)`, increasing `start`: the highest tier whose `start`
     /// is below the request's `input_tokens` applies.
-    pub tiers: Vec<(u64, Decimal)>,
+    pub tiers: Vec<(u64, Amount)>,
 }
 
 impl UnitPrice {
-    pub fn for_input_tokens(&self, input_tokens: u64) -> Decimal {
+    pub fn for_input_tokens(&self, input_tokens: u64) -> Amount {
         self.tiers.iter().rev().find(|(start, _)| input_tokens > *start).map_or(self.base, |(_, price)| *price)
     }
 }

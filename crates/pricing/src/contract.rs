@@ -29,12 +29,13 @@
 
 use crate::book::PriceBlock;
 use crate::format::{instant, PriceKey, PriceValue, TierKey};
-use crate::load::{price_block, LoadError, UNIT_PRICE_SCALE_MAX};
+use crate::load::{price_block, LoadError};
 use chrono::{DateTime, Utc};
-use rust_decimal::{Decimal, RoundingStrategy};
+use rust_decimal::Decimal;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use usage_model::Amount;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -87,16 +88,16 @@ pub struct Contract {
     pub version: u32,
     pub effective_from: DateTime<Utc>,
     pub rate_card: Option<String>,
-    /// Multiplier of unit prices (0.9 for 10% off) for every model.
-    pub discount_all: Option<Decimal>,
-    /// Multipliers for some models; they win over `discount_all`.
-    pub discount_models: HashMap<ModelRef, Decimal>,
+    /// What is kept of unit prices, for every model (0.9 for 10% off).
+    pub discount_all: Option<PriceFactor>,
+    /// The same for some models; they win over `discount_all`.
+    pub discount_models: HashMap<ModelRef, PriceFactor>,
     pub custom_prices: HashMap<ModelRef, PriceBlock>,
 }
 
 impl Contract {
     /// The multiplier of unit prices for a model, if discounted.
-    pub fn discount_factor(&self, provider: &str, model_id: &str) -> Option<Decimal> {
+    pub fn discount_factor(&self, provider: &str, model_id: &str) -> Option<PriceFactor> {
         let key = ModelRef { provider: provider.to_owned(), model: model_id.to_owned() };
         self.discount_models.get(&key).copied().or(self.discount_all)
     }
@@ -106,13 +107,31 @@ impl Contract {
     }
 }
 
-/// `unit_price × factor`, rounded half-even to the stored scale if needed.
-pub fn discounted(unit_price: Decimal, factor: Decimal) -> Decimal {
-    let exact = unit_price * factor;
-    if exact.scale() > UNIT_PRICE_SCALE_MAX {
-        exact.round_dp_with_strategy(UNIT_PRICE_SCALE_MAX, RoundingStrategy::MidpointNearestEven)
-    } else {
-        exact
+/// The part of a unit price a discount keeps, in millionths: a percentage
+/// with at most 4 decimals off leaves a whole number of millionths.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PriceFactor {
+    keep_millionths: u32,
+}
+
+const MILLION: u32 = 1_000_000;
+
+impl PriceFactor {
+    /// `100 − percent` percent; `None` unless `0 ≤ percent ≤ 100` with at
+    /// most 4 decimals.
+    pub fn percent_off(percent: Decimal) -> Option<PriceFactor> {
+        let percent = percent.normalize();
+        if percent.is_sign_negative() || percent > Decimal::ONE_HUNDRED || percent.scale() > 4 {
+            return None;
+        }
+        let off = u32::try_from(percent.mantissa() * 10i128.pow(4 - percent.scale())).ok()?;
+        Some(PriceFactor { keep_millionths: MILLION.checked_sub(off)? })
+    }
+
+    /// `unit_price × factor`, rounded half-even to 24 places when needed.
+    pub fn apply(self, unit_price: Amount) -> Amount {
+        // keep ≤ 10^6 by construction: the ratio is in [0, 1].
+        unit_price.mul_ratio_half_even(self.keep_millionths, MILLION).unwrap_or(unit_price)
     }
 }
 
@@ -133,13 +152,12 @@ pub fn parse_contract_file(file: &Path, text: &str) -> Result<Contract, LoadErro
             PriceValue::Flat(p) => *p,
             PriceValue::Tiered { .. } => return Err(LoadError::new(file, format!("discounts[{i}].percent: a number"))),
         };
-        if percent > Decimal::ONE_HUNDRED || percent.scale() > 4 {
+        let Some(factor) = PriceFactor::percent_off(percent) else {
             return Err(LoadError::new(
                 file,
                 format!("discounts[{i}].percent: 0..=100 with at most 4 decimals, is {percent}"),
             ));
-        }
-        let factor = (Decimal::ONE_HUNDRED - percent) / Decimal::ONE_HUNDRED;
+        };
         if d.models.is_empty() && discount_all.replace(factor).is_some() {
             return Err(LoadError::new(file, format!("discounts[{i}]: a second discount on every model")));
         }

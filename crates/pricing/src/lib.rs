@@ -20,7 +20,7 @@ mod pricer;
 pub use book::{
     Condition, ModelPrice, PriceBlock, PriceSet, ProviderInfo, RateBook, RateCard, RateCardVersion, UnitPrice,
 };
-pub use contract::{discounted, parse_contract_file, Contract, ModelRef};
+pub use contract::{parse_contract_file, Contract, ModelRef, PriceFactor};
 pub use load::{
     build_book, load_dir, parse_document, parse_version_file, read_dir_documents, unit_price, Document, LoadError,
     UNIT_PRICE_SCALE_MAX,

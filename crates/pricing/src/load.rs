@@ -11,7 +11,7 @@ use rust_decimal::Decimal;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use usage_model::Currency;
+use usage_model::{Amount, Currency};
 
 /// Scale limit of a price per single unit. Costs are stored exactly in
 /// ClickHouse as `Decimal(38, 24)`, and a cost is a unit price times an
@@ -19,7 +19,7 @@ use usage_model::Currency;
 /// per million tokens, 21 per thousand requests. Real catalogs need more
 /// than 18 per unit: genai-prices has `0.08333333333333334` per million
 /// tokens (23 places per token).
-pub const UNIT_PRICE_SCALE_MAX: u32 = 24;
+pub const UNIT_PRICE_SCALE_MAX: u32 = usage_model::AMOUNT_SCALE;
 
 /// A rate-card file or directory that cannot be used, and why.
 #[derive(Debug, thiserror::Error)]
@@ -169,7 +169,8 @@ fn price_set(prices: &BTreeMap<PriceKey, PriceValue>) -> Result<PriceSet, String
         let per_unit = |price: Decimal| {
             unit_price(price, unit.per()).ok_or_else(|| {
                 format!(
-                    "{}: {price} per {} is not exact at {UNIT_PRICE_SCALE_MAX} decimal places per unit",
+                    "{}: {price} per {} is not exact at {UNIT_PRICE_SCALE_MAX} decimal places per unit \
+                     (or is above the largest amount, 99,999,999,999,999.99… per unit)",
                     unit.price_key(),
                     unit.per()
                 )
@@ -187,11 +188,10 @@ fn price_set(prices: &BTreeMap<PriceKey, PriceValue>) -> Result<PriceSet, String
     Ok(PriceSet::new(out))
 }
 
-/// `price / per`, when exact within [`UNIT_PRICE_SCALE_MAX`] places.
-pub fn unit_price(price: Decimal, per: u64) -> Option<Decimal> {
-    let quotient = price.checked_div(Decimal::from(per))?.normalize();
-    let exact = usage_model::exact_mul(quotient, Decimal::from(per)).ok()? == price;
-    (exact && quotient.scale() <= UNIT_PRICE_SCALE_MAX).then_some(quotient)
+/// `price / per`, when exact within [`UNIT_PRICE_SCALE_MAX`] places and
+/// within the range of an [`Amount`].
+pub fn unit_price(price: Decimal, per: u64) -> Option<Amount> {
+    Amount::from_decimal_per(price, per)
 }
 
 /// Assembles parsed versions (each named by where it came from: a file, a

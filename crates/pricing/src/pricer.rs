@@ -13,11 +13,9 @@
 //!    its lines. Exact: no rounding, overflow is a rejection.
 
 use crate::book::{RateBook, RateCardVersion};
-use crate::contract::discounted;
-use rust_decimal::Decimal;
 use std::collections::HashMap;
 use std::sync::Arc;
-use usage_model::{exact_add, exact_mul, CostLine, PricedEvent, RejectReason, Rejection, Unit, UsageEvent, UNIT_COUNT};
+use usage_model::{Amount, CostLine, PricedEvent, RejectReason, Rejection, Unit, UsageEvent, UNIT_COUNT};
 
 /// Entries kept in the model-match cache before it is cleared. Real streams
 /// have a few thousand distinct model names; 65,536 entries of short strings
@@ -84,7 +82,7 @@ impl Pricer {
         let input_tokens = event.usage.count(Unit::INPUT_TOKENS);
 
         let mut lines = Vec::with_capacity(prices.prices.len());
-        let mut cost = Decimal::ZERO;
+        let mut cost = Amount::ZERO;
         for (unit, price) in prices.iter() {
             let (quantity, priced_quantity) = if *unit == Unit::REQUESTS {
                 let n = event.usage.get(Unit::REQUESTS).unwrap_or(1);
@@ -93,11 +91,13 @@ impl Pricer {
                 (event.usage.count(*unit), priced_quantities[unit.index()])
             };
             let unit_price = match discount {
-                Some(factor) => discounted(price.for_input_tokens(input_tokens), factor),
+                Some(factor) => factor.apply(price.for_input_tokens(input_tokens)),
                 None => price.for_input_tokens(input_tokens),
             };
-            let line_cost = exact_mul(unit_price, Decimal::from(priced_quantity)).map_err(overflow)?;
-            cost = exact_add(cost, line_cost).map_err(overflow)?;
+            let line_cost = unit_price
+                .checked_mul_count(priced_quantity)
+                .map_err(|_| overflow(format!("usage.{unit} = {priced_quantity} at {unit_price} per unit")))?;
+            cost = cost.checked_add(line_cost).map_err(|_| overflow(format!("the lines' sum past {cost}")))?;
             lines.push(CostLine { unit: *unit, quantity, priced_quantity, unit_price, cost: line_cost });
         }
         Ok(PricedEvent {
@@ -133,8 +133,11 @@ impl Pricer {
     }
 }
 
-fn overflow(e: usage_model::MoneyError) -> Rejection {
-    Rejection::new(RejectReason::CostOverflow, e.to_string())
+fn overflow(what: String) -> Rejection {
+    Rejection::new(
+        RejectReason::CostOverflow,
+        format!("cost of {what} exceeds the largest amount, {} (Decimal(38, 24))", Amount::MAX),
+    )
 }
 
 /// Splits reported counts into disjoint parts over the priced units (step 1
@@ -239,7 +242,7 @@ prices = { input_mtok = "2", output_mtok = "8" }
         }
     }
 
-    fn d(s: &str) -> Decimal {
+    fn d(s: &str) -> Amount {
         s.parse().unwrap()
     }
 
@@ -489,11 +492,11 @@ effective_from = 2025-06-01T00:00:00Z
             let at = "2025-03-01T00:00:00Z";
             let cached = input * cached_pct / 100;
             let priced = p.price(event("openai", "gpt-4o", at, &[("input_tokens", input), ("cache_read_tokens", cached), ("output_tokens", output)])).unwrap();
-            let sum = priced.lines.iter().fold(Decimal::ZERO, |s, l| s + l.cost);
+            let sum = priced.lines.iter().try_fold(Amount::ZERO, |s, l| s.checked_add(l.cost)).unwrap();
             prop_assert_eq!(sum, priced.cost);
-            // Exact against integer arithmetic in micro-dollars-per-million.
-            let expected = Decimal::from((input - cached) * 250 + cached * 125 + output * 1000) / Decimal::from(100_000_000u64);
-            prop_assert_eq!(priced.cost, expected);
+            // Exact against integer arithmetic in 10^-8 dollars (per token: 2.5/M = 250e-8).
+            let expected = ((input - cached) * 250 + cached * 125 + output * 1000) as i128 * 10i128.pow(16);
+            prop_assert_eq!(priced.cost.scaled(), expected);
             let more = p.price(event("openai", "gpt-4o", at, &[("input_tokens", input + extra), ("cache_read_tokens", cached), ("output_tokens", output + extra)])).unwrap();
             prop_assert!(more.cost >= priced.cost);
         }

@@ -18,10 +18,9 @@
 //! (it is idempotent).
 
 use chrono::{DateTime, Datelike, TimeZone, Utc};
-use rust_decimal::Decimal;
 use std::collections::BTreeMap;
-use usage_clickhouse::{row_cost, ClickHouseSink, PricedRow, SinkError, StoredUsage};
-use usage_model::{ServiceTier, Unit, UsageCounts, UsageEvent};
+use usage_clickhouse::{ClickHouseSink, PricedRow, SinkError, StoredUsage};
+use usage_model::{Amount, ServiceTier, Unit, UsageCounts, UsageEvent};
 use usage_pricing::Pricer;
 
 #[derive(Debug, thiserror::Error)]
@@ -50,8 +49,9 @@ pub struct MonthBackfill {
     pub rows_changed: u64,
     /// Rows that could not be priced again (kept as they were), by reason.
     pub kept_unpriceable: BTreeMap<&'static str, u64>,
-    pub cost_before: Decimal,
-    pub cost_after: Decimal,
+    /// Totals of the range's rows; `None` past the range of an amount.
+    pub cost_before: Option<Amount>,
+    pub cost_after: Option<Amount>,
 }
 
 /// Re-prices `[from, until)`. With `dry_run`, stages and reports but swaps
@@ -95,27 +95,33 @@ async fn backfill_month(
     let suffix = format!("backfill_{month}");
     let before = sink.count_month(month).await?;
     let stored = sink.read_usage(month, from, until).await?;
-    let mut report = MonthBackfill { month, rows_in_range: stored.len() as u64, ..MonthBackfill::default() };
+    let mut report = MonthBackfill {
+        month,
+        rows_in_range: stored.len() as u64,
+        cost_before: Some(Amount::ZERO),
+        cost_after: Some(Amount::ZERO),
+        ..MonthBackfill::default()
+    };
+    let add = |total: &mut Option<Amount>, cost: Amount| *total = total.and_then(|t| t.checked_add(cost).ok());
     let mut rows = Vec::with_capacity(stored.len());
     let mut keep = Vec::new();
     for s in &stored {
-        report.cost_before += s.cost;
-        let repriced = pricer
-            .price(usage_event(s))
-            .map_err(|r| r.reason.code())
-            .and_then(|p| PricedRow::new(p, &s.kafka_topic, s.kafka_partition, s.kafka_offset).ok_or("cost_overflow"));
+        add(&mut report.cost_before, s.cost);
+        let repriced = usage_event(s)
+            .and_then(|event| pricer.price(event))
+            .and_then(|p| PricedRow::new(p, &s.kafka_topic, s.kafka_partition, s.kafka_offset))
+            .map_err(|r| r.reason.code());
         match repriced {
             Ok(row) => {
-                let cost = row_cost(&row);
-                if cost != s.cost || row.rate_card_version != s.rate_card_version {
+                if row.cost != s.cost || row.rate_card_version != s.rate_card_version {
                     report.rows_changed += 1;
                 }
-                report.cost_after += cost;
+                add(&mut report.cost_after, row.cost);
                 rows.push(row);
             }
             Err(reason) => {
                 *report.kept_unpriceable.entry(reason).or_default() += 1;
-                report.cost_after += s.cost;
+                add(&mut report.cost_after, s.cost);
                 keep.push((s.account_id.clone(), s.event_id.clone()));
             }
         }
@@ -139,7 +145,7 @@ async fn backfill_month(
 
 /// The usage event a stored row came from (sub-second precision and
 /// counts the row did not keep are gone).
-fn usage_event(s: &StoredUsage) -> UsageEvent {
+fn usage_event(s: &StoredUsage) -> Result<UsageEvent, usage_model::Rejection> {
     let mut usage = UsageCounts::default();
     for (unit, quantity) in &s.counts {
         if let Some(unit) = Unit::from_key(unit) {
@@ -147,10 +153,16 @@ fn usage_event(s: &StoredUsage) -> UsageEvent {
         }
     }
     let opt = |v: &str| (!v.is_empty()).then(|| v.to_owned());
-    UsageEvent {
+    let occurred_at = DateTime::from_timestamp(i64::from(s.occurred_at), 0).ok_or_else(|| {
+        usage_model::Rejection::new(
+            usage_model::RejectReason::TimestampOutOfRange,
+            format!("stored occurred_at {} is not an instant", s.occurred_at),
+        )
+    })?;
+    Ok(UsageEvent {
         event_id: s.event_id.clone(),
         account_id: s.account_id.clone(),
-        occurred_at: DateTime::from_timestamp(i64::from(s.occurred_at), 0).unwrap_or_default(),
+        occurred_at,
         provider: s.provider.clone(),
         model: s.model.clone(),
         api_key_id: opt(&s.api_key_id),
@@ -158,7 +170,7 @@ fn usage_event(s: &StoredUsage) -> UsageEvent {
         service_tier: ServiceTier::parse(&s.service_tier).unwrap_or(ServiceTier::Standard),
         attributes: s.attributes.iter().cloned().collect(),
         usage,
-    }
+    })
 }
 
 fn month_of(t: DateTime<Utc>) -> u32 {

@@ -147,11 +147,11 @@ impl Batch {
         part.next_offset = part.next_offset.max(offset + 1);
         let rejection = match outcome {
             Ok(priced) => match PricedRow::new(priced, topic, partition, offset) {
-                Some(row) => {
+                Ok(row) => {
                     part.rows.push(row);
                     return;
                 }
-                None => Rejection::new(RejectReason::CostOverflow, "an amount does not fit Decimal(38, 24) exactly"),
+                Err(r) => r,
             },
             Err(r) => r,
         };
@@ -196,7 +196,7 @@ mod tests {
             contract_version: None,
             currency: usage_model::Currency::USD,
             lines: vec![],
-            cost: rust_decimal::Decimal::ONE,
+            cost: usage_model::Amount::ONE,
         };
         PricedRow::new(priced, "t", 0, offset).unwrap()
     }

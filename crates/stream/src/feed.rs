@@ -3,9 +3,20 @@
 //! runs for every priced event).
 
 use chrono::{DateTime, Utc};
-use rust_decimal::Decimal;
-use serde::ser::{Serialize, SerializeSeq, SerializeStruct, Serializer};
-use usage_clickhouse::{i128_to_decimal, PricedRow};
+use serde::ser::{Error as _, Serialize, SerializeSeq, SerializeStruct, Serializer};
+use usage_clickhouse::PricedRow;
+use usage_model::Amount;
+
+/// Why the ledger feed could not be sent.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum FeedError {
+    /// A row the feed cannot write (a broken invariant: rows hold checked
+    /// amounts and instants).
+    #[error("encoding ledger feed records: {0}")]
+    Encode(#[from] serde_json::Error),
+    #[error(transparent)]
+    Send(#[from] usage_kafka::SendBatchError),
+}
 
 /// One row as a `PricedUsage` record.
 pub(crate) struct FeedRecord<'a>(pub &'a PricedRow);
@@ -16,17 +27,14 @@ struct FeedLines<'a>(&'a PricedRow);
 struct FeedLine<'a> {
     unit: &'a str,
     quantity: u64,
-    unit_price: Decimal,
-}
-
-fn decimal(scaled: i128) -> Decimal {
-    i128_to_decimal(scaled).expect("row amounts come from decimals").normalize()
+    unit_price: Amount,
 }
 
 impl Serialize for FeedRecord<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let r = self.0;
-        let occurred_at: DateTime<Utc> = DateTime::from_timestamp(i64::from(r.occurred_at), 0).unwrap_or_default();
+        let occurred_at: DateTime<Utc> = DateTime::from_timestamp(i64::from(r.occurred_at), 0)
+            .ok_or_else(|| S::Error::custom(format!("occurred_at {} out of range", r.occurred_at)))?;
         let lines = FeedLines(r);
         let has_lines = lines.iter().next().is_some();
         let mut st = s.serialize_struct("PricedUsage", if has_lines { 9 } else { 8 })?;
@@ -34,7 +42,7 @@ impl Serialize for FeedRecord<'_> {
         st.serialize_field("account_id", &r.account_id)?;
         st.serialize_field("occurred_at", &occurred_at)?;
         st.serialize_field("currency", &r.currency)?;
-        st.serialize_field("cost", &decimal(r.cost))?;
+        st.serialize_field("cost", &r.cost)?;
         st.serialize_field("origin_topic", &r.kafka_topic)?;
         st.serialize_field("origin_partition", &r.kafka_partition)?;
         st.serialize_field("origin_offset", &r.kafka_offset)?;
@@ -48,13 +56,13 @@ impl Serialize for FeedRecord<'_> {
 impl<'a> FeedLines<'a> {
     fn iter(&self) -> impl Iterator<Item = FeedLine<'a>> + 'a {
         let r = self.0;
-        (0..r.line_units.len()).filter(move |&i| r.line_priced_quantities[i] > 0 && r.line_unit_prices[i] > 0).map(
-            move |i| FeedLine {
+        (0..r.line_units.len())
+            .filter(move |&i| r.line_priced_quantities[i] > 0 && r.line_unit_prices[i].is_positive())
+            .map(move |i| FeedLine {
                 unit: r.line_units[i],
                 quantity: r.line_priced_quantities[i],
-                unit_price: decimal(r.line_unit_prices[i]),
-            },
-        )
+                unit_price: r.line_unit_prices[i],
+            })
     }
 }
 
@@ -78,10 +86,11 @@ impl Serialize for FeedLine<'_> {
     }
 }
 
-/// The records as one message: a JSON array.
-pub(crate) fn batch_to_json(rows: &[&PricedRow]) -> Vec<u8> {
+/// The records as one message: a JSON array. Rows hold amounts and
+/// instants already checked, so this fails only on a broken invariant.
+pub(crate) fn batch_to_json(rows: &[&PricedRow]) -> Result<Vec<u8>, serde_json::Error> {
     let records: Vec<FeedRecord> = rows.iter().map(|r| FeedRecord(r)).collect();
-    serde_json::to_vec(&records).expect("feed records always serialise")
+    serde_json::to_vec(&records)
 }
 
 #[cfg(test)]
@@ -111,7 +120,7 @@ mod tests {
             quantity,
             priced_quantity: quantity,
             unit_price: price.parse().unwrap(),
-            cost: Decimal::from(quantity) * price.parse::<Decimal>().unwrap(),
+            cost: price.parse::<Amount>().unwrap().checked_mul_count(quantity).unwrap(),
         };
         let priced = PricedEvent {
             event,
@@ -124,7 +133,7 @@ mod tests {
             cost: "0.003".parse().unwrap(),
         };
         let row = PricedRow::new(priced, "usage.raw", 2, 42).unwrap();
-        let read = usage_ledger::PricedUsage::batch_from_json(&batch_to_json(&[&row])).unwrap();
+        let read = usage_ledger::PricedUsage::batch_from_json(&batch_to_json(&[&row]).unwrap()).unwrap();
         assert_eq!(
             read,
             vec![usage_ledger::PricedUsage {

@@ -39,7 +39,7 @@ use usage_kafka::{
     GroupConsumer, KafkaError, KafkaSettings, Message, Offset, Outgoing, OwnedMessage, Producer, TopicPartitionList,
     TopicSpec,
 };
-use usage_ledger::{AccountCommand, AccountState, Applied, LedgerEvent, PartitionLedger, PricedUsage};
+use usage_ledger::{AccountCommand, AccountState, Applied, LedgerEntry, LedgerEvent, PartitionLedger, PricedUsage};
 
 /// Bound on broker calls (metadata, commits, restores of a partition).
 const KAFKA_CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -732,22 +732,25 @@ impl Ledger {
     async fn write_entries(&mut self, report: &mut LedgerReport, shutdown: &Shutdown) -> Result<(), LedgerRunError> {
         let Some(sink) = self.sink.clone() else {
             for ledger in self.partitions.values_mut() {
-                ledger.entries_written();
+                ledger.entries_written(|_| false);
             }
             return Ok(());
         };
+        // Entries whose instant ClickHouse cannot hold (the ledger refuses
+        // such input, so none is expected) stay pending, logged each time.
+        let unwritable = |e: &LedgerEntry| LedgerEntryRow::new(e).is_err();
         let mut backoff = self.config.retry_backoff_initial;
         loop {
             let entries: Vec<LedgerEntryRow> = self
                 .partitions
                 .values()
                 .flat_map(|p| p.unsent_entries())
-                .filter_map(|e| {
-                    let row = LedgerEntryRow::new(&e);
-                    if row.is_none() {
-                        tracing::error!(entry = %e.entry_id, "ledger entry out of ClickHouse's range: not written");
+                .filter_map(|e| match LedgerEntryRow::new(&e) {
+                    Ok(row) => Some(row),
+                    Err(error) => {
+                        tracing::error!(entry = %e.entry_id, %error, "ledger entry kept pending: ClickHouse cannot hold it");
+                        None
                     }
-                    row
                 })
                 .collect();
             if entries.is_empty() {
@@ -756,7 +759,7 @@ impl Ledger {
             match sink.insert_ledger_entries(&entries).await {
                 Ok(()) => {
                     for ledger in self.partitions.values_mut() {
-                        ledger.entries_written();
+                        ledger.entries_written(unwritable);
                     }
                     report.entries_written += entries.len() as u64;
                     return Ok(());

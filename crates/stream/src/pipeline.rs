@@ -49,6 +49,7 @@ use usage_kafka::{
     ensure_topics, partition_for_key, CommitMode, Consumer, GroupConsumer, KafkaError, KafkaSettings, Message, Offset,
     Outgoing, OwnedMessage, Producer, ProducerError, TopicPartitionList, TopicSpec,
 };
+use usage_model::Amount;
 use usage_pricing::RateBook;
 
 /// How often a filling batch feeds the ledger what it priced so far: the
@@ -161,14 +162,20 @@ impl Backoff {
 }
 
 /// What delivering a batch did.
-#[derive(Default)]
 pub(crate) struct Delivered {
     pub inserted: u64,
     pub duplicates: u64,
-    pub cost_scaled: i128,
+    /// `None` once the sum left the range of an amount.
+    pub cost: Option<Amount>,
     /// Messages of partitions revoked before their rows were all inserted.
     pub handed_over: u64,
     pub rollup_keys_repaired: u64,
+}
+
+impl Default for Delivered {
+    fn default() -> Self {
+        Self { inserted: 0, duplicates: 0, cost: Some(Amount::ZERO), handed_over: 0, rollup_keys_repaired: 0 }
+    }
 }
 
 pub struct Pipeline {
@@ -530,7 +537,7 @@ impl Pipeline {
                 let done = self.insert_unit(topic, *partition, unit, shutdown, n_messages).await?;
                 delivered.inserted += done.inserted;
                 delivered.duplicates += done.duplicates;
-                delivered.cost_scaled += done.cost_scaled;
+                delivered.cost = delivered.cost.zip(done.cost).and_then(|(a, b)| a.checked_add(b).ok());
                 delivered.rollup_keys_repaired += done.rollup_keys_repaired;
                 // Through the unit's last row, or the whole batch's messages
                 // once its last unit is in (dead letters went out first).
@@ -628,7 +635,7 @@ impl Pipeline {
             counted.get_or_insert_with(|| Delivered {
                 inserted: fresh.len() as u64,
                 duplicates: (unit.len() - fresh.len()) as u64,
-                cost_scaled: fresh.iter().map(|r| r.cost).sum(),
+                cost: Amount::checked_sum(fresh.iter().map(|r| r.cost)).ok(),
                 ..Delivered::default()
             });
             if fresh.is_empty() {
@@ -695,7 +702,7 @@ impl Pipeline {
     /// records (a JSON array), each record in the partition its account
     /// keys to. Few large messages instead of one per row: the broker's
     /// cost is per message.
-    async fn feed_ledger(&self, rows: &[&PricedRow]) -> Result<(), usage_kafka::SendBatchError> {
+    async fn feed_ledger(&self, rows: &[&PricedRow]) -> Result<(), crate::feed::FeedError> {
         let (Some(topic), Some(partitions)) = (&self.config.priced_topic, self.priced_partitions) else {
             return Ok(());
         };
@@ -707,14 +714,15 @@ impl Pipeline {
         let mut payloads = Vec::new();
         for (p, records) in &by_partition {
             for chunk in records.chunks(FEED_RECORDS_PER_MESSAGE_MAX) {
-                payloads.push((*p, crate::feed::batch_to_json(chunk)));
+                payloads.push((*p, crate::feed::batch_to_json(chunk)?));
             }
         }
         let messages = payloads
             .iter()
             .map(|(p, payload)| Outgoing { topic, key: None, payload, headers: None, partition: Some(*p) })
             .collect();
-        self.producer.send_all(messages).await.map(|_| ())
+        self.producer.send_all(messages).await?;
+        Ok(())
     }
 
     /// Commits the batch's offsets: a report of progress (resuming uses what

@@ -2,8 +2,8 @@
 
 use crate::batch::Batch;
 use crate::pipeline::Delivered;
-use rust_decimal::Decimal;
 use std::collections::BTreeMap;
+use usage_model::Amount;
 use usage_model::RejectReason;
 
 #[derive(Clone, Debug)]
@@ -18,9 +18,9 @@ pub struct RunReport {
     pub skipped: u64,
     /// Messages left to a partition's new owner after a revocation.
     pub handed_over: u64,
-    /// Sum of the cost of every row inserted, as the scaled integer of
-    /// `Decimal(38, 24)`; `None` if it overflowed `i128` (never silently wrong).
-    pub cost_scaled: Option<i128>,
+    /// Sum of the cost of every row inserted; `None` once it left the range
+    /// of an amount (never silently wrong).
+    pub cost: Option<Amount>,
     pub dead_lettered: BTreeMap<RejectReason, u64>,
     /// Per (topic, partition): the first and one-past-last offsets delivered.
     pub offsets: BTreeMap<(String, i32), (i64, i64)>,
@@ -39,7 +39,7 @@ impl Default for RunReport {
             duplicates: 0,
             skipped: 0,
             handed_over: 0,
-            cost_scaled: Some(0),
+            cost: Some(Amount::ZERO),
             dead_lettered: BTreeMap::new(),
             offsets: BTreeMap::new(),
             batches: 0,
@@ -50,11 +50,6 @@ impl Default for RunReport {
 }
 
 impl RunReport {
-    /// The exact total cost of the rows inserted, if it fits a `Decimal`.
-    pub fn cost(&self) -> Option<Decimal> {
-        self.cost_scaled.and_then(usage_clickhouse::i128_to_decimal)
-    }
-
     pub fn dead_lettered_total(&self) -> u64 {
         self.dead_lettered.values().sum()
     }
@@ -71,7 +66,7 @@ impl RunReport {
         self.priced += delivered.inserted;
         self.duplicates += delivered.duplicates;
         self.rollup_keys_repaired += delivered.rollup_keys_repaired;
-        self.cost_scaled = self.cost_scaled.and_then(|sum| sum.checked_add(delivered.cost_scaled));
+        self.cost = self.cost.zip(delivered.cost).and_then(|(sum, more)| sum.checked_add(more).ok());
         for ((topic, partition), part) in &batch.partitions {
             for (reason, n) in &part.rejected {
                 *self.dead_lettered.entry(*reason).or_default() += n;

@@ -26,6 +26,8 @@ pub async fn backfill(settings: Settings, args: BackfillArgs) -> Result<ExitCode
         from.to_rfc3339(),
         until.to_rfc3339()
     );
+    let total =
+        |t: Option<usage_model::Amount>| t.map_or_else(|| "(past the largest amount)".to_owned(), |a| a.to_string());
     for m in &months {
         println!(
             "  {}-{:02}: {} rows in range, {} changed; cost {} -> {}",
@@ -33,8 +35,8 @@ pub async fn backfill(settings: Settings, args: BackfillArgs) -> Result<ExitCode
             m.month % 100,
             m.rows_in_range,
             m.rows_changed,
-            m.cost_before.normalize(),
-            m.cost_after.normalize()
+            total(m.cost_before),
+            total(m.cost_after)
         );
         for (reason, n) in &m.kept_unpriceable {
             println!("    kept as stored ({reason}): {n}");

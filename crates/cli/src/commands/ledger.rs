@@ -11,7 +11,7 @@ use std::time::Duration;
 use usage_clickhouse::ClickHouseSink;
 use usage_kafka::{Outgoing, Producer, TopicFollower};
 use usage_ledger::{AccountCommand, AccountState, BillingMode, LedgerEvent};
-use usage_model::{round_for_display, Currency};
+use usage_model::{round_for_display, Amount, Currency};
 use usage_stream::{prepare_ledger, Ledger, Shutdown, StopWhen};
 
 /// Bound on reading the whole changelog for `balance`.
@@ -84,9 +84,9 @@ pub async fn balance(settings: Settings, args: BalanceArgs) -> Result<ExitCode> 
     }
     let now = Utc::now();
     let currency: Option<Currency> = state.currency.parse().ok();
-    let show = |d: rust_decimal::Decimal| match currency {
-        Some(c) => format!("{} {c} (exact {})", round_for_display(d, c), d.normalize()),
-        None => d.normalize().to_string(),
+    let show = |d: Amount| match currency {
+        Some(c) => format!("{} {c} (exact {d})", round_for_display(d, c)),
+        None => d.to_string(),
     };
     let mode = match state.mode_at(now) {
         BillingMode::Prepaid => "prepaid",
@@ -97,7 +97,10 @@ pub async fn balance(settings: Settings, args: BalanceArgs) -> Result<ExitCode> 
         state.account_id,
         if state.currency.is_empty() { "-" } else { &state.currency }
     );
-    println!("  balance         {}", show(state.balance()));
+    match state.balance() {
+        Ok(balance) => println!("  balance         {}", show(balance)),
+        Err(e) => println!("  balance         cannot be computed: {e}"),
+    }
     println!("  granted         {}", show(state.granted));
     println!("  used (prepaid)  {}", show(state.used));
     println!("  expired         {}", show(state.expired));
@@ -115,8 +118,8 @@ pub async fn balance(settings: Settings, args: BalanceArgs) -> Result<ExitCode> 
             g.grant_id,
             g.kind,
             g.priority,
-            g.remaining.normalize(),
-            g.amount.normalize(),
+            g.remaining,
+            g.amount,
             g.expires_at.to_rfc3339()
         );
     }
@@ -124,13 +127,7 @@ pub async fn balance(settings: Settings, args: BalanceArgs) -> Result<ExitCode> 
     let spend = state.spend_in(period);
     let budget = state.settings_at(now).and_then(|s| s.monthly_budget);
     match budget {
-        Some(b) => println!(
-            "  month {}-{:02}      spend {} of budget {}",
-            period / 100,
-            period % 100,
-            show(spend),
-            b.normalize()
-        ),
+        Some(b) => println!("  month {}-{:02}      spend {} of budget {}", period / 100, period % 100, show(spend), b),
         None => println!("  month {}-{:02}      spend {} (no budget)", period / 100, period % 100, show(spend)),
     }
     match state.projected_depletion(now) {
