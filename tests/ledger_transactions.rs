@@ -144,7 +144,7 @@ async fn transactions_commit_state_events_and_offsets_together_through_failed_co
     for s in first.values() {
         assert_eq!(
             (s.granted, s.used, s.balance().unwrap(), s.overage),
-            (Amount::units(10), Amount::units(12), Amount::units(2).neg(), Amount::units(2))
+            (Amount::units(10), Amount::units(12), -Amount::units(2), Amount::units(2))
         );
         assert!(s.outbox.is_empty(), "no outbox with transactions: events committed with the state");
     }

@@ -26,15 +26,13 @@ fn pricing(c: &mut Criterion) {
             b.iter_batched(
                 || (),
                 |()| {
-                    let mut cost = usage_model::Amount::ZERO;
                     for (offset, payload) in payloads.iter().enumerate() {
                         let event = decoder.decode(payload).expect("valid event");
                         let priced = pricer.price(event).expect("priceable");
-                        cost = cost.checked_add(priced.cost).expect("bench costs are small");
+                        black_box(priced.cost);
                         let row = PricedRow::new(priced, "usage.raw", 0, offset as i64).expect("row");
                         black_box(row);
                     }
-                    black_box(cost)
                 },
                 BatchSize::SmallInput,
             )

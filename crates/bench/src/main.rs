@@ -185,6 +185,8 @@ fn ledger_memory(results: &mut BTreeMap<&'static str, f64>) {
 }
 
 fn ledger_throughput(results: &mut BTreeMap<&'static str, f64>) {
+    // 0.000123456789: a typical event's cost, with many places.
+    const COST: usage_model::Amount = usage_model::Amount::const_scaled(123_456_789_000_000_000_000);
     const EVENTS: usize = 1_000_000;
     for (key, accounts) in
         [("ledger_events_per_sec_10k_accounts", 10_000), ("ledger_events_per_sec_1m_accounts", 1_000_000)]
@@ -198,7 +200,7 @@ fn ledger_throughput(results: &mut BTreeMap<&'static str, f64>) {
                 account_id: format!("acct-{:07}", (i * 7_919) % accounts),
                 occurred_at: base + chrono::Duration::milliseconds(i as i64),
                 currency: "USD".into(),
-                cost: "0.000123456789".parse().expect("a valid amount"),
+                cost: COST,
                 origin_topic: "usage.raw".into(),
                 origin_partition: 0,
                 origin_offset: i as i64,

@@ -344,7 +344,7 @@ impl AccountCommand {
                     if r.amount.is_some() == r.target_balance.is_some() {
                         return invalid("auto_reload needs exactly one of amount and target_balance".into());
                     }
-                    if r.threshold.neg() > COMMAND_AMOUNT_MAX || r.threshold > COMMAND_AMOUNT_MAX {
+                    if -r.threshold > COMMAND_AMOUNT_MAX || r.threshold > COMMAND_AMOUNT_MAX {
                         return invalid(format!("auto_reload.threshold must be within ±{COMMAND_AMOUNT_MAX}"));
                     }
                     if let Some(a) = r.amount {

@@ -15,8 +15,8 @@
 //! - the only rounding is named: [`Amount::round_half_even`] (display) and
 //!   [`Amount::mul_ratio_half_even`] (contract discounts, to 10^-24).
 //!
-//! No `std::ops` arithmetic is implemented on purpose: `a + b` would have
-//! to panic or wrap on overflow.
+//! No `std::ops` arithmetic but negation is implemented, on purpose: `a + b`
+//! would have to panic or wrap on overflow.
 
 use rust_decimal::Decimal;
 use std::cmp::Ordering;
@@ -74,6 +74,13 @@ impl Amount {
         Amount(scaled)
     }
 
+    /// For constants: a scaled integer, checked when the constant is
+    /// evaluated (at compile time).
+    pub const fn const_scaled(scaled: i128) -> Amount {
+        assert!(-SCALED_MAX <= scaled && scaled <= SCALED_MAX, "an amount constant out of range");
+        Amount(scaled)
+    }
+
     /// A whole number of currency units: every `u32` is in range.
     pub const fn units(units: u32) -> Amount {
         Amount(units as i128 * ONE)
@@ -96,11 +103,6 @@ impl Amount {
         self.0 > 0
     }
 
-    /// `-self`: always in range (the range is symmetric).
-    pub fn neg(self) -> Amount {
-        Amount(-self.0)
-    }
-
     /// `self + other`, or an error if the sum leaves the range.
     pub fn checked_add(self, other: Amount) -> Result<Amount, AmountError> {
         // Two amounts near the bound sum past i128::MAX (2·10^38 > 1.7·10^38).
@@ -113,7 +115,7 @@ impl Amount {
 
     /// `self − other`, or an error if the difference leaves the range.
     pub fn checked_sub(self, other: Amount) -> Result<Amount, AmountError> {
-        self.checked_add(other.neg()).map_err(|_| AmountError::OutOfRange(format!("{self} − {other}")))
+        self.checked_add(-other).map_err(|_| AmountError::OutOfRange(format!("{self} − {other}")))
     }
 
     /// The sum of `amounts`, or an error once it leaves the range.
@@ -220,17 +222,26 @@ impl Amount {
     pub fn from_decimal_per(value: Decimal, per: u64) -> Option<Amount> {
         let d = value.normalize();
         let (m, s) = (d.mantissa(), d.scale());
-        // value·10^24 / per, exact: scale the mantissa up to 24 places (or
-        // fold the extra places into the divisor), then divide.
-        let (numerator, divisor) = if s <= AMOUNT_SCALE {
-            (m.checked_mul(10i128.pow(AMOUNT_SCALE - s))?, i128::from(per))
-        } else {
-            (m, i128::from(per).checked_mul(10i128.pow(s - AMOUNT_SCALE))?)
-        };
-        if divisor == 0 || numerator % divisor != 0 {
+        let per = i128::from(per);
+        if per == 0 {
             return None;
         }
-        Self::from_scaled(numerator / divisor).ok()
+        // value·10^24 / per, exact. When `per` divides the power of ten
+        // (per million, per thousand), multiply by the quotient: a product
+        // past i128 is then past the range too, never a false refusal.
+        let scaled = if s <= AMOUNT_SCALE {
+            let ten = 10i128.pow(AMOUNT_SCALE - s);
+            if ten % per == 0 {
+                m.checked_mul(ten / per)?
+            } else {
+                let n = m.checked_mul(ten)?;
+                (n % per == 0).then(|| n / per)?
+            }
+        } else {
+            let divisor = per.checked_mul(10i128.pow(s - AMOUNT_SCALE))?;
+            (m % divisor == 0).then(|| m / divisor)?
+        };
+        Self::from_scaled(scaled).ok()
     }
 }
 
@@ -248,6 +259,14 @@ fn wide_mul(x: i128, a: u32) -> (i8, u128, u128) {
     match sign {
         -1 => (-1, !hi, !lo),
         s => (s, hi, lo),
+    }
+}
+
+/// `-a` is always in range (the range is symmetric): the one operator.
+impl std::ops::Neg for Amount {
+    type Output = Amount;
+    fn neg(self) -> Amount {
+        Amount(-self.0)
     }
 }
 
@@ -429,6 +448,9 @@ mod tests {
         assert_eq!(Amount::from_decimal_per(d("0.08333333333333334"), 1_000_000), Some(a("0.00000008333333333333334")));
         assert_eq!(Amount::from_decimal_per(d("1"), 3), None, "not exact");
         assert_eq!(Amount::from_decimal_per(d("0.0000000000000000001"), 1_000_000), None, "past 24 places");
+        // A price near the bound: 10^20 − 1 per million is just under 10^14 per unit.
+        assert_eq!(Amount::from_decimal_per(d("99999999999999999999"), 1_000_000), Some(a("99999999999999.999999")));
+        assert_eq!(Amount::from_decimal_per(d("100000000000000000000"), 1_000_000), None, "10^14 per unit");
     }
 
     #[test]

@@ -485,6 +485,60 @@ effective_from = 2025-06-01T00:00:00Z
         assert!(err.contains("no model `gemini-9`"), "{err}");
     }
 
+    const LARGE: &str = r#"
+rate_card = "list"
+version = 1
+effective_from = 2025-01-01T00:00:00Z
+currency = "USD"
+
+[[models]]
+provider = "anthropic"
+id = "claude-sonnet-4"
+prices = { input_mtok = "3", output_mtok = "15" }
+
+[[models]]
+provider = "acme"
+id = "pricey"
+prices = { input_mtok = "100000000" }
+
+[[models]]
+provider = "acme"
+id = "two-lines"
+prices = { input_mtok = "60000000", output_mtok = "60000000" }
+"#;
+
+    #[test]
+    fn huge_counts_are_priced_exactly_up_to_the_largest_amount_then_refused_as_cost_overflow() {
+        let mut p = Pricer::new(book(&[LARGE]));
+        let at = "2025-03-01T00:00:00Z";
+        let mut price = |provider: &str, model: &str, usage: &[(&str, u64)]| p.price(event(provider, model, at, usage));
+        // Issue 10's events: large, and within every limit.
+        let sonnet = |input, output| [("input_tokens", input), ("output_tokens", output)];
+        assert_eq!(price("anthropic", "claude-sonnet-4", &sonnet(1000, 10_000_000_000)).unwrap().cost, d("150000.003"));
+        let max_counts = sonnet(1_000_000_000_000, 1_000_000_000_000);
+        assert_eq!(price("anthropic", "claude-sonnet-4", &max_counts).unwrap().cost, d("18000000"));
+        // At 100 per unit, 999,999,999,999 units is the largest count that
+        // fits (99,999,999,999,900); 10^12 units cost 10^14, one past the
+        // largest amount (10^14 − 10^-24).
+        let fits = price("acme", "pricey", &[("input_tokens", 999_999_999_999)]).unwrap();
+        assert_eq!(fits.cost, d("99999999999900"));
+        let refused = price("acme", "pricey", &[("input_tokens", 1_000_000_000_000)]).unwrap_err();
+        assert_eq!(refused.reason, RejectReason::CostOverflow);
+        assert!(refused.detail.contains("usage.input_tokens = 1000000000000"), "{}", refused.detail);
+        // Two lines that fit alone (6·10^13 each) but not together.
+        let both = price("acme", "two-lines", &max_counts).unwrap_err();
+        assert_eq!(both.reason, RejectReason::CostOverflow);
+        assert!(both.detail.contains("sum"), "{}", both.detail);
+    }
+
+    #[test]
+    fn a_unit_price_past_the_largest_amount_is_refused_at_load() {
+        // 10^20 per million is 10^14 per token: not an amount.
+        let text = LARGE.replace(r#"input_mtok = "100000000" "#, r#"input_mtok = "100000000000000000000" "#);
+        let err = parse_version_file(Path::new("t.toml"), &text).unwrap_err().to_string();
+        assert!(err.contains("largest amount"), "{err}");
+    }
+
     proptest! {
         #[test]
         fn cost_is_additive_and_monotone(input in 0u64..10_000_000, cached_pct in 0u64..=100, output in 0u64..10_000_000, extra in 0u64..1000) {

@@ -153,4 +153,111 @@ mod tests {
             }]
         );
     }
+
+    mod money {
+        use super::super::batch_to_json;
+        use crate::batch::{Batch, MessageOutcome, Processor};
+        use crate::clock::Clock;
+        use chrono::{DateTime, Utc};
+        use proptest::prelude::*;
+        use std::collections::BTreeMap;
+        use std::sync::Arc;
+        use usage_codec::{Decoder, SchemaResolver, ValueFormat};
+        use usage_model::{Amount, EventLimits, RejectReason};
+        use usage_pricing::{parse_version_file, Pricer, RateBook, RateCard};
+
+        struct Fixed(DateTime<Utc>);
+        impl Clock for Fixed {
+            fn now(&self) -> DateTime<Utc> {
+                self.0
+            }
+        }
+
+        /// A price per million (per thousand for requests) as the card
+        /// writes it: `mantissa × 10^-places`, `places` ≤ 18 so that it is
+        /// exact at 24 places per unit.
+        fn price() -> impl Strategy<Value = (u64, u32)> {
+            prop_oneof![(any::<u64>(), 0u32..=18), (0u64..100_000, 0u32..=6), (any::<u64>(), Just(0))]
+        }
+
+        /// Per thousand: at most 10^17 (10^14 per unit, the largest amount).
+        fn price_kcount() -> impl Strategy<Value = (u64, u32)> {
+            prop_oneof![(0u64..100_000_000_000_000_000, 0u32..=18), (0u64..100_000, 0u32..=6)]
+        }
+
+        fn text((mantissa, places): (u64, u32)) -> String {
+            rust_decimal::Decimal::from_i128_with_scale(i128::from(mantissa), places).to_string()
+        }
+
+        /// The price of one unit, scaled by 10^24: `mantissa × 10^(24 − places) / 10^per_digits`
+        /// (`places` ≤ 18 keeps the power whole); `None` past u128.
+        fn scaled((mantissa, places): (u64, u32), per_digits: u32) -> Option<u128> {
+            u128::from(mantissa).checked_mul(10u128.pow(24 - places - per_digits))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+            /// Any counts within the documented limits, any prices a card
+            /// accepts: a cost (equal to an independent exact computation)
+            /// or `cost_overflow` (exactly when that computation passes the
+            /// largest amount), never a panic; the row and the ledger feed
+            /// record carry the same exact amount.
+            #[test]
+            fn pricing_gives_an_exact_cost_or_cost_overflow_and_row_and_feed_agree(
+                input in prop_oneof![0u64..=1_000_000_000_000, Just(1_000_000_000_000)],
+                cached_permille in 0u64..=1000,
+                output in prop_oneof![0u64..=1_000_000_000_000, Just(1_000_000_000_000)],
+                p_in in price(), p_cache in price(), p_out in price(), p_req in price_kcount(),
+            ) {
+                let cached = input / 1000 * cached_permille;
+                let card = format!(
+                    "rate_card = \"list\"\nversion = 1\neffective_from = 2025-01-01T00:00:00Z\ncurrency = \"USD\"\n\n\
+                     [[models]]\nprovider = \"p\"\nid = \"m\"\nprices = {{ input_mtok = \"{}\", cache_read_mtok = \"{}\", \
+                     output_mtok = \"{}\", requests_kcount = \"{}\" }}\n",
+                    text(p_in), text(p_cache), text(p_out), text(p_req)
+                );
+                let version = parse_version_file(std::path::Path::new("t.toml"), &card).unwrap();
+                let card = RateCard { id: "list".into(), currency: version.currency, versions: vec![Arc::new(version)] };
+                let book = Arc::new(RateBook::new(BTreeMap::from([("list".into(), card)]), "list".into()));
+                let now: DateTime<Utc> = "2026-06-01T00:00:00Z".parse().unwrap();
+                let mut processor = Processor::new(
+                    Decoder::new(ValueFormat::Json, SchemaResolver::pinned()),
+                    Pricer::new(book),
+                    EventLimits::default(),
+                    Arc::new(Fixed(now)),
+                );
+                let json = format!(
+                    r#"{{"event_id":"e","account_id":"a","occurred_at":"2026-05-31T00:00:00Z","provider":"p","model":"m","usage":{{"input_tokens":{input},"cache_read_tokens":{cached},"output_tokens":{output}}}}}"#
+                );
+                // The oracle: u128 products and sums; past u128 is past the range too.
+                let lines = [
+                    (input - cached, scaled(p_in, 6)),
+                    (cached, scaled(p_cache, 6)),
+                    (output, scaled(p_out, 6)),
+                    (1, scaled(p_req, 3)),
+                ];
+                let exact = lines
+                    .iter()
+                    .try_fold(0u128, |sum, (q, p)| u128::from(*q).checked_mul((*p)?).and_then(|c| sum.checked_add(c)))
+                    .filter(|c| *c <= Amount::MAX.scaled() as u128);
+                match processor.evaluate(json.as_bytes()) {
+                    MessageOutcome::Priced(priced) => {
+                        prop_assert_eq!(Some(priced.cost.scaled() as u128), exact);
+                        let mut batch = Batch::default();
+                        batch.add("t", 0, 7, None, json.as_bytes(), Ok(*priced.clone()));
+                        let row = &batch.partitions[&("t".to_owned(), 0)].rows[0];
+                        prop_assert_eq!(row.cost, priced.cost);
+                        let records = usage_ledger::PricedUsage::batch_from_json(&batch_to_json(&[row]).unwrap()).unwrap();
+                        prop_assert_eq!(records[0].cost, priced.cost);
+                    }
+                    MessageOutcome::Rejected(r) => {
+                        prop_assert_eq!(r.reason, RejectReason::CostOverflow, "{}", r.detail);
+                        prop_assert_eq!(exact, None);
+                    }
+                    MessageOutcome::Unavailable(why) => prop_assert!(false, "{why}"),
+                }
+            }
+        }
+    }
 }
