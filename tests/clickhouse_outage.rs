@@ -77,6 +77,16 @@ fn peak_rss_bytes(pid: u32) -> u64 {
 
 #[test]
 fn clickhouse_outage_delays_rows_but_never_loses_or_doubles_them() {
+    run_ending(chrono::Utc::now());
+}
+
+/// The same with events that straddle a month boundary, in random order.
+#[test]
+fn clickhouse_outage_delays_rows_but_never_loses_or_doubles_them_across_a_month_boundary() {
+    run_ending(usage_integration_tests::month_straddling_end());
+}
+
+fn run_ending(end: chrono::DateTime<chrono::Utc>) {
     let ch =
         OwnClickHouse { dir: std::env::temp_dir().join(unique("own-clickhouse")), http: free_port(), tcp: free_port() };
     ch.start();
@@ -90,7 +100,7 @@ fn clickhouse_outage_delays_rows_but_never_loses_or_doubles_them() {
 
     let generated: Vec<SynthMessage> = Generator::new(SynthConfig {
         seed: 5,
-        end: chrono::Utc::now(),
+        end,
         bad_every: 0,
         encoding: Encoding::Json,
         id_prefix: unique("o"),

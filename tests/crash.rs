@@ -35,6 +35,16 @@ fn hour_of(t: DateTime<Utc>) -> u32 {
 
 #[test]
 fn sigkill_at_random_moments_loses_nothing_and_counts_nothing_twice() {
+    run_ending(chrono::Utc::now());
+}
+
+/// The same with events that straddle a month boundary, in random order.
+#[test]
+fn sigkill_at_random_moments_loses_nothing_and_counts_nothing_twice_across_a_month_boundary() {
+    run_ending(usage_integration_tests::month_straddling_end());
+}
+
+fn run_ending(end: chrono::DateTime<chrono::Utc>) {
     let (raw, dlq, group, database) = (unique("raw"), unique("dlq"), unique("group"), unique("crash"));
     let mut env = isolated_env(&raw, &dlq, &group, &database);
     // The pricing stage alone: no ledger feed to produce to.
@@ -50,7 +60,7 @@ fn sigkill_at_random_moments_loses_nothing_and_counts_nothing_twice() {
     // after the original and some much later.
     let generated: Vec<SynthMessage> = Generator::new(SynthConfig {
         seed: 42,
-        end: Utc::now(),
+        end,
         bad_every: 1000,
         encoding: Encoding::Json,
         id_prefix: unique("c"),

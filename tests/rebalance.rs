@@ -18,6 +18,16 @@ const CHUNKS: usize = 8;
 
 #[test]
 fn a_rebalance_between_two_live_instances_loses_nothing_and_counts_nothing_twice() {
+    run_ending(chrono::Utc::now());
+}
+
+/// The same with events that straddle a month boundary, in random order.
+#[test]
+fn a_rebalance_between_two_live_instances_loses_nothing_and_counts_nothing_twice_across_a_month_boundary() {
+    run_ending(usage_integration_tests::month_straddling_end());
+}
+
+fn run_ending(end: chrono::DateTime<chrono::Utc>) {
     let (raw, dlq, group, database) = (unique("rraw"), unique("rdlq"), unique("rgroup"), unique("rebalance"));
     let mut env = isolated_env(&raw, &dlq, &group, &database);
     env.retain(|(k, _)| *k != "USAGE_PRICED_TOPIC");
@@ -27,7 +37,7 @@ fn a_rebalance_between_two_live_instances_loses_nothing_and_counts_nothing_twice
 
     let generated: Vec<SynthMessage> = Generator::new(SynthConfig {
         seed: 9,
-        end: chrono::Utc::now(),
+        end,
         bad_every: 0,
         encoding: Encoding::Json,
         id_prefix: unique("r"),

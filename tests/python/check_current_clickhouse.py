@@ -7,6 +7,7 @@ The Rust test `current_clickhouse` runs this script."""
 
 import pathlib
 import sys
+from pathlib import Path
 import tempfile
 
 from chdb import session
@@ -94,6 +95,17 @@ def main() -> int:
                 ).bytes().decode().split()
                 assert rolled == ["2", "2.500000000000000000000001"], (table, rolled)
         check("priced rows insert and read back exactly", insert_and_read)
+
+        # Queries the Rust side builds, with the answers it expects (a JSON
+        # file given as the first argument): the duplicate check's row key,
+        # rebuild and lookup on today's engine.
+        if len(sys.argv) > 1:
+            import json
+            for case in json.loads(Path(sys.argv[1]).read_text()):
+                def run_case(case=case):
+                    got = s.query(case["sql"].replace("{database}", DATABASE), "TSV").bytes().decode()
+                    assert sorted(got.splitlines()) == sorted(case["expect"]), (got, case["expect"])
+                check(case["name"], run_case)
 
         import re
         queries = re.findall(r"```sql\n(.*?)```", (ROOT / "docs" / "queries.md").read_text(), re.S)

@@ -243,3 +243,13 @@ pub async fn check_balances_view(
     }
     rows.len()
 }
+
+/// An `end` for `usage_synth::SynthConfig` whose 24 hours before it
+/// straddle the start of a month: noon of the first day of the latest month
+/// that started at least 13 hours ago (events are never in the future).
+pub fn month_straddling_end() -> chrono::DateTime<chrono::Utc> {
+    use chrono::{Datelike, TimeZone};
+    let now = chrono::Utc::now() - chrono::Duration::hours(13);
+    let first = chrono::Utc.with_ymd_and_hms(now.year(), now.month(), 1, 0, 0, 0).single().expect("a valid date");
+    first + chrono::Duration::hours(12)
+}

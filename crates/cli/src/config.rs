@@ -28,6 +28,8 @@
 //! schema_registry_url = "http://..."  # SCHEMA_REGISTRY_URL
 //! batch_events_max = 20000
 //! batch_linger_ms = 500
+//! dedup_window_days = 35              # duplicates checked in memory; older events looked up
+//! dedup_ids_max = 16000000            # row keys held per partition (8-16 bytes each)
 //!
 //! [ledger]
 //! priced_topic = "usage.priced"       # USAGE_PRICED_TOPIC ("" : no ledger feed)
@@ -111,6 +113,8 @@ struct PipelineSection {
     schema_registry_url: Option<String>,
     batch_events_max: Option<usize>,
     batch_linger_ms: Option<u64>,
+    dedup_window_days: Option<u64>,
+    dedup_ids_max: Option<usize>,
 }
 
 /// Everything a command needs, validated.
@@ -180,6 +184,8 @@ impl Settings {
             batch_events_max,
             batch_linger: p.batch_linger_ms.map(Duration::from_millis).unwrap_or(defaults.batch_linger),
             value_format,
+            dedup_window: p.dedup_window_days.map(|d| Duration::from_secs(d * 86_400)).unwrap_or(defaults.dedup_window),
+            dedup_ids_max: p.dedup_ids_max.unwrap_or(defaults.dedup_ids_max),
             ..defaults
         };
         let l = file.ledger;

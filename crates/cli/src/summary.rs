@@ -25,18 +25,23 @@ pub async fn print_run_summary(report: &RunReport, sink: &ClickHouseSink) -> Res
         println!("{:<28}{:>10}", "already stored (skipped)", report.skipped);
         println!("{:<28}{:>10}", "handed over (rebalance)", report.handed_over);
     }
+    if report.forwarded > 0 {
+        println!("{:<28}{:>10}", "forwarded (home partition)", report.forwarded);
+    }
+    println!("{:<28}{:>10}   over {} batches", "INSERTs", report.inserts, report.batches);
     if report.rollup_keys_repaired > 0 {
         println!("{:<28}{:>10}", "rollup rows repaired", report.rollup_keys_repaired);
     }
     let mut consistent = report.balances();
     println!(
-        "check: in = priced + dead-lettered + duplicates + skipped + handed over: {} = {} + {} + {} + {} + {}  {}",
+        "check: in = priced + dead-lettered + duplicates + skipped + handed over + forwarded: {} = {} + {} + {} + {} + {} + {}  {}",
         report.consumed,
         report.priced,
         dead,
         report.duplicates,
         report.skipped,
         report.handed_over,
+        report.forwarded,
         if consistent { "OK" } else { "MISMATCH" }
     );
     if report.offsets.is_empty() {

@@ -5,7 +5,9 @@
 //!   idempotently, and records them in `schema_migrations`.
 //! - [`PricedRow`] is a priced event as a `priced_events` row (RowBinary).
 //! - [`ClickHouseSink::insert_with_id`] sends rows as one INSERT, under a
-//!   deterministic query id; [`ClickHouseSink::stored_positions`],
+//!   deterministic query id; [`ClickHouseSink::stored_keys`] (a partition's
+//!   keys within the duplicate window, read once on assignment),
+//!   [`ClickHouseSink::lookup_stored`] (point lookups by the sort key),
 //!   [`ClickHouseSink::last_stored_offset`] and
 //!   [`ClickHouseSink::record_offsets`] serve exactly-once delivery.
 //! - [`ROLLUPS`] describes the rollups; [`ClickHouseSink::repair_rollups`]
@@ -22,6 +24,7 @@ mod reports;
 mod rollups;
 mod row;
 mod sink;
+mod stored;
 
 pub use backfill::StoredUsage;
 pub use migrations::MIGRATIONS;
@@ -29,3 +32,4 @@ pub use reports::{quote, CostBy, OffsetRanges, Totals};
 pub use rollups::{RepairReport, Rollup, RollupMismatch, ROLLUPS};
 pub use row::{datetime, DateTimeRangeError, LedgerEntryRow, PricedRow, DECIMAL_SCALE};
 pub use sink::{ClickHouseSettings, ClickHouseSink, SinkError, StoredPositions};
+pub use stored::{lookup_sql, row_key, stored_keys_sql, StoredKey, ROW_KEY_SQL};

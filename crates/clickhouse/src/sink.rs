@@ -77,6 +77,10 @@ impl ClickHouseSink {
         &self.settings.database
     }
 
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+
     /// `db.table`, for SQL.
     pub fn table(&self, table: &str) -> String {
         format!("{}.{table}", self.settings.database)
@@ -200,50 +204,10 @@ fn unescape_tsv(field: &str) -> String {
 /// of stored rows.
 pub type StoredPositions = std::collections::HashMap<(String, String), (String, i32, i64)>;
 
-/// Rows per duplicate-check query: 2,000 ids of up to 128 characters stay
-/// under ClickHouse's default `max_query_size` (256 KiB).
-const DUPLICATE_CHECK_IDS_MAX: usize = 2_000;
 /// How often to look for a previous owner's INSERT still running.
 const IN_FLIGHT_POLL: Duration = Duration::from_millis(200);
 
 impl ClickHouseSink {
-    /// The given rows that are already stored, by `(account_id, event_id)`,
-    /// with the Kafka position they were stored from: another position is a
-    /// producer's re-send, the same one an earlier INSERT of this very row.
-    /// Duplicates are identical re-sends, so the search is limited to the
-    /// rows' accounts and `occurred_at` span (the table's sort key).
-    pub async fn stored_positions(&self, rows: &[&PricedRow]) -> Result<StoredPositions, SinkError> {
-        let mut found = StoredPositions::new();
-        for chunk in rows.chunks(DUPLICATE_CHECK_IDS_MAX) {
-            let from = chunk.iter().map(|r| r.occurred_at).min().expect("non-empty chunk");
-            let until = chunk.iter().map(|r| r.occurred_at).max().expect("non-empty chunk");
-            let mut accounts: Vec<&str> = chunk.iter().map(|r| r.account_id.as_str()).collect();
-            accounts.sort_unstable();
-            accounts.dedup();
-            let list = |items: &mut dyn Iterator<Item = &str>| items.map(crate::quote).collect::<Vec<_>>().join(",");
-            let sql = format!(
-                "SELECT account_id, event_id, kafka_topic, kafka_partition, kafka_offset FROM {} WHERE occurred_at >= toDateTime({from}) AND occurred_at <= toDateTime({until}) \
-                 AND account_id IN ({}) AND event_id IN ({})",
-                self.table("priced_events"),
-                list(&mut accounts.into_iter()),
-                list(&mut chunk.iter().map(|r| r.event_id.as_str())),
-            );
-            for row in self.query_tsv(&sql).await? {
-                if let [account, event, topic, partition, offset] = &row[..] {
-                    let position = (
-                        topic.clone(),
-                        partition
-                            .parse()
-                            .map_err(|e| SinkError::Unexpected(format!("partition {partition:?}: {e}")))?,
-                        offset.parse().map_err(|e| SinkError::Unexpected(format!("offset {offset:?}: {e}")))?,
-                    );
-                    found.insert((account.clone(), event.clone()), position);
-                }
-            }
-        }
-        Ok(found)
-    }
-
     /// Inserts one unit of rows with a deterministic `query_id`: ClickHouse
     /// refuses a second query with the id of one still running, so a retry
     /// (or a new owner of the partition) cannot overlap an INSERT in flight.

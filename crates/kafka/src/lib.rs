@@ -9,11 +9,13 @@
 //! - [`consumer`]: a consumer-group member with manual commits.
 //! - [`DeadLetter`]: the original bytes plus the reason, in headers.
 //! - [`TopicFollower`]: reads a whole topic, then follows it (rate cards).
+//! - [`forward_headers`]: a misrouted message sent on to its key's partition.
 
 mod admin;
 mod consumer;
 mod dead_letter;
 mod follower;
+mod forward;
 mod producer;
 mod settings;
 
@@ -26,6 +28,7 @@ pub use dead_letter::{
     DeadLetter, HEADER_DETAIL, HEADER_REASON, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION, HEADER_SOURCE_TOPIC,
 };
 pub use follower::{drain_topic, read_partition, Drained, FollowError, Record, TopicFollower};
+pub use forward::{copy_headers, forward_headers, is_forwarded, HEADER_FORWARDED_FROM};
 pub use producer::{partition_for_key, Outgoing, Producer, ProducerError, SendBatchError};
 pub use settings::KafkaSettings;
 

@@ -52,46 +52,77 @@ impl Processor {
     }
 }
 
+/// What the duplicate check made of a row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RowState {
+    /// Not stored: to insert (and to feed to the ledger).
+    New,
+    /// New, and already sent to the ledger feed.
+    NewFed,
+    /// Stored before (a producer's re-send, or a copy earlier in the batch).
+    Duplicate,
+    /// Stored from this very Kafka position by an earlier attempt.
+    StoredHere,
+    /// To be looked up in ClickHouse (a hit in memory, or older than the
+    /// duplicate window) before it is fed or inserted.
+    Unsure,
+}
+
+/// An event that arrived on a partition other than its account's: sent,
+/// as it came, to its home partition (where the account's duplicate check
+/// lives), instead of being priced here.
+#[derive(Clone, Debug)]
+pub struct Forward {
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+    pub home_partition: i32,
+    pub source_offset: i64,
+}
+
 /// The work of one batch for one Kafka partition, in offset order.
 #[derive(Default)]
 pub struct PartitionBatch {
     pub rows: Vec<PricedRow>,
+    /// Per row: its key (`usage_clickhouse::row_key`) and its state.
+    pub keys: Vec<u64>,
+    pub states: Vec<RowState>,
     pub dead_letters: Vec<DeadLetter>,
+    pub forwards: Vec<Forward>,
     /// First offset seen, and the offset to commit (one past the last).
     pub first_offset: i64,
     pub next_offset: i64,
     pub n_messages: u64,
     pub rejected: BTreeMap<RejectReason, u64>,
-    /// Rows `..fed` have been through the ledger feed (sent, or found
-    /// stored already, or duplicates within the batch).
-    pub fed: usize,
 }
 
 impl PartitionBatch {
-    /// The rows cut into INSERTs: contiguous runs of offsets whose rows fall
-    /// in one ClickHouse partition (month). One INSERT then writes one part,
-    /// atomically, and covers an offset range with nothing of it elsewhere,
-    /// so "is this range stored?" has a yes-or-no answer.
-    pub fn insert_units(&self) -> Vec<&[PricedRow]> {
-        let mut units = Vec::new();
-        let mut start = 0;
-        for i in 1..=self.rows.len() {
-            if i == self.rows.len() || month(self.rows[i].occurred_at) != month(self.rows[start].occurred_at) {
-                if i > start {
-                    units.push(&self.rows[start..i]);
-                }
-                start = i;
+    /// The rows to insert, grouped into INSERTs by ClickHouse partition
+    /// (month), in month order: one INSERT writes one part, atomically, and
+    /// a batch costs one INSERT per month it touches, whatever the order
+    /// its events arrived in.
+    pub fn insert_units(&self) -> Vec<Vec<&PricedRow>> {
+        let mut by_month: BTreeMap<u32, Vec<&PricedRow>> = BTreeMap::new();
+        for (row, state) in self.rows.iter().zip(&self.states) {
+            if matches!(state, RowState::New | RowState::NewFed) {
+                by_month.entry(month(row.occurred_at)).or_default().push(row);
             }
         }
-        units
+        by_month.into_values().collect()
+    }
+
+    fn count(&self, wanted: impl Fn(RowState) -> bool) -> u64 {
+        self.states.iter().filter(|s| wanted(**s)).count() as u64
     }
 }
 
 /// `YYYYMM` of a `DateTime` column value, as ClickHouse partitions by it.
-fn month(epoch_seconds: u32) -> u32 {
-    let t = chrono::DateTime::from_timestamp(epoch_seconds as i64, 0).expect("u32 seconds are a valid instant");
+pub fn month(epoch_seconds: u32) -> u32 {
     use chrono::Datelike;
-    t.year() as u32 * 100 + t.month()
+    match chrono::DateTime::from_timestamp(i64::from(epoch_seconds), 0) {
+        Some(t) => t.year() as u32 * 100 + t.month(),
+        None => 0, // unreachable: every u32 of seconds is an instant
+    }
 }
 
 /// The work of one batch, ready to deliver: per Kafka partition.
@@ -102,9 +133,9 @@ pub struct Batch {
     pub skipped: u64,
     /// Messages dropped because their partition was revoked mid-batch.
     pub handed_over: u64,
-    /// `(account_id, event_id)` of the rows fed to the ledger, so that a
-    /// producer's duplicate within the batch is fed once.
-    pub fed_keys: std::collections::HashSet<(String, String)>,
+    /// The batch's rows by key, to find a copy earlier in the batch:
+    /// key → (partition, row index). The pipeline reads one topic.
+    by_key: std::collections::HashMap<u64, (i32, usize)>,
 }
 
 impl Batch {
@@ -120,23 +151,27 @@ impl Batch {
         self.partitions.values().flat_map(|p| p.dead_letters.iter())
     }
 
+    /// Rows already stored from their own position (counted as skipped).
+    pub fn n_stored_here(&self) -> u64 {
+        self.partitions.values().map(|p| p.count(|s| s == RowState::StoredHere)).sum()
+    }
+
+    pub fn n_duplicates(&self) -> u64 {
+        self.partitions.values().map(|p| p.count(|s| s == RowState::Duplicate)).sum()
+    }
+
+    pub fn n_forwarded(&self) -> u64 {
+        self.partitions.values().map(|p| p.forwards.len() as u64).sum()
+    }
+
     /// Forgets a partition's work (the partition was revoked: its new owner
     /// redoes it from what is stored).
     pub fn drop_partition(&mut self, topic: &str, partition: i32) -> Option<PartitionBatch> {
+        self.by_key.retain(|_, (p, _)| *p != partition);
         self.partitions.remove(&(topic.to_owned(), partition))
     }
 
-    /// Records a message's outcome. `key` and `payload` are the original
-    /// bytes, kept only if the message is dead-lettered.
-    pub fn add(
-        &mut self,
-        topic: &str,
-        partition: i32,
-        offset: i64,
-        key: Option<&[u8]>,
-        payload: &[u8],
-        outcome: Result<PricedEvent, Rejection>,
-    ) {
+    fn partition(&mut self, topic: &str, partition: i32, offset: i64) -> &mut PartitionBatch {
         let part = self.partitions.entry((topic.to_owned(), partition)).or_insert_with(|| PartitionBatch {
             first_offset: offset,
             next_offset: offset + 1,
@@ -145,16 +180,52 @@ impl Batch {
         part.n_messages += 1;
         part.first_offset = part.first_offset.min(offset);
         part.next_offset = part.next_offset.max(offset + 1);
-        let rejection = match outcome {
-            Ok(priced) => match PricedRow::new(priced, topic, partition, offset) {
-                Ok(row) => {
-                    part.rows.push(row);
-                    return;
+        part
+    }
+
+    /// Records a message to send to its home partition.
+    pub fn forward(&mut self, topic: &str, partition: i32, forward: Forward) {
+        self.partition(topic, partition, forward.source_offset).forwards.push(forward);
+    }
+
+    /// Records a message's outcome. `key` and `payload` are the original
+    /// bytes, kept only if the message is dead-lettered. A row gets its
+    /// key and the state `check` gives it (after the in-batch check).
+    /// Returns the new row's index, if any.
+    #[allow(clippy::too_many_arguments)]
+    pub fn add(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        outcome: Result<PricedEvent, Rejection>,
+        check: impl FnOnce(&PricedRow, u64) -> RowState,
+    ) {
+        let rejection = match outcome.and_then(|priced| PricedRow::new(priced, topic, partition, offset)) {
+            Ok(row) => {
+                let row_key = usage_clickhouse::row_key(&row.account_id, &row.event_id, row.occurred_at);
+                let earlier = self.by_key.get(&row_key).and_then(|(p, i)| {
+                    self.partitions.iter().find(|((_, q), _)| q == p).and_then(|(_, part)| part.rows.get(*i))
+                });
+                let state = match earlier {
+                    Some(e) if same_event(e, &row) => RowState::Duplicate,
+                    _ => check(&row, row_key),
+                };
+                let part = self.partition(topic, partition, offset);
+                let index = part.rows.len();
+                part.rows.push(row);
+                part.keys.push(row_key);
+                part.states.push(state);
+                if matches!(state, RowState::New | RowState::Unsure) {
+                    self.by_key.entry(row_key).or_insert((partition, index));
                 }
-                Err(r) => r,
-            },
+                return;
+            }
             Err(r) => r,
         };
+        let part = self.partition(topic, partition, offset);
         *part.rejected.entry(rejection.reason).or_default() += 1;
         part.dead_letters.push(DeadLetter {
             key: key.map(<[u8]>::to_vec),
@@ -168,16 +239,21 @@ impl Batch {
     }
 }
 
+/// Whether two rows are the same usage event (an identical re-send).
+pub fn same_event(a: &PricedRow, b: &PricedRow) -> bool {
+    a.occurred_at == b.occurred_at && a.event_id == b.event_id && a.account_id == b.account_id
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn row(offset: i64, at: &str) -> PricedRow {
+    fn priced(event_id: &str, at: &str) -> PricedEvent {
         let t: chrono::DateTime<chrono::Utc> = at.parse().unwrap();
         let mut usage = usage_model::UsageCounts::default();
         usage.set(usage_model::Unit::INPUT_TOKENS, 1);
         let event = usage_model::UsageEvent {
-            event_id: format!("e{offset}"),
+            event_id: event_id.into(),
             account_id: "a".into(),
             occurred_at: t,
             provider: "p".into(),
@@ -188,7 +264,7 @@ mod tests {
             attributes: Default::default(),
             usage,
         };
-        let priced = PricedEvent {
+        PricedEvent {
             event,
             matched_model: "m".into(),
             rate_card: "c".into(),
@@ -197,26 +273,38 @@ mod tests {
             currency: usage_model::Currency::USD,
             lines: vec![],
             cost: usage_model::Amount::ONE,
-        };
-        PricedRow::new(priced, "t", 0, offset).unwrap()
+        }
     }
 
     #[test]
-    fn insert_units_are_contiguous_runs_within_one_month() {
-        let mut part = PartitionBatch::default();
+    fn insert_units_are_one_per_month_whatever_the_arrival_order() {
+        let mut batch = Batch::default();
         for (offset, at) in [
             (1, "2026-01-31T23:59:59Z"),
-            (2, "2026-01-31T23:59:58Z"),
-            (3, "2026-02-01T00:00:00Z"),
-            (4, "2026-01-31T23:59:59Z"),
-            (5, "2026-02-01T00:00:01Z"),
+            (2, "2026-02-01T00:00:00Z"),
+            (3, "2026-01-31T23:59:58Z"),
+            (4, "2026-02-01T00:00:01Z"),
+            (5, "2026-01-30T00:00:00Z"),
             (6, "2026-02-01T00:00:02Z"),
         ] {
-            part.rows.push(row(offset, at));
+            batch.add("t", 0, offset, None, b"", Ok(priced(&format!("e{offset}"), at)), |_, _| RowState::New);
         }
+        let part = &batch.partitions[&("t".to_owned(), 0)];
         let units: Vec<Vec<i64>> =
             part.insert_units().iter().map(|u| u.iter().map(|r| r.kafka_offset).collect()).collect();
-        assert_eq!(units, vec![vec![1, 2], vec![3], vec![4], vec![5, 6]]);
+        assert_eq!(units, vec![vec![1, 3, 5], vec![2, 4, 6]]);
         assert!(PartitionBatch::default().insert_units().is_empty());
+    }
+
+    #[test]
+    fn a_copy_later_in_the_batch_is_a_duplicate_and_is_never_inserted() {
+        let mut batch = Batch::default();
+        let at = "2026-01-31T23:59:59Z";
+        batch.add("t", 0, 1, None, b"", Ok(priced("e1", at)), |_, _| RowState::New);
+        batch.add("t", 1, 7, None, b"", Ok(priced("e1", at)), |_, _| RowState::New);
+        batch.add("t", 0, 2, None, b"", Ok(priced("e1", "2026-01-31T23:59:58Z")), |_, _| RowState::New);
+        assert_eq!(batch.partitions[&("t".to_owned(), 1)].states, vec![RowState::Duplicate]);
+        assert_eq!(batch.n_duplicates(), 1, "another instant is another event");
+        assert_eq!(batch.partitions[&("t".to_owned(), 1)].insert_units().len(), 0);
     }
 }

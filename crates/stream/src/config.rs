@@ -45,6 +45,17 @@ pub struct StreamConfig {
     pub stop_when: StopWhen,
     /// Give up if no partition is assigned within this time.
     pub assignment_timeout: Duration,
+    /// Events that occurred within this long before now are checked for
+    /// duplicates in memory; older ones are looked up in ClickHouse by the
+    /// sort key (exact either way: the window only trades memory for
+    /// lookups). 35 days: what billing platforms accept late usage for
+    /// (Stripe 35 days, Metronome 34), so every event they would take is
+    /// checked without a query.
+    pub dedup_window: Duration,
+    /// Row keys held per partition, at most (8 to 16 bytes each: 16 M keys
+    /// are at most 256 MiB). Past it the oldest days leave the window early
+    /// and their events are looked up instead.
+    pub dedup_ids_max: usize,
 }
 
 impl Default for StreamConfig {
@@ -66,6 +77,8 @@ impl Default for StreamConfig {
             queued_kbytes_max: 16 * 1024,
             stop_when: StopWhen::Never,
             assignment_timeout: Duration::from_secs(60),
+            dedup_window: Duration::from_secs(35 * 86_400),
+            dedup_ids_max: 16_000_000,
         }
     }
 }

@@ -24,6 +24,7 @@ mod ledger;
 mod pipeline;
 mod rate_cards;
 mod report;
+mod seen;
 
 pub use backfill::{backfill, BackfillError, MonthBackfill};
 pub use batch::{Batch, MessageOutcome, Processor};

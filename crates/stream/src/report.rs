@@ -18,6 +18,12 @@ pub struct RunReport {
     pub skipped: u64,
     /// Messages left to a partition's new owner after a revocation.
     pub handed_over: u64,
+    /// Events sent on to their account's partition (they arrived on
+    /// another); each is consumed and counted again there.
+    pub forwarded: u64,
+    /// INSERTs into `priced_events` (one per partition and month a batch
+    /// touches).
+    pub inserts: u64,
     /// Sum of the cost of every row inserted; `None` once it left the range
     /// of an amount (never silently wrong).
     pub cost: Option<Amount>,
@@ -39,6 +45,8 @@ impl Default for RunReport {
             duplicates: 0,
             skipped: 0,
             handed_over: 0,
+            forwarded: 0,
+            inserts: 0,
             cost: Some(Amount::ZERO),
             dead_lettered: BTreeMap::new(),
             offsets: BTreeMap::new(),
@@ -56,15 +64,23 @@ impl RunReport {
 
     /// Whether every consumed message is accounted for.
     pub fn balances(&self) -> bool {
-        self.consumed == self.priced + self.duplicates + self.dead_lettered_total() + self.skipped + self.handed_over
+        self.consumed
+            == self.priced
+                + self.duplicates
+                + self.dead_lettered_total()
+                + self.skipped
+                + self.handed_over
+                + self.forwarded
     }
 
     pub(crate) fn add(&mut self, batch: &Batch, delivered: &Delivered) {
         self.consumed += batch.n_messages() + batch.skipped + batch.handed_over + delivered.handed_over;
-        self.skipped += batch.skipped;
+        self.skipped += batch.skipped + delivered.stored_here;
         self.handed_over += batch.handed_over + delivered.handed_over;
         self.priced += delivered.inserted;
         self.duplicates += delivered.duplicates;
+        self.forwarded += delivered.forwarded;
+        self.inserts += delivered.inserts;
         self.rollup_keys_repaired += delivered.rollup_keys_repaired;
         self.cost = self.cost.zip(delivered.cost).and_then(|(sum, more)| sum.checked_add(more).ok());
         for ((topic, partition), part) in &batch.partitions {
