@@ -19,6 +19,7 @@
 //! database = "usage"                  # CLICKHOUSE_DATABASE
 //! user = "default"                    # CLICKHOUSE_USER
 //! password = ""                       # CLICKHOUSE_PASSWORD
+//! compression = "lz4"                 # CLICKHOUSE_COMPRESSION: lz4 | none (none pays on one host)
 //!
 //! [pipeline]
 //! group_id = "usage-pipeline"         # USAGE_GROUP_ID
@@ -101,6 +102,7 @@ struct ClickHouseSection {
     database: Option<String>,
     user: Option<String>,
     password: Option<String>,
+    compression: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -159,6 +161,11 @@ impl Settings {
             database: env("CLICKHOUSE_DATABASE").or(file.clickhouse.database).unwrap_or_else(|| "usage".into()),
             user: env("CLICKHOUSE_USER").or(file.clickhouse.user),
             password: env("CLICKHOUSE_PASSWORD").or(file.clickhouse.password),
+            compress_inserts: match env("CLICKHOUSE_COMPRESSION").or(file.clickhouse.compression).as_deref() {
+                None | Some("lz4") => true,
+                Some("none") => false,
+                Some(other) => bail!("clickhouse.compression must be lz4 or none, is {other:?}"),
+            },
             ..ClickHouseSettings::default()
         };
         let defaults = StreamConfig::default();

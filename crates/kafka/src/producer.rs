@@ -56,12 +56,24 @@ pub struct Producer {
 }
 
 impl Producer {
-    /// An idempotent producer (`acks=all`): a retried send is not
-    /// duplicated by the broker.
+    /// A producer that keeps each partition's messages in order through
+    /// retries (`acks=all`, one request in flight per broker). Not
+    /// idempotent: a retry may store a message twice, which every reader
+    /// of what the pipeline writes tolerates (the ledger skips origins it
+    /// applied, threshold events and dead letters carry ids, a forwarded
+    /// event is a duplicate at home), while librdkafka's idempotent
+    /// producer spins its broker thread waiting for acks (measured: half
+    /// the pipeline's CPU on the local broker).
     pub fn new(settings: &KafkaSettings, role: &str) -> Result<Self, ProducerError> {
+        Self::with(settings, role, &[("enable.idempotence", "false"), ("max.in.flight.requests.per.connection", "1")])
+    }
+
+    fn with(settings: &KafkaSettings, role: &str, extra: &[(&str, &str)]) -> Result<Self, ProducerError> {
         let mut config = settings.client_config(role);
+        for (k, v) in extra {
+            config.set(*k, *v);
+        }
         config
-            .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "5")
             .set("message.timeout.ms", MESSAGE_TIMEOUT.as_millis().to_string())
@@ -80,7 +92,8 @@ impl Producer {
     pub fn transactional(settings: &KafkaSettings, role: &str, transactional_id: &str) -> Result<Self, ProducerError> {
         let mut overrides = settings.clone();
         overrides.overrides.insert("transactional.id".into(), transactional_id.into());
-        let producer = Self::new(&overrides, role)?;
+        // Transactions need the idempotent producer.
+        let producer = Self::with(&overrides, role, &[("enable.idempotence", "true")])?;
         producer.inner.init_transactions(TRANSACTION_TIMEOUT).map_err(ProducerError::Create)?;
         Ok(producer)
     }

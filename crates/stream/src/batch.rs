@@ -94,6 +94,10 @@ pub struct PartitionBatch {
     pub next_offset: i64,
     pub n_messages: u64,
     pub rejected: BTreeMap<RejectReason, u64>,
+    /// The partition's assignment its messages were read in.
+    pub epoch: u64,
+    /// Rows `..fed` went through the ledger feed (or were not to be fed).
+    pub fed: usize,
 }
 
 impl PartitionBatch {
@@ -164,6 +168,17 @@ impl Batch {
         self.partitions.values().map(|p| p.forwards.len() as u64).sum()
     }
 
+    /// Whether the batch holds this very event as a row it will insert (or
+    /// is looking up): exact, by comparing the rows.
+    pub fn holds(&self, row_key: u64, row: &PricedRow) -> bool {
+        self.by_key
+            .get(&row_key)
+            .and_then(|(p, i)| {
+                self.partitions.iter().find(|((_, q), _)| q == p).and_then(|(_, part)| part.rows.get(*i))
+            })
+            .is_some_and(|earlier| same_event(earlier, row))
+    }
+
     /// Forgets a partition's work (the partition was revoked: its new owner
     /// redoes it from what is stored).
     pub fn drop_partition(&mut self, topic: &str, partition: i32) -> Option<PartitionBatch> {
@@ -171,12 +186,19 @@ impl Batch {
         self.partitions.remove(&(topic.to_owned(), partition))
     }
 
-    fn partition(&mut self, topic: &str, partition: i32, offset: i64) -> &mut PartitionBatch {
-        let part = self.partitions.entry((topic.to_owned(), partition)).or_insert_with(|| PartitionBatch {
-            first_offset: offset,
-            next_offset: offset + 1,
-            ..PartitionBatch::default()
-        });
+    fn partition(&mut self, topic: &str, partition: i32, epoch: u64, offset: i64) -> &mut PartitionBatch {
+        // Looked up without allocating: a batch holds a few partitions.
+        if !self.partitions.keys().any(|(t, p)| *p == partition && t == topic) {
+            let part =
+                PartitionBatch { first_offset: offset, next_offset: offset + 1, epoch, ..PartitionBatch::default() };
+            self.partitions.insert((topic.to_owned(), partition), part);
+        }
+        let part = self
+            .partitions
+            .iter_mut()
+            .find(|((t, p), _)| *p == partition && t == topic)
+            .map(|(_, part)| part)
+            .expect("inserted above");
         part.n_messages += 1;
         part.first_offset = part.first_offset.min(offset);
         part.next_offset = part.next_offset.max(offset + 1);
@@ -184,8 +206,8 @@ impl Batch {
     }
 
     /// Records a message to send to its home partition.
-    pub fn forward(&mut self, topic: &str, partition: i32, forward: Forward) {
-        self.partition(topic, partition, forward.source_offset).forwards.push(forward);
+    pub fn forward(&mut self, topic: &str, partition: i32, epoch: u64, forward: Forward) {
+        self.partition(topic, partition, epoch, forward.source_offset).forwards.push(forward);
     }
 
     /// Records a message's outcome. `key` and `payload` are the original
@@ -197,6 +219,7 @@ impl Batch {
         &mut self,
         topic: &str,
         partition: i32,
+        epoch: u64,
         offset: i64,
         key: Option<&[u8]>,
         payload: &[u8],
@@ -213,7 +236,7 @@ impl Batch {
                     Some(e) if same_event(e, &row) => RowState::Duplicate,
                     _ => check(&row, row_key),
                 };
-                let part = self.partition(topic, partition, offset);
+                let part = self.partition(topic, partition, epoch, offset);
                 let index = part.rows.len();
                 part.rows.push(row);
                 part.keys.push(row_key);
@@ -225,7 +248,7 @@ impl Batch {
             }
             Err(r) => r,
         };
-        let part = self.partition(topic, partition, offset);
+        let part = self.partition(topic, partition, epoch, offset);
         *part.rejected.entry(rejection.reason).or_default() += 1;
         part.dead_letters.push(DeadLetter {
             key: key.map(<[u8]>::to_vec),
@@ -287,7 +310,7 @@ mod tests {
             (5, "2026-01-30T00:00:00Z"),
             (6, "2026-02-01T00:00:02Z"),
         ] {
-            batch.add("t", 0, offset, None, b"", Ok(priced(&format!("e{offset}"), at)), |_, _| RowState::New);
+            batch.add("t", 0, 0, offset, None, b"", Ok(priced(&format!("e{offset}"), at)), |_, _| RowState::New);
         }
         let part = &batch.partitions[&("t".to_owned(), 0)];
         let units: Vec<Vec<i64>> =
@@ -300,9 +323,9 @@ mod tests {
     fn a_copy_later_in_the_batch_is_a_duplicate_and_is_never_inserted() {
         let mut batch = Batch::default();
         let at = "2026-01-31T23:59:59Z";
-        batch.add("t", 0, 1, None, b"", Ok(priced("e1", at)), |_, _| RowState::New);
-        batch.add("t", 1, 7, None, b"", Ok(priced("e1", at)), |_, _| RowState::New);
-        batch.add("t", 0, 2, None, b"", Ok(priced("e1", "2026-01-31T23:59:58Z")), |_, _| RowState::New);
+        batch.add("t", 0, 0, 1, None, b"", Ok(priced("e1", at)), |_, _| RowState::New);
+        batch.add("t", 1, 0, 7, None, b"", Ok(priced("e1", at)), |_, _| RowState::New);
+        batch.add("t", 0, 0, 2, None, b"", Ok(priced("e1", "2026-01-31T23:59:58Z")), |_, _| RowState::New);
         assert_eq!(batch.partitions[&("t".to_owned(), 1)].states, vec![RowState::Duplicate]);
         assert_eq!(batch.n_duplicates(), 1, "another instant is another event");
         assert_eq!(batch.partitions[&("t".to_owned(), 1)].insert_units().len(), 0);

@@ -19,6 +19,7 @@ mod backfill;
 mod batch;
 mod clock;
 mod config;
+mod deliver;
 mod feed;
 mod ledger;
 mod pipeline;

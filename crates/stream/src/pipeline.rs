@@ -38,15 +38,22 @@
 //! - **Revocation.** Work in progress for a revoked partition is dropped,
 //!   and rows are inserted only for partitions still assigned: the new owner
 //!   redoes that work from what is stored.
-//! - **Ledger feed.** Every 200 ms while a batch fills, and before its
-//!   INSERTs, the new rows priced so far go to the priced topic, in the
-//!   partition their account keys to, with the offset they came from: a
-//!   retry or a replay re-sends them, and the ledger skips origins it has
-//!   applied. Rows the in-memory check is sure of are fed at once, so
-//!   threshold events wait neither for the batch nor for ClickHouse.
+//! - **Ledger feed.** While a batch fills (every `FEED_INTERVAL`) and when
+//!   it closes, its new rows go to the priced topic, in the partition their
+//!   account keys to, with the offset they came from, in offset order per
+//!   partition (the ledger skips an origin offset at or below the last it
+//!   applied, so order matters): a row awaiting a lookup holds back the
+//!   rows after it until the lookup settles it. A retry or a replay
+//!   re-sends records, and the ledger skips them.
+//! - **Overlap.** A closed batch is delivered (`deliver`) in a task of its
+//!   own while the next one fills: threshold events never wait behind an
+//!   INSERT. Deliveries run one at a time, in order; a partition revoked
+//!   meanwhile is dropped from the batch in flight (its assignment epoch
+//!   changed) and handed over.
 
 use crate::batch::{Batch, Forward, MessageOutcome, Processor, RowState};
 use crate::config::{StopWhen, StreamConfig};
+use crate::deliver::{Deliverer, Epochs};
 use crate::report::RunReport;
 use crate::seen::{Seen, SeenIds};
 use std::collections::{BTreeMap, HashMap};
@@ -54,18 +61,19 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use usage_clickhouse::{ClickHouseSink, PricedRow, SinkError};
 use usage_kafka::{
-    copy_headers, ensure_topics, forward_headers, is_forwarded, partition_for_key, BorrowedMessage, CommitMode,
-    Consumer, GroupConsumer, KafkaError, KafkaSettings, Message, Offset, Outgoing, OwnedMessage, Producer,
-    ProducerError, TopicPartitionList, TopicSpec,
+    copy_headers, ensure_topics, is_forwarded, partition_for_key, BorrowedMessage, Consumer, GroupConsumer, KafkaError,
+    KafkaSettings, Message, Offset, Outgoing, OwnedMessage, Producer, ProducerError, TopicPartitionList, TopicSpec,
 };
 use usage_model::Amount;
 use usage_pricing::RateBook;
 
 /// How often a filling batch feeds the ledger what it priced so far: the
-/// part of threshold-event latency due to the pricing stage.
-const FEED_INTERVAL: Duration = Duration::from_millis(200);
+/// part of threshold-event latency due to the pricing stage (a feed costs
+/// one broker round trip per priced partition, whatever its size).
+const FEED_INTERVAL: Duration = Duration::from_millis(50);
 /// Priced records per ledger-feed message (~250 bytes each, well under
 /// the broker's default 1 MB message limit).
 const FEED_RECORDS_PER_MESSAGE_MAX: usize = 1_000;
@@ -90,6 +98,8 @@ pub enum PipelineError {
     MissingTopic(String),
     #[error("shutting down with a batch of {n_messages} messages undelivered ({what}: {error}); it will be consumed again on restart")]
     Undelivered { n_messages: u64, what: &'static str, error: String },
+    #[error("the delivery task stopped abnormally: {0}")]
+    DeliveryTask(String),
 }
 
 /// A shutdown request (SIGTERM, Ctrl-C, a test), observed between messages.
@@ -123,7 +133,7 @@ impl Shutdown {
 
 /// Capped exponential backoff for a step retried until it succeeds; after a
 /// shutdown request, for at most `shutdown_grace`.
-struct Backoff {
+pub(crate) struct Backoff {
     what: &'static str,
     next: Duration,
     max: Duration,
@@ -133,7 +143,7 @@ struct Backoff {
 }
 
 impl Backoff {
-    fn new(what: &'static str, config: &StreamConfig) -> Self {
+    pub(crate) fn new(what: &'static str, config: &StreamConfig) -> Self {
         Self {
             what,
             next: config.retry_backoff_initial,
@@ -145,7 +155,12 @@ impl Backoff {
     }
 
     /// Waits before the next attempt, or gives up after a shutdown request.
-    async fn failed(&mut self, error: String, shutdown: &Shutdown, n_messages: u64) -> Result<(), PipelineError> {
+    pub(crate) async fn failed(
+        &mut self,
+        error: String,
+        shutdown: &Shutdown,
+        n_messages: u64,
+    ) -> Result<(), PipelineError> {
         self.failures += 1;
         if shutdown.is_requested() {
             let deadline = *self.give_up_at.get_or_insert_with(|| Instant::now() + self.grace);
@@ -165,7 +180,7 @@ impl Backoff {
         Ok(())
     }
 
-    fn succeeded(&self) {
+    pub(crate) fn succeeded(&self) {
         if self.failures > 0 {
             tracing::info!(what = self.what, failures = self.failures, "recovered");
         }
@@ -185,6 +200,9 @@ pub(crate) struct Delivered {
     pub forwarded: u64,
     pub rollup_keys_repaired: u64,
     pub inserts: u64,
+    pub commit_failures: u64,
+    /// Partitions revoked during delivery: handed over, not delivered.
+    pub revoked: Vec<(String, i32)>,
 }
 
 impl Default for Delivered {
@@ -198,12 +216,14 @@ impl Default for Delivered {
             forwarded: 0,
             rollup_keys_repaired: 0,
             inserts: 0,
+            commit_failures: 0,
+            revoked: Vec::new(),
         }
     }
 }
 
 impl Delivered {
-    fn add(&mut self, other: &Delivered) {
+    pub(crate) fn add(&mut self, other: &Delivered) {
         self.inserted += other.inserted;
         self.duplicates += other.duplicates;
         self.stored_here += other.stored_here;
@@ -212,6 +232,8 @@ impl Delivered {
         self.forwarded += other.forwarded;
         self.rollup_keys_repaired += other.rollup_keys_repaired;
         self.inserts += other.inserts;
+        self.commit_failures += other.commit_failures;
+        self.revoked.extend(other.revoked.iter().cloned());
     }
 }
 
@@ -220,6 +242,8 @@ struct Assigned {
     /// The first offset not yet recorded as stored.
     resume_from: i64,
     seen: SeenIds,
+    /// Which assignment this is (see `deliver::Epochs`).
+    epoch: u64,
 }
 
 pub struct Pipeline {
@@ -228,6 +252,12 @@ pub struct Pipeline {
     sink: ClickHouseSink,
     processor: Processor,
     producer: Producer,
+    epochs: Epochs,
+    next_epoch: u64,
+    /// The batch being delivered while the next one fills: a hit on a row
+    /// it holds is a duplicate, known without a lookup (the row is not in
+    /// ClickHouse yet).
+    previous: Option<Arc<Batch>>,
     /// New rate books from the rate-card feed, applied between batches.
     rate_updates: Option<watch::Receiver<Arc<RateBook>>>,
     /// Per assigned topic, then partition (nested so that the per-message
@@ -269,6 +299,9 @@ impl Pipeline {
             sink,
             processor,
             producer,
+            epochs: Epochs::default(),
+            next_epoch: 0,
+            previous: None,
             rate_updates: None,
             assigned: HashMap::new(),
             raw_partitions: 0,
@@ -313,27 +346,41 @@ impl Pipeline {
             self.priced_partitions = Some(n as i32);
         }
         tracing::info!(topic = %self.config.raw_topic, group = %self.config.group_id, "consuming");
+        let deliverer = Arc::new(Deliverer {
+            config: self.config.clone(),
+            sink: self.sink.clone(),
+            producer: self.producer.clone(),
+            consumer: Arc::clone(&consumer),
+            epochs: Arc::clone(&self.epochs),
+        });
         let started = Instant::now();
         let mut report = RunReport::default();
         let mut last_activity = Instant::now();
         let mut last_progress_log = Instant::now();
+        let mut in_flight: Option<InFlight> = None;
         loop {
             self.apply_rate_updates();
             self.advance_windows();
             let filling = Instant::now();
             let mut batch = self.fill(Arc::clone(&consumer), shutdown.clone()).await?;
             if !batch.is_empty() {
-                let delivering = Instant::now();
-                let delivered = self.deliver(&consumer, &mut batch, &shutdown).await?;
+                self.complete_feed(&mut batch, &shutdown).await?;
+            }
+            // The previous batch was delivered while this one filled.
+            if let Some(previous) = in_flight.take() {
+                previous.finish(&mut report).await?;
+                self.previous = None;
+            }
+            if !batch.is_empty() {
                 tracing::debug!(
                     messages = batch.n_messages(),
-                    inserts = delivered.inserts,
-                    fill_ms = (delivering - filling).as_millis() as u64,
-                    deliver_ms = delivering.elapsed().as_millis() as u64,
-                    "batch delivered"
+                    fill_ms = filling.elapsed().as_millis() as u64,
+                    "batch filled; delivering"
                 );
-                report.commit_failures += self.commit(&consumer, &batch);
-                report.add(&batch, &delivered);
+                let batch = Arc::new(batch);
+                self.previous = Some(Arc::clone(&batch));
+                let task = tokio::spawn(Arc::clone(&deliverer).deliver(batch, shutdown.clone()));
+                in_flight = Some(InFlight { task, since: Instant::now() });
                 last_activity = Instant::now();
             }
             if last_progress_log.elapsed() >= PROGRESS_LOG_INTERVAL {
@@ -349,6 +396,9 @@ impl Pipeline {
                 );
             }
             if shutdown.is_requested() {
+                if let Some(last) = in_flight.take() {
+                    last.finish(&mut report).await?;
+                }
                 tracing::info!("shutdown requested: last batch committed, stopping");
                 break;
             }
@@ -360,7 +410,8 @@ impl Pipeline {
                         seconds: self.config.assignment_timeout.as_secs(),
                     });
                 }
-                if assigned && batch.is_empty() && last_activity.elapsed() >= idle && caught_up(&consumer, &report)? {
+                if assigned && in_flight.is_none() && last_activity.elapsed() >= idle && caught_up(&consumer, &report)?
+                {
                     tracing::info!("caught up with the end of every assigned partition, stopping");
                     break;
                 }
@@ -402,14 +453,16 @@ impl Pipeline {
         }
     }
 
-    /// Forgets the work and state of revoked partitions. Returns the number
-    /// of messages dropped.
+    /// Forgets the work and state of revoked partitions (a batch in
+    /// delivery sees their epoch gone). Returns the number of messages
+    /// dropped from the filling batch.
     fn apply_revocations(&mut self, consumer: &GroupConsumer, batch: &mut Batch) -> u64 {
         let mut dropped = 0;
         for (topic, partition) in consumer.context().take_revoked() {
             if let Some(partitions) = self.assigned.get_mut(&topic) {
                 partitions.remove(&partition);
             }
+            self.epochs.lock().expect("epochs lock").remove(&(topic.clone(), partition));
             if let Some(part) = batch.drop_partition(&topic, partition) {
                 tracing::info!(
                     topic,
@@ -441,9 +494,9 @@ impl Pipeline {
                 n_since_feed_check = 0;
                 if last_feed.elapsed() >= FEED_INTERVAL {
                     last_feed = Instant::now();
-                    // Best effort here; `deliver` feeds what is left, retrying.
-                    if let Err(e) = self.feed_new_rows(&mut batch).await {
-                        tracing::warn!(error = %e, "ledger feed failed; retrying before the insert");
+                    // Best effort here; `complete_feed` feeds what is left, retrying.
+                    if let Err(e) = self.feed_in_order(&mut batch, true).await {
+                        tracing::warn!(error = %e, "ledger feed failed; retrying when the batch closes");
                     }
                 }
                 batch.handed_over += self.apply_revocations(&consumer, &mut batch);
@@ -476,6 +529,7 @@ impl Pipeline {
                 None => {
                     let Some(a) = self.assign(topic, partition, &shutdown).await? else { break };
                     let resume = a.resume_from;
+                    self.epochs.lock().expect("epochs lock").insert((topic.to_owned(), partition), a.epoch);
                     self.assigned.entry(topic.to_owned()).or_default().insert(partition, a);
                     resume
                 }
@@ -523,10 +577,11 @@ impl Pipeline {
         }
     }
 
-    /// Adds a judged message: a row (checked against the partition's keys),
-    /// a dead letter, or a forward to the account's home partition.
+    /// Adds a judged message: a row (checked against the partition's keys,
+    /// and held by them from now on if new), a dead letter, or a forward to
+    /// the account's home partition.
     fn add<M: Message>(
-        &self,
+        &mut self,
         batch: &mut Batch,
         message: &M,
         outcome: Result<usage_model::PricedEvent, usage_model::Rejection>,
@@ -542,31 +597,40 @@ impl Pipeline {
                     home_partition: home,
                     source_offset: offset,
                 };
-                batch.forward(topic, partition, forward);
+                let epoch = self.epoch_of(topic, partition);
+                batch.forward(topic, partition, epoch, forward);
                 return;
             }
         }
-        let seen = self.assigned.get(topic).and_then(|p| p.get(&partition)).map(|a| &a.seen);
-        batch.add(
-            topic,
-            partition,
-            offset,
-            message.key(),
-            message.payload().unwrap_or_default(),
-            outcome,
-            |row, key| match seen.map(|s| s.check(key, row.occurred_at, row.kafka_offset)) {
-                Some(Seen::New) => RowState::New,
-                Some(Seen::StoredHere) => RowState::StoredHere,
-                Some(Seen::Unsure) | None => RowState::Unsure,
-            },
-        );
+        let Some(assigned) = self.assigned.get_mut(topic).and_then(|p| p.get_mut(&partition)) else {
+            return; // Unreachable: a message is judged once its partition is taken.
+        };
+        let (seen, epoch) = (&mut assigned.seen, assigned.epoch);
+        let previous = self.previous.as_deref();
+        let payload = message.payload().unwrap_or_default();
+        batch.add(topic, partition, epoch, offset, message.key(), payload, outcome, |row, key| {
+            match seen.check(key, row.occurred_at, row.kafka_offset) {
+                Seen::New => {
+                    // Held from now on: a copy in a later batch is a hit.
+                    seen.insert(key, row.occurred_at);
+                    RowState::New
+                }
+                Seen::StoredHere => RowState::StoredHere,
+                Seen::Unsure if previous.is_some_and(|b| b.holds(key, row)) => RowState::Duplicate,
+                Seen::Unsure => RowState::Unsure,
+            }
+        });
+    }
+
+    fn epoch_of(&self, topic: &str, partition: i32) -> u64 {
+        self.assigned.get(topic).and_then(|p| p.get(&partition)).map_or(0, |a| a.epoch)
     }
 
     /// Takes a partition: waits until no INSERT of a previous owner is still
     /// running for it, reads where it resumes and the keys it stored within
     /// the window. `None` on shutdown.
     async fn assign(
-        &self,
+        &mut self,
         topic: &str,
         partition: i32,
         shutdown: &Shutdown,
@@ -599,7 +663,9 @@ impl Pipeline {
                         read_ms = started.elapsed().as_millis() as u64,
                         "resuming after the last stored offset, with the keys stored in the duplicate window"
                     );
-                    return Ok(Some(Assigned { resume_from: last.map_or(i64::MIN, |o| o + 1), seen }));
+                    self.next_epoch += 1;
+                    let epoch = self.next_epoch;
+                    return Ok(Some(Assigned { resume_from: last.map_or(i64::MIN, |o| o + 1), seen, epoch }));
                 }
                 Err(e) => backoff.failed(e.to_string(), shutdown, 0).await?,
             }
@@ -630,59 +696,10 @@ impl Pipeline {
         }
     }
 
-    /// Settles the rows the in-memory check was unsure of, then sends dead
-    /// letters and forwards (every one acknowledged), feeds the ledger, and
-    /// inserts the new rows of each partition still assigned, month by
-    /// month; records the offsets; each step retried until it succeeds
-    /// (after a shutdown request, for at most `shutdown_grace`).
-    async fn deliver(
-        &mut self,
-        consumer: &GroupConsumer,
-        batch: &mut Batch,
-        shutdown: &Shutdown,
-    ) -> Result<Delivered, PipelineError> {
-        let mut delivered = Delivered { handed_over: self.apply_revocations(consumer, batch), ..Delivered::default() };
-        let n_messages = batch.n_messages();
-        self.settle_unsure(batch, shutdown, n_messages).await?;
-        self.send_letters_and_forwards(batch, shutdown, n_messages).await?;
-        let mut backoff = Backoff::new("ledger feed", &self.config);
-        loop {
-            match self.feed_new_rows(batch).await {
-                Ok(()) => break backoff.succeeded(),
-                Err(e) => backoff.failed(e.to_string(), shutdown, n_messages).await?,
-            }
-        }
-        let mut offsets: Vec<(String, i32, i64)> = Vec::new();
-        let keys: Vec<(String, i32)> = batch.partitions.keys().cloned().collect();
-        for key in keys {
-            let (topic, partition) = (&key.0, key.1);
-            match self.deliver_partition(consumer, batch, topic, partition, shutdown, n_messages).await? {
-                Some(done) => {
-                    delivered.add(&done);
-                    offsets.push((topic.clone(), partition, batch.partitions[&key].next_offset - 1));
-                }
-                None => {
-                    // Revoked while we delivered: the new owner resumes after
-                    // what is recorded and finds what we stored.
-                    let part = batch.drop_partition(topic, partition).expect("partition in batch");
-                    tracing::info!(topic, partition, "partition revoked during delivery: handing over");
-                    delivered.handed_over += part.n_messages;
-                }
-            }
-        }
-        self.record_offsets(&offsets, shutdown, n_messages).await?;
-        Ok(delivered)
-    }
-
-    /// Looks up the rows the in-memory check could not decide (hits, and
-    /// events older than the window): stored from their own position, stored
-    /// elsewhere (a duplicate), or new.
-    async fn settle_unsure(
-        &self,
-        batch: &mut Batch,
-        shutdown: &Shutdown,
-        n_messages: u64,
-    ) -> Result<(), PipelineError> {
+    /// Settles the rows the in-memory check was unsure of (hits, and events
+    /// older than the window) by a point lookup: stored from their own
+    /// position, stored elsewhere (a duplicate), or new.
+    async fn settle_unsure(&self, batch: &mut Batch) -> Result<(), SinkError> {
         let unsure: Vec<&PricedRow> = batch
             .partitions
             .values()
@@ -691,23 +708,14 @@ impl Pipeline {
         if unsure.is_empty() {
             return Ok(());
         }
-        let mut backoff = Backoff::new("duplicate lookup", &self.config);
-        let found = loop {
-            match self.sink.lookup_stored(&unsure).await {
-                Ok(found) => break found,
-                Err(e) => backoff.failed(e.to_string(), shutdown, n_messages).await?,
-            }
-        };
-        backoff.succeeded();
+        let found = self.sink.lookup_stored(&unsure).await?;
         for part in batch.partitions.values_mut() {
             for (row, state) in part.rows.iter().zip(part.states.iter_mut()) {
                 if *state != RowState::Unsure {
                     continue;
                 }
                 *state = match found.get(&(row.account_id.clone(), row.event_id.clone())) {
-                    Some((t, p, o))
-                        if *t == *row.kafka_topic && *p == row.kafka_partition && *o == row.kafka_offset =>
-                    {
+                    Some((t, p, o)) if *t == row.kafka_topic && *p == row.kafka_partition && *o == row.kafka_offset => {
                         RowState::StoredHere
                     }
                     Some(_) => RowState::Duplicate,
@@ -718,232 +726,56 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Dead letters, and misrouted events to their home partitions; waits
-    /// for every acknowledgement.
-    async fn send_letters_and_forwards(
-        &self,
-        batch: &Batch,
-        shutdown: &Shutdown,
-        n_messages: u64,
-    ) -> Result<(), PipelineError> {
-        let letters: Vec<_> = batch.dead_letters().cloned().collect();
-        if !letters.is_empty() {
-            let mut backoff = Backoff::new("dead letters", &self.config);
-            loop {
-                match self.producer.send_dead_letters(&self.config.dead_letter_topic, &letters).await {
-                    Ok(()) => break backoff.succeeded(),
-                    Err(e) => backoff.failed(e.to_string(), shutdown, n_messages).await?,
+    /// Feeds the ledger the batch's new rows not fed yet, in offset order
+    /// per partition, up to the first row still to settle (`settle` looks
+    /// those up first).
+    async fn feed_in_order(&self, batch: &mut Batch, settle: bool) -> Result<(), FeedFailure> {
+        let waiting = batch.partitions.values().any(|p| p.states[p.fed..].contains(&RowState::Unsure));
+        if settle && waiting {
+            self.settle_unsure(batch).await.map_err(FeedFailure::Lookup)?;
+        }
+        let mut ready: Vec<&PricedRow> = Vec::new();
+        let mut upto: Vec<usize> = Vec::with_capacity(batch.partitions.len());
+        for part in batch.partitions.values() {
+            let mut i = part.fed;
+            while i < part.rows.len() && part.states[i] != RowState::Unsure {
+                if part.states[i] == RowState::New {
+                    ready.push(&part.rows[i]);
+                }
+                i += 1;
+            }
+            upto.push(i);
+        }
+        if !ready.is_empty() {
+            self.feed_ledger(&ready).await.map_err(FeedFailure::Feed)?;
+        }
+        for (part, upto) in batch.partitions.values_mut().zip(upto) {
+            let fed = part.fed;
+            for state in &mut part.states[fed..upto] {
+                if *state == RowState::New {
+                    *state = RowState::NewFed;
                 }
             }
+            part.fed = upto;
         }
-        let forwards: Vec<(i32, &Forward)> =
-            batch.partitions.iter().flat_map(|((_, p), part)| part.forwards.iter().map(move |f| (*p, f))).collect();
-        if forwards.is_empty() {
-            return Ok(());
-        }
-        let mut backoff = Backoff::new("forwards to home partitions", &self.config);
-        loop {
-            let messages = forwards
-                .iter()
-                .map(|(from, f)| Outgoing {
-                    topic: &self.config.raw_topic,
-                    key: f.key.as_deref(),
-                    payload: &f.payload,
-                    headers: Some(forward_headers(&f.headers, *from, f.source_offset)),
-                    partition: Some(f.home_partition),
-                })
-                .collect();
-            match self.producer.send_all(messages).await {
-                Ok(_) => break backoff.succeeded(),
-                Err(e) => backoff.failed(e.to_string(), shutdown, n_messages).await?,
-            }
-        }
-        tracing::debug!(n = forwards.len(), "events forwarded to their accounts' partitions");
         Ok(())
     }
 
-    /// Inserts one partition's new rows, a unit per month, repairs rollups
-    /// where needed, and adds the keys to the partition's set. `None` when
-    /// the partition was revoked meanwhile.
-    async fn deliver_partition(
-        &mut self,
-        consumer: &GroupConsumer,
-        batch: &Batch,
-        topic: &str,
-        partition: i32,
-        shutdown: &Shutdown,
-        n_messages: u64,
-    ) -> Result<Option<Delivered>, PipelineError> {
-        let part = &batch.partitions[&(topic.to_owned(), partition)];
-        let mut done = Delivered {
-            duplicates: part.states.iter().filter(|s| **s == RowState::Duplicate).count() as u64,
-            forwarded: part.forwards.len() as u64,
-            ..Delivered::default()
-        };
-        let prefix = self.query_id_prefix(topic, partition);
-        for unit in part.insert_units() {
-            if !self.owns(consumer, topic, partition) {
-                return Ok(None);
-            }
-            let unit_done = self.insert_unit(&prefix, &unit, shutdown, n_messages).await?;
-            done.add(&unit_done);
-        }
-        let stored_here: Vec<&PricedRow> =
-            part.rows.iter().zip(&part.states).filter(|(_, s)| **s == RowState::StoredHere).map(|(r, _)| r).collect();
-        done.stored_here = stored_here.len() as u64;
-        if !stored_here.is_empty() {
-            done.rollup_keys_repaired += self.repair(&stored_here, &prefix, shutdown, n_messages).await?;
-        }
-        if !self.owns(consumer, topic, partition) {
-            return Ok(None);
-        }
-        if let Some(a) = self.assigned.get_mut(topic).and_then(|p| p.get_mut(&partition)) {
-            for ((row, key), state) in part.rows.iter().zip(&part.keys).zip(&part.states) {
-                if matches!(state, RowState::New | RowState::NewFed) {
-                    a.seen.insert(*key, row.occurred_at);
-                }
-            }
-        }
-        Ok(Some(done))
-    }
-
-    /// Records, in one INSERT, where each partition resumes: every message
-    /// through its offset is delivered (rows stored, rollups complete, dead
-    /// letters and forwards sent).
-    async fn record_offsets(
-        &self,
-        offsets: &[(String, i32, i64)],
-        shutdown: &Shutdown,
-        n_messages: u64,
-    ) -> Result<(), PipelineError> {
-        if offsets.is_empty() {
-            return Ok(());
-        }
-        let refs: Vec<(&str, i32, i64)> = offsets.iter().map(|(t, p, o)| (t.as_str(), *p, *o)).collect();
-        let mut backoff = Backoff::new("recording the offsets", &self.config);
+    /// Settles and feeds everything left of a closed batch, retried until
+    /// done: the next batch's rows must not reach the ledger before these.
+    async fn complete_feed(&self, batch: &mut Batch, shutdown: &Shutdown) -> Result<(), PipelineError> {
+        let n_messages = batch.n_messages();
+        let mut backoff = Backoff::new("ledger feed", &self.config);
         loop {
-            match self.sink.record_offsets(&refs).await {
-                Ok(()) => {
+            match self.feed_in_order(batch, true).await {
+                Ok(()) if batch.partitions.values().all(|p| p.fed == p.rows.len()) => {
                     backoff.succeeded();
                     return Ok(());
                 }
+                Ok(()) => continue,
                 Err(e) => backoff.failed(e.to_string(), shutdown, n_messages).await?,
             }
         }
-    }
-
-    fn owns(&self, consumer: &GroupConsumer, topic: &str, partition: i32) -> bool {
-        !consumer.assignment_lost()
-            && consumer.assignment().is_ok_and(|a| a.find_partition(topic, partition).is_some())
-            && self.assigned.get(topic).is_some_and(|p| p.contains_key(&partition))
-    }
-
-    /// Inserts one unit (a partition's new rows of one month) under its
-    /// query id, retried until it succeeds. After a failed attempt, the
-    /// rows are looked up first: that attempt may have stored them (one
-    /// INSERT is one part: all or none), and then they are not inserted
-    /// again; the rollups are repaired for them either way.
-    async fn insert_unit(
-        &self,
-        prefix: &str,
-        unit: &[&PricedRow],
-        shutdown: &Shutdown,
-        n_messages: u64,
-    ) -> Result<Delivered, PipelineError> {
-        let mut rows: Vec<&PricedRow> = unit.to_vec();
-        let first = rows.iter().map(|r| r.kafka_offset).min().unwrap_or_default();
-        let last = rows.iter().map(|r| r.kafka_offset).max().unwrap_or_default();
-        let month = rows.first().map_or(0, |r| crate::batch::month(r.occurred_at));
-        let query_id = format!("{prefix}{first}-{last}-{month}");
-        let mut done = Delivered { inserts: 1, ..Delivered::default() };
-        let mut backoff = Backoff::new("ClickHouse insert", &self.config);
-        let mut failed = false;
-        loop {
-            if failed {
-                let found = match self.sink.lookup_stored(&rows).await {
-                    Ok(found) => found,
-                    Err(e) => {
-                        backoff.failed(e.to_string(), shutdown, n_messages).await?;
-                        continue;
-                    }
-                };
-                let ours = |r: &PricedRow| {
-                    found.get(&(r.account_id.clone(), r.event_id.clone())).is_some_and(|(t, p, o)| {
-                        *t == *r.kafka_topic && *p == r.kafka_partition && *o == r.kafka_offset
-                    })
-                };
-                if rows.iter().any(|r| ours(r)) {
-                    break; // The failed attempt stored the unit.
-                }
-                // Stored from elsewhere meanwhile (two copies at once on two
-                // instances): not inserted again.
-                let before = rows.len();
-                rows.retain(|r| !found.contains_key(&(r.account_id.clone(), r.event_id.clone())));
-                done.duplicates += (before - rows.len()) as u64;
-                if rows.is_empty() {
-                    break;
-                }
-            }
-            match self.sink.insert_with_id(&rows, &query_id).await {
-                Ok(()) => break,
-                Err(e) => {
-                    failed = true;
-                    backoff.failed(e.to_string(), shutdown, n_messages).await?
-                }
-            }
-        }
-        backoff.succeeded();
-        done.inserted = rows.len() as u64;
-        done.cost = Amount::checked_sum(rows.iter().map(|r| r.cost)).ok();
-        if failed {
-            done.rollup_keys_repaired = self.repair(&rows, prefix, shutdown, n_messages).await?;
-        }
-        Ok(done)
-    }
-
-    /// Repairs the rollups for the keys `rows` touch (see
-    /// `ClickHouseSink::repair_rollups`), retried until it succeeds.
-    async fn repair(
-        &self,
-        rows: &[&PricedRow],
-        prefix: &str,
-        shutdown: &Shutdown,
-        n_messages: u64,
-    ) -> Result<u64, PipelineError> {
-        let mut backoff = Backoff::new("rollup repair", &self.config);
-        loop {
-            match self.sink.repair_rollups(rows, prefix).await {
-                Ok(report) => {
-                    backoff.succeeded();
-                    return Ok(report.keys_repaired);
-                }
-                Err(e) => backoff.failed(e.to_string(), shutdown, n_messages).await?,
-            }
-        }
-    }
-
-    /// Feeds the ledger the new rows not fed yet, as soon as they are
-    /// priced and known to be new (threshold events must not wait for the
-    /// batch's INSERT); rows still to be looked up wait for `deliver`.
-    async fn feed_new_rows(&self, batch: &mut Batch) -> Result<(), crate::feed::FeedError> {
-        if self.config.priced_topic.is_none() {
-            return Ok(());
-        }
-        let pending: Vec<&PricedRow> = batch
-            .partitions
-            .values()
-            .flat_map(|p| p.rows.iter().zip(&p.states).filter(|(_, s)| **s == RowState::New).map(|(r, _)| r))
-            .collect();
-        if pending.is_empty() {
-            return Ok(());
-        }
-        self.feed_ledger(&pending).await?;
-        for part in batch.partitions.values_mut() {
-            for state in part.states.iter_mut().filter(|s| **s == RowState::New) {
-                *state = RowState::NewFed;
-            }
-        }
-        Ok(())
     }
 
     /// Sends the rows to the ledger's priced topic (if any): per partition
@@ -973,28 +805,37 @@ impl Pipeline {
         self.producer.send_all(messages).await?;
         Ok(())
     }
+}
 
-    /// Commits the batch's offsets: a report of progress (resuming uses what
-    /// is stored in ClickHouse). A failure is logged and counted.
-    fn commit(&self, consumer: &GroupConsumer, batch: &Batch) -> u64 {
-        if batch.partitions.is_empty() {
-            return 0;
-        }
-        let mut tpl = TopicPartitionList::new();
-        for ((topic, partition), part) in &batch.partitions {
-            if let Err(e) = tpl.add_partition_offset(topic, *partition, Offset::Offset(part.next_offset)) {
-                tracing::error!(error = %e, topic, partition, "cannot build the commit");
-                return 1;
-            }
-        }
-        match consumer.commit(&tpl, CommitMode::Sync) {
-            Ok(()) => 0,
-            Err(e) => {
-                tracing::warn!(error = %e, "offset commit failed (progress report only)");
-                1
-            }
-        }
+/// A batch being delivered by its task.
+struct InFlight {
+    task: JoinHandle<Result<(Arc<Batch>, Delivered), PipelineError>>,
+    since: Instant,
+}
+
+impl InFlight {
+    /// Waits for the delivery and counts it.
+    async fn finish(self, report: &mut RunReport) -> Result<(), PipelineError> {
+        let (batch, delivered) = self.task.await.map_err(|e| PipelineError::DeliveryTask(e.to_string()))??;
+        let batch: &Batch = &batch;
+        tracing::debug!(
+            messages = batch.n_messages(),
+            inserts = delivered.inserts,
+            deliver_ms = self.since.elapsed().as_millis() as u64,
+            "batch delivered"
+        );
+        report.add(&batch, &delivered);
+        Ok(())
     }
+}
+
+/// Why a feed step failed.
+#[derive(Debug, thiserror::Error)]
+enum FeedFailure {
+    #[error("looking up rows before feeding them: {0}")]
+    Lookup(SinkError),
+    #[error(transparent)]
+    Feed(crate::feed::FeedError),
 }
 
 /// Whether every assigned partition has been consumed to its end.

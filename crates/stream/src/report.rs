@@ -74,16 +74,19 @@ impl RunReport {
     }
 
     pub(crate) fn add(&mut self, batch: &Batch, delivered: &Delivered) {
-        self.consumed += batch.n_messages() + batch.skipped + batch.handed_over + delivered.handed_over;
+        let delivered_parts = || batch.partitions.iter().filter(|(key, _)| !delivered.revoked.contains(key));
+        let n_messages: u64 = delivered_parts().map(|(_, p)| p.n_messages).sum();
+        self.consumed += n_messages + batch.skipped + batch.handed_over + delivered.handed_over;
         self.skipped += batch.skipped + delivered.stored_here;
         self.handed_over += batch.handed_over + delivered.handed_over;
         self.priced += delivered.inserted;
         self.duplicates += delivered.duplicates;
         self.forwarded += delivered.forwarded;
+        self.commit_failures += delivered.commit_failures;
         self.inserts += delivered.inserts;
         self.rollup_keys_repaired += delivered.rollup_keys_repaired;
         self.cost = self.cost.zip(delivered.cost).and_then(|(sum, more)| sum.checked_add(more).ok());
-        for ((topic, partition), part) in &batch.partitions {
+        for ((topic, partition), part) in delivered_parts() {
             for (reason, n) in &part.rejected {
                 *self.dead_lettered.entry(*reason).or_default() += n;
             }

@@ -1,0 +1,292 @@
+//! Delivering a filled batch, in a task of its own while the next batch
+//! fills: dead letters and forwards (every one acknowledged), then each
+//! partition's new rows, one INSERT per month, rollups repaired where
+//! needed, the partitions' offsets recorded in one INSERT, and the Kafka
+//! commit. Batches are delivered one after the other, in order.
+//!
+//! The batch arrives with every row settled (new, duplicate, stored here)
+//! and fed to the ledger: delivery waits on ClickHouse, the feed never does.
+//! A partition is delivered only while it is still assigned under the
+//! assignment its rows were read in (an epoch): revoked, its work is
+//! handed over to the new owner, who finds what was stored.
+
+use crate::batch::{Batch, Forward, RowState};
+use crate::config::StreamConfig;
+use crate::pipeline::{Backoff, Delivered, PipelineError, Shutdown};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use usage_clickhouse::{ClickHouseSink, PricedRow};
+use usage_kafka::{
+    forward_headers, CommitMode, Consumer, GroupConsumer, Offset, Outgoing, Producer, TopicPartitionList,
+};
+use usage_model::Amount;
+
+/// The partitions this instance holds, each with the epoch of its current
+/// assignment: written by the filling side, read here before each INSERT.
+pub(crate) type Epochs = Arc<Mutex<HashMap<(String, i32), u64>>>;
+
+pub(crate) struct Deliverer {
+    pub config: StreamConfig,
+    pub sink: ClickHouseSink,
+    pub producer: Producer,
+    pub consumer: Arc<GroupConsumer>,
+    pub epochs: Epochs,
+}
+
+impl Deliverer {
+    /// Query ids of this pipeline's statements for a topic partition start so.
+    pub fn query_id_prefix(&self, topic: &str, partition: i32) -> String {
+        format!("usage-pipeline:{}:{topic}:{partition}:", self.sink.database())
+    }
+
+    /// Delivers `batch` and commits its offsets; hands the batch back with
+    /// what was done (partitions revoked meanwhile are listed, not delivered).
+    pub async fn deliver(
+        self: Arc<Self>,
+        batch: Arc<Batch>,
+        shutdown: Shutdown,
+    ) -> Result<(Arc<Batch>, Delivered), PipelineError> {
+        let mut delivered = Delivered::default();
+        let n_messages = batch.n_messages();
+        self.send_letters_and_forwards(&batch, &shutdown, n_messages).await?;
+        let mut offsets: Vec<(String, i32, i64)> = Vec::new();
+        let keys: Vec<(String, i32)> = batch.partitions.keys().cloned().collect();
+        for key in keys {
+            let (topic, partition) = (&key.0, key.1);
+            match self.deliver_partition(&batch, topic, partition, &shutdown, n_messages).await? {
+                Some(done) => {
+                    delivered.add(&done);
+                    offsets.push((topic.clone(), partition, batch.partitions[&key].next_offset - 1));
+                }
+                None => {
+                    // Revoked: the new owner resumes after what is recorded
+                    // and finds what we stored.
+                    tracing::info!(topic, partition, "partition revoked during delivery: handing over");
+                    delivered.handed_over += batch.partitions[&key].n_messages;
+                    delivered.revoked.push(key.clone());
+                }
+            }
+        }
+        self.record_offsets(&offsets, &shutdown, n_messages).await?;
+        delivered.commit_failures = self.commit(&batch, &delivered.revoked);
+        Ok((batch, delivered))
+    }
+
+    /// Whether `topic`/`partition` is still ours under assignment `epoch`.
+    fn owns(&self, topic: &str, partition: i32, epoch: u64) -> bool {
+        let held = self.epochs.lock().expect("epochs lock").get(&(topic.to_owned(), partition)) == Some(&epoch);
+        held && !self.consumer.assignment_lost()
+            && self.consumer.assignment().is_ok_and(|a| a.find_partition(topic, partition).is_some())
+    }
+
+    /// Dead letters, and misrouted events to their home partitions; waits
+    /// for every acknowledgement.
+    async fn send_letters_and_forwards(
+        &self,
+        batch: &Batch,
+        shutdown: &Shutdown,
+        n_messages: u64,
+    ) -> Result<(), PipelineError> {
+        let letters: Vec<_> = batch.dead_letters().cloned().collect();
+        if !letters.is_empty() {
+            let mut backoff = Backoff::new("dead letters", &self.config);
+            loop {
+                match self.producer.send_dead_letters(&self.config.dead_letter_topic, &letters).await {
+                    Ok(()) => break backoff.succeeded(),
+                    Err(e) => backoff.failed(e.to_string(), shutdown, n_messages).await?,
+                }
+            }
+        }
+        let forwards: Vec<(i32, &Forward)> =
+            batch.partitions.iter().flat_map(|((_, p), part)| part.forwards.iter().map(move |f| (*p, f))).collect();
+        if forwards.is_empty() {
+            return Ok(());
+        }
+        let mut backoff = Backoff::new("forwards to home partitions", &self.config);
+        loop {
+            let messages = forwards
+                .iter()
+                .map(|(from, f)| Outgoing {
+                    topic: &self.config.raw_topic,
+                    key: f.key.as_deref(),
+                    payload: &f.payload,
+                    headers: Some(forward_headers(&f.headers, *from, f.source_offset)),
+                    partition: Some(f.home_partition),
+                })
+                .collect();
+            match self.producer.send_all(messages).await {
+                Ok(_) => break backoff.succeeded(),
+                Err(e) => backoff.failed(e.to_string(), shutdown, n_messages).await?,
+            }
+        }
+        tracing::debug!(n = forwards.len(), "events forwarded to their accounts' partitions");
+        Ok(())
+    }
+
+    /// Inserts one partition's new rows, a unit per month, and repairs
+    /// rollups where needed. `None` when the partition was revoked.
+    async fn deliver_partition(
+        &self,
+        batch: &Batch,
+        topic: &str,
+        partition: i32,
+        shutdown: &Shutdown,
+        n_messages: u64,
+    ) -> Result<Option<Delivered>, PipelineError> {
+        let part = &batch.partitions[&(topic.to_owned(), partition)];
+        let mut done = Delivered {
+            duplicates: part.states.iter().filter(|s| **s == RowState::Duplicate).count() as u64,
+            forwarded: part.forwards.len() as u64,
+            ..Delivered::default()
+        };
+        let prefix = self.query_id_prefix(topic, partition);
+        for unit in part.insert_units() {
+            if !self.owns(topic, partition, part.epoch) {
+                return Ok(None);
+            }
+            let unit_done = self.insert_unit(&prefix, &unit, shutdown, n_messages).await?;
+            done.add(&unit_done);
+        }
+        let stored_here: Vec<&PricedRow> =
+            part.rows.iter().zip(&part.states).filter(|(_, s)| **s == RowState::StoredHere).map(|(r, _)| r).collect();
+        done.stored_here = stored_here.len() as u64;
+        if !stored_here.is_empty() {
+            done.rollup_keys_repaired += self.repair(&stored_here, &prefix, shutdown, n_messages).await?;
+        }
+        if !self.owns(topic, partition, part.epoch) {
+            return Ok(None);
+        }
+        Ok(Some(done))
+    }
+
+    /// Records, in one INSERT, where each partition resumes: every message
+    /// through its offset is delivered (rows stored, rollups complete, dead
+    /// letters and forwards sent).
+    async fn record_offsets(
+        &self,
+        offsets: &[(String, i32, i64)],
+        shutdown: &Shutdown,
+        n_messages: u64,
+    ) -> Result<(), PipelineError> {
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let refs: Vec<(&str, i32, i64)> = offsets.iter().map(|(t, p, o)| (t.as_str(), *p, *o)).collect();
+        let mut backoff = Backoff::new("recording the offsets", &self.config);
+        loop {
+            match self.sink.record_offsets(&refs).await {
+                Ok(()) => {
+                    backoff.succeeded();
+                    return Ok(());
+                }
+                Err(e) => backoff.failed(e.to_string(), shutdown, n_messages).await?,
+            }
+        }
+    }
+
+    /// Inserts one unit (a partition's new rows of one month) under its
+    /// query id, retried until it succeeds. After a failed attempt, the
+    /// rows are looked up first: that attempt may have stored them (one
+    /// INSERT is one part: all or none), and then they are not inserted
+    /// again; the rollups are repaired for them either way.
+    async fn insert_unit(
+        &self,
+        prefix: &str,
+        unit: &[&PricedRow],
+        shutdown: &Shutdown,
+        n_messages: u64,
+    ) -> Result<Delivered, PipelineError> {
+        let mut rows: Vec<&PricedRow> = unit.to_vec();
+        let first = rows.iter().map(|r| r.kafka_offset).min().unwrap_or_default();
+        let last = rows.iter().map(|r| r.kafka_offset).max().unwrap_or_default();
+        let month = rows.first().map_or(0, |r| crate::batch::month(r.occurred_at));
+        let query_id = format!("{prefix}{first}-{last}-{month}");
+        let mut done = Delivered { inserts: 1, ..Delivered::default() };
+        let mut backoff = Backoff::new("ClickHouse insert", &self.config);
+        let mut failed = false;
+        loop {
+            if failed {
+                let found = match self.sink.lookup_stored(&rows).await {
+                    Ok(found) => found,
+                    Err(e) => {
+                        backoff.failed(e.to_string(), shutdown, n_messages).await?;
+                        continue;
+                    }
+                };
+                let ours = |r: &PricedRow| {
+                    found
+                        .get(&(r.account_id.clone(), r.event_id.clone()))
+                        .is_some_and(|(t, p, o)| *t == r.kafka_topic && *p == r.kafka_partition && *o == r.kafka_offset)
+                };
+                if rows.iter().any(|r| ours(r)) {
+                    break; // The failed attempt stored the unit.
+                }
+                // Stored from elsewhere meanwhile (two copies at once on two
+                // instances): not inserted again.
+                let before = rows.len();
+                rows.retain(|r| !found.contains_key(&(r.account_id.clone(), r.event_id.clone())));
+                done.duplicates += (before - rows.len()) as u64;
+                if rows.is_empty() {
+                    break;
+                }
+            }
+            match self.sink.insert_with_id(&rows, &query_id).await {
+                Ok(()) => break,
+                Err(e) => {
+                    failed = true;
+                    backoff.failed(e.to_string(), shutdown, n_messages).await?
+                }
+            }
+        }
+        backoff.succeeded();
+        done.inserted = rows.len() as u64;
+        done.cost = Amount::checked_sum(rows.iter().map(|r| r.cost)).ok();
+        if failed {
+            done.rollup_keys_repaired = self.repair(&rows, prefix, shutdown, n_messages).await?;
+        }
+        Ok(done)
+    }
+
+    /// Repairs the rollups for the keys `rows` touch (see
+    /// `ClickHouseSink::repair_rollups`), retried until it succeeds.
+    async fn repair(
+        &self,
+        rows: &[&PricedRow],
+        prefix: &str,
+        shutdown: &Shutdown,
+        n_messages: u64,
+    ) -> Result<u64, PipelineError> {
+        let mut backoff = Backoff::new("rollup repair", &self.config);
+        loop {
+            match self.sink.repair_rollups(rows, prefix).await {
+                Ok(report) => {
+                    backoff.succeeded();
+                    return Ok(report.keys_repaired);
+                }
+                Err(e) => backoff.failed(e.to_string(), shutdown, n_messages).await?,
+            }
+        }
+    }
+
+    /// Commits the batch's offsets: a report of progress (resuming uses what
+    /// is stored in ClickHouse). A failure is logged and counted.
+    fn commit(&self, batch: &Batch, revoked: &[(String, i32)]) -> u64 {
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), part) in batch.partitions.iter().filter(|(key, _)| !revoked.contains(key)) {
+            if let Err(e) = tpl.add_partition_offset(topic, *partition, Offset::Offset(part.next_offset)) {
+                tracing::error!(error = %e, topic, partition, "cannot build the commit");
+                return 1;
+            }
+        }
+        if tpl.count() == 0 {
+            return 0;
+        }
+        match self.consumer.commit(&tpl, CommitMode::Sync) {
+            Ok(()) => 0,
+            Err(e) => {
+                tracing::warn!(error = %e, "offset commit failed (progress report only)");
+                1
+            }
+        }
+    }
+}
