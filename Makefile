@@ -17,12 +17,16 @@ test: up build venv
 	  $(CARGO) test --workspace --no-fail-fast; \
 	fi
 
-## Benchmarks (release build): pricing core (criterion), end to end, alert latency, ledger memory.
+## Benchmarks (release build): pricing core (criterion), end to end (empty table, 10 M rows stored,
+## across a month boundary), alert latency, ledger memory. The Kafka-side runs use a broker of their
+## own on a fresh database (deploy/local/bench-broker.sh), ClickHouse the local server.
 ## Prints a table; writes target/bench/results.json and target/bench/results-<commit>.json.
+BENCH_KAFKA_PORT ?= 19092
 bench: up
 	$(CARGO) build --release --bin usage-pipeline --bin usage-bench
 	$(CARGO) bench -p usage-bench --bench pricing
-	target/release/usage-bench
+	deploy/local/bench-broker.sh start
+	KAFKA_BROKERS=127.0.0.1:$(BENCH_KAFKA_PORT) target/release/usage-bench; rc=$$?; deploy/local/bench-broker.sh stop; exit $$rc
 
 ## Install (once) and start the broker and ClickHouse.
 up:

@@ -17,7 +17,7 @@ const SEED: &str = "20261125";
 const SAMPLES_PER_MODEL: &str = "4";
 
 fn catalog_path() -> std::path::PathBuf {
-    repo_root().join("../shared/data/price-catalogs/genai-prices-data.json")
+    repo_root().join("data/price-catalogs/genai-prices-data.json")
 }
 
 #[test]

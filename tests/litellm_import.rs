@@ -59,7 +59,7 @@ fn expected_price(
 
 #[test]
 fn every_litellm_entry_with_a_token_price_is_priced_with_its_variants() {
-    let path = repo_root().join("../shared/data/price-catalogs/litellm-model-prices.json");
+    let path = repo_root().join("data/price-catalogs/litellm-model-prices.json");
     let json = std::fs::read_to_string(&path).unwrap();
     let options =
         ImportOptions { rate_card: "litellm".into(), version: 1, effective_from: chrono::DateTime::UNIX_EPOCH };

@@ -12,7 +12,7 @@ use usage_integration_tests::{python, repo_root, unique};
 fn shipped_example_and_imported_rate_cards_follow_the_json_schema() {
     let dir = std::env::temp_dir().join(unique("schema"));
     std::fs::create_dir_all(&dir).unwrap();
-    let catalogs = repo_root().join("../shared/data/price-catalogs");
+    let catalogs = repo_root().join("data/price-catalogs");
     let options =
         |name: &str| ImportOptions { rate_card: name.into(), version: 1, effective_from: chrono::DateTime::UNIX_EPOCH };
     let genai = std::fs::read_to_string(catalogs.join("genai-prices-data.json")).unwrap();

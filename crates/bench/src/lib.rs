@@ -9,9 +9,9 @@ use usage_codec::AvroWire;
 use usage_model::{ServiceTier, Unit, UsageCounts, UsageEvent};
 use usage_pricing::{Pricer, RateBook, RateCard};
 
-/// The shared catalogs folder, next to the repository.
+/// The genai-prices catalog vendored in the repository.
 pub fn catalog_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/price-catalogs/genai-prices-data.json")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/price-catalogs/genai-prices-data.json")
 }
 
 /// The whole genai-prices catalog, imported, as the only rate card.

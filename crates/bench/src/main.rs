@@ -2,10 +2,15 @@
 //! stack or a whole process, merged with criterion's pricing estimates into
 //! `target/bench/results.json` (and a copy named after the commit).
 //!
-//! - end to end: N events produced to a fresh raw topic, read once by a bare
-//!   consumer, then priced by the release `usage-pipeline run` until the last
-//!   row is visible in ClickHouse; the pipeline process's CPU (user + sys,
-//!   from the OS) and peak RSS;
+//! - end to end: N events (occurred in the last ten minutes, 0.5% up to
+//!   three days late, 2,000 skewed accounts) produced to a fresh raw topic,
+//!   read once by a bare consumer, then priced by the release
+//!   `usage-pipeline run` until every row is in ClickHouse. Rate and CPU
+//!   are measured over the steady window (5% to 95% of the rows stored),
+//!   CPU from `/proc` for the pipeline, ClickHouse and the broker. The
+//!   same run with 10 million rows of the same accounts stored first (the
+//!   scaling ratio), and one straddling a month boundary (INSERTs per
+//!   partition per batch);
 //! - alert latency: the pipeline and the ledger running, usage offered at a
 //!   fixed rate to postpaid accounts with small budgets; from each usage
 //!   event's produce time to the `budget.threshold_crossed` it causes;
@@ -52,9 +57,12 @@ static GLOBAL: CountingAllocator = CountingAllocator;
 #[derive(Parser)]
 #[command(about = "End-to-end and ledger benchmarks on the local stack (make bench runs it)")]
 struct Args {
-    /// Events of the end-to-end run.
-    #[arg(long, default_value_t = 1_000_000)]
+    /// Events of each end-to-end run (half as many across the month boundary).
+    #[arg(long, default_value_t = 500_000)]
     events: usize,
+    /// Rows stored before the scaling run (0: no scaling run).
+    #[arg(long, default_value_t = 10_000_000)]
+    history_rows: u64,
     /// Offered load of the alert-latency run, events/s.
     #[arg(long, default_value_t = 10_000)]
     alert_rate: usize,
@@ -292,83 +300,310 @@ async fn produce(producer: &Producer, topic: &str, messages: &[(Vec<u8>, Vec<u8>
     Ok(())
 }
 
-async fn end_to_end(args: &Args, results: &mut BTreeMap<&'static str, f64>) -> Result<()> {
-    let raw = format!("bench_raw_{}", stamp());
-    let database = format!("bench_{}", stamp());
-    let env = pipeline_env(&raw, &database);
-    let log = args.out.join("e2e-pipeline.log");
-    std::fs::create_dir_all(&args.out)?;
-    let status = spawn(&args.pipeline, &env, &["setup"], &log)?.wait()?;
-    if !status.success() {
-        bail!("setup failed; see {}", log.display());
-    }
-    eprintln!("[bench] producing {} synthetic events to {raw}", args.events);
-    let messages: Vec<(Vec<u8>, Vec<u8>)> = usage_synth::Generator::new(usage_synth::SynthConfig {
+/// The events of an end-to-end run: occurred in the last ten minutes, 0.5%
+/// of them up to three days late, over 2,000 accounts with a skew.
+fn realistic_events(
+    n: usize,
+    prefix: &str,
+    end: chrono::DateTime<Utc>,
+    spread: chrono::Duration,
+) -> Vec<(Vec<u8>, Vec<u8>)> {
+    usage_synth::Generator::new(usage_synth::SynthConfig {
         seed: 1,
-        end: Utc::now(),
+        end,
+        spread,
+        late_per_mille: 5,
+        late_max: chrono::Duration::days(3),
+        accounts: E2E_ACCOUNTS,
         bad_every: 0,
         encoding: usage_synth::Encoding::Json,
-        id_prefix: raw.clone(),
-        ..usage_synth::SynthConfig::default()
+        id_prefix: prefix.to_owned(),
     })
-    .take(args.events)
+    .take(n)
     .map(|m| (m.key, m.payload))
-    .collect();
-    let producer = Producer::new(&kafka(), "bench")?;
-    let started = Instant::now();
-    produce(&producer, &raw, &messages).await?;
-    eprintln!("[bench] produced in {:.1} s", started.elapsed().as_secs_f64());
-    drop(messages);
+    .collect()
+}
 
-    eprintln!("[bench] bare consumer");
-    let kafka = kafka();
-    let topic = raw.clone();
-    let n = args.events;
-    let bare =
-        tokio::task::spawn_blocking(move || usage_kafka::drain_topic(&kafka, &topic, n, Duration::from_secs(600)))
-            .await??;
-    let bare_rate = bare.count as f64 / bare.elapsed.as_secs_f64();
-    results.insert("bare_consumer_events_per_sec", bare_rate);
+/// Accounts of the end-to-end runs (`acct-0001` ..).
+const E2E_ACCOUNTS: u32 = 2_000;
+/// Partitions of the bench topics (`setup`'s default).
+const E2E_PARTITIONS: i32 = 4;
 
-    eprintln!("[bench] pipeline");
+/// CPU time (user + sys) of a process so far, in clock ticks (1/100 s).
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces: fields count from after ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// The pid of the first process whose command name starts with `comm`.
+fn find_process(comm: &str) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let name = std::fs::read_to_string(e.path().join("comm")).ok()?;
+        name.trim().starts_with(comm).then_some(pid)
+    })
+}
+
+/// CPU ticks of the pipeline, ClickHouse and the broker at one instant.
+#[derive(Clone, Copy)]
+struct CpuSample {
+    at: Instant,
+    rows: usize,
+    pipeline: u64,
+    clickhouse: u64,
+    broker: u64,
+}
+
+fn sample(rows: usize, pipeline: u32, clickhouse: Option<u32>, broker: Option<u32>) -> CpuSample {
+    let ticks = |pid: Option<u32>| pid.and_then(cpu_ticks).unwrap_or(0);
+    CpuSample {
+        at: Instant::now(),
+        rows,
+        pipeline: ticks(Some(pipeline)),
+        clickhouse: ticks(clickhouse),
+        broker: ticks(broker),
+    }
+}
+
+/// What one end-to-end run measured over its steady window (from 5% to
+/// 95% of the rows stored).
+#[derive(Default)]
+struct RunMeasure {
+    events_per_sec: f64,
+    pipeline_cpu_seconds_per_million: f64,
+    system_cpu_seconds_per_million: f64,
+    clickhouse_cpu_us_per_event: f64,
+    peak_rss_bytes: u64,
+    inserts: u64,
+    batches: u64,
+    partition_batches: u64,
+}
+
+/// Rows of `history` stored before the run: `rows` events of the same
+/// accounts over the three days before `now`, from the same topic and the
+/// accounts' own partitions (so the pipeline's duplicate check loads them),
+/// at negative offsets recorded as stored.
+async fn insert_history(
+    sink: &usage_clickhouse::ClickHouseSink,
+    raw: &str,
+    rows: u64,
+    now: chrono::DateTime<Utc>,
+) -> Result<()> {
+    let homes: Vec<String> = (1..=E2E_ACCOUNTS)
+        .map(|a| usage_kafka::partition_for_key(format!("acct-{a:04}").as_bytes(), E2E_PARTITIONS).to_string())
+        .collect();
+    let table = sink.table("priced_events");
+    let t0 = now.timestamp() - 3 * 86_400;
+    let raw_q = usage_clickhouse::quote(raw);
+    // In chunks of 2 M rows: one INSERT ... SELECT each, views included.
+    let chunk = 2_000_000u64;
+    for start in (0..rows).step_by(chunk as usize) {
+        let n = chunk.min(rows - start);
+        let sql = format!(
+            "INSERT INTO {table} (event_id, account_id, api_key_id, project_id, provider, model, matched_model, \
+             service_tier, rate_card, rate_card_version, occurred_at, currency, input_tokens, output_tokens, cost, \
+             `lines.unit`, `lines.quantity`, `lines.priced_quantity`, `lines.unit_price`, `lines.cost`, \
+             `usage.unit`, `usage.quantity`, kafka_topic, kafka_partition, kafka_offset) \
+             SELECT concat('history-', toString(number)), concat('acct-', substring('0000', 1, 4 - length(toString(account))), toString(account)), '', '', \
+             'openai', 'gpt-4o-mini', 'gpt-4o-mini', 'standard', 'list-prices', 2, \
+             toDateTime({t0} + intDiv(number * 259200, {rows})), 'USD', 1000, 100, toDecimal128('0.00021', 24), \
+             ['input_tokens', 'output_tokens'], [1000, 100], [1000, 100], \
+             [toDecimal128('0.00000015', 24), toDecimal128('0.0000006', 24)], \
+             [toDecimal128('0.00015', 24), toDecimal128('0.00006', 24)], \
+             ['input_tokens', 'output_tokens'], [1000, 100], {raw_q}, toInt32(arrayElement([{homes}], account)), \
+             -1 - toInt64(number) \
+             FROM (SELECT number, 1 + intDiv((number * 7919) % 1000000 * ((number * 7919) % 1000000), {per_account}) AS account \
+             FROM numbers({start}, {n}))",
+            homes = homes.join(","),
+            // The synthetic generator's skew: squares of a uniform draw.
+            per_account = 1_000_000_000_000u64 / u64::from(E2E_ACCOUNTS),
+        );
+        sink.execute(&sql).await?;
+    }
+    let recorded: Vec<(&str, i32, i64)> = (0..E2E_PARTITIONS).map(|p| (raw, p, -1)).collect();
+    sink.record_offsets(&recorded).await?;
+    // History is merged in production: merge it now, and wait for every
+    // merge to end, so that the run measures the pipeline's load, not the
+    // tail of this INSERT's.
+    let tables = ["priced_events"].into_iter().chain(usage_clickhouse::ROLLUPS.iter().map(|r| r.table));
+    for table in tables {
+        sink.execute(&format!("OPTIMIZE TABLE {} FINAL", sink.table(table))).await?;
+    }
+    let database = sink.database().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while Instant::now() < deadline {
+        let merging = sink
+            .query_tsv(&format!(
+                "SELECT count() FROM system.merges WHERE database = {}",
+                usage_clickhouse::quote(&database)
+            ))
+            .await?;
+        if merging.concat().concat() == "0" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Ok(())
+}
+
+/// One end-to-end run: `messages` produced to a fresh topic (with `history`
+/// rows stored first), then the release pipeline until every row is in
+/// ClickHouse. The bare consumer's rate on the same topic when asked.
+async fn e2e_run(
+    args: &Args,
+    label: &str,
+    messages: &[(Vec<u8>, Vec<u8>)],
+    history: u64,
+    bare: bool,
+    results: &mut BTreeMap<&'static str, f64>,
+) -> Result<RunMeasure> {
+    let raw = format!("bench_{label}_{}", stamp());
+    let database = format!("bench_{label}_{}", stamp());
+    let mut env = pipeline_env(&raw, &database);
+    // ClickHouse runs on this host: compressing INSERTs costs both sides CPU.
+    env.push(("CLICKHOUSE_COMPRESSION", "none".into()));
+    let log = args.out.join(format!("e2e-{label}.log"));
+    std::fs::create_dir_all(&args.out)?;
+    if !spawn(&args.pipeline, &env, &["setup"], &log)?.wait()?.success() {
+        bail!("setup failed; see {}", log.display());
+    }
     let sink = clickhouse(&database)?;
-    let stored = |sink: &usage_clickhouse::ClickHouseSink| {
-        let sink = sink.clone();
-        let database = database.clone();
+    if history > 0 {
+        let started = Instant::now();
+        eprintln!("[bench] {label}: storing {history} rows of history");
+        insert_history(&sink, &raw, history, Utc::now()).await?;
+        eprintln!("[bench] {label}: history stored in {:.1} s", started.elapsed().as_secs_f64());
+    }
+    eprintln!("[bench] {label}: producing {} events to {raw}", messages.len());
+    let producer = Producer::new(&kafka(), "bench")?;
+    produce(&producer, &raw, messages).await?;
+    if bare {
+        eprintln!("[bench] bare consumer");
+        let (kafka, topic, n) = (kafka(), raw.clone(), messages.len());
+        let drained =
+            tokio::task::spawn_blocking(move || usage_kafka::drain_topic(&kafka, &topic, n, Duration::from_secs(600)))
+                .await??;
+        results.insert("bare_consumer_events_per_sec", drained.count as f64 / drained.elapsed.as_secs_f64());
+    }
+    eprintln!("[bench] {label}: pipeline");
+    // Rows from the parts' metadata, less the history: no read of the table
+    // (a count over 10 M rows ten times a second would load the server
+    // being measured).
+    let stored = || {
+        let (sink, database) = (sink.clone(), database.clone());
         async move {
-            sink.query_tsv(&format!("SELECT count() FROM {database}.priced_events"))
-                .await
-                .ok()
-                .and_then(|r| r.concat().concat().parse::<usize>().ok())
-                .unwrap_or(0)
+            let sql = format!(
+                "SELECT sum(rows) FROM system.parts WHERE active AND database = {} AND table = 'priced_events'",
+                usage_clickhouse::quote(&database)
+            );
+            let rows = sink.query_tsv(&sql).await.ok().and_then(|r| r.concat().concat().parse::<u64>().ok());
+            rows.unwrap_or(0).saturating_sub(history) as usize
         }
     };
-    let child = spawn(&args.pipeline, &env, &["run", "--until-caught-up", "--idle-ms", "3000"], &log)?;
+    let summary = args.out.join(format!("e2e-{label}.summary"));
+    let stdout = std::fs::File::create(&summary)?;
+    let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
+    let child = Command::new(&args.pipeline)
+        .args(["run", "--until-caught-up", "--idle-ms", "3000"])
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdout(stdout)
+        .stderr(log_file)
+        .spawn()?;
     let pid = child.id();
-    let (mut t_start, mut t_end, mut rss) = (None, None, 0u64);
-    let from = args.events / 20;
+    let (clickhouse_pid, broker_pid) = (find_process("clickhouse"), find_process("tansu"));
+    let (n, from, until) = (messages.len(), messages.len() / 20, messages.len() * 19 / 20);
+    let (mut first, mut last, mut rss) = (None, None, 0u64);
     let deadline = Instant::now() + Duration::from_secs(1800);
-    while t_end.is_none() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    while last.is_none() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
         rss = rss.max(peak_rss(pid).unwrap_or(0));
-        let n = stored(&sink).await;
-        if t_start.is_none() && n >= from {
-            t_start = Some((Instant::now(), n));
+        let rows = stored().await;
+        if first.is_none() && rows >= from {
+            first = Some(sample(rows, pid, clickhouse_pid, broker_pid));
         }
-        if n >= args.events {
-            t_end = Some(Instant::now());
+        if rows >= until {
+            last = Some(sample(rows, pid, clickhouse_pid, broker_pid));
         }
     }
-    let cpu = wait_cpu(&child)?;
-    let (Some((t0, n0)), Some(t1)) = (t_start, t_end) else {
-        bail!("the pipeline did not store every row; see {}", log.display())
-    };
-    let e2e = (args.events - n0) as f64 / (t1 - t0).as_secs_f64();
-    results.insert("e2e_events_per_sec", e2e);
-    results.insert("e2e_ratio_to_bare_consumer", e2e / bare_rate);
-    results.insert("pipeline_cpu_seconds_per_million_events", cpu.as_secs_f64() * 1e6 / args.events as f64);
-    results.insert("pipeline_peak_rss_bytes", rss as f64);
+    wait_cpu(&child)?;
+    let (Some(a), Some(b)) = (first, last) else { bail!("the pipeline did not store the rows; see {}", log.display()) };
+    let rows = (b.rows - a.rows) as f64;
+    let seconds = |ticks: u64| ticks as f64 / 100.0;
+    let text = std::fs::read_to_string(&summary).unwrap_or_default();
+    let counts = text.lines().find(|l| l.starts_with("INSERTs")).map(|l| {
+        let numbers: Vec<u64> = l.split(|c: char| !c.is_ascii_digit()).filter_map(|w| w.parse().ok()).collect();
+        (
+            numbers.first().copied().unwrap_or(0),
+            numbers.get(1).copied().unwrap_or(0),
+            numbers.get(2).copied().unwrap_or(0),
+        )
+    });
+    let (inserts, batches, partition_batches) = counts.unwrap_or_default();
+    if stored().await < n {
+        bail!("{label}: only {} of {n} rows stored; see {}", stored().await, log.display());
+    }
     let _ = sink.execute(&format!("DROP DATABASE IF EXISTS {database}")).await;
+    Ok(RunMeasure {
+        events_per_sec: rows / (b.at - a.at).as_secs_f64(),
+        pipeline_cpu_seconds_per_million: seconds(b.pipeline - a.pipeline) * 1e6 / rows,
+        system_cpu_seconds_per_million: seconds(
+            (b.pipeline - a.pipeline) + (b.clickhouse - a.clickhouse) + (b.broker - a.broker),
+        ) * 1e6
+            / rows,
+        clickhouse_cpu_us_per_event: seconds(b.clickhouse - a.clickhouse) * 1e6 / rows,
+        peak_rss_bytes: rss,
+        inserts,
+        batches,
+        partition_batches,
+    })
+}
+
+/// The end-to-end runs: a realistic stream on an empty table (with the
+/// bare consumer on the same topic), the same with `history_rows` stored
+/// first, and a stream straddling a month boundary.
+async fn end_to_end(args: &Args, results: &mut BTreeMap<&'static str, f64>) -> Result<()> {
+    let now = Utc::now();
+    let events = realistic_events(args.events, &format!("e2e{}", stamp()), now, chrono::Duration::minutes(10));
+    let empty = e2e_run(args, "empty", &events, 0, true, results).await?;
+    results.insert("e2e_events_per_sec", empty.events_per_sec);
+    if let Some(bare) = results.get("bare_consumer_events_per_sec").copied() {
+        results.insert("e2e_ratio_to_bare_consumer", empty.events_per_sec / bare);
+    }
+    results.insert("pipeline_cpu_seconds_per_million_events", empty.pipeline_cpu_seconds_per_million);
+    results.insert("system_cpu_seconds_per_million_events", empty.system_cpu_seconds_per_million);
+    results.insert("clickhouse_cpu_us_per_event", empty.clickhouse_cpu_us_per_event);
+    results.insert("pipeline_peak_rss_bytes", empty.peak_rss_bytes as f64);
+    drop(events);
+
+    if args.history_rows > 0 {
+        let events = realistic_events(args.events, &format!("scale{}", stamp()), now, chrono::Duration::minutes(10));
+        let full = e2e_run(args, "history", &events, args.history_rows, false, results).await?;
+        results.insert("e2e_events_per_sec_10m_rows", full.events_per_sec);
+        results.insert("scale_throughput_ratio_10m_rows", full.events_per_sec / empty.events_per_sec);
+        results.insert("clickhouse_cpu_us_per_event_10m_rows", full.clickhouse_cpu_us_per_event);
+        results.insert(
+            "clickhouse_cpu_ratio_10m_rows_to_empty",
+            full.clickhouse_cpu_us_per_event / empty.clickhouse_cpu_us_per_event,
+        );
+        results.insert("pipeline_cpu_seconds_per_million_events_10m_rows", full.pipeline_cpu_seconds_per_million);
+    }
+
+    // Across a month boundary: noon of the first day of the latest month
+    // that began at least 13 hours ago, events in the 24 hours before it.
+    use chrono::{Datelike, TimeZone};
+    let before = now - chrono::Duration::hours(13);
+    let first = Utc.with_ymd_and_hms(before.year(), before.month(), 1, 0, 0, 0).single().context("a date")?;
+    let straddling = realistic_events(
+        args.events / 2,
+        &format!("month{}", stamp()),
+        first + chrono::Duration::hours(12),
+        chrono::Duration::hours(24),
+    );
+    let month = e2e_run(args, "month", &straddling, 0, false, results).await?;
+    results.insert("inserts_per_batch", month.inserts as f64 / month.batches.max(1) as f64);
+    results.insert("inserts_per_partition_batch", month.inserts as f64 / month.partition_batches.max(1) as f64);
     Ok(())
 }
 
@@ -527,6 +762,15 @@ fn print_table(results: &BTreeMap<&'static str, f64>) {
         ("bare_consumer_events_per_sec", ""),
         ("e2e_ratio_to_bare_consumer", ">= 0.9"),
         ("pipeline_cpu_seconds_per_million_events", "<= 1.5"),
+        ("system_cpu_seconds_per_million_events", ""),
+        ("clickhouse_cpu_us_per_event", ""),
+        ("e2e_events_per_sec_10m_rows", ""),
+        ("scale_throughput_ratio_10m_rows", ">= 0.9"),
+        ("clickhouse_cpu_us_per_event_10m_rows", ""),
+        ("clickhouse_cpu_ratio_10m_rows_to_empty", "<= 1.2"),
+        ("pipeline_cpu_seconds_per_million_events_10m_rows", ""),
+        ("inserts_per_batch", ""),
+        ("inserts_per_partition_batch", "<= 2"),
         ("pipeline_peak_rss_bytes", ""),
         ("alert_latency_p50_ms", ""),
         ("alert_latency_p99_ms", "< 250"),

@@ -28,7 +28,10 @@ pub async fn print_run_summary(report: &RunReport, sink: &ClickHouseSink) -> Res
     if report.forwarded > 0 {
         println!("{:<28}{:>10}", "forwarded (home partition)", report.forwarded);
     }
-    println!("{:<28}{:>10}   over {} batches", "INSERTs", report.inserts, report.batches);
+    println!(
+        "{:<28}{:>10}   over {} batches ({} partition-batches)",
+        "INSERTs", report.inserts, report.batches, report.partition_batches
+    );
     if report.rollup_keys_repaired > 0 {
         println!("{:<28}{:>10}", "rollup rows repaired", report.rollup_keys_repaired);
     }

@@ -270,22 +270,52 @@ impl std::ops::Neg for Amount {
     }
 }
 
+impl Amount {
+    /// Writes the shortest exact form into `out` (at most 41 bytes: a sign,
+    /// 14 digits, a point and 24 digits); returns the length. Without
+    /// `fmt`: amounts are written for every row fed to the ledger.
+    pub fn write_to(self, out: &mut [u8; 48]) -> usize {
+        let mag = self.0.unsigned_abs();
+        let one = ONE as u128;
+        // Both halves fit a u64: whole < 10^14, frac < 10^24 splits below.
+        let (whole, frac) = ((mag / one) as u64, mag % one);
+        let mut len = 0;
+        if self.0 < 0 {
+            out[0] = b'-';
+            len = 1;
+        }
+        let mut digits = itoa::Buffer::new();
+        let w = digits.format(whole).as_bytes();
+        out[len..len + w.len()].copy_from_slice(w);
+        len += w.len();
+        if frac == 0 {
+            return len;
+        }
+        out[len] = b'.';
+        len += 1;
+        // 24 places, as two zero-padded halves of 12, less trailing zeros.
+        let (hi, lo) = ((frac / 1_000_000_000_000) as u64, (frac % 1_000_000_000_000) as u64);
+        let start = len;
+        for half in [hi, lo] {
+            let text = digits.format(half).as_bytes();
+            out[len..len + 12 - text.len()].fill(b'0');
+            out[len + 12 - text.len()..len + 12].copy_from_slice(text);
+            len += 12;
+        }
+        while len > start && out[len - 1] == b'0' {
+            len -= 1;
+        }
+        len
+    }
+}
+
 impl fmt::Display for Amount {
     /// The shortest exact form: `-12.5`, `0.003`, `7`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mag = self.0.unsigned_abs();
-        let one = ONE as u128;
-        let (whole, mut frac) = (mag / one, mag % one);
-        let sign = if self.0 < 0 { "-" } else { "" };
-        if frac == 0 {
-            return write!(f, "{sign}{whole}");
-        }
-        let mut places = AMOUNT_SCALE as usize;
-        while frac % 10 == 0 {
-            frac /= 10;
-            places -= 1;
-        }
-        write!(f, "{sign}{whole}.{frac:0places$}")
+        let mut buf = [0u8; 48];
+        let len = self.write_to(&mut buf);
+        // Only ASCII digits, a sign and a point were written.
+        f.write_str(std::str::from_utf8(&buf[..len]).map_err(|_| fmt::Error)?)
     }
 }
 

@@ -524,15 +524,21 @@ impl Pipeline {
             };
             let Some(owned) = waiting else { continue };
             let (topic, partition) = (owned.topic(), owned.partition());
-            let resume = match self.assigned.get(topic).and_then(|p| p.get(&partition)) {
-                Some(a) => a.resume_from,
-                None => {
-                    let Some(a) = self.assign(topic, partition, &shutdown).await? else { break };
-                    let resume = a.resume_from;
-                    self.epochs.lock().expect("epochs lock").insert((topic.to_owned(), partition), a.epoch);
-                    self.assigned.entry(topic.to_owned()).or_default().insert(partition, a);
-                    resume
+            if self.assigned.get(topic).and_then(|p| p.get(&partition)).is_none() {
+                // A new assignment: take all its partitions now, at once.
+                let mut new = vec![(topic.to_owned(), partition)];
+                for e in consumer.assignment()?.elements() {
+                    let known = self.assigned.get(e.topic()).is_some_and(|p| p.contains_key(&e.partition()));
+                    if !known && (e.topic(), e.partition()) != (topic, partition) {
+                        new.push((e.topic().to_owned(), e.partition()));
+                    }
                 }
+                if !self.assign(&new, &shutdown).await? {
+                    break;
+                }
+            }
+            let Some(resume) = self.assigned.get(topic).and_then(|p| p.get(&partition)).map(|a| a.resume_from) else {
+                break;
             };
             if owned.offset() < resume {
                 batch.skipped += 1;
@@ -626,22 +632,48 @@ impl Pipeline {
         self.assigned.get(topic).and_then(|p| p.get(&partition)).map_or(0, |a| a.epoch)
     }
 
-    /// Takes a partition: waits until no INSERT of a previous owner is still
-    /// running for it, reads where it resumes and the keys it stored within
-    /// the window. `None` on shutdown.
-    async fn assign(
-        &mut self,
+    /// Takes partitions: for each, concurrently, waits until no INSERT of
+    /// a previous owner is still running for it, and reads where it resumes
+    /// and the keys it stored within the window. `false` on shutdown.
+    async fn assign(&mut self, partitions: &[(String, i32)], shutdown: &Shutdown) -> Result<bool, PipelineError> {
+        let since = self.window_start();
+        let started = Instant::now();
+        let reads = partitions.iter().map(|(topic, partition)| self.read_partition(topic, *partition, since, shutdown));
+        let states = futures::future::join_all(reads).await;
+        for ((topic, partition), state) in partitions.iter().zip(states) {
+            let Some((last, keys)) = state? else { return Ok(false) };
+            let seen = SeenIds::rebuild(&keys, since, last, self.config.dedup_ids_max);
+            tracing::info!(
+                topic,
+                partition,
+                resume_after = ?last,
+                keys = seen.len(),
+                read_ms = started.elapsed().as_millis() as u64,
+                "resuming after the last stored offset, with the keys stored in the duplicate window"
+            );
+            self.next_epoch += 1;
+            let a = Assigned { resume_from: last.map_or(i64::MIN, |o| o + 1), seen, epoch: self.next_epoch };
+            self.epochs.lock().expect("epochs lock").insert((topic.clone(), *partition), a.epoch);
+            self.assigned.entry(topic.clone()).or_default().insert(*partition, a);
+        }
+        Ok(true)
+    }
+
+    /// One partition's resume point and stored keys, retried until read.
+    /// `None` on shutdown.
+    async fn read_partition(
+        &self,
         topic: &str,
         partition: i32,
+        since: u32,
         shutdown: &Shutdown,
-    ) -> Result<Option<Assigned>, PipelineError> {
+    ) -> Result<Option<(Option<i64>, Vec<usage_clickhouse::StoredKey>)>, PipelineError> {
         let prefix = self.query_id_prefix(topic, partition);
         let mut backoff = Backoff::new("taking a partition", &self.config);
         loop {
             if shutdown.is_requested() {
                 return Ok(None);
             }
-            let since = self.window_start();
             let attempt = async {
                 if !self.sink.wait_for_queries(&prefix, self.config.retry_backoff_max).await? {
                     return Err(SinkError::Unexpected(format!("an INSERT of {topic}/{partition} is still running")));
@@ -650,22 +682,10 @@ impl Pipeline {
                 let keys = self.sink.stored_keys(topic, partition, since).await?;
                 Ok((last, keys))
             };
-            let started = Instant::now();
             match attempt.await {
-                Ok((last, keys)) => {
+                Ok(state) => {
                     backoff.succeeded();
-                    let seen = SeenIds::rebuild(&keys, since, last, self.config.dedup_ids_max);
-                    tracing::info!(
-                        topic,
-                        partition,
-                        resume_after = ?last,
-                        keys = seen.len(),
-                        read_ms = started.elapsed().as_millis() as u64,
-                        "resuming after the last stored offset, with the keys stored in the duplicate window"
-                    );
-                    self.next_epoch += 1;
-                    let epoch = self.next_epoch;
-                    return Ok(Some(Assigned { resume_from: last.map_or(i64::MIN, |o| o + 1), seen, epoch }));
+                    return Ok(Some(state));
                 }
                 Err(e) => backoff.failed(e.to_string(), shutdown, 0).await?,
             }
@@ -824,7 +844,7 @@ impl InFlight {
             deliver_ms = self.since.elapsed().as_millis() as u64,
             "batch delivered"
         );
-        report.add(&batch, &delivered);
+        report.add(batch, &delivered);
         Ok(())
     }
 }

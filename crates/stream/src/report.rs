@@ -24,6 +24,9 @@ pub struct RunReport {
     /// INSERTs into `priced_events` (one per partition and month a batch
     /// touches).
     pub inserts: u64,
+    /// Partitions delivered, summed over batches: `inserts /
+    /// partition_batches` is the INSERTs per partition per batch.
+    pub partition_batches: u64,
     /// Sum of the cost of every row inserted; `None` once it left the range
     /// of an amount (never silently wrong).
     pub cost: Option<Amount>,
@@ -47,6 +50,7 @@ impl Default for RunReport {
             handed_over: 0,
             forwarded: 0,
             inserts: 0,
+            partition_batches: 0,
             cost: Some(Amount::ZERO),
             dead_lettered: BTreeMap::new(),
             offsets: BTreeMap::new(),
@@ -86,6 +90,7 @@ impl RunReport {
         self.inserts += delivered.inserts;
         self.rollup_keys_repaired += delivered.rollup_keys_repaired;
         self.cost = self.cost.zip(delivered.cost).and_then(|(sum, more)| sum.checked_add(more).ok());
+        self.partition_batches += delivered_parts().count() as u64;
         for ((topic, partition), part) in delivered_parts() {
             for (reason, n) in &part.rejected {
                 *self.dead_lettered.entry(*reason).or_default() += n;

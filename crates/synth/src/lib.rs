@@ -46,8 +46,13 @@ pub enum Encoding {
 #[derive(Clone, Debug)]
 pub struct SynthConfig {
     pub seed: u64,
-    /// Events occur in the 24 hours before `end`.
+    /// Events occur in the `spread` before `end` (24 hours by default)...
     pub end: DateTime<Utc>,
+    pub spread: Duration,
+    /// ...except `late_per_mille` of them, which occurred up to `late_max`
+    /// earlier still (usage reported late).
+    pub late_per_mille: u32,
+    pub late_max: Duration,
     pub accounts: u32,
     /// One event in `bad_every` is bad (0: none).
     pub bad_every: u32,
@@ -61,6 +66,9 @@ impl Default for SynthConfig {
         Self {
             seed: 1,
             end: Utc::now(),
+            spread: Duration::hours(24),
+            late_per_mille: 0,
+            late_max: Duration::days(3),
             accounts: 300,
             bad_every: 500,
             encoding: Encoding::Json,
@@ -131,7 +139,11 @@ impl Generator {
         let u: u64 = self.rng.random_range(0..1_000_000);
         let account = (u * u * self.config.accounts as u64 / 1_000_000_000_000) as u32 + 1;
         let (provider, model) = self.pick_model();
-        let seconds_back = self.rng.random_range(0..86_400);
+        let mut seconds_back = self.rng.random_range(0..self.config.spread.num_seconds().max(1));
+        // Drawn only when asked for: older streams keep their bytes.
+        if self.config.late_per_mille > 0 && self.rng.random_range(0..1000) < self.config.late_per_mille {
+            seconds_back += self.rng.random_range(0..self.config.late_max.num_seconds().max(1));
+        }
         let occurred_at =
             self.config.end - Duration::seconds(seconds_back) - Duration::milliseconds(self.rng.random_range(0..1000));
 
