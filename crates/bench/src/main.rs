@@ -251,6 +251,8 @@ fn pipeline_env(raw: &str, database: &str) -> Vec<(&'static str, String)> {
         ("CLICKHOUSE_DATABASE", database.to_owned()),
         ("USAGE_RATE_CARDS", "rate-cards".into()),
         ("USAGE_LOG", std::env::var("BENCH_USAGE_LOG").unwrap_or_else(|_| "warn".into())),
+        // ClickHouse runs on this host: compressing INSERTs costs both sides CPU.
+        ("CLICKHOUSE_COMPRESSION", "none".into()),
     ]
 }
 
@@ -461,9 +463,7 @@ async fn e2e_run(
 ) -> Result<RunMeasure> {
     let raw = format!("bench_{label}_{}", stamp());
     let database = format!("bench_{label}_{}", stamp());
-    let mut env = pipeline_env(&raw, &database);
-    // ClickHouse runs on this host: compressing INSERTs costs both sides CPU.
-    env.push(("CLICKHOUSE_COMPRESSION", "none".into()));
+    let env = pipeline_env(&raw, &database);
     let log = args.out.join(format!("e2e-{label}.log"));
     std::fs::create_dir_all(&args.out)?;
     if !spawn(&args.pipeline, &env, &["setup"], &log)?.wait()?.success() {
@@ -664,7 +664,12 @@ async fn alert_latency(args: &Args, results: &mut BTreeMap<&'static str, f64>) -
     let follower = {
         let (arrivals, stop, topic) = (Arc::clone(&arrivals), Arc::clone(&stop), format!("{raw}-events"));
         std::thread::spawn(move || -> Result<()> {
-            let follower = TopicFollower::new(&kafka(), &topic, Duration::from_secs(30))?;
+            // Fetching as the pipeline's own consumers do (100 ms), not
+            // librdkafka's default 500 ms: the measuring consumer's waits
+            // are not the pipeline's latency.
+            let mut settings = kafka();
+            settings.overrides.insert("fetch.wait.max.ms".into(), "100".into());
+            let follower = TopicFollower::new(&settings, &topic, Duration::from_secs(30))?;
             while !stop.load(Ordering::Relaxed) {
                 if let Some((_, Some(value))) = follower.next(Duration::from_millis(50)) {
                     if let Ok(event) = LedgerEvent::from_json(&value) {

@@ -28,7 +28,7 @@
 //! value_format = "auto"               # auto | json | avro | confluent
 //! schema_registry_url = "http://..."  # SCHEMA_REGISTRY_URL
 //! batch_events_max = 20000
-//! batch_linger_ms = 500
+//! batch_linger_ms = 2000             # a batch closes this long after its first message
 //! dedup_window_days = 35              # duplicates checked in memory; older events looked up
 //! dedup_ids_max = 16000000            # row keys held per partition (8-16 bytes each)
 //!
@@ -190,6 +190,11 @@ impl Settings {
             topic_partitions: file.topics.partitions.unwrap_or(defaults.topic_partitions),
             batch_events_max,
             batch_linger: p.batch_linger_ms.map(Duration::from_millis).unwrap_or(defaults.batch_linger),
+            batch_idle: p
+                .batch_linger_ms
+                .map(Duration::from_millis)
+                .unwrap_or(defaults.batch_idle)
+                .min(defaults.batch_idle),
             value_format,
             dedup_window: p.dedup_window_days.map(|d| Duration::from_secs(d * 86_400)).unwrap_or(defaults.dedup_window),
             dedup_ids_max: p.dedup_ids_max.unwrap_or(defaults.dedup_ids_max),

@@ -122,6 +122,11 @@ impl PartitionLedger {
         effects
     }
 
+    /// Whether accounts changed since the last `take_dirty`.
+    pub fn has_dirty(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
     /// The accounts changed since the last call, for the changelog.
     pub fn take_dirty(&mut self) -> Vec<&AccountState> {
         let dirty = std::mem::take(&mut self.dirty);
@@ -132,6 +137,37 @@ impl PartitionLedger {
     /// owner emitted but may not have sent).
     pub fn unsent_events(&self) -> Vec<LedgerEvent> {
         self.unsent.iter().filter_map(|id| self.accounts.get(id)).flat_map(|a| a.outbox.iter().cloned()).collect()
+    }
+
+    /// Entries awaiting ClickHouse, per account, in order: what a write in
+    /// the background takes (see [`Self::entries_written_upto`]).
+    pub fn unsent_entries_by_account(&self) -> impl Iterator<Item = (&str, &[LedgerEntry])> {
+        self.unsent
+            .iter()
+            .filter_map(|id| self.accounts.get(id))
+            .filter(|a| !a.pending_entries.is_empty())
+            .map(|a| (a.account_id.as_str(), a.pending_entries.as_slice()))
+    }
+
+    /// The first `n` pending entries of each listed account are in
+    /// ClickHouse (entries added since stay pending), except those
+    /// `unwritable` says could not be sent: they stay, never dropped.
+    pub fn entries_written_upto(&mut self, written: &[(String, usize)], unwritable: impl Fn(&LedgerEntry) -> bool) {
+        for (account_id, n) in written {
+            let Some(a) = self.accounts.get_mut(account_id) else { continue };
+            let n = (*n).min(a.pending_entries.len());
+            let mut i = 0;
+            a.pending_entries.retain(|e| {
+                i += 1;
+                i > n || unwritable(e)
+            });
+            if a.pending_entries.is_empty() {
+                a.pending_entries = ThinVec::new();
+                if a.outbox.is_empty() {
+                    self.unsent.remove(account_id);
+                }
+            }
+        }
     }
 
     /// Entries not yet acknowledged by ClickHouse.

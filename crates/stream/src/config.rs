@@ -31,7 +31,13 @@ pub struct StreamConfig {
     /// are large; 20,000 rows of ~600 bytes are ~12 MB in memory.
     pub batch_events_max: usize,
     /// A batch closes this long after its first message, full or not.
+    /// Long: ClickHouse spends about the same per INSERT whatever its size
+    /// (parts, views, merges), and threshold events do not wait for the
+    /// batch (the ledger feed leaves every 50 ms while it fills).
     pub batch_linger: Duration,
+    /// How long an empty batch waits for its first message before the loop
+    /// looks around (shutdown, caught up, rate cards).
+    pub batch_idle: Duration,
     pub value_format: ValueFormat,
     pub limits: EventLimits,
     /// Backoff between retries of a failed INSERT or dead-letter send.
@@ -68,7 +74,8 @@ impl Default for StreamConfig {
             group_id: "usage-pipeline".into(),
             topic_partitions: 4,
             batch_events_max: 20_000,
-            batch_linger: Duration::from_millis(500),
+            batch_linger: Duration::from_millis(2000),
+            batch_idle: Duration::from_millis(500),
             value_format: ValueFormat::Auto,
             limits: EventLimits::default(),
             retry_backoff_initial: Duration::from_millis(200),

@@ -13,15 +13,22 @@
 //! Per batch, on any broker:
 //! 1. apply each record (skipping offsets and pricing origins already
 //!    applied), dead-letter what cannot be applied;
-//! 2. write the changed accounts to the changelog and wait for the acks;
-//! 3. send the events (and dead letters), wait; mark them sent;
-//! 4. commit the input offsets; then write ledger entries to ClickHouse
-//!    (kept in the accounts' state until ClickHouse acknowledges them, so a
-//!    ClickHouse outage delays entries, never threshold events).
+//! 2. send the events (and dead letters), wait; mark them sent;
+//! 3. every `changelog_interval` (and before stopping): write each account
+//!    changed since the last write to the changelog, once, wait for the
+//!    acks, then commit the input offsets that state covers;
+//! 4. every `entries_interval`, in a task of its own: write ledger entries
+//!    to ClickHouse (kept in the accounts' state until ClickHouse
+//!    acknowledges them, so a ClickHouse outage delays entries, never
+//!    threshold events).
 //!
 //! A crash anywhere re-reads inputs from the committed offsets onto the
-//! state in the changelog: inputs already applied are skipped, events not
-//! known to be sent are sent again with the same ids (at least once).
+//! state in the changelog: inputs already applied are skipped, and the
+//! events of the others are emitted again with the same ids (at least
+//! once; consumers deduplicate by id). Writing each changed account once
+//! per interval, not after every batch, keeps the changelog's volume to
+//! the accounts active per interval instead of one record per usage
+//! event: the broker's load, and so threshold events' latency.
 //! With a `transactional_id` (brokers with Kafka transactions), steps 2–4
 //! are one transaction: changelog, events and input offsets commit together
 //! (exactly once); on any failure the transaction is aborted and the loop
@@ -72,8 +79,11 @@ pub struct LedgerConfig {
     pub sweep_interval: Duration,
     /// How often ledger entries go to ClickHouse: one INSERT per interval,
     /// not per batch (an INSERT costs ClickHouse the same whatever its
-    /// size, and the loop waits for it).
+    /// size).
     pub entries_interval: Duration,
+    /// How often changed accounts go to the changelog (and input offsets
+    /// are committed): what a crash replays at most.
+    pub changelog_interval: Duration,
     pub event_format: EventFormat,
     /// Set on brokers with Kafka transactions: exactly-once outputs.
     pub transactional_id: Option<String>,
@@ -101,6 +111,7 @@ impl Default for LedgerConfig {
             batch_linger: Duration::from_millis(20),
             sweep_interval: Duration::from_secs(1),
             entries_interval: Duration::from_secs(1),
+            changelog_interval: Duration::from_secs(1),
             event_format: EventFormat::Json,
             transactional_id: None,
             pending_entries_max: 500_000,
@@ -210,6 +221,20 @@ pub struct Ledger {
     avro_schema: Option<apache_avro::Schema>,
     last_sweep: Instant,
     last_entries_write: Instant,
+    /// The ledger entries being written to ClickHouse, if any.
+    entries_write: Option<EntriesWrite>,
+    last_changelog: Instant,
+    /// Input offsets applied since the last changelog write: committed
+    /// once the state that covers them is written.
+    uncommitted: BTreeMap<(String, i32), i64>,
+}
+
+/// A background INSERT of ledger entries, and which entries it took:
+/// `(partition, account, the account's first n pending entries)`.
+struct EntriesWrite {
+    task: tokio::task::JoinHandle<Result<(), usage_clickhouse::SinkError>>,
+    taken: Vec<(i32, String, usize)>,
+    n_rows: u64,
 }
 
 impl Ledger {
@@ -228,6 +253,9 @@ impl Ledger {
             avro_schema,
             last_sweep: Instant::now(),
             last_entries_write: Instant::now(),
+            entries_write: None,
+            last_changelog: Instant::now(),
+            uncommitted: BTreeMap::new(),
         }
     }
 
@@ -311,10 +339,14 @@ impl Ledger {
                 self.drop_partition(partition);
                 work.remove(&partition);
             }
-            if !work.is_empty() || self.partitions.values().any(PartitionLedger::has_unsent_events) {
+            let changelog_due = self.partitions.values().any(PartitionLedger::has_dirty)
+                && (stopping
+                    || shutdown.is_requested()
+                    || self.last_changelog.elapsed() >= self.config.changelog_interval);
+            if !work.is_empty() || changelog_due || self.partitions.values().any(PartitionLedger::has_unsent_events) {
                 last_activity = Instant::now();
                 let done = match &self.config.transactional_id {
-                    None => self.persist(&consumer, &producer, work, shutdown, report).await?,
+                    None => self.persist(&consumer, &producer, work, changelog_due, shutdown, report).await?,
                     Some(_) => self.persist_transactionally(&consumer, &producer, work, report).await,
                 };
                 if !done {
@@ -327,10 +359,10 @@ impl Ledger {
                     "ledger batch persisted"
                 );
             }
-            if stopping || shutdown.is_requested() || self.last_entries_write.elapsed() >= self.config.entries_interval
-            {
+            if stopping || shutdown.is_requested() {
+                self.flush_entries(report).await;
+            } else {
                 self.write_entries(report, shutdown).await?;
-                self.last_entries_write = Instant::now();
             }
             if stopping || shutdown.is_requested() {
                 tracing::info!("ledger: shutdown requested, last batch committed");
@@ -345,7 +377,12 @@ impl Ledger {
                     });
                 }
                 if assigned && !received && last_activity.elapsed() >= idle && caught_up(&consumer)? {
-                    self.write_entries(report, shutdown).await?;
+                    if self.config.transactional_id.is_none()
+                        && self.partitions.values().any(PartitionLedger::has_dirty)
+                    {
+                        self.write_changelog(&consumer, &producer, shutdown).await?;
+                    }
+                    self.flush_entries(report).await;
                     tracing::info!("ledger caught up with every assigned partition, stopping");
                     return Ok(SessionEnd::Stopped);
                 }
@@ -581,10 +618,10 @@ impl Ledger {
         Ok(PartitionLedger::restore(states))
     }
 
-    /// Changelog records of the changed accounts, per partition.
-    fn changelog(&mut self, work: &HashMap<i32, PartitionWork>) -> Vec<(i32, String, Vec<u8>)> {
+    /// Changelog records of the changed accounts of `partitions`.
+    fn changelog(&mut self, partitions: &[i32]) -> Vec<(i32, String, Vec<u8>)> {
         let mut out = Vec::new();
-        for p in work.keys() {
+        for p in partitions {
             let Some(ledger) = self.partitions.get_mut(p) else { continue };
             for state in ledger.take_dirty() {
                 let value = serde_json::to_vec(state).expect("account state serialises");
@@ -607,42 +644,28 @@ impl Ledger {
         events
     }
 
-    /// Steps 2–4 without transactions. Returns true (never rebuilds).
+    /// Steps 2 and 3 without transactions. Returns true (never rebuilds).
     async fn persist(
         &mut self,
         consumer: &GroupConsumer,
         producer: &Producer,
         work: HashMap<i32, PartitionWork>,
+        changelog_due: bool,
         shutdown: &Shutdown,
         report: &mut LedgerReport,
     ) -> Result<bool, LedgerRunError> {
-        let changelog = self.changelog(&work);
-        let state_topic = self.config.state_topic.clone();
-        self.retry("ledger changelog", shutdown, || {
-            producer.send_all(
-                changelog
-                    .iter()
-                    .map(|(p, key, value)| Outgoing {
-                        topic: &state_topic,
-                        key: Some(key.as_bytes()),
-                        payload: value,
-                        headers: None,
-                        partition: Some(*p),
-                    })
-                    .collect(),
-            )
-        })
-        .await?;
         let events = self.unsent_events();
         let payloads: Vec<(String, Vec<u8>)> =
             events.iter().map(|e| (e.account_id.clone(), self.encode_event(e))).collect();
-        let events_topic = self.config.events_topic.clone();
+        let events_topic = &self.config.events_topic;
+        // Events first, before their state is in the changelog: if the
+        // state is lost, a replay emits them again under the same ids.
         self.retry("ledger events", shutdown, || {
             producer.send_all(
                 payloads
                     .iter()
                     .map(|(key, value)| Outgoing {
-                        topic: &events_topic,
+                        topic: events_topic,
                         key: Some(key.as_bytes()),
                         payload: value,
                         headers: None,
@@ -659,13 +682,58 @@ impl Ledger {
             ledger.events_sent();
         }
         report.events_sent += events.len() as u64;
-        if let Some(tpl) = offsets(&work) {
-            if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
-                // Safe to lose: a replay skips what the changelog says is applied.
+        for (p, w) in &work {
+            for (topic, next) in &w.next_offsets {
+                let at = self.uncommitted.entry((topic.clone(), *p)).or_insert(*next);
+                *at = (*at).max(*next);
+            }
+        }
+        if changelog_due {
+            self.write_changelog(consumer, producer, shutdown).await?;
+        }
+        Ok(true)
+    }
+
+    /// Writes every account changed since the last write, once, then
+    /// commits the input offsets that state covers.
+    async fn write_changelog(
+        &mut self,
+        consumer: &GroupConsumer,
+        producer: &Producer,
+        shutdown: &Shutdown,
+    ) -> Result<(), LedgerRunError> {
+        let partitions: Vec<i32> = self.partitions.keys().copied().collect();
+        let changelog = self.changelog(&partitions);
+        let state_topic = &self.config.state_topic;
+        self.retry("ledger changelog", shutdown, || {
+            producer.send_all(
+                changelog
+                    .iter()
+                    .map(|(p, key, value)| Outgoing {
+                        topic: state_topic,
+                        key: Some(key.as_bytes()),
+                        payload: value,
+                        headers: None,
+                        partition: Some(*p),
+                    })
+                    .collect(),
+            )
+        })
+        .await?;
+        self.last_changelog = Instant::now();
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, p), next) in std::mem::take(&mut self.uncommitted) {
+            if self.partitions.contains_key(&p) && tpl.add_partition_offset(&topic, p, Offset::Offset(next)).is_err() {
+                tracing::warn!(topic, partition = p, "cannot build the ledger's commit");
+            }
+        }
+        // Asynchronous: the state written covers these inputs.
+        if tpl.count() > 0 {
+            if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
                 tracing::warn!(error = %e, "ledger offset commit failed");
             }
         }
-        Ok(true)
+        Ok(())
     }
 
     /// Steps 2–4 in one Kafka transaction. Returns false when it was
@@ -682,7 +750,8 @@ impl Ledger {
         for ledger in self.partitions.values_mut() {
             ledger.events_sent();
         }
-        let changelog = self.changelog(&work);
+        let touched: Vec<i32> = work.keys().copied().collect();
+        let changelog = self.changelog(&touched);
         let letters: Vec<DeadLetter> = work.values().flat_map(|w| w.dead_letters.iter().cloned()).collect();
         let payloads: Vec<(String, Vec<u8>)> =
             events.iter().map(|e| (e.account_id.clone(), self.encode_event(e))).collect();
@@ -727,58 +796,105 @@ impl Ledger {
         }
     }
 
-    /// Writes pending ledger entries to ClickHouse: once per batch when
-    /// ClickHouse answers; when too many wait, retries until it does.
-    async fn write_entries(&mut self, report: &mut LedgerReport, shutdown: &Shutdown) -> Result<(), LedgerRunError> {
+    /// Starts writing the pending ledger entries to ClickHouse in a task
+    /// of its own (the loop, and so threshold events, never waits for an
+    /// INSERT), unless a write is in flight or there is nothing to write.
+    fn start_entries_write(&mut self) {
+        if self.entries_write.is_some() {
+            return;
+        }
         let Some(sink) = self.sink.clone() else {
             for ledger in self.partitions.values_mut() {
                 ledger.entries_written(|_| false);
             }
-            return Ok(());
+            return;
         };
-        // Entries whose instant ClickHouse cannot hold (the ledger refuses
-        // such input, so none is expected) stay pending, logged each time.
-        let unwritable = |e: &LedgerEntry| LedgerEntryRow::new(e).is_err();
+        let mut rows = Vec::new();
+        let mut taken = Vec::new();
+        for (p, ledger) in &self.partitions {
+            for (account, entries) in ledger.unsent_entries_by_account() {
+                for e in entries {
+                    match LedgerEntryRow::new(e) {
+                        Ok(row) => rows.push(row),
+                        // The ledger refuses such input: none is expected.
+                        Err(error) => {
+                            tracing::error!(entry = %e.entry_id, %error, "ledger entry kept pending: ClickHouse cannot hold it")
+                        }
+                    }
+                }
+                taken.push((*p, account.to_owned(), entries.len()));
+            }
+        }
+        if rows.is_empty() {
+            return;
+        }
+        let n_rows = rows.len() as u64;
+        let task = tokio::spawn(async move { sink.insert_ledger_entries(&rows).await });
+        self.entries_write = Some(EntriesWrite { task, taken, n_rows });
+    }
+
+    /// Takes the outcome of the entries write in flight, if it is done (or
+    /// waits for it with `wait`): the entries it wrote leave the accounts'
+    /// pending ones. Returns whether a write ended.
+    async fn finish_entries_write(&mut self, report: &mut LedgerReport, wait: bool) -> bool {
+        let Some(write) = self.entries_write.as_ref() else { return false };
+        if !wait && !write.task.is_finished() {
+            return false;
+        }
+        let Some(write) = self.entries_write.take() else { return false };
+        match write.task.await {
+            Ok(Ok(())) => {
+                let unwritable = |e: &LedgerEntry| LedgerEntryRow::new(e).is_err();
+                let mut by_partition: HashMap<i32, Vec<(String, usize)>> = HashMap::new();
+                for (p, account, n) in write.taken {
+                    by_partition.entry(p).or_default().push((account, n));
+                }
+                for (p, written) in by_partition {
+                    if let Some(ledger) = self.partitions.get_mut(&p) {
+                        ledger.entries_written_upto(&written, unwritable);
+                    }
+                }
+                report.entries_written += write.n_rows;
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, rows = write.n_rows, "ledger entries wait for ClickHouse"),
+            Err(e) => {
+                tracing::error!(error = %e, "the ledger entries task stopped abnormally; the entries stay pending")
+            }
+        }
+        true
+    }
+
+    /// Entries every `entries_interval`, in the background; past
+    /// `pending_entries_max` waiting, input pauses until ClickHouse takes
+    /// them (memory stays bounded through an outage).
+    async fn write_entries(&mut self, report: &mut LedgerReport, shutdown: &Shutdown) -> Result<(), LedgerRunError> {
+        self.finish_entries_write(report, false).await;
+        if self.last_entries_write.elapsed() >= self.config.entries_interval {
+            self.last_entries_write = Instant::now();
+            self.start_entries_write();
+        }
         let mut backoff = self.config.retry_backoff_initial;
-        loop {
-            let entries: Vec<LedgerEntryRow> = self
-                .partitions
-                .values()
-                .flat_map(|p| p.unsent_entries())
-                .filter_map(|e| match LedgerEntryRow::new(&e) {
-                    Ok(row) => Some(row),
-                    Err(error) => {
-                        tracing::error!(entry = %e.entry_id, %error, "ledger entry kept pending: ClickHouse cannot hold it");
-                        None
-                    }
-                })
-                .collect();
-            if entries.is_empty() {
-                return Ok(());
+        while self.partitions.values().map(PartitionLedger::n_unsent_entries).sum::<usize>()
+            >= self.config.pending_entries_max
+            && !shutdown.is_requested()
+        {
+            tracing::warn!(max = self.config.pending_entries_max, "too many ledger entries wait: pausing input");
+            if !self.finish_entries_write(report, true).await {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(self.config.retry_backoff_max);
             }
-            match sink.insert_ledger_entries(&entries).await {
-                Ok(()) => {
-                    for ledger in self.partitions.values_mut() {
-                        ledger.entries_written(unwritable);
-                    }
-                    report.entries_written += entries.len() as u64;
-                    return Ok(());
-                }
-                Err(e) if entries.len() < self.config.pending_entries_max && !shutdown.is_requested() => {
-                    tracing::warn!(error = %e, pending = entries.len(), "ledger entries wait for ClickHouse");
-                    return Ok(());
-                }
-                Err(e) if shutdown.is_requested() => {
-                    // They stay in the changelog: the next run writes them.
-                    tracing::warn!(error = %e, pending = entries.len(), "stopping with ledger entries unwritten");
-                    return Ok(());
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, pending = entries.len(), "too many ledger entries wait: pausing input");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(self.config.retry_backoff_max);
-                }
-            }
+            self.start_entries_write();
+        }
+        Ok(())
+    }
+
+    /// Before stopping: the write in flight, then one more for what is
+    /// left (a failure leaves them in the changelog: the next run writes them).
+    async fn flush_entries(&mut self, report: &mut LedgerReport) {
+        self.finish_entries_write(report, true).await;
+        self.start_entries_write();
+        if self.finish_entries_write(report, true).await && self.partitions.values().any(|p| p.n_unsent_entries() > 0) {
+            tracing::warn!("stopping with ledger entries unwritten: the next run writes them");
         }
     }
 

@@ -477,11 +477,11 @@ impl Pipeline {
     }
 
     /// Consumes one batch: until it is full, `batch_linger` after its first
-    /// message, nothing arrives for `batch_linger`, or shutdown. One timer
+    /// message, nothing arrives for `batch_idle`, or shutdown. One timer
     /// and one shutdown watch per batch, none per message.
     async fn fill(&mut self, consumer: Arc<GroupConsumer>, shutdown: Shutdown) -> Result<Batch, PipelineError> {
         let mut batch = Batch::default();
-        let linger = tokio::time::sleep(self.config.batch_linger);
+        let linger = tokio::time::sleep(self.config.batch_idle);
         tokio::pin!(linger);
         let stop = shutdown.requested();
         tokio::pin!(stop);
