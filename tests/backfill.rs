@@ -13,7 +13,9 @@ use usage_integration_tests::{clickhouse, kafka_settings, repo_root, stored_by_a
 use usage_kafka::{Outgoing, Producer};
 use usage_model::Amount;
 use usage_pricing::{load_dir, Pricer};
-use usage_stream::{backfill, BackfillError, Pipeline, Processor, Shutdown, StopWhen, StreamConfig, SystemClock};
+use usage_pricing_stage::{
+    backfill, BackfillError, Pipeline, Processor, Shutdown, StopWhen, StreamConfig, SystemClock,
+};
 
 const PARTITIONS: i32 = 2;
 
@@ -64,7 +66,7 @@ async fn backfill_reprices_a_closed_month_once_and_only_after_the_new_version() 
         stop_when: StopWhen::CaughtUp { idle: Duration::from_secs(1) },
         ..StreamConfig::default()
     };
-    usage_stream::prepare(&config, &kafka_settings(), &sink).await.unwrap();
+    usage_pricing_stage::prepare(&config, &kafka_settings(), &sink).await.unwrap();
 
     // September 2026 usage, priced when stored by version 2.
     let start: DateTime<Utc> = "2026-09-10T00:00:00Z".parse().unwrap();

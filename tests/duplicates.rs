@@ -13,7 +13,7 @@ use usage_codec::{Decoder, SchemaResolver, ValueFormat};
 use usage_integration_tests::{clickhouse, expected_by_account, kafka_settings, repo_root, stored_by_account, unique};
 use usage_kafka::{ensure_topics, partition_for_key, Outgoing, Producer, TopicSpec};
 use usage_pricing::{load_dir, Pricer};
-use usage_stream::{Pipeline, Processor, RunReport, Shutdown, StopWhen, StreamConfig, SystemClock};
+use usage_pricing_stage::{Pipeline, Processor, RunReport, Shutdown, StopWhen, StreamConfig, SystemClock};
 use usage_synth::{Encoding, Generator, SynthConfig};
 
 const PARTITIONS: i32 = 4;

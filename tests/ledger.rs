@@ -22,8 +22,9 @@ use usage_codec::{Decoder, SchemaResolver, ValueFormat};
 use usage_integration_tests::{check_balances_view, clickhouse, kafka_settings, read_topic, repo_root, unique};
 use usage_kafka::{Message, Outgoing, Producer};
 use usage_ledger::{AccountState, EventKind, LedgerEvent};
+use usage_ledger_stage::{prepare_ledger, Ledger, LedgerConfig};
 use usage_pricing::{load_dir, Pricer};
-use usage_stream::{prepare_ledger, Ledger, LedgerConfig, Pipeline, Processor, Shutdown, StreamConfig, SystemClock};
+use usage_pricing_stage::{Pipeline, Processor, Shutdown, StreamConfig, SystemClock};
 
 const PARTITIONS: i32 = 4;
 
@@ -148,7 +149,7 @@ async fn balances_budgets_and_alerts_through_the_broker() {
         batch_linger: Duration::from_millis(100),
         ..StreamConfig::default()
     };
-    usage_stream::prepare(&stream_config, &kafka_settings(), &sink).await.unwrap();
+    usage_pricing_stage::prepare(&stream_config, &kafka_settings(), &sink).await.unwrap();
     prepare_ledger(&n.ledger, &kafka_settings()).await.unwrap();
 
     let now = Utc::now();

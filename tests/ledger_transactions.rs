@@ -20,8 +20,8 @@ use std::time::Duration;
 use usage_integration_tests::send_records;
 use usage_kafka::{read_partition, KafkaSettings, Producer};
 use usage_ledger::{AccountState, EventKind, LedgerEvent, PricedUsage};
+use usage_ledger_stage::{Ledger, LedgerConfig, LedgerReport, Shutdown, StopWhen};
 use usage_model::Amount;
-use usage_stream::{Ledger, LedgerConfig, LedgerReport, Shutdown, StopWhen};
 
 const PARTITIONS: i32 = 2;
 const ACCOUNTS: usize = 4;

@@ -16,7 +16,7 @@ use usage_integration_tests::{clickhouse, header, kafka_settings, read_topic, re
 use usage_kafka::{ensure_topics, Outgoing, Producer, TopicSpec};
 use usage_model::{ServiceTier, Unit, UsageEvent};
 use usage_pricing::{load_dir, Pricer};
-use usage_stream::{Pipeline, Processor, Shutdown, StopWhen, StreamConfig, SystemClock};
+use usage_pricing_stage::{Pipeline, Processor, Shutdown, StopWhen, StreamConfig, SystemClock};
 use usage_synth::{Encoding, Generator, SynthConfig, SynthMessage};
 
 const PARTITIONS: i32 = 3;

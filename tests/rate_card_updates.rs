@@ -10,7 +10,7 @@ use usage_integration_tests::{clickhouse, kafka_settings, unique};
 use usage_kafka::{ensure_topics, Outgoing, Producer, TopicSpec};
 use usage_model::{ServiceTier, Unit, UsageCounts, UsageEvent};
 use usage_pricing::Pricer;
-use usage_stream::{
+use usage_pricing_stage::{
     publish, rate_cards_topic_spec, Pipeline, Processor, RateFeed, Shutdown, StopWhen, StreamConfig, SystemClock,
 };
 

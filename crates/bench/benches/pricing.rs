@@ -1,16 +1,21 @@
-//! The pricing core on one thread: decode + match + price + build the
-//! ClickHouse row, for the JSON and the plain-Avro wire formats, with the
-//! whole genai-prices catalog loaded and a realistic event mix.
-//! `make bench` turns the estimates into events/s per core.
+//! The pricing core on one thread, as the pipeline runs it per message:
+//! format detection and decoding, the event limits, pricing, the ClickHouse
+//! row and its duplicate-check key. The whole genai-prices catalog is
+//! loaded; the stream has thousands of distinct model names (reported in
+//! mixed case, as proxies do) and of accounts, API keys and projects, so
+//! the caches and maps are as large as in production. JSON, plain Avro and
+//! Confluent Avro. `make bench` turns the estimates into events/s per core.
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use std::hint::black_box;
-use usage_clickhouse::PricedRow;
-use usage_codec::{Decoder, SchemaResolver, ValueFormat};
+use std::sync::Arc;
+use usage_clickhouse::{row_key, PricedRow};
+use usage_codec::{AvroWire, Decoder, SchemaResolver, ValueFormat, PINNED_SCHEMA_ID};
 use usage_pricing::Pricer;
+use usage_pricing_stage::{MessageOutcome, Processor, SystemClock};
 
 /// Events per measured iteration.
-const BATCH: usize = 10_000;
+const BATCH: usize = 20_000;
 
 fn pricing(c: &mut Criterion) {
     let book = usage_bench::genai_prices_book().expect("the genai-prices catalog imports");
@@ -18,19 +23,23 @@ fn pricing(c: &mut Criterion) {
     let mut group = c.benchmark_group("pricing");
     group.throughput(Throughput::Elements(BATCH as u64));
     group.sample_size(20);
-    for (name, format, avro) in [("json", ValueFormat::Json, false), ("avro", ValueFormat::Avro, true)] {
-        let payloads = usage_bench::encode(&events, avro);
-        let decoder = Decoder::new(format, SchemaResolver::pinned());
-        let mut pricer = Pricer::new(book.clone());
+    for (name, wire) in
+        [("json", None), ("avro", Some(AvroWire::Plain)), ("confluent", Some(AvroWire::Confluent(PINNED_SCHEMA_ID)))]
+    {
+        let payloads = usage_bench::encode(&events, wire);
+        let limits = usage_model::EventLimits::default();
+        let decoder = Decoder::new(ValueFormat::Auto, SchemaResolver::pinned());
+        let mut processor = Processor::new(decoder, Pricer::new(book.clone()), limits, Arc::new(SystemClock));
         group.bench_function(name, |b| {
             b.iter_batched(
                 || (),
                 |()| {
                     for (offset, payload) in payloads.iter().enumerate() {
-                        let event = decoder.decode(payload).expect("valid event");
-                        let priced = pricer.price(event).expect("priceable");
-                        black_box(priced.cost);
-                        let row = PricedRow::new(priced, "usage.raw", 0, offset as i64).expect("row");
+                        let MessageOutcome::Priced(priced) = processor.evaluate(payload) else {
+                            panic!("every event of the mix prices")
+                        };
+                        let row = PricedRow::new(*priced, "usage.raw", 0, offset as i64).expect("a row");
+                        black_box(row_key(&row.account_id, &row.event_id, row.occurred_at));
                         black_box(row);
                     }
                 },

@@ -31,7 +31,8 @@ pub fn genai_prices_book() -> anyhow::Result<Arc<RateBook>> {
 /// `n` events over every priceable model of the book (a few popular models
 /// take half the traffic, the rest spreads over the whole catalog), with
 /// realistic sizes: input 100..30k tokens, a third with cache reads, output
-/// up to 4k, some batch traffic.
+/// up to 4k, some batch traffic. Half the names are reported in a random
+/// mix of cases (matching ignores case): thousands of distinct names.
 pub fn event_mix(book: &Arc<RateBook>, n: usize, seed: u64) -> Vec<UsageEvent> {
     let mut pricer = Pricer::new(Arc::clone(book));
     let version = book.cards.values().next().and_then(|c| c.versions.last().cloned()).expect("a version");
@@ -52,10 +53,15 @@ pub fn event_mix(book: &Arc<RateBook>, n: usize, seed: u64) -> Vec<UsageEvent> {
             } else {
                 &models[rng.random_range(0..models.len())]
             };
+            let model: String = if rng.random_bool(0.5) {
+                model.chars().map(|c| if rng.random_bool(0.3) { c.to_ascii_uppercase() } else { c }).collect()
+            } else {
+                model.clone()
+            };
             let input = rng.random_range(100..30_000);
             let cache = if rng.random_bool(0.33) { rng.random_range(0..input) } else { 0 };
             let tier = if rng.random_bool(0.1) { ServiceTier::Batch } else { ServiceTier::Standard };
-            event(i, provider, model, at, input, cache, rng.random_range(1..4_000), tier)
+            event(i, provider, &model, at, input, cache, rng.random_range(1..4_000), tier)
         })
         .collect()
 }
@@ -91,10 +97,13 @@ fn event(
     }
 }
 
-/// The events as the wire carries them.
-pub fn encode(events: &[UsageEvent], avro: bool) -> Vec<Vec<u8>> {
+/// The events as the wire carries them: JSON, or Avro in `wire`'s framing.
+pub fn encode(events: &[UsageEvent], wire: Option<AvroWire>) -> Vec<Vec<u8>> {
     events
         .iter()
-        .map(|e| if avro { usage_codec::encode_avro(e, AvroWire::Plain) } else { usage_codec::encode_json(e) })
+        .map(|e| match wire {
+            Some(w) => usage_codec::encode_avro(e, w),
+            None => usage_codec::encode_json(e),
+        })
         .collect()
 }

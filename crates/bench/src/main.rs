@@ -132,11 +132,14 @@ fn stamp() -> String {
     format!("{}", Utc::now().timestamp_millis())
 }
 
-/// Pricing throughput from criterion's estimates (ns per 10,000 events).
+/// Pricing throughput from criterion's estimates (ns per `PRICING_BATCH` events).
 fn criterion_results(results: &mut BTreeMap<&'static str, f64>) {
-    for (key, name) in
-        [("pricing_json_events_per_sec_per_core", "json"), ("pricing_avro_events_per_sec_per_core", "avro")]
-    {
+    const PRICING_BATCH: f64 = 20_000.0; // benches/pricing.rs's BATCH
+    for (key, name) in [
+        ("pricing_json_events_per_sec_per_core", "json"),
+        ("pricing_avro_events_per_sec_per_core", "avro"),
+        ("pricing_confluent_events_per_sec_per_core", "confluent"),
+    ] {
         let path = format!("target/criterion/pricing/{name}/new/estimates.json");
         let Ok(text) = std::fs::read_to_string(&path) else {
             eprintln!("no criterion estimate at {path}: run `cargo bench -p usage-bench --bench pricing` first");
@@ -144,7 +147,7 @@ fn criterion_results(results: &mut BTreeMap<&'static str, f64>) {
         };
         let json: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
         if let Some(ns) = json["mean"]["point_estimate"].as_f64() {
-            results.insert(key, 10_000.0 / (ns * 1e-9));
+            results.insert(key, PRICING_BATCH / (ns * 1e-9));
         }
     }
 }
@@ -763,6 +766,7 @@ fn print_table(results: &BTreeMap<&'static str, f64>) {
     let targets: &[(&str, &str)] = &[
         ("pricing_json_events_per_sec_per_core", ">= 1,000,000"),
         ("pricing_avro_events_per_sec_per_core", ">= 1,500,000"),
+        ("pricing_confluent_events_per_sec_per_core", ""),
         ("e2e_events_per_sec", ""),
         ("bare_consumer_events_per_sec", ""),
         ("e2e_ratio_to_bare_consumer", ">= 0.9"),

@@ -52,7 +52,8 @@ use std::time::Duration;
 use usage_clickhouse::ClickHouseSettings;
 use usage_codec::ValueFormat;
 use usage_kafka::KafkaSettings;
-use usage_stream::{EventFormat, LedgerConfig, StreamConfig};
+use usage_ledger_stage::{EventFormat, LedgerConfig};
+use usage_pricing_stage::StreamConfig;
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]

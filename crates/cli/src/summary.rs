@@ -4,7 +4,7 @@
 use anyhow::Result;
 use usage_clickhouse::{ClickHouseSink, OffsetRanges};
 use usage_model::{Amount, Currency};
-use usage_stream::RunReport;
+use usage_pricing_stage::RunReport;
 
 const TOP_N: usize = 10;
 

@@ -91,7 +91,7 @@ fn consumer_with(
         // The loop does not poll while it retries a delivery (ClickHouse
         // down). Past this, librdkafka leaves the group and the partitions
         // move; the loop then finds them no longer assigned and hands their
-        // rows over instead of inserting them (see usage-stream).
+        // rows over instead of inserting them (see usage-pricing-stage).
         .set("max.poll.interval.ms", "300000")
         .set("queued.max.messages.kbytes", queued_kbytes_max.to_string())
         .set("fetch.wait.max.ms", "100");

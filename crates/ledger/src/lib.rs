@@ -5,7 +5,7 @@
 //! a grant's expiry) emits one event with an id derived from what it is
 //! about, so replays and restarts repeat ids, never alerts.
 //!
-//! Pure and deterministic: no clock, no I/O. The caller (usage-stream's
+//! Pure and deterministic: no clock, no I/O. The caller (usage-ledger-stage's
 //! ledger loop) feeds inputs in partition order, persists the state of
 //! accounts it changed, and sends what [`Effects`] holds.
 

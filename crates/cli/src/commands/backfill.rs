@@ -19,7 +19,7 @@ pub async fn backfill(settings: Settings, args: BackfillArgs) -> Result<ExitCode
     // The same rate cards as `run`: local files and the rate-card topic.
     let feed = start_rate_feed(&settings, &args.rates).await?;
     let mut pricer = Pricer::new(feed.current());
-    let months = usage_stream::backfill(&sink, &mut pricer, from, until, Utc::now(), args.dry_run).await?;
+    let months = usage_pricing_stage::backfill(&sink, &mut pricer, from, until, Utc::now(), args.dry_run).await?;
     println!(
         "{} {} .. {}",
         if args.dry_run { "dry run:" } else { "backfilled" },

@@ -43,7 +43,7 @@ pub fn import(args: ImportArgs) -> Result<ExitCode> {
 
 pub async fn publish(settings: Settings, args: PublishArgs) -> Result<ExitCode> {
     let topic = &settings.stream.rate_cards_topic;
-    let report = usage_stream::publish(
+    let report = usage_pricing_stage::publish(
         &settings.kafka,
         topic,
         &args.dir,

@@ -11,8 +11,8 @@ use std::time::Duration;
 use usage_clickhouse::ClickHouseSink;
 use usage_kafka::{Outgoing, Producer, TopicFollower};
 use usage_ledger::{AccountCommand, AccountState, BillingMode, LedgerEvent};
+use usage_ledger_stage::{prepare_ledger, Ledger, Shutdown, StopWhen};
 use usage_model::{round_for_display, Amount, Currency};
-use usage_stream::{prepare_ledger, Ledger, Shutdown, StopWhen};
 
 /// Bound on reading the whole changelog for `balance`.
 const CHANGELOG_READ_TIMEOUT: Duration = Duration::from_secs(60);

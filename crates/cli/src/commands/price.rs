@@ -12,7 +12,7 @@ use std::sync::Arc;
 use usage_codec::{priced_to_json, rejection_to_json, Decoder, SchemaResolver, ValueFormat};
 use usage_model::{RejectReason, Rejection};
 use usage_pricing::Pricer;
-use usage_stream::{Clock, MessageOutcome, Processor, SystemClock};
+use usage_pricing_stage::{Clock, MessageOutcome, Processor, SystemClock};
 
 struct FixedClock(DateTime<Utc>);
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use usage_clickhouse::ClickHouseSink;
 use usage_codec::{Decoder, SchemaResolver};
 use usage_pricing::Pricer;
-use usage_stream::{prepare, read_dir_texts, Pipeline, Processor, RateFeed, Shutdown, StopWhen, SystemClock};
+use usage_pricing_stage::{prepare, read_dir_texts, Pipeline, Processor, RateFeed, Shutdown, StopWhen, SystemClock};
 
 /// Bound on reading the rate-card topic at start.
 const RATE_FEED_TIMEOUT: Duration = Duration::from_secs(30);
@@ -53,7 +53,9 @@ pub(crate) async fn start_rate_feed(settings: &Settings, rates: &RatesArg) -> Re
 pub async fn setup(settings: Settings, _rates: RatesArg) -> Result<ExitCode> {
     let sink = ClickHouseSink::new(settings.clickhouse.clone())?;
     prepare(&settings.stream, &settings.kafka, &sink).await.context("preparing topics and ClickHouse")?;
-    usage_stream::prepare_ledger(&settings.ledger, &settings.kafka).await.context("preparing the ledger's topics")?;
+    usage_ledger_stage::prepare_ledger(&settings.ledger, &settings.kafka)
+        .await
+        .context("preparing the ledger's topics")?;
     println!(
         "topics {}, {} and {} ready on {}; ClickHouse {} database {} migrated",
         settings.stream.raw_topic,

@@ -3,16 +3,7 @@
 use std::time::Duration;
 use usage_codec::ValueFormat;
 use usage_model::EventLimits;
-
-/// When `run` returns by itself (it always returns on shutdown).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum StopWhen {
-    /// Run until told to stop: the service.
-    Never,
-    /// Stop once every assigned partition is consumed up to its end and
-    /// nothing arrived for `idle`: batch jobs, demos, tests.
-    CaughtUp { idle: Duration },
-}
+use usage_runtime::StopWhen;
 
 #[derive(Clone, Debug)]
 pub struct StreamConfig {

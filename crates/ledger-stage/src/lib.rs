@@ -34,8 +34,6 @@
 //! (exactly once); on any failure the transaction is aborted and the loop
 //! rebuilds its state from the changelog.
 
-use crate::config::StopWhen;
-use crate::pipeline::Shutdown;
 use chrono::Utc;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -47,6 +45,8 @@ use usage_kafka::{
     TopicSpec,
 };
 use usage_ledger::{AccountCommand, AccountState, Applied, LedgerEntry, LedgerEvent, PartitionLedger, PricedUsage};
+use usage_runtime::{GaveUp, RetryPolicy};
+pub use usage_runtime::{Shutdown, StopWhen};
 
 /// Bound on broker calls (metadata, commits, restores of a partition).
 const KAFKA_CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -92,6 +92,8 @@ pub struct LedgerConfig {
     pub pending_entries_max: usize,
     pub retry_backoff_initial: Duration,
     pub retry_backoff_max: Duration,
+    /// After a shutdown request, how long a failing step keeps retrying.
+    pub shutdown_grace: Duration,
     pub queued_kbytes_max: u32,
     pub stop_when: StopWhen,
     pub assignment_timeout: Duration,
@@ -117,6 +119,7 @@ impl Default for LedgerConfig {
             pending_entries_max: 500_000,
             retry_backoff_initial: Duration::from_millis(200),
             retry_backoff_max: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(30),
             queued_kbytes_max: 16 * 1024,
             stop_when: StopWhen::Never,
             assignment_timeout: Duration::from_secs(60),
@@ -150,6 +153,12 @@ pub enum LedgerRunError {
     NoAssignment { topic: String, seconds: u64 },
     #[error("stopped while {what} kept failing: {error}")]
     Undelivered { what: &'static str, error: String },
+}
+
+impl From<GaveUp> for LedgerRunError {
+    fn from(g: GaveUp) -> Self {
+        LedgerRunError::Undelivered { what: g.what, error: g.error }
+    }
 }
 
 /// What a run did, for logs and summaries.
@@ -376,7 +385,11 @@ impl Ledger {
                         seconds: self.config.assignment_timeout.as_secs(),
                     });
                 }
-                if assigned && !received && last_activity.elapsed() >= idle && caught_up(&consumer)? {
+                if assigned
+                    && !received
+                    && last_activity.elapsed() >= idle
+                    && usage_runtime::caught_up(&consumer, |_, _| None)?
+                {
                     if self.config.transactional_id.is_none()
                         && self.partitions.values().any(PartitionLedger::has_dirty)
                     {
@@ -898,28 +911,19 @@ impl Ledger {
         }
     }
 
+    /// Runs `attempt` until it succeeds, with the stages' one retry policy.
     async fn retry<T, E: std::fmt::Display, F: std::future::Future<Output = Result<T, E>>>(
         &self,
         what: &'static str,
         shutdown: &Shutdown,
-        mut attempt: impl FnMut() -> F,
+        attempt: impl FnMut() -> F,
     ) -> Result<T, LedgerRunError> {
-        let mut backoff = self.config.retry_backoff_initial;
-        let mut failures = 0u32;
-        loop {
-            match attempt().await {
-                Ok(v) => return Ok(v),
-                Err(e) => {
-                    failures += 1;
-                    if shutdown.is_requested() && failures > 3 {
-                        return Err(LedgerRunError::Undelivered { what, error: e.to_string() });
-                    }
-                    tracing::warn!(what, failures, error = %e, "failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(self.config.retry_backoff_max);
-                }
-            }
-        }
+        let policy = RetryPolicy {
+            initial: self.config.retry_backoff_initial,
+            max: self.config.retry_backoff_max,
+            shutdown_grace: self.config.shutdown_grace,
+        };
+        Ok(usage_runtime::retry(what, policy, shutdown, attempt).await?)
     }
 }
 
@@ -957,25 +961,4 @@ fn offsets(work: &HashMap<i32, PartitionWork>) -> Option<TopicPartitionList> {
         }
     }
     (tpl.count() > 0).then_some(tpl)
-}
-
-/// Whether every assigned partition is consumed to its end.
-fn caught_up(consumer: &GroupConsumer) -> Result<bool, KafkaError> {
-    let assignment = consumer.assignment()?;
-    let position = consumer.position()?;
-    for e in assignment.elements() {
-        let (_, high) = consumer.fetch_watermarks(e.topic(), e.partition(), KAFKA_CALL_TIMEOUT)?;
-        let at = position.find_partition(e.topic(), e.partition()).map(|p| p.offset());
-        let consumed_to = match at {
-            Some(Offset::Offset(o)) => o,
-            _ => {
-                let (low, _) = consumer.fetch_watermarks(e.topic(), e.partition(), KAFKA_CALL_TIMEOUT)?;
-                low
-            }
-        };
-        if consumed_to < high {
-            return Ok(false);
-        }
-    }
-    Ok(true)
 }

@@ -12,7 +12,7 @@
 
 use crate::batch::{Batch, Forward, RowState};
 use crate::config::StreamConfig;
-use crate::pipeline::{Backoff, Delivered, PipelineError, Shutdown};
+use crate::pipeline::{Delivered, PipelineError};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use usage_clickhouse::{ClickHouseSink, PricedRow};
@@ -20,17 +20,94 @@ use usage_kafka::{
     forward_headers, CommitMode, Consumer, GroupConsumer, Offset, Outgoing, Producer, TopicPartitionList,
 };
 use usage_model::Amount;
+use usage_runtime::{Backoff, Shutdown};
 
 /// The partitions this instance holds, each with the epoch of its current
-/// assignment: written by the filling side, read here before each INSERT.
-pub(crate) type Epochs = Arc<Mutex<HashMap<(String, i32), u64>>>;
+/// assignment (written by the filling side, checked here before each
+/// INSERT), and the partitions with an INSERT under way. A partition taken
+/// again waits for the INSERT of its previous epoch to end before reading
+/// what is stored: ClickHouse lists a statement only once it has arrived,
+/// so a wait on `system.processes` alone leaves a gap.
+#[derive(Default)]
+pub(crate) struct Holdings {
+    state: Mutex<HoldingsState>,
+}
+
+#[derive(Default)]
+struct HoldingsState {
+    epochs: HashMap<(String, i32), u64>,
+    inserting: HashMap<(String, i32), usize>,
+}
+
+impl Holdings {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HoldingsState> {
+        // A panic elsewhere cannot leave the maps half-written: recover them.
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The partition is ours from now on, under `epoch`.
+    pub fn hold(&self, topic: &str, partition: i32, epoch: u64) {
+        self.lock().epochs.insert((topic.to_owned(), partition), epoch);
+    }
+
+    /// The partition is no longer ours.
+    pub fn release(&self, topic: &str, partition: i32) {
+        self.lock().epochs.remove(&(topic.to_owned(), partition));
+    }
+
+    /// Whether the partition is held under `epoch`.
+    pub fn holds(&self, topic: &str, partition: i32, epoch: u64) -> bool {
+        self.lock().epochs.get(&(topic.to_owned(), partition)) == Some(&epoch)
+    }
+
+    /// Whether an INSERT of an earlier epoch is still under way.
+    pub fn inserting(&self, topic: &str, partition: i32) -> bool {
+        self.lock().inserting.contains_key(&(topic.to_owned(), partition))
+    }
+
+    /// Marks an INSERT under way if the partition is still held under
+    /// `epoch` (and `still_assigned` agrees); checked and marked at once.
+    fn start_insert(
+        self: &Arc<Self>,
+        topic: &str,
+        partition: i32,
+        epoch: u64,
+        still_assigned: impl FnOnce() -> bool,
+    ) -> Option<InsertUnderWay> {
+        let key = (topic.to_owned(), partition);
+        let mut state = self.lock();
+        if state.epochs.get(&key) != Some(&epoch) || !still_assigned() {
+            return None;
+        }
+        *state.inserting.entry(key.clone()).or_default() += 1;
+        Some(InsertUnderWay { holdings: Arc::clone(self), key })
+    }
+}
+
+/// An INSERT under way; its end (or its future dropped) clears the mark.
+struct InsertUnderWay {
+    holdings: Arc<Holdings>,
+    key: (String, i32),
+}
+
+impl Drop for InsertUnderWay {
+    fn drop(&mut self) {
+        let mut state = self.holdings.lock();
+        if let Some(n) = state.inserting.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                state.inserting.remove(&self.key);
+            }
+        }
+    }
+}
 
 pub(crate) struct Deliverer {
     pub config: StreamConfig,
     pub sink: ClickHouseSink,
     pub producer: Producer,
     pub consumer: Arc<GroupConsumer>,
-    pub epochs: Epochs,
+    pub holdings: Arc<Holdings>,
 }
 
 impl Deliverer {
@@ -72,11 +149,15 @@ impl Deliverer {
         Ok((batch, delivered))
     }
 
+    /// Whether librdkafka still has `topic`/`partition` assigned to us.
+    fn assigned(&self, topic: &str, partition: i32) -> bool {
+        !self.consumer.assignment_lost()
+            && self.consumer.assignment().is_ok_and(|a| a.find_partition(topic, partition).is_some())
+    }
+
     /// Whether `topic`/`partition` is still ours under assignment `epoch`.
     fn owns(&self, topic: &str, partition: i32, epoch: u64) -> bool {
-        let held = self.epochs.lock().expect("epochs lock").get(&(topic.to_owned(), partition)) == Some(&epoch);
-        held && !self.consumer.assignment_lost()
-            && self.consumer.assignment().is_ok_and(|a| a.find_partition(topic, partition).is_some())
+        self.holdings.holds(topic, partition, epoch) && self.assigned(topic, partition)
     }
 
     /// Dead letters, and misrouted events to their home partitions; waits
@@ -89,11 +170,13 @@ impl Deliverer {
     ) -> Result<(), PipelineError> {
         let letters: Vec<_> = batch.dead_letters().cloned().collect();
         if !letters.is_empty() {
-            let mut backoff = Backoff::new("dead letters", &self.config);
+            let mut backoff = Backoff::new("dead letters", crate::pipeline::retry_policy(&self.config));
             loop {
                 match self.producer.send_dead_letters(&self.config.dead_letter_topic, &letters).await {
                     Ok(()) => break backoff.succeeded(),
-                    Err(e) => backoff.failed(e.to_string(), shutdown, n_messages).await?,
+                    Err(e) => {
+                        backoff.failed(&e, shutdown).await.map_err(|g| PipelineError::undelivered(g, n_messages))?
+                    }
                 }
             }
         }
@@ -102,7 +185,7 @@ impl Deliverer {
         if forwards.is_empty() {
             return Ok(());
         }
-        let mut backoff = Backoff::new("forwards to home partitions", &self.config);
+        let mut backoff = Backoff::new("forwards to home partitions", crate::pipeline::retry_policy(&self.config));
         loop {
             let messages = forwards
                 .iter()
@@ -116,7 +199,7 @@ impl Deliverer {
                 .collect();
             match self.producer.send_all(messages).await {
                 Ok(_) => break backoff.succeeded(),
-                Err(e) => backoff.failed(e.to_string(), shutdown, n_messages).await?,
+                Err(e) => backoff.failed(&e, shutdown).await.map_err(|g| PipelineError::undelivered(g, n_messages))?,
             }
         }
         tracing::debug!(n = forwards.len(), "events forwarded to their accounts' partitions");
@@ -141,9 +224,11 @@ impl Deliverer {
         };
         let prefix = self.query_id_prefix(topic, partition);
         for unit in part.insert_units() {
-            if !self.owns(topic, partition, part.epoch) {
+            let Some(_under_way) =
+                self.holdings.start_insert(topic, partition, part.epoch, || self.assigned(topic, partition))
+            else {
                 return Ok(None);
-            }
+            };
             let unit_done = self.insert_unit(&prefix, &unit, shutdown, n_messages).await?;
             done.add(&unit_done);
         }
@@ -172,14 +257,14 @@ impl Deliverer {
             return Ok(());
         }
         let refs: Vec<(&str, i32, i64)> = offsets.iter().map(|(t, p, o)| (t.as_str(), *p, *o)).collect();
-        let mut backoff = Backoff::new("recording the offsets", &self.config);
+        let mut backoff = Backoff::new("recording the offsets", crate::pipeline::retry_policy(&self.config));
         loop {
             match self.sink.record_offsets(&refs).await {
                 Ok(()) => {
                     backoff.succeeded();
                     return Ok(());
                 }
-                Err(e) => backoff.failed(e.to_string(), shutdown, n_messages).await?,
+                Err(e) => backoff.failed(&e, shutdown).await.map_err(|g| PipelineError::undelivered(g, n_messages))?,
             }
         }
     }
@@ -202,14 +287,14 @@ impl Deliverer {
         let month = rows.first().map_or(0, |r| crate::batch::month(r.occurred_at));
         let query_id = format!("{prefix}{first}-{last}-{month}");
         let mut done = Delivered { inserts: 1, ..Delivered::default() };
-        let mut backoff = Backoff::new("ClickHouse insert", &self.config);
+        let mut backoff = Backoff::new("ClickHouse insert", crate::pipeline::retry_policy(&self.config));
         let mut failed = false;
         loop {
             if failed {
                 let found = match self.sink.lookup_stored(&rows).await {
                     Ok(found) => found,
                     Err(e) => {
-                        backoff.failed(e.to_string(), shutdown, n_messages).await?;
+                        backoff.failed(&e, shutdown).await.map_err(|g| PipelineError::undelivered(g, n_messages))?;
                         continue;
                     }
                 };
@@ -234,7 +319,7 @@ impl Deliverer {
                 Ok(()) => break,
                 Err(e) => {
                     failed = true;
-                    backoff.failed(e.to_string(), shutdown, n_messages).await?
+                    backoff.failed(&e, shutdown).await.map_err(|g| PipelineError::undelivered(g, n_messages))?
                 }
             }
         }
@@ -256,14 +341,14 @@ impl Deliverer {
         shutdown: &Shutdown,
         n_messages: u64,
     ) -> Result<u64, PipelineError> {
-        let mut backoff = Backoff::new("rollup repair", &self.config);
+        let mut backoff = Backoff::new("rollup repair", crate::pipeline::retry_policy(&self.config));
         loop {
             match self.sink.repair_rollups(rows, prefix).await {
                 Ok(report) => {
                     backoff.succeeded();
                     return Ok(report.keys_repaired);
                 }
-                Err(e) => backoff.failed(e.to_string(), shutdown, n_messages).await?,
+                Err(e) => backoff.failed(&e, shutdown).await.map_err(|g| PipelineError::undelivered(g, n_messages))?,
             }
         }
     }

@@ -52,12 +52,11 @@
 //!   changed) and handed over.
 
 use crate::batch::{Batch, Forward, MessageOutcome, Processor, RowState};
-use crate::config::{StopWhen, StreamConfig};
-use crate::deliver::{Deliverer, Epochs};
+use crate::config::StreamConfig;
+use crate::deliver::{Deliverer, Holdings};
 use crate::report::RunReport;
 use crate::seen::{Seen, SeenIds};
 use std::collections::{BTreeMap, HashMap};
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -65,10 +64,11 @@ use tokio::task::JoinHandle;
 use usage_clickhouse::{ClickHouseSink, PricedRow, SinkError};
 use usage_kafka::{
     copy_headers, ensure_topics, is_forwarded, partition_for_key, BorrowedMessage, Consumer, GroupConsumer, KafkaError,
-    KafkaSettings, Message, Offset, Outgoing, OwnedMessage, Producer, ProducerError, TopicPartitionList, TopicSpec,
+    KafkaSettings, Message, Offset, Outgoing, OwnedMessage, Producer, ProducerError, TopicSpec,
 };
 use usage_model::Amount;
 use usage_pricing::RateBook;
+use usage_runtime::{Backoff, GaveUp, RetryPolicy, Shutdown, StopWhen};
 
 /// How often a filling batch feeds the ledger what it priced so far: the
 /// part of threshold-event latency due to the pricing stage (a feed costs
@@ -77,6 +77,8 @@ const FEED_INTERVAL: Duration = Duration::from_millis(50);
 /// Priced records per ledger-feed message (~250 bytes each, well under
 /// the broker's default 1 MB message limit).
 const FEED_RECORDS_PER_MESSAGE_MAX: usize = 1_000;
+/// Bound on moving the consumer to a partition's resume point.
+const SEEK_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the loop logs its running totals.
 const PROGRESS_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// Bound on broker metadata calls made by the loop (watermarks, commits).
@@ -102,91 +104,6 @@ pub enum PipelineError {
     DeliveryTask(String),
 }
 
-/// A shutdown request (SIGTERM, Ctrl-C, a test), observed between messages.
-#[derive(Clone)]
-pub struct Shutdown(watch::Receiver<bool>);
-
-impl Shutdown {
-    /// A shutdown handle and the sender that triggers it.
-    pub fn new() -> (watch::Sender<bool>, Self) {
-        let (tx, rx) = watch::channel(false);
-        (tx, Self(rx))
-    }
-
-    pub fn is_requested(&self) -> bool {
-        *self.0.borrow()
-    }
-
-    /// Resolves when shutdown is requested. The future owns its receiver,
-    /// so it borrows nothing (and stays `Send` whatever holds it).
-    pub fn requested(&self) -> impl Future<Output = ()> + Send + 'static {
-        let mut rx = self.0.clone();
-        async move {
-            // An error means the sender is gone: nobody can ask any more, so
-            // never resolve.
-            if rx.wait_for(|stop| *stop).await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        }
-    }
-}
-
-/// Capped exponential backoff for a step retried until it succeeds; after a
-/// shutdown request, for at most `shutdown_grace`.
-pub(crate) struct Backoff {
-    what: &'static str,
-    next: Duration,
-    max: Duration,
-    grace: Duration,
-    failures: u32,
-    give_up_at: Option<Instant>,
-}
-
-impl Backoff {
-    pub(crate) fn new(what: &'static str, config: &StreamConfig) -> Self {
-        Self {
-            what,
-            next: config.retry_backoff_initial,
-            max: config.retry_backoff_max,
-            grace: config.shutdown_grace,
-            failures: 0,
-            give_up_at: None,
-        }
-    }
-
-    /// Waits before the next attempt, or gives up after a shutdown request.
-    pub(crate) async fn failed(
-        &mut self,
-        error: String,
-        shutdown: &Shutdown,
-        n_messages: u64,
-    ) -> Result<(), PipelineError> {
-        self.failures += 1;
-        if shutdown.is_requested() {
-            let deadline = *self.give_up_at.get_or_insert_with(|| Instant::now() + self.grace);
-            if Instant::now() >= deadline {
-                return Err(PipelineError::Undelivered { n_messages, what: self.what, error });
-            }
-        }
-        tracing::warn!(
-            what = self.what,
-            failures = self.failures,
-            error = %error,
-            retry_in_ms = self.next.as_millis() as u64,
-            "failed; retrying"
-        );
-        tokio::time::sleep(self.next).await;
-        self.next = (self.next * 2).min(self.max);
-        Ok(())
-    }
-
-    pub(crate) fn succeeded(&self) {
-        if self.failures > 0 {
-            tracing::info!(what = self.what, failures = self.failures, "recovered");
-        }
-    }
-}
-
 /// What delivering a batch did.
 pub(crate) struct Delivered {
     pub inserted: u64,
@@ -203,6 +120,23 @@ pub(crate) struct Delivered {
     pub commit_failures: u64,
     /// Partitions revoked during delivery: handed over, not delivered.
     pub revoked: Vec<(String, i32)>,
+}
+
+impl PipelineError {
+    /// A step that kept failing after a shutdown request, while `n_messages`
+    /// were in the batch.
+    pub(crate) fn undelivered(gave_up: GaveUp, n_messages: u64) -> Self {
+        PipelineError::Undelivered { n_messages, what: gave_up.what, error: gave_up.error }
+    }
+}
+
+/// The stage's retry policy, from its settings.
+pub(crate) fn retry_policy(config: &StreamConfig) -> RetryPolicy {
+    RetryPolicy {
+        initial: config.retry_backoff_initial,
+        max: config.retry_backoff_max,
+        shutdown_grace: config.shutdown_grace,
+    }
 }
 
 impl Default for Delivered {
@@ -242,8 +176,13 @@ struct Assigned {
     /// The first offset not yet recorded as stored.
     resume_from: i64,
     seen: SeenIds,
-    /// Which assignment this is (see `deliver::Epochs`).
+    /// Which assignment this is (see `deliver::Holdings`).
     epoch: u64,
+    /// Whether the consumer was moved to `resume_from`: until then its
+    /// first message is checked (a partition given back to the same
+    /// consumer continues from where it was, past the messages dropped at
+    /// the revocation).
+    positioned: bool,
 }
 
 pub struct Pipeline {
@@ -252,7 +191,7 @@ pub struct Pipeline {
     sink: ClickHouseSink,
     processor: Processor,
     producer: Producer,
-    epochs: Epochs,
+    holdings: Arc<Holdings>,
     next_epoch: u64,
     /// The batch being delivered while the next one fills: a hit on a row
     /// it holds is a duplicate, known without a lookup (the row is not in
@@ -265,6 +204,8 @@ pub struct Pipeline {
     assigned: HashMap<String, HashMap<i32, Assigned>>,
     /// Partitions of the raw topic: an account's home is murmur2 over them.
     raw_partitions: i32,
+    /// The group consumer, once running (to move it to resume points).
+    consumer: Option<Arc<GroupConsumer>>,
     /// Partitions of the priced topic (the ledger feed), read at start.
     priced_partitions: Option<i32>,
 }
@@ -299,12 +240,13 @@ impl Pipeline {
             sink,
             processor,
             producer,
-            epochs: Epochs::default(),
+            holdings: Arc::default(),
             next_epoch: 0,
             previous: None,
             rate_updates: None,
             assigned: HashMap::new(),
             raw_partitions: 0,
+            consumer: None,
             priced_partitions: None,
         })
     }
@@ -333,6 +275,16 @@ impl Pipeline {
         let consumer =
             Arc::new(usage_kafka::consumer(&self.kafka, &self.config.group_id, self.config.queued_kbytes_max)?);
         consumer.subscribe(&[&self.config.raw_topic])?;
+        self.consumer = Some(Arc::clone(&consumer));
+        let result = self.consume(consumer, shutdown).await;
+        // Leaves the group now (a pipeline kept after its run would
+        // otherwise hold its partitions).
+        self.consumer = None;
+        self.assigned.clear();
+        result
+    }
+
+    async fn consume(&mut self, consumer: Arc<GroupConsumer>, shutdown: Shutdown) -> Result<RunReport, PipelineError> {
         let raw = usage_kafka::partition_counts(&self.kafka, &[&self.config.raw_topic], KAFKA_CALL_TIMEOUT)?[0];
         if raw == 0 {
             return Err(PipelineError::MissingTopic(self.config.raw_topic.clone()));
@@ -351,7 +303,7 @@ impl Pipeline {
             sink: self.sink.clone(),
             producer: self.producer.clone(),
             consumer: Arc::clone(&consumer),
-            epochs: Arc::clone(&self.epochs),
+            holdings: Arc::clone(&self.holdings),
         });
         let started = Instant::now();
         let mut report = RunReport::default();
@@ -410,7 +362,12 @@ impl Pipeline {
                         seconds: self.config.assignment_timeout.as_secs(),
                     });
                 }
-                if assigned && in_flight.is_none() && last_activity.elapsed() >= idle && caught_up(&consumer, &report)?
+                if assigned
+                    && in_flight.is_none()
+                    && last_activity.elapsed() >= idle
+                    && usage_runtime::caught_up(&consumer, |t, p| {
+                        report.offsets.get(&(t.to_owned(), p)).map(|(_, next)| *next)
+                    })?
                 {
                     tracing::info!("caught up with the end of every assigned partition, stopping");
                     break;
@@ -462,7 +419,7 @@ impl Pipeline {
             if let Some(partitions) = self.assigned.get_mut(&topic) {
                 partitions.remove(&partition);
             }
-            self.epochs.lock().expect("epochs lock").remove(&(topic.clone(), partition));
+            self.holdings.release(&topic, partition);
             if let Some(part) = batch.drop_partition(&topic, partition) {
                 tracing::info!(
                     topic,
@@ -500,6 +457,18 @@ impl Pipeline {
                     }
                 }
                 batch.handed_over += self.apply_revocations(&consumer, &mut batch);
+                // Partitions assigned but not taken yet: take them (and move
+                // the consumer to their resume points) before their messages.
+                let untaken: Vec<(String, i32)> = consumer
+                    .assignment()?
+                    .elements()
+                    .iter()
+                    .filter(|e| !self.assigned.get(e.topic()).is_some_and(|p| p.contains_key(&e.partition())))
+                    .map(|e| (e.topic().to_owned(), e.partition()))
+                    .collect();
+                if !untaken.is_empty() && !self.assign(&untaken, &shutdown).await? {
+                    break;
+                }
             }
             let received = tokio::select! {
                 biased;
@@ -536,12 +505,25 @@ impl Pipeline {
                 if !self.assign(&new, &shutdown).await? {
                     break;
                 }
+                // Moved to where it resumes: this message comes again from
+                // there (or lies before it).
+                if self.assigned.get(topic).and_then(|p| p.get(&partition)).is_some_and(|a| a.positioned) {
+                    continue;
+                }
             }
-            let Some(resume) = self.assigned.get(topic).and_then(|p| p.get(&partition)).map(|a| a.resume_from) else {
+            let Some((resume, positioned)) =
+                self.assigned.get(topic).and_then(|p| p.get(&partition)).map(|a| (a.resume_from, a.positioned))
+            else {
                 break;
             };
             if owned.offset() < resume {
                 batch.skipped += 1;
+                continue;
+            }
+            if !positioned && resume != i64::MIN && owned.offset() > resume {
+                // Past the resume point and not moved yet: try again; the
+                // messages in between come first.
+                self.position(topic, partition, Offset::Offset(resume));
                 continue;
             }
             let payload = owned.payload().unwrap_or_default();
@@ -566,20 +548,60 @@ impl Pipeline {
                 batch.skipped += 1;
                 None
             }
-            Some(_) => match self.processor.evaluate(message.payload().unwrap_or_default()) {
-                MessageOutcome::Priced(p) => {
-                    self.add(batch, message, Ok(*p));
-                    None
+            Some(a) if !a.positioned && a.resume_from != i64::MIN && offset > a.resume_from => {
+                // Past the resume point: messages in between would be lost.
+                // Move back; this message comes again.
+                let target = a.resume_from;
+                self.position(topic, partition, Offset::Offset(target));
+                None
+            }
+            Some(a) => {
+                if !a.positioned {
+                    if let Some(a) = self.assigned.get_mut(topic).and_then(|p| p.get_mut(&partition)) {
+                        a.positioned = true;
+                    }
                 }
-                MessageOutcome::Rejected(r) => {
-                    self.add(batch, message, Err(r));
-                    None
+                self.judge(batch, message)
+            }
+        }
+    }
+
+    /// Decodes, checks and prices a message into the batch; hands it back
+    /// when a dependency (schema registry) is down.
+    fn judge(&mut self, batch: &mut Batch, message: &BorrowedMessage<'_>) -> Option<OwnedMessage> {
+        match self.processor.evaluate(message.payload().unwrap_or_default()) {
+            MessageOutcome::Priced(p) => {
+                self.add(batch, message, Ok(*p));
+                None
+            }
+            MessageOutcome::Rejected(r) => {
+                self.add(batch, message, Err(r));
+                None
+            }
+            MessageOutcome::Unavailable(why) => {
+                tracing::warn!(error = %why, "cannot decode yet; waiting");
+                Some(message.detach())
+            }
+        }
+    }
+
+    /// Moves the consumer to `offset` of a partition it holds (where the
+    /// partition resumes, per ClickHouse). Marks the partition positioned
+    /// when it worked; otherwise its first message is checked again.
+    fn position(&mut self, topic: &str, partition: i32, offset: Offset) -> bool {
+        let Some(consumer) = self.consumer.clone() else { return false };
+        match consumer.seek(topic, partition, offset, SEEK_TIMEOUT) {
+            Ok(()) => {
+                tracing::info!(topic, partition, ?offset, "consumer moved to where the partition resumes");
+                if let Some(a) = self.assigned.get_mut(topic).and_then(|p| p.get_mut(&partition)) {
+                    a.positioned = true;
                 }
-                MessageOutcome::Unavailable(why) => {
-                    tracing::warn!(error = %why, "cannot decode yet; waiting");
-                    Some(message.detach())
-                }
-            },
+                true
+            }
+            Err(e) => {
+                tracing::debug!(topic, partition, error = %e, "cannot move the consumer yet; checking its first message");
+                false
+            }
         }
     }
 
@@ -652,9 +674,13 @@ impl Pipeline {
                 "resuming after the last stored offset, with the keys stored in the duplicate window"
             );
             self.next_epoch += 1;
-            let a = Assigned { resume_from: last.map_or(i64::MIN, |o| o + 1), seen, epoch: self.next_epoch };
-            self.epochs.lock().expect("epochs lock").insert((topic.clone(), *partition), a.epoch);
+            let resume_from = last.map_or(i64::MIN, |o| o + 1);
+            let a = Assigned { resume_from, seen, epoch: self.next_epoch, positioned: false };
+            self.holdings.hold(topic, *partition, a.epoch);
             self.assigned.entry(topic.clone()).or_default().insert(*partition, a);
+            // Resume from ClickHouse, not from wherever the consumer is.
+            let target = if last.is_some() { Offset::Offset(resume_from) } else { Offset::Beginning };
+            self.position(topic, *partition, target);
         }
         Ok(true)
     }
@@ -669,12 +695,21 @@ impl Pipeline {
         shutdown: &Shutdown,
     ) -> Result<Option<(Option<i64>, Vec<usage_clickhouse::StoredKey>)>, PipelineError> {
         let prefix = self.query_id_prefix(topic, partition);
-        let mut backoff = Backoff::new("taking a partition", &self.config);
+        let mut backoff = Backoff::new("taking a partition", crate::pipeline::retry_policy(&self.config));
         loop {
             if shutdown.is_requested() {
                 return Ok(None);
             }
+            // An INSERT of our own earlier epoch first (a partition given
+            // back to us), then any other instance's.
+            let local_wait = Instant::now();
+            while self.holdings.inserting(topic, partition) && local_wait.elapsed() < self.config.retry_backoff_max {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
             let attempt = async {
+                if self.holdings.inserting(topic, partition) {
+                    return Err(SinkError::Unexpected(format!("our INSERT of {topic}/{partition} is still running")));
+                }
                 if !self.sink.wait_for_queries(&prefix, self.config.retry_backoff_max).await? {
                     return Err(SinkError::Unexpected(format!("an INSERT of {topic}/{partition} is still running")));
                 }
@@ -687,7 +722,7 @@ impl Pipeline {
                     backoff.succeeded();
                     return Ok(Some(state));
                 }
-                Err(e) => backoff.failed(e.to_string(), shutdown, 0).await?,
+                Err(e) => backoff.failed(&e, shutdown).await.map_err(|g| PipelineError::undelivered(g, 0))?,
             }
         }
     }
@@ -785,7 +820,7 @@ impl Pipeline {
     /// done: the next batch's rows must not reach the ledger before these.
     async fn complete_feed(&self, batch: &mut Batch, shutdown: &Shutdown) -> Result<(), PipelineError> {
         let n_messages = batch.n_messages();
-        let mut backoff = Backoff::new("ledger feed", &self.config);
+        let mut backoff = Backoff::new("ledger feed", crate::pipeline::retry_policy(&self.config));
         loop {
             match self.feed_in_order(batch, true).await {
                 Ok(()) if batch.partitions.values().all(|p| p.fed == p.rows.len()) => {
@@ -793,7 +828,7 @@ impl Pipeline {
                     return Ok(());
                 }
                 Ok(()) => continue,
-                Err(e) => backoff.failed(e.to_string(), shutdown, n_messages).await?,
+                Err(e) => backoff.failed(&e, shutdown).await.map_err(|g| PipelineError::undelivered(g, n_messages))?,
             }
         }
     }
@@ -856,32 +891,4 @@ enum FeedFailure {
     Lookup(SinkError),
     #[error(transparent)]
     Feed(crate::feed::FeedError),
-}
-
-/// Whether every assigned partition has been consumed to its end.
-fn caught_up(consumer: &GroupConsumer, report: &RunReport) -> Result<bool, KafkaError> {
-    let assignment = consumer.assignment()?;
-    let committed = consumer.committed(KAFKA_CALL_TIMEOUT)?;
-    let positions = consumer.position()?;
-    for e in assignment.elements() {
-        let (low, high) = consumer.fetch_watermarks(e.topic(), e.partition(), KAFKA_CALL_TIMEOUT)?;
-        let offset_of =
-            |tpl: &TopicPartitionList| match tpl.find_partition(e.topic(), e.partition()).map(|c| c.offset()) {
-                Some(Offset::Offset(o)) => Some(o),
-                _ => None,
-            };
-        let next = [
-            report.offsets.get(&(e.topic().to_owned(), e.partition())).map(|(_, next)| *next),
-            offset_of(&committed),
-            offset_of(&positions),
-        ]
-        .into_iter()
-        .flatten()
-        .max()
-        .unwrap_or(low);
-        if next < high {
-            return Ok(false);
-        }
-    }
-    Ok(true)
 }
