@@ -1,6 +1,7 @@
 //! Avro usage events: plain binary datums of the shipped schema, and the
 //! Confluent wire format (magic byte 0, 4-byte schema id, datum).
 
+use crate::avro_shipped::decode_shipped;
 use crate::json::{parse_instant, parse_service_tier};
 use crate::registry::{SchemaResolver, SchemaResolverError};
 use crate::DecodeError;
@@ -39,8 +40,13 @@ pub enum AvroWire {
 }
 
 pub(crate) fn decode_plain(payload: &[u8]) -> Result<UsageEvent, DecodeError> {
-    let schema = usage_event_schema();
-    let value = read_datum(payload, schema, None)?;
+    decode_shipped(payload, AVRO_ALLOCATION_BYTES_MAX)
+}
+
+/// A datum of the shipped schema read by apache-avro: the reference the
+/// specialised decoder is tested against.
+pub fn decode_plain_with_apache_avro(payload: &[u8]) -> Result<UsageEvent, DecodeError> {
+    let value = read_datum(payload, usage_event_schema(), None)?;
     from_value(value).map_err(DecodeError::Rejected)
 }
 
@@ -53,7 +59,8 @@ pub(crate) fn decode_confluent(payload: &[u8], schemas: &SchemaResolver) -> Resu
     }
     let id = u32::from_be_bytes([payload[1], payload[2], payload[3], payload[4]]);
     let writer = match schemas.resolve(id) {
-        Ok(s) => s,
+        Ok(writer) if writer.is_shipped => return decode_shipped(&payload[5..], AVRO_ALLOCATION_BYTES_MAX),
+        Ok(writer) => writer.schema,
         Err(SchemaResolverError::UnknownId(detail)) => {
             return Err(DecodeError::Rejected(Rejection::new(RejectReason::UnknownSchema, detail)))
         }

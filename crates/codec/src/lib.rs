@@ -14,14 +14,15 @@
 //! plausibility limits are [`usage_model::EventLimits`]'s job.
 
 mod avro;
+mod avro_shipped;
 mod json;
 mod priced_json;
 mod registry;
 
-pub use avro::{encode_avro, usage_event_schema, AvroWire, PINNED_SCHEMA_ID};
+pub use avro::{decode_plain_with_apache_avro, encode_avro, usage_event_schema, AvroWire, PINNED_SCHEMA_ID};
 pub use json::{decode_json, encode_json};
 pub use priced_json::{priced_to_json, rejection_to_json};
-pub use registry::{SchemaResolver, SchemaResolverError};
+pub use registry::{SchemaResolver, SchemaResolverError, Writer};
 
 use usage_model::{RejectReason, Rejection, UsageEvent};
 

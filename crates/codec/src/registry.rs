@@ -4,7 +4,7 @@
 
 use apache_avro::Schema;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 /// How long one registry lookup may take. Lookups happen once per schema id
@@ -26,7 +26,15 @@ pub enum SchemaResolverError {
 
 pub struct SchemaResolver {
     registry_url: Option<String>,
-    cache: Mutex<HashMap<u32, Arc<Schema>>>,
+    cache: Mutex<HashMap<u32, Writer>>,
+}
+
+/// A writer schema, and whether it is the shipped one (same Parsing
+/// Canonical Form: its datums are read by the specialised decoder).
+#[derive(Clone)]
+pub struct Writer {
+    pub schema: Arc<Schema>,
+    pub is_shipped: bool,
 }
 
 impl SchemaResolver {
@@ -40,9 +48,9 @@ impl SchemaResolver {
         Self { registry_url: Some(url.into().trim_end_matches('/').to_owned()), cache: Mutex::new(HashMap::new()) }
     }
 
-    pub fn resolve(&self, id: u32) -> Result<Arc<Schema>, SchemaResolverError> {
-        if let Some(s) = self.cache.lock().expect("cache lock").get(&id) {
-            return Ok(Arc::clone(s));
+    pub fn resolve(&self, id: u32) -> Result<Writer, SchemaResolverError> {
+        if let Some(writer) = self.cache.lock().unwrap_or_else(PoisonError::into_inner).get(&id) {
+            return Ok(writer.clone());
         }
         let schema = Arc::new(match &self.registry_url {
             None if id == crate::PINNED_SCHEMA_ID => crate::usage_event_schema().clone(),
@@ -54,12 +62,14 @@ impl SchemaResolver {
             }
             Some(url) => fetch(url, id)?,
         });
-        let mut cache = self.cache.lock().expect("cache lock");
+        let is_shipped = schema.canonical_form() == crate::usage_event_schema().canonical_form();
+        let writer = Writer { schema, is_shipped };
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
         if cache.len() >= CACHED_SCHEMAS_MAX {
             cache.clear();
         }
-        cache.insert(id, Arc::clone(&schema));
-        Ok(schema)
+        cache.insert(id, writer.clone());
+        Ok(writer)
     }
 }
 

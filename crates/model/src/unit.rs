@@ -64,9 +64,19 @@ impl Unit {
         self.def().per
     }
 
-    /// Looks a unit up by its usage-event name.
+    /// Looks a unit up by its usage-event name: among the few units whose
+    /// name has its length (per event and unit, so no scan of the table).
     pub fn from_key(key: &str) -> Option<Unit> {
-        UNIT_TABLE.iter().position(|d| d.key == key).map(|i| Unit(i as u8))
+        static BY_LENGTH: OnceLock<Vec<Vec<Unit>>> = OnceLock::new();
+        let by_length = BY_LENGTH.get_or_init(|| {
+            let longest = UNIT_TABLE.iter().map(|d| d.key.len()).max().unwrap_or(0);
+            let mut table = vec![Vec::new(); longest + 1];
+            for unit in Unit::all() {
+                table[unit.key().len()].push(unit);
+            }
+            table
+        });
+        by_length.get(key.len())?.iter().copied().find(|unit| unit.key() == key)
     }
 
     /// Looks a unit up by its rate-card price name.
@@ -147,6 +157,18 @@ impl fmt::Debug for UnitSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_unit_is_found_by_its_key_and_nothing_else_is() {
+        for unit in Unit::all() {
+            assert_eq!(Unit::from_key(unit.key()), Some(unit), "{}", unit.key());
+            let longer = format!("{}s", unit.key());
+            assert!(Unit::from_key(&longer).is_none_or(|u| u.key() == longer), "{longer}");
+        }
+        for unknown in ["", "input", "input_token", "INPUT_TOKENS", "input_tokens ", &"x".repeat(500)] {
+            assert_eq!(Unit::from_key(unknown), None, "{unknown:?}");
+        }
+    }
 
     #[test]
     fn table_size_and_named_constants_agree() {
