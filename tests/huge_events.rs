@@ -10,11 +10,12 @@
 use chrono::{Duration as Span, Utc};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use usage_integration_tests::{
     clickhouse, header, isolated_env, kafka_settings, read_topic, repo_root, send_records, spawn_binary, unique,
+    Running,
 };
 use usage_kafka::Producer;
 use usage_ledger::{AccountState, EventKind, LedgerEvent};
@@ -22,7 +23,7 @@ use usage_model::Amount;
 
 const PARTITIONS: i32 = 4;
 
-fn wait_success(mut child: Child, what: &str, log: &Path) {
+fn wait_success(mut child: Running, what: &str, log: &Path) {
     let deadline = Instant::now() + Duration::from_secs(300);
     while child.try_wait().unwrap().is_none() {
         assert!(Instant::now() < deadline, "{what} did not finish; see {}", log.display());

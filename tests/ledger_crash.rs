@@ -10,10 +10,9 @@ use chrono::{Duration as Span, Utc};
 use rand::{Rng, SeedableRng};
 use rust_decimal::Decimal;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::process::Child;
 use std::time::{Duration, Instant};
 use usage_integration_tests::{
-    check_balances_view, clickhouse, isolated_env, kafka_settings, send_records, spawn_binary, unique,
+    check_balances_view, clickhouse, isolated_env, kafka_settings, send_records, spawn_binary, unique, Running,
 };
 use usage_kafka::Producer;
 use usage_ledger::{AccountState, EventKind, LedgerEvent};
@@ -31,12 +30,12 @@ fn with(env: &[(&'static str, String)], key: &'static str, value: String) -> Vec
     env
 }
 
-fn kill(child: &mut Child) {
+fn kill(child: &mut Running) {
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
 }
 
-fn wait_success(mut child: Child, what: &str, log: &std::path::Path) {
+fn wait_success(mut child: Running, what: &str, log: &std::path::Path) {
     let deadline = Instant::now() + Duration::from_secs(300);
     while child.try_wait().unwrap().is_none() {
         assert!(Instant::now() < deadline, "{what} did not finish; see {}", log.display());

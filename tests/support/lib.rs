@@ -111,16 +111,44 @@ pub fn isolated_env(raw: &str, dlq: &str, group: &str, database: &str) -> Vec<(&
 }
 
 /// Starts the `usage-pipeline` binary with `env`, appending its output to `log`.
-pub fn spawn_binary(env: &[(&'static str, String)], args: &[&str], log: &std::path::Path) -> std::process::Child {
+pub fn spawn_binary(env: &[(&'static str, String)], args: &[&str], log: &std::path::Path) -> Running {
     let file = || std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log file");
-    std::process::Command::new(binary())
-        .args(args)
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .env("USAGE_LOG", "info,rdkafka=warn")
-        .stdout(file())
-        .stderr(file())
-        .spawn()
-        .expect("spawn usage-pipeline")
+    Running(
+        std::process::Command::new(binary())
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .env("USAGE_LOG", "info,rdkafka=warn")
+            .stdout(file())
+            .stderr(file())
+            .spawn()
+            .expect("spawn usage-pipeline"),
+    )
+}
+
+/// A spawned binary, killed if still running when dropped: a test that
+/// fails half-way leaves no pipeline consuming behind it.
+pub struct Running(pub std::process::Child);
+
+impl std::ops::Deref for Running {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
 
 /// Per account: (events, exact cost) of distinct good events of a stream.
