@@ -31,8 +31,7 @@ struct RawEvent<'a> {
     #[serde(borrow)]
     service_tier: Option<Cow<'a, str>>,
     attributes: Option<BTreeMap<String, String>>,
-    #[serde(borrow)]
-    usage: Option<RawUsage<'a>>,
+    usage: Option<RawUsage>,
 }
 
 /// A count as written: JSON has one number type, so its sign and kind are
@@ -43,25 +42,54 @@ enum RawCount {
     Fraction(f64),
 }
 
-struct RawUsage<'a>(Vec<(Cow<'a, str>, RawCount)>);
+/// The usage object, read straight into counts; the first bad entry in
+/// document order is kept and reported once the whole payload has parsed
+/// (so a syntax error anywhere still wins, as it would over a list).
+struct RawUsage {
+    counts: UsageCounts,
+    problem: Option<Rejection>,
+}
 
-impl<'de: 'a, 'a> Deserialize<'de> for RawUsage<'a> {
+impl RawUsage {
+    fn add(&mut self, name: &str, count: RawCount) {
+        if self.problem.is_some() {
+            return;
+        }
+        let Some(unit) = Unit::from_key(name) else {
+            self.problem = Some(Rejection::new(RejectReason::UnknownUnit, format!("usage.{name} is not a known unit")));
+            return;
+        };
+        match count {
+            RawCount::Count(n) => self.counts.set(unit, n),
+            RawCount::Negative(n) => {
+                self.problem =
+                    Some(Rejection::new(RejectReason::CountOutOfRange, format!("usage.{name} = {n} is negative")))
+            }
+            RawCount::Fraction(f) => {
+                self.problem =
+                    Some(Rejection::new(RejectReason::InvalidField, format!("usage.{name} = {f} is not an integer")))
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RawUsage {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct UsageVisitor<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> Visitor<'de> for UsageVisitor<'a> {
-            type Value = RawUsage<'a>;
+        struct UsageVisitor;
+        impl<'de> Visitor<'de> for UsageVisitor {
+            type Value = RawUsage;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("an object of unit counts")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawUsage<'a>, A::Error> {
-                let mut out = Vec::new();
-                while let Some(key) = map.next_key::<CowStr<'a>>()? {
-                    out.push((key.0, map.next_value::<RawCountDe>()?.0));
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawUsage, A::Error> {
+                let mut out = RawUsage { counts: UsageCounts::default(), problem: None };
+                while let Some(key) = map.next_key::<CowStr<'de>>()? {
+                    out.add(&key.0, map.next_value::<RawCountDe>()?.0);
                 }
-                Ok(RawUsage(out))
+                Ok(out)
             }
         }
-        d.deserialize_map(UsageVisitor(std::marker::PhantomData))
+        d.deserialize_map(UsageVisitor)
     }
 }
 
@@ -99,7 +127,11 @@ impl<'de> Deserialize<'de> for RawCountDe {
 
 /// Decodes one JSON usage event.
 pub fn decode_json(payload: &[u8]) -> Result<UsageEvent, Rejection> {
-    let raw: RawEvent = serde_json::from_slice(payload).map_err(|e| {
+    // UTF-8 checked once for the whole payload: serde_json then borrows
+    // strings without checking each again.
+    let text = std::str::from_utf8(payload)
+        .map_err(|e| Rejection::new(RejectReason::MalformedPayload, format!("JSON: the payload is not UTF-8: {e}")))?;
+    let raw: RawEvent = serde_json::from_str(text).map_err(|e| {
         let reason = match e.classify() {
             serde_json::error::Category::Data => RejectReason::InvalidField,
             _ => RejectReason::MalformedPayload,
@@ -111,21 +143,12 @@ pub fn decode_json(payload: &[u8]) -> Result<UsageEvent, Rejection> {
             .map(Cow::into_owned)
             .ok_or_else(|| Rejection::new(RejectReason::MissingField, format!("{name} is missing")))
     };
-    let occurred_at = parse_instant(&required("occurred_at", raw.occurred_at)?)?;
-    let mut usage = UsageCounts::default();
-    for (name, count) in raw.usage.ok_or_else(|| Rejection::new(RejectReason::MissingField, "usage is missing"))?.0 {
-        let unit = Unit::from_key(&name)
-            .ok_or_else(|| Rejection::new(RejectReason::UnknownUnit, format!("usage.{name} is not a known unit")))?;
-        match count {
-            RawCount::Count(n) => usage.set(unit, n),
-            RawCount::Negative(n) => {
-                return Err(Rejection::new(RejectReason::CountOutOfRange, format!("usage.{name} = {n} is negative")))
-            }
-            RawCount::Fraction(f) => {
-                return Err(Rejection::new(RejectReason::InvalidField, format!("usage.{name} = {f} is not an integer")))
-            }
-        }
+    let occurred_at = parse_instant(raw.occurred_at.as_deref().ok_or_else(|| missing("occurred_at"))?)?;
+    let usage = raw.usage.ok_or_else(|| missing("usage"))?;
+    if let Some(problem) = usage.problem {
+        return Err(problem);
     }
+    let usage = usage.counts;
     Ok(UsageEvent {
         event_id: required("event_id", raw.event_id)?,
         account_id: required("account_id", raw.account_id)?,
@@ -138,6 +161,10 @@ pub fn decode_json(payload: &[u8]) -> Result<UsageEvent, Rejection> {
         attributes: raw.attributes.unwrap_or_default(),
         usage,
     })
+}
+
+fn missing(name: &str) -> Rejection {
+    Rejection::new(RejectReason::MissingField, format!("{name} is missing"))
 }
 
 pub(crate) fn parse_instant(text: &str) -> Result<DateTime<Utc>, Rejection> {

@@ -138,8 +138,8 @@ impl Default for EventLimits {
 impl EventLimits {
     /// Checks an event against the limits, `now` being the pipeline's clock.
     pub fn check(&self, event: &UsageEvent, now: DateTime<Utc>) -> Result<(), Rejection> {
-        let id_len = event.event_id.chars().count();
-        if id_len == 0 || id_len > self.id_chars_max {
+        if !has_chars_within(&event.event_id, self.id_chars_max) {
+            let id_len = event.event_id.chars().count();
             return Err(Rejection::new(
                 RejectReason::InvalidField,
                 format!("event_id must have 1..={} characters, has {id_len}", self.id_chars_max),
@@ -208,18 +208,27 @@ impl EventLimits {
     }
 
     fn check_name(&self, field: &str, value: &str, chars_max: usize) -> Result<(), Rejection> {
-        let len = value.chars().count();
-        if len == 0 || len > chars_max {
+        if !has_chars_within(value, chars_max) {
+            let len = value.chars().count();
             return Err(Rejection::new(
                 RejectReason::InvalidField,
                 format!("{field} must have 1..={chars_max} characters, has {len}"),
             ));
         }
-        if value.chars().any(char::is_control) {
+        // Printable ASCII (nearly every name) cannot hold a control
+        // character; only other text is decoded to look.
+        let printable_ascii = value.bytes().all(|b| (0x20..0x7f).contains(&b));
+        if !printable_ascii && value.chars().any(char::is_control) {
             return Err(Rejection::new(RejectReason::InvalidField, format!("{field} contains control characters")));
         }
         Ok(())
     }
+}
+
+/// Whether `text` has 1 to `chars_max` characters. Counted only when its
+/// byte length could exceed the maximum (a character takes at least a byte).
+fn has_chars_within(text: &str, chars_max: usize) -> bool {
+    !text.is_empty() && (text.len() <= chars_max || text.chars().count() <= chars_max)
 }
 
 #[cfg(test)]

@@ -143,8 +143,22 @@ impl UnitSet {
         self.0 == 0
     }
 
+    /// The units in registry order, one step per unit in the set (not per
+    /// unit in the registry).
     pub fn iter(self) -> impl Iterator<Item = Unit> {
-        Unit::all().filter(move |u| self.contains(*u))
+        let mut bits = self.0;
+        std::iter::from_fn(move || {
+            if bits == 0 {
+                return None;
+            }
+            let index = bits.trailing_zeros();
+            bits &= bits - 1;
+            Some(Unit(index as u8))
+        })
+    }
+
+    pub fn len(self) -> usize {
+        self.0.count_ones() as usize
     }
 }
 
@@ -157,6 +171,21 @@ impl fmt::Debug for UnitSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_set_iterates_its_units_in_registry_order() {
+        let mut set = UnitSet::default();
+        let members = [Unit(0), Unit::OUTPUT_TOKENS, Unit::INPUT_TOKENS, Unit((UNIT_COUNT - 1) as u8)];
+        for unit in members {
+            set.insert(unit);
+        }
+        let mut expected: Vec<Unit> = members.to_vec();
+        expected.sort();
+        expected.dedup();
+        assert_eq!(set.iter().collect::<Vec<_>>(), expected);
+        assert_eq!(set.len(), expected.len());
+        assert_eq!(UnitSet::default().iter().count(), 0);
+    }
 
     #[test]
     fn every_unit_is_found_by_its_key_and_nothing_else_is() {

@@ -28,6 +28,10 @@ impl UnitPrice {
 pub struct PriceSet {
     pub(crate) prices: Vec<(Unit, UnitPrice)>,
     pub(crate) units: UnitSet,
+    /// The priced units but `requests`, most specific first, each with the
+    /// priced units it contains: the order in which an event's counts are
+    /// split into disjoint parts (worked out once, not per event).
+    pub(crate) decomposition: Vec<(Unit, UnitSet)>,
 }
 
 impl PriceSet {
@@ -35,7 +39,10 @@ impl PriceSet {
         prices.sort_by_key(|(u, _)| *u);
         let mut units = UnitSet::default();
         prices.iter().for_each(|(u, _)| units.insert(*u));
-        Self { prices, units }
+        let mut order: Vec<Unit> = units.iter().filter(|u| *u != Unit::REQUESTS).collect();
+        order.sort_by_key(|u| (std::cmp::Reverse(u.specificity()), *u));
+        let decomposition = order.into_iter().map(|u| (u, u.descendants().intersection(units))).collect();
+        Self { prices, units, decomposition }
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &(Unit, UnitPrice)> {
@@ -262,6 +269,9 @@ impl RateBook {
 
     /// The contract of `account` in force at `at`, if any.
     pub fn contract_at(&self, account: &str, at: DateTime<Utc>) -> Option<&Arc<Contract>> {
+        if self.contracts.is_empty() {
+            return None; // No hashing of the account id when no one has a contract.
+        }
         let versions = self.contracts.get(account)?;
         let n_in_force = versions.partition_point(|c| c.effective_from <= at);
         n_in_force.checked_sub(1).map(|i| &versions[i])

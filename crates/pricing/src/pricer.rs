@@ -12,8 +12,7 @@
 //! 4. Line cost = unit price × priced quantity; the event's cost is the sum of
 //!    its lines. Exact: no rounding, overflow is a rejection.
 
-use crate::book::{RateBook, RateCardVersion};
-use std::collections::HashMap;
+use crate::book::{PriceSet, RateBook, RateCardVersion};
 use std::sync::Arc;
 use usage_model::{Amount, CostLine, PricedEvent, RejectReason, Rejection, Unit, UsageEvent, UNIT_COUNT};
 
@@ -26,14 +25,28 @@ const MATCH_CACHE_ENTRIES_MAX: usize = 65_536;
 /// so each worker owns one (`&mut self`).
 pub struct Pricer {
     book: Arc<RateBook>,
-    /// version (by address, stable while `book` is held) → provider → model → entry.
-    match_cache: HashMap<usize, HashMap<String, HashMap<String, Option<usize>>>>,
-    match_cache_entries: usize,
+    /// (version by address, stable while `book` is held; provider; model)
+    /// → entry: one lookup on borrowed keys per event.
+    match_cache: hashbrown::HashMap<MatchKey, Option<usize>>,
+}
+
+/// A model-match cache key, owned; [`MatchQuery`] is the same, borrowed.
+#[derive(PartialEq, Eq, Hash)]
+struct MatchKey(usize, Box<str>, Box<str>);
+
+/// Hashes as [`MatchKey`] does (fields in order), so a lookup needs no copy.
+#[derive(Hash)]
+struct MatchQuery<'a>(usize, &'a str, &'a str);
+
+impl hashbrown::Equivalent<MatchKey> for MatchQuery<'_> {
+    fn equivalent(&self, key: &MatchKey) -> bool {
+        self.0 == key.0 && self.1 == &*key.1 && self.2 == &*key.2
+    }
 }
 
 impl Pricer {
     pub fn new(book: Arc<RateBook>) -> Self {
-        Self { book, match_cache: HashMap::new(), match_cache_entries: 0 }
+        Self { book, match_cache: hashbrown::HashMap::new() }
     }
 
     pub fn book(&self) -> &Arc<RateBook> {
@@ -44,7 +57,6 @@ impl Pricer {
     pub fn set_book(&mut self, book: Arc<RateBook>) {
         self.book = book;
         self.match_cache.clear();
-        self.match_cache_entries = 0;
     }
 
     /// Prices one event. A rejection says why it cannot be priced; it is
@@ -78,7 +90,7 @@ impl Pricer {
         };
         let discount =
             if custom.is_some() { None } else { contract.and_then(|c| c.discount_factor(&model.provider, &model.id)) };
-        let priced_quantities = priced_quantities(&event, prices.units())?;
+        let priced_quantities = priced_quantities(&event, prices)?;
         let input_tokens = event.usage.count(Unit::INPUT_TOKENS);
 
         let mut lines = Vec::with_capacity(prices.prices.len());
@@ -114,21 +126,14 @@ impl Pricer {
 
     fn find_model(&mut self, version: &Arc<RateCardVersion>, provider: &str, model: &str) -> Option<usize> {
         let key = Arc::as_ptr(version) as usize;
-        if let Some(hit) = self.match_cache.get(&key).and_then(|p| p.get(provider)).and_then(|m| m.get(model)) {
+        if let Some(hit) = self.match_cache.get(&MatchQuery(key, provider, model)) {
             return *hit;
         }
         let found = version.find_model(provider, model);
-        if self.match_cache_entries >= MATCH_CACHE_ENTRIES_MAX {
+        if self.match_cache.len() >= MATCH_CACHE_ENTRIES_MAX {
             self.match_cache.clear();
-            self.match_cache_entries = 0;
         }
-        self.match_cache
-            .entry(key)
-            .or_default()
-            .entry(provider.to_owned())
-            .or_default()
-            .insert(model.to_owned(), found);
-        self.match_cache_entries += 1;
+        self.match_cache.insert(MatchKey(key, provider.into(), model.into()), found);
         found
     }
 }
@@ -141,19 +146,16 @@ fn overflow(what: String) -> Rejection {
 }
 
 /// Splits reported counts into disjoint parts over the priced units (step 1
-/// above). Most specific units first, so each unit's parts are known when it
-/// is reached. `requests` is not a part of anything and is left out.
-fn priced_quantities(event: &UsageEvent, priced: usage_model::UnitSet) -> Result<[u64; UNIT_COUNT], Rejection> {
-    let mut order: Vec<Unit> = priced.iter().filter(|u| *u != Unit::REQUESTS).collect();
-    order.sort_by_key(|u| (std::cmp::Reverse(u.specificity()), *u));
+/// above), in the set's decomposition order (most specific units first, so
+/// each unit's parts are known when it is reached). `requests` is not a part
+/// of anything and is left out.
+fn priced_quantities(event: &UsageEvent, prices: &PriceSet) -> Result<[u64; UNIT_COUNT], Rejection> {
     let mut leaf = [0u64; UNIT_COUNT];
-    for unit in order {
-        let parts: u128 = unit.descendants().intersection(priced).iter().map(|d| leaf[d.index()] as u128).sum();
+    for &(unit, parts_priced) in &prices.decomposition {
+        let parts: u128 = parts_priced.iter().map(|d| leaf[d.index()] as u128).sum();
         let reported = event.usage.count(unit) as u128;
         if parts > reported {
-            let part_names: Vec<String> = unit
-                .descendants()
-                .intersection(priced)
+            let part_names: Vec<String> = parts_priced
                 .iter()
                 .filter(|d| event.usage.count(*d) > 0)
                 .map(|d| format!("{d} = {}", event.usage.count(d)))
