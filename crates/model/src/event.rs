@@ -1,8 +1,9 @@
 //! The canonical usage event: one API call's usage, as a platform reports it.
 
 use crate::rejection::{RejectReason, Rejection};
-use crate::unit::{Unit, UnitSet, UNIT_COUNT};
+use crate::unit::{Unit, UnitSet};
 use chrono::{DateTime, Duration, Utc};
+use smallvec::SmallVec;
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -40,32 +41,39 @@ impl fmt::Display for ServiceTier {
 }
 
 /// Counts by unit. A unit is either reported (possibly as 0) or absent.
-#[derive(Clone, PartialEq, Eq)]
+///
+/// Only reported units take room: their counts in registry order, found by
+/// the unit's rank in the reported set. An event reports a handful of units
+/// out of the registry's dozens, so the value stays small (it is moved from
+/// decoder to pricer to row) and up to [`INLINE_UNITS`] need no allocation.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct UsageCounts {
     reported: UnitSet,
-    counts: [u64; UNIT_COUNT],
+    counts: SmallVec<[u64; INLINE_UNITS]>,
 }
 
-impl Default for UsageCounts {
-    fn default() -> Self {
-        Self { reported: UnitSet::default(), counts: [0; UNIT_COUNT] }
-    }
-}
+/// Reported units held without an allocation.
+pub const INLINE_UNITS: usize = 6;
 
 impl UsageCounts {
     pub fn set(&mut self, unit: Unit, count: u64) {
-        self.reported.insert(unit);
-        self.counts[unit.index()] = count;
+        let rank = self.reported.rank(unit);
+        if self.reported.contains(unit) {
+            self.counts[rank] = count;
+        } else {
+            self.reported.insert(unit);
+            self.counts.insert(rank, count);
+        }
     }
 
     /// The reported count, or `None` when the event did not report the unit.
     pub fn get(&self, unit: Unit) -> Option<u64> {
-        self.reported.contains(unit).then(|| self.counts[unit.index()])
+        self.reported.contains(unit).then(|| self.counts[self.reported.rank(unit)])
     }
 
     /// The reported count, 0 when absent.
     pub fn count(&self, unit: Unit) -> u64 {
-        self.counts[unit.index()]
+        self.get(unit).unwrap_or(0)
     }
 
     pub fn reported(&self) -> UnitSet {
@@ -73,7 +81,7 @@ impl UsageCounts {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (Unit, u64)> + '_ {
-        self.reported.iter().map(|u| (u, self.counts[u.index()]))
+        self.reported.iter().zip(self.counts.iter().copied())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -234,6 +242,31 @@ fn has_chars_within(text: &str, chars_max: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::unit::UNIT_COUNT;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Counts set in any order, over and again, read back as a plain
+        /// map of the last count per unit says.
+        #[test]
+        fn counts_behave_as_a_map_of_the_last_count_set(
+            sets in prop::collection::vec((0..UNIT_COUNT, any::<u64>()), 0..40)
+        ) {
+            let mut counts = UsageCounts::default();
+            let mut reference = BTreeMap::new();
+            for (index, count) in sets {
+                let unit = Unit::all().nth(index).unwrap();
+                counts.set(unit, count);
+                reference.insert(unit, count);
+            }
+            prop_assert_eq!(counts.iter().collect::<Vec<_>>(), reference.iter().map(|(u, c)| (*u, *c)).collect::<Vec<_>>());
+            for unit in Unit::all() {
+                prop_assert_eq!(counts.get(unit), reference.get(&unit).copied());
+                prop_assert_eq!(counts.count(unit), reference.get(&unit).copied().unwrap_or(0));
+            }
+            prop_assert_eq!(counts.is_empty(), reference.is_empty());
+        }
+    }
 
     fn event() -> UsageEvent {
         let mut usage = UsageCounts::default();

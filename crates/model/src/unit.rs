@@ -160,6 +160,12 @@ impl UnitSet {
     pub fn len(self) -> usize {
         self.0.count_ones() as usize
     }
+
+    /// How many members come before `unit` in registry order.
+    pub fn rank(self, unit: Unit) -> usize {
+        let below = (1u64 << unit.0) - 1;
+        (self.0 & below).count_ones() as usize
+    }
 }
 
 impl fmt::Debug for UnitSet {
