@@ -131,6 +131,21 @@ pub fn decode_json(payload: &[u8]) -> Result<UsageEvent, Rejection> {
     // strings without checking each again.
     let text = std::str::from_utf8(payload)
         .map_err(|e| Rejection::new(RejectReason::MalformedPayload, format!("JSON: the payload is not UTF-8: {e}")))?;
+    match crate::json_plain::decode_plain_shape(text) {
+        Some(event) => Ok(event),
+        None => decode_with_serde(text),
+    }
+}
+
+/// Decodes one JSON usage event with serde alone: the reference the
+/// plain-shape reader is tested against.
+pub fn decode_json_with_serde(payload: &[u8]) -> Result<UsageEvent, Rejection> {
+    let text = std::str::from_utf8(payload)
+        .map_err(|e| Rejection::new(RejectReason::MalformedPayload, format!("JSON: the payload is not UTF-8: {e}")))?;
+    decode_with_serde(text)
+}
+
+fn decode_with_serde(text: &str) -> Result<UsageEvent, Rejection> {
     let raw: RawEvent = serde_json::from_str(text).map_err(|e| {
         let reason = match e.classify() {
             serde_json::error::Category::Data => RejectReason::InvalidField,
