@@ -114,8 +114,10 @@ pub struct AccountState {
     /// A reload failed: none is requested again until the balance is back
     /// above the threshold or the settings change.
     pub reload_suppressed: bool,
-    #[serde(default)]
-    pub burn: BurnRate,
+    /// Boxed, and absent until the account's first charged usage: an idle
+    /// account pays a pointer for it, not the whole rate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burn: Option<Box<BurnRate>>,
     pub runway_cycle: u32,
     pub runway_announced: bool,
     /// Per origin topic partition of the pricing stage, the last offset
@@ -192,7 +194,7 @@ impl AccountState {
             reload_cycle: 0,
             reload_open: None,
             reload_suppressed: false,
-            burn: BurnRate::default(),
+            burn: None,
             runway_cycle: 1,
             runway_announced: false,
             origins: ThinVec::new(),
@@ -251,7 +253,7 @@ impl AccountState {
     /// already count, and overage is part of what is used).
     fn check_headroom(&self, usage: &PricedUsage) -> Result<(), LedgerError> {
         let spend = self.spend_in(self.period_of(usage.occurred_at));
-        let burn = self.burn.this_hour.max(self.burn.previous_hour);
+        let burn = self.burn.as_deref().map_or(Amount::ZERO, |b| b.this_hour.max(b.previous_hour));
         for (name, total) in [
             ("used", self.used),
             ("overage", self.overage),
@@ -630,7 +632,7 @@ impl AccountState {
     fn track_burn(&mut self, at: DateTime<Utc>, cost: Amount) -> Result<(), LedgerError> {
         let hour = at.timestamp().div_euclid(3600);
         let account = &self.account_id;
-        let burn = &mut self.burn;
+        let burn = self.burn.get_or_insert_with(Box::default);
         if hour == burn.hour {
             burn.this_hour = add(burn.this_hour, cost, account)?;
         } else if hour == burn.hour + 1 {
@@ -638,7 +640,7 @@ impl AccountState {
             burn.this_hour = cost;
             burn.hour = hour;
         } else if hour > burn.hour {
-            *burn = BurnRate { hour, this_hour: cost, previous_hour: Amount::ZERO };
+            **burn = BurnRate { hour, this_hour: cost, previous_hour: Amount::ZERO };
         } else if hour == burn.hour - 1 {
             burn.previous_hour = add(burn.previous_hour, cost, account)?;
         }
@@ -649,12 +651,13 @@ impl AccountState {
     /// spend of the previous and current hour over the time they span.
     pub fn projected_depletion(&self, at: DateTime<Utc>) -> Option<DateTime<Utc>> {
         let balance = self.balance().ok()?;
-        if balance <= Amount::ZERO || self.burn.hour != at.timestamp().div_euclid(3600) {
+        let burn = self.burn.as_deref()?;
+        if balance <= Amount::ZERO || burn.hour != at.timestamp().div_euclid(3600) {
             return None;
         }
         let into_hour = i64::from(at.minute() * 60 + at.second());
-        let window = into_hour.max(RATE_WINDOW_MIN_SECONDS) + if self.burn.previous_hour.is_zero() { 0 } else { 3600 };
-        let spent = self.burn.this_hour.checked_add(self.burn.previous_hour).ok()?;
+        let window = into_hour.max(RATE_WINDOW_MIN_SECONDS) + if burn.previous_hour.is_zero() { 0 } else { 3600 };
+        let spent = burn.this_hour.checked_add(burn.previous_hour).ok()?;
         if spent <= Amount::ZERO {
             return None;
         }

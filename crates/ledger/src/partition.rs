@@ -6,7 +6,8 @@ use crate::account::{AccountState, LedgerError};
 use crate::input::{AccountCommand, PricedUsage};
 use crate::output::{Effects, LedgerEntry, LedgerEvent};
 use chrono::{DateTime, Utc};
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::BTreeSet;
+use std::hash::BuildHasher;
 use thin_vec::ThinVec;
 
 /// Which input of the ledger a record came from.
@@ -27,41 +28,63 @@ pub enum Applied {
     Refused(LedgerError),
 }
 
+/// The accounts of a partition. Each lives at a fixed index (accounts are
+/// never removed); the id → index table holds indices only, so an account
+/// id is stored once, in its state, and the change sets are lists of
+/// indices with a flag per account: applying an event hashes its account id
+/// once and allocates nothing for the bookkeeping.
 #[derive(Default)]
 pub struct PartitionLedger {
-    /// Boxed: the map's spare slots then cost a pointer, not a whole state.
-    accounts: HashMap<String, Box<AccountState>>,
+    /// Boxed: growing the list moves pointers, not states.
+    accounts: Vec<Box<AccountState>>,
+    /// Hash of the account id → index into `accounts`.
+    index: hashbrown::HashTable<u32>,
+    hasher: hashbrown::DefaultHashBuilder,
+    /// Per account, [`DIRTY`] and [`UNSENT`].
+    flags: Vec<u8>,
     /// Accounts changed since the last `take_dirty`.
-    dirty: HashSet<String>,
+    dirty: Vec<u32>,
     /// (next grant expiry, account), so that idle accounts' grants expire
     /// without scanning every account.
-    expiries: BTreeSet<(DateTime<Utc>, String)>,
+    expiries: BTreeSet<(DateTime<Utc>, u32)>,
     /// Accounts with events or entries not yet acknowledged as sent.
-    unsent: HashSet<String>,
+    unsent: Vec<u32>,
 }
+
+/// Listed in `dirty`.
+const DIRTY: u8 = 1;
+/// Listed in `unsent`.
+const UNSENT: u8 = 2;
 
 impl PartitionLedger {
     /// A partition rebuilt from its changelog (the latest state per account).
     pub fn restore(states: impl IntoIterator<Item = AccountState>) -> Self {
         let mut ledger = Self::default();
         for state in states {
+            let i = match ledger.find(&state.account_id) {
+                Some(i) => {
+                    ledger.accounts[i as usize] = Box::new(state);
+                    i
+                }
+                None => ledger.push(state),
+            };
+            let state = &ledger.accounts[i as usize];
             if let Some(at) = state.next_expiry() {
-                ledger.expiries.insert((at, state.account_id.clone()));
+                ledger.expiries.insert((at, i));
             }
             if !state.outbox.is_empty() || !state.pending_entries.is_empty() {
-                ledger.unsent.insert(state.account_id.clone());
+                ledger.mark(i, UNSENT);
             }
-            ledger.accounts.insert(state.account_id.clone(), Box::new(state));
         }
         ledger
     }
 
     pub fn account(&self, account_id: &str) -> Option<&AccountState> {
-        self.accounts.get(account_id).map(|a| &**a)
+        self.find(account_id).map(|i| &*self.accounts[i as usize])
     }
 
     pub fn accounts(&self) -> impl Iterator<Item = &AccountState> {
-        self.accounts.values().map(|a| &**a)
+        self.accounts.iter().map(|a| &**a)
     }
 
     pub fn len(&self) -> usize {
@@ -70,6 +93,35 @@ impl PartitionLedger {
 
     pub fn is_empty(&self) -> bool {
         self.accounts.is_empty()
+    }
+
+    fn find(&self, account_id: &str) -> Option<u32> {
+        let hash = self.hasher.hash_one(account_id);
+        self.index.find(hash, |&i| self.accounts[i as usize].account_id == account_id).copied()
+    }
+
+    /// Adds an account not yet held; its index.
+    fn push(&mut self, state: AccountState) -> u32 {
+        // Four billion accounts in one partition is past any memory.
+        let i = u32::try_from(self.accounts.len()).unwrap_or(u32::MAX);
+        let hash = self.hasher.hash_one(state.account_id.as_str());
+        let (accounts, hasher) = (&self.accounts, &self.hasher);
+        self.index.insert_unique(hash, i, |&j| hasher.hash_one(accounts[j as usize].account_id.as_str()));
+        self.accounts.push(Box::new(state));
+        self.flags.push(0);
+        i
+    }
+
+    /// Lists account `i` as dirty or unsent, once.
+    fn mark(&mut self, i: u32, flag: u8) {
+        let flags = &mut self.flags[i as usize];
+        if *flags & flag == 0 {
+            *flags |= flag;
+            match flag {
+                DIRTY => self.dirty.push(i),
+                _ => self.unsent.push(i),
+            }
+        }
     }
 
     pub fn apply_usage(&mut self, offset: i64, usage: &PricedUsage) -> Applied {
@@ -94,30 +146,34 @@ impl PartitionLedger {
     /// Expires the grants due at `now` (wall clock) on idle accounts.
     pub fn expire_due(&mut self, now: DateTime<Utc>) -> Effects {
         let mut effects = Effects::default();
-        while let Some((at, account_id)) = self.expiries.first().cloned() {
+        while let Some(&(at, i)) = self.expiries.first() {
             if at > now {
                 break;
             }
             self.expiries.pop_first();
-            let Some(account) = self.accounts.get_mut(&account_id) else { continue };
+            let account = &mut self.accounts[i as usize];
             if account.next_expiry() != Some(at) {
                 continue; // Stale index entry: the grant was used up or re-indexed.
             }
+            let mut unsent = false;
             match account.expire_until(now) {
                 Ok(e) => {
                     if !e.is_empty() {
                         account.outbox.extend(e.events.iter().cloned());
                         account.pending_entries.extend(e.entries.iter().cloned());
-                        self.unsent.insert(account_id.clone());
+                        unsent = true;
                     }
                     effects.extend(e);
                 }
-                Err(error) => tracing::error!(account = %account_id, %error, "cannot expire grants"),
+                Err(error) => tracing::error!(account = %account.account_id, %error, "cannot expire grants"),
             }
             if let Some(next) = account.next_expiry() {
-                self.expiries.insert((next, account_id.clone()));
+                self.expiries.insert((next, i));
             }
-            self.dirty.insert(account_id);
+            if unsent {
+                self.mark(i, UNSENT);
+            }
+            self.mark(i, DIRTY);
         }
         effects
     }
@@ -130,21 +186,26 @@ impl PartitionLedger {
     /// The accounts changed since the last call, for the changelog.
     pub fn take_dirty(&mut self) -> Vec<&AccountState> {
         let dirty = std::mem::take(&mut self.dirty);
-        dirty.iter().filter_map(|id| self.accounts.get(id).map(|a| &**a)).collect()
+        for &i in &dirty {
+            self.flags[i as usize] &= !DIRTY;
+        }
+        dirty.iter().map(|&i| &*self.accounts[i as usize]).collect()
     }
 
     /// Events not yet acknowledged (after a restore, also those a previous
     /// owner emitted but may not have sent).
     pub fn unsent_events(&self) -> Vec<LedgerEvent> {
-        self.unsent.iter().filter_map(|id| self.accounts.get(id)).flat_map(|a| a.outbox.iter().cloned()).collect()
+        self.unsent_accounts().flat_map(|a| a.outbox.iter().cloned()).collect()
+    }
+
+    fn unsent_accounts(&self) -> impl Iterator<Item = &AccountState> {
+        self.unsent.iter().map(|&i| &*self.accounts[i as usize])
     }
 
     /// Entries awaiting ClickHouse, per account, in order: what a write in
     /// the background takes (see [`Self::entries_written_upto`]).
     pub fn unsent_entries_by_account(&self) -> impl Iterator<Item = (&str, &[LedgerEntry])> {
-        self.unsent
-            .iter()
-            .filter_map(|id| self.accounts.get(id))
+        self.unsent_accounts()
             .filter(|a| !a.pending_entries.is_empty())
             .map(|a| (a.account_id.as_str(), a.pending_entries.as_slice()))
     }
@@ -154,38 +215,33 @@ impl PartitionLedger {
     /// `unwritable` says could not be sent: they stay, never dropped.
     pub fn entries_written_upto(&mut self, written: &[(String, usize)], unwritable: impl Fn(&LedgerEntry) -> bool) {
         for (account_id, n) in written {
-            let Some(a) = self.accounts.get_mut(account_id) else { continue };
+            let Some(i) = self.find(account_id) else { continue };
+            let a = &mut self.accounts[i as usize];
             let n = (*n).min(a.pending_entries.len());
-            let mut i = 0;
+            let mut k = 0;
             a.pending_entries.retain(|e| {
-                i += 1;
-                i > n || unwritable(e)
+                k += 1;
+                k > n || unwritable(e)
             });
             if a.pending_entries.is_empty() {
                 a.pending_entries = ThinVec::new();
-                if a.outbox.is_empty() {
-                    self.unsent.remove(account_id);
-                }
             }
         }
+        self.forget_unsent(|_| {});
     }
 
     /// Entries not yet acknowledged by ClickHouse.
     pub fn unsent_entries(&self) -> Vec<LedgerEntry> {
-        self.unsent
-            .iter()
-            .filter_map(|id| self.accounts.get(id))
-            .flat_map(|a| a.pending_entries.iter().cloned())
-            .collect()
+        self.unsent_accounts().flat_map(|a| a.pending_entries.iter().cloned()).collect()
     }
 
     pub fn has_unsent_events(&self) -> bool {
-        self.unsent.iter().filter_map(|id| self.accounts.get(id)).any(|a| !a.outbox.is_empty())
+        self.unsent_accounts().any(|a| !a.outbox.is_empty())
     }
 
     /// Number of entries awaiting ClickHouse (bounds memory).
     pub fn n_unsent_entries(&self) -> usize {
-        self.unsent.iter().filter_map(|id| self.accounts.get(id)).map(|a| a.pending_entries.len()).sum()
+        self.unsent_accounts().map(|a| a.pending_entries.len()).sum()
     }
 
     /// The events returned by `unsent_events` were acknowledged. The next
@@ -209,18 +265,22 @@ impl PartitionLedger {
         });
     }
 
+    /// Drops from the unsent list the accounts `clear` leaves with nothing
+    /// unsent.
     fn forget_unsent(&mut self, clear: impl Fn(&mut AccountState)) {
-        let accounts = &mut self.accounts;
-        self.unsent.retain(|id| match accounts.get_mut(id) {
-            Some(a) => {
-                clear(a);
-                !a.outbox.is_empty() || !a.pending_entries.is_empty()
+        let (accounts, flags) = (&mut self.accounts, &mut self.flags);
+        self.unsent.retain(|&i| {
+            let a = &mut accounts[i as usize];
+            clear(a);
+            let still = !a.outbox.is_empty() || !a.pending_entries.is_empty();
+            if !still {
+                flags[i as usize] &= !UNSENT;
             }
-            None => false,
+            still
         });
         if self.unsent.is_empty() {
             // A burst of work (a restore, a backlog) leaves no capacity behind.
-            self.unsent = HashSet::new();
+            self.unsent = Vec::new();
         }
     }
 
@@ -230,8 +290,11 @@ impl PartitionLedger {
         position: Position,
         f: impl FnOnce(&mut AccountState) -> Result<Option<Effects>, LedgerError>,
     ) -> Applied {
-        let account =
-            self.accounts.entry(account_id.to_owned()).or_insert_with(|| Box::new(AccountState::new(account_id)));
+        let i = match self.find(account_id) {
+            Some(i) => i,
+            None => self.push(AccountState::new(account_id)),
+        };
+        let account = &mut self.accounts[i as usize];
         // A priced message carries many records, several per account: a
         // record at the account's last priced offset may be new, and its
         // origin decides. Commands are one per message.
@@ -245,24 +308,25 @@ impl PartitionLedger {
         *last = offset;
         let expiry_before = account.next_expiry();
         let outcome = f(account);
-        self.dirty.insert(account_id.to_owned());
         let expiry_after = account.next_expiry();
         if expiry_after != expiry_before {
             if let Some(at) = expiry_after {
-                self.expiries.insert((at, account_id.to_owned()));
+                self.expiries.insert((at, i));
             }
         }
-        match outcome {
+        let applied = match outcome {
             Ok(Some(effects)) => {
                 if !effects.is_empty() {
                     account.outbox.extend(effects.events.iter().cloned());
                     account.pending_entries.extend(effects.entries.iter().cloned());
-                    self.unsent.insert(account_id.to_owned());
+                    self.mark(i, UNSENT);
                 }
                 Applied::Done(effects)
             }
             Ok(None) => Applied::Skipped,
             Err(e) => Applied::Refused(e),
-        }
+        };
+        self.mark(i, DIRTY);
+        applied
     }
 }

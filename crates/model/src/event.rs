@@ -225,7 +225,7 @@ impl EventLimits {
         }
         // Printable ASCII (nearly every name) cannot hold a control
         // character; only other text is decoded to look.
-        let printable_ascii = value.bytes().all(|b| (0x20..0x7f).contains(&b));
+        let printable_ascii = value.bytes().fold(true, |all, b| all & (0x20..0x7f).contains(&b));
         if !printable_ascii && value.chars().any(char::is_control) {
             return Err(Rejection::new(RejectReason::InvalidField, format!("{field} contains control characters")));
         }
