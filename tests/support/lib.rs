@@ -77,6 +77,23 @@ pub fn read_topic(topic: &str, partitions: i32, expected: usize, timeout: Durati
     out
 }
 
+/// Every message in `topic` when called: as many as its watermarks say,
+/// however slow the broker is to hand them over (up to `timeout`), rather
+/// than whatever arrives within a fixed time.
+pub fn read_whole_topic(topic: &str, partitions: i32, timeout: Duration) -> Vec<OwnedMessage> {
+    let consumer: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", kafka_settings().brokers).create().expect("consumer");
+    let expected: i64 = (0..partitions)
+        .map(|p| {
+            let (low, high) = consumer.fetch_watermarks(topic, p, timeout).expect("watermarks");
+            high - low
+        })
+        .sum();
+    let messages = read_topic(topic, partitions, expected as usize, timeout);
+    assert_eq!(messages.len() as i64, expected, "{topic}: read fewer messages than its watermarks hold");
+    messages
+}
+
 /// Header `name` of a message, as UTF-8.
 pub fn header(m: &OwnedMessage, name: &str) -> Option<String> {
     use rdkafka::message::Headers;
