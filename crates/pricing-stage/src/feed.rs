@@ -90,8 +90,15 @@ impl Serialize for FeedLine<'_> {
 /// instants already checked, so this fails only on a broken invariant.
 pub(crate) fn batch_to_json(rows: &[&PricedRow]) -> Result<Vec<u8>, serde_json::Error> {
     let records: Vec<FeedRecord> = rows.iter().map(|r| FeedRecord(r)).collect();
-    serde_json::to_vec(&records)
+    // Sized once for the usual record (~400 bytes): a buffer grown by
+    // doubling copied each message several times over, into fresh pages.
+    let mut out = Vec::with_capacity(rows.len().saturating_mul(RECORD_BYTES_TYPICAL));
+    serde_json::to_writer(&mut out, &records)?;
+    Ok(out)
 }
+
+/// A feed record's usual size in JSON, for sizing a message's buffer.
+const RECORD_BYTES_TYPICAL: usize = 512;
 
 #[cfg(test)]
 mod tests {
