@@ -7,12 +7,10 @@
 //! Confluent Avro. `make bench` turns the estimates into events/s per core.
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use std::hint::black_box;
 use std::sync::Arc;
-use usage_clickhouse::{row_key, PricedRow};
 use usage_codec::{AvroWire, Decoder, SchemaResolver, ValueFormat, PINNED_SCHEMA_ID};
 use usage_pricing::Pricer;
-use usage_pricing_stage::{MessageOutcome, Processor, SystemClock};
+use usage_pricing_stage::{Processor, SystemClock};
 
 /// The pipeline's allocator: allocation is a good part of the cost.
 #[global_allocator]
@@ -35,20 +33,7 @@ fn pricing(c: &mut Criterion) {
         let decoder = Decoder::new(ValueFormat::Auto, SchemaResolver::pinned());
         let mut processor = Processor::new(decoder, Pricer::new(book.clone()), limits, Arc::new(SystemClock));
         group.bench_function(name, |b| {
-            b.iter_batched(
-                || (),
-                |()| {
-                    for (offset, payload) in payloads.iter().enumerate() {
-                        let MessageOutcome::Priced(priced) = processor.evaluate(payload) else {
-                            panic!("every event of the mix prices")
-                        };
-                        let row = PricedRow::new(*priced, "usage.raw", 0, offset as i64).expect("a row");
-                        black_box(row_key(&row.account_id, &row.event_id, row.occurred_at));
-                        black_box(row);
-                    }
-                },
-                BatchSize::SmallInput,
-            )
+            b.iter_batched(|| (), |()| usage_bench::price_all(&mut processor, &payloads), BatchSize::SmallInput)
         });
     }
     group.finish();

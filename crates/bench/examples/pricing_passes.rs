@@ -3,13 +3,11 @@
 //! than times on a shared machine:
 //! `cargo run --release -p usage-bench --example pricing_passes -- json 20`.
 
-use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Instant;
-use usage_clickhouse::{row_key, PricedRow};
 use usage_codec::{AvroWire, Decoder, SchemaResolver, ValueFormat, PINNED_SCHEMA_ID};
 use usage_pricing::Pricer;
-use usage_pricing_stage::{MessageOutcome, Processor, SystemClock};
+use usage_pricing_stage::{Processor, SystemClock};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -34,14 +32,7 @@ fn main() {
     let mut processor = Processor::new(decoder, Pricer::new(book), limits, Arc::new(SystemClock));
     let started = Instant::now();
     for _ in 0..passes {
-        for (offset, payload) in payloads.iter().enumerate() {
-            let MessageOutcome::Priced(priced) = processor.evaluate(payload) else {
-                panic!("every event of the mix prices")
-            };
-            let row = PricedRow::new(*priced, "usage.raw", 0, offset as i64).expect("a row");
-            black_box(row_key(&row.account_id, &row.event_id, row.occurred_at));
-            black_box(row);
-        }
+        usage_bench::price_all(&mut processor, &payloads);
     }
     let n = passes * payloads.len();
     println!("{format}: {n} events, {:.0} events/s", n as f64 / started.elapsed().as_secs_f64());

@@ -9,6 +9,21 @@ use usage_codec::AvroWire;
 use usage_model::{ServiceTier, Unit, UsageCounts, UsageEvent};
 use usage_pricing::{Pricer, RateBook, RateCard};
 
+/// What the pipeline does per message, for every payload: detect, decode,
+/// check, price, build the ClickHouse row and its duplicate-check key. The
+/// criterion bench times it; the `pricing_passes` example repeats it for
+/// profilers.
+pub fn price_all(processor: &mut usage_pricing_stage::Processor, payloads: &[Vec<u8>]) {
+    for (offset, payload) in payloads.iter().enumerate() {
+        let usage_pricing_stage::MessageOutcome::Priced(priced) = processor.evaluate(payload) else {
+            panic!("every event of the mix prices")
+        };
+        let row = usage_clickhouse::PricedRow::new(*priced, "usage.raw", 0, offset as i64).expect("a row");
+        std::hint::black_box(usage_clickhouse::row_key(&row.account_id, &row.event_id, row.occurred_at));
+        std::hint::black_box(row);
+    }
+}
+
 /// The genai-prices catalog vendored in the repository.
 pub fn catalog_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/price-catalogs/genai-prices-data.json")
