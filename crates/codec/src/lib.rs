@@ -61,6 +61,12 @@ impl std::str::FromStr for ValueFormat {
     }
 }
 
+/// The largest message value decoded: Kafka's default message limit. The
+/// largest event the limits allow (64 attributes of 256 characters a key
+/// and a value, ids and names at theirs) is a few hundred KiB even with
+/// every character escaped; past this a payload is refused unread.
+pub const PAYLOAD_BYTES_MAX: usize = 1024 * 1024;
+
 /// Decodes raw-topic message values into usage events.
 pub struct Decoder {
     format: ValueFormat,
@@ -73,6 +79,12 @@ impl Decoder {
     }
 
     pub fn decode(&self, payload: &[u8]) -> Result<UsageEvent, DecodeError> {
+        if payload.len() > PAYLOAD_BYTES_MAX {
+            return Err(DecodeError::Rejected(Rejection::new(
+                RejectReason::MalformedPayload,
+                format!("a payload of {} bytes is larger than {PAYLOAD_BYTES_MAX}", payload.len()),
+            )));
+        }
         let format = match self.format {
             ValueFormat::Auto => match payload.first() {
                 None => {

@@ -25,7 +25,8 @@ pub use consumer::{
     RebalanceTracker,
 };
 pub use dead_letter::{
-    DeadLetter, HEADER_DETAIL, HEADER_REASON, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION, HEADER_SOURCE_TOPIC,
+    dead_letter_topic_spec, DeadLetter, HEADER_DETAIL, HEADER_PAYLOAD_TRUNCATED, HEADER_REASON, HEADER_SOURCE_OFFSET,
+    HEADER_SOURCE_PARTITION, HEADER_SOURCE_TOPIC, MESSAGE_BYTES_MAX, TRUNCATED_PAYLOAD_BYTES,
 };
 pub use follower::{drain_topic, read_partition, Drained, FollowError, Record, TopicFollower};
 pub use forward::{copy_headers, forward_headers, is_forwarded, HEADER_FORWARDED_FROM};

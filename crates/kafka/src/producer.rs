@@ -5,7 +5,7 @@
 //! `message.timeout.ms`. Callers here get an error for every message that
 //! was not acknowledged, never a silent loss.
 
-use crate::dead_letter::DeadLetter;
+use crate::dead_letter::{DeadLetter, MESSAGE_BYTES_MAX};
 use crate::settings::KafkaSettings;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::OwnedHeaders;
@@ -30,6 +30,21 @@ pub enum ProducerError {
     Create(#[source] KafkaError),
     #[error("message {index} to {topic} not delivered: {error}")]
     NotDelivered { index: usize, topic: String, error: KafkaError },
+}
+
+impl ProducerError {
+    /// The message was refused for its size (by this producer or the
+    /// broker): sending it again as it is cannot succeed.
+    fn too_large(&self) -> Option<usize> {
+        match self {
+            Self::NotDelivered { index, error, .. }
+                if error.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge) =>
+            {
+                Some(*index)
+            }
+            _ => None,
+        }
+    }
 }
 
 /// Outcome of [`Producer::send_all`] when some messages failed.
@@ -77,6 +92,9 @@ impl Producer {
             .set("acks", "all")
             .set("linger.ms", "5")
             .set("message.timeout.ms", MESSAGE_TIMEOUT.as_millis().to_string())
+            // Dead letters carry refused messages whole; `batch.size`
+            // (1 MB) still bounds what one request carries.
+            .set("message.max.bytes", MESSAGE_BYTES_MAX.to_string())
             // Keyed messages land where Java clients put them (murmur2), so
             // topics keyed by account are co-partitioned whoever wrote them.
             .set("partitioner", "murmur2_random");
@@ -178,19 +196,32 @@ impl Producer {
         }
     }
 
-    /// Sends dead letters to `topic`, keyed as the originals were.
+    /// Sends dead letters to `topic`, keyed as the originals were. Letters
+    /// refused for their size, and only those, are sent again truncated
+    /// (see `dead_letter`); any other failure is the caller's to retry.
     pub async fn send_dead_letters(&self, topic: &str, letters: &[DeadLetter]) -> Result<(), SendBatchError> {
-        let messages = letters
-            .iter()
-            .map(|l| Outgoing {
+        fn outgoing<'a>(topic: &'a str, l: &'a DeadLetter, truncated: bool) -> Outgoing<'a> {
+            Outgoing {
                 topic,
                 key: l.key.as_deref(),
-                payload: &l.payload,
-                headers: Some(l.headers()),
+                payload: l.payload(truncated),
+                headers: Some(l.headers(truncated)),
                 partition: None,
-            })
-            .collect();
-        self.send_all(messages).await.map(|_| ())
+            }
+        }
+        let Err(error) = self.send_all(letters.iter().map(|l| outgoing(topic, l, false)).collect()).await else {
+            return Ok(());
+        };
+        let too_large: Option<Vec<usize>> = error.failed.iter().map(ProducerError::too_large).collect();
+        match too_large {
+            Some(indices) => {
+                tracing::warn!(topic, letters = indices.len(), "dead letters too large for the topic: sent truncated");
+                self.send_all(indices.into_iter().map(|i| outgoing(topic, &letters[i], true)).collect())
+                    .await
+                    .map(|_| ())
+            }
+            None => Err(error),
+        }
     }
 
     /// Waits until queued messages are sent (bounded), e.g. before exit.
@@ -302,5 +333,29 @@ mod tests {
         for (key, (partition, _)) in keys.iter().zip(delivered) {
             assert_eq!(partition_for_key(key.as_bytes(), 7), partition, "{key}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_dead_letter_too_large_for_the_topic_is_sent_truncated_and_the_others_whole() {
+        let mock = MockCluster::new(1).unwrap();
+        mock.create_topic("dlq", 1, 1).unwrap();
+        let mut settings = KafkaSettings { brokers: mock.bootstrap_servers(), ..KafkaSettings::default() };
+        // A limit below the large letter and above what it keeps.
+        settings.overrides.insert("message.max.bytes".into(), "100000".into());
+        let producer = Producer::new(&settings, "test").unwrap();
+        let letter = |payload: Vec<u8>| DeadLetter {
+            key: Some(b"k".to_vec()),
+            payload,
+            reason: "malformed_payload",
+            detail: "test".into(),
+            source_topic: "raw".into(),
+            source_partition: 0,
+            source_offset: 7,
+        };
+        let letters = [letter(b"small".to_vec()), letter(vec![b'x'; 300_000])];
+        producer.send_dead_letters("dlq", &letters).await.unwrap();
+        let stored = crate::read_partition(&settings, "dlq", 0, Duration::from_secs(10)).unwrap();
+        let lengths: Vec<usize> = stored.iter().map(|(_, v)| v.as_ref().map_or(0, Vec::len)).collect();
+        assert_eq!(lengths, [5, crate::TRUNCATED_PAYLOAD_BYTES]);
     }
 }

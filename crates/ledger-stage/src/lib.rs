@@ -186,7 +186,7 @@ pub async fn prepare_ledger(config: &LedgerConfig, kafka: &KafkaSettings) -> Res
             ..TopicSpec::new(&config.state_topic, n)
         },
         TopicSpec::new(&config.events_topic, n),
-        TopicSpec::new(&config.dead_letter_topic, n),
+        usage_kafka::dead_letter_topic_spec(&config.dead_letter_topic, n),
     ];
     ensure_topics(kafka, &topics, KAFKA_CALL_TIMEOUT).await?;
     check_co_partitioned(config, kafka)

@@ -215,7 +215,7 @@ pub struct Pipeline {
 pub async fn prepare(config: &StreamConfig, kafka: &KafkaSettings, sink: &ClickHouseSink) -> Result<(), PipelineError> {
     let mut topics = vec![
         TopicSpec::new(&config.raw_topic, config.topic_partitions),
-        TopicSpec::new(&config.dead_letter_topic, config.topic_partitions),
+        usage_kafka::dead_letter_topic_spec(&config.dead_letter_topic, config.topic_partitions),
         crate::rate_cards::rate_cards_topic_spec(&config.rate_cards_topic),
     ];
     if let Some(priced) = &config.priced_topic {
