@@ -59,15 +59,29 @@ impl RawUsage {
             self.problem = Some(Rejection::new(RejectReason::UnknownUnit, format!("usage.{name} is not a known unit")));
             return;
         };
+        if self.counts.get(unit).is_some() {
+            // Which count to bill would be a guess.
+            self.problem = Some(Rejection::new(RejectReason::InvalidField, format!("usage.{name} is given twice")));
+            return;
+        }
         match count {
             RawCount::Count(n) => self.counts.set(unit, n),
             RawCount::Negative(n) => {
                 self.problem =
                     Some(Rejection::new(RejectReason::CountOutOfRange, format!("usage.{name} = {n} is negative")))
             }
+            // serde_json reads integers past u64 as floats.
+            RawCount::Fraction(f) if f.fract() == 0.0 && f >= 18_446_744_073_709_551_616.0 => {
+                self.problem = Some(Rejection::new(
+                    RejectReason::CountOutOfRange,
+                    format!("usage.{name} is larger than the largest count, {}", u64::MAX),
+                ))
+            }
             RawCount::Fraction(f) => {
-                self.problem =
-                    Some(Rejection::new(RejectReason::InvalidField, format!("usage.{name} = {f} is not an integer")))
+                self.problem = Some(Rejection::new(
+                    RejectReason::InvalidField,
+                    format!("usage.{name} = {f} is not written as an integer"),
+                ))
             }
         }
     }
@@ -283,6 +297,17 @@ mod tests {
             (&GOOD.replace("2025-06-01T12:00:00+02:00", "2025-06-01T12:00:00"), RejectReason::InvalidField),
             (&GOOD.replace("\"batch\"", "\"cheap\""), RejectReason::InvalidField),
             (&GOOD.replace("\"provider\"", "\"vendor\""), RejectReason::InvalidField),
+            // Which count to bill would be a guess.
+            (
+                &GOOD.replace("\"output_tokens\":300", "\"output_tokens\":300,\"output_tokens\":3"),
+                RejectReason::InvalidField,
+            ),
+            (
+                &GOOD.replace("input_tokens\":1200", "input_tokens\":18446744073709551616"),
+                RejectReason::CountOutOfRange,
+            ),
+            (&GOOD.replace("input_tokens\":1200", "input_tokens\":1e30"), RejectReason::CountOutOfRange),
+            (&GOOD.replace("input_tokens\":1200", "input_tokens\":1e3"), RejectReason::InvalidField),
         ];
         for (input, reason) in cases {
             let err = decode(input).unwrap_err();

@@ -173,6 +173,10 @@ impl<'a> Scanner<'a> {
         let mut usage = UsageCounts::default();
         self.members(|r, key| {
             let unit = Unit::from_key(key)?;
+            // A unit given twice is refused by the full decoder.
+            if usage.get(unit).is_some() {
+                return None;
+            }
             usage.set(unit, r.count()?);
             Some(())
         })?;

@@ -293,6 +293,17 @@ impl AccountCommand {
         if self.account_id().is_empty() || self.account_id().len() > 128 {
             return invalid("account_id must be 1..=128 characters".into());
         }
+        let mut ids = vec![("account_id", self.account_id())];
+        match self {
+            AccountCommand::CreditGrant(g) => ids.push(("grant_id", &g.grant_id)),
+            AccountCommand::AutoReloadFailed(f) => ids.push(("reload_key", &f.reload_key)),
+            AccountCommand::AccountSettings(_) => {}
+        }
+        for (field, id) in ids {
+            if let Some(kind) = usage_model::unsafe_characters(id) {
+                return invalid(format!("{field} contains {kind} characters"));
+            }
+        }
         let amount = |field: &str, a: Amount| {
             if a.is_positive() && a <= COMMAND_AMOUNT_MAX {
                 Ok(())
@@ -413,5 +424,8 @@ mod tests {
             "billing_mode":"postpaid","currency":"USD","time_zone":"Mars/Olympus"}"#;
         assert!(AccountCommand::from_json(tz).unwrap_err().to_string().contains("Mars/Olympus"));
         assert_eq!(AccountCommand::from_json(b"{").unwrap_err().code(), "malformed_command");
+        let spoof = br#"{"type":"credit_grant","account_id":"a","grant_id":"g\u202e1","kind":"purchase","amount":"1",
+            "currency":"USD","granted_at":"2026-01-31T00:00:00Z"}"#;
+        assert!(AccountCommand::from_json(spoof).unwrap_err().to_string().contains("grant_id contains bidirectional"));
     }
 }

@@ -223,14 +223,37 @@ impl EventLimits {
                 format!("{field} must have 1..={chars_max} characters, has {len}"),
             ));
         }
-        // Printable ASCII (nearly every name) cannot hold a control
-        // character; only other text is decoded to look.
-        let printable_ascii = value.bytes().fold(true, |all, b| all & (0x20..0x7f).contains(&b));
-        if !printable_ascii && value.chars().any(char::is_control) {
-            return Err(Rejection::new(RejectReason::InvalidField, format!("{field} contains control characters")));
+        match unsafe_characters(value) {
+            Some(kind) => {
+                Err(Rejection::new(RejectReason::InvalidField, format!("{field} contains {kind} characters")))
+            }
+            None => Ok(()),
         }
-        Ok(())
     }
+}
+
+/// Which kind of character an id or name must not hold, if `text` has one:
+/// control characters, and bidirectional controls, which make an id display
+/// as another one in dashboards and invoices ("Trojan Source").
+pub fn unsafe_characters(text: &str) -> Option<&'static str> {
+    // Printable ASCII (nearly every name) holds neither; only other text
+    // is decoded to look.
+    if text.bytes().fold(true, |all, b| all & (0x20..0x7f).contains(&b)) {
+        return None;
+    }
+    if text.chars().any(char::is_control) {
+        Some("control")
+    } else if text.chars().any(is_bidi_control) {
+        Some("bidirectional control")
+    } else {
+        None
+    }
+}
+
+/// Unicode's bidirectional formatting characters (UAX #9): marks,
+/// embeddings, overrides and isolates.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 /// Whether `text` has 1 to `chars_max` characters. Counted only when its
@@ -302,6 +325,8 @@ mod tests {
             (Box::new(|e| e.event_id = String::new()), RejectReason::InvalidField),
             (Box::new(|e| e.event_id = "x".repeat(129)), RejectReason::InvalidField),
             (Box::new(|e| e.account_id = "a\nb".into()), RejectReason::InvalidField),
+            (Box::new(|e| e.account_id = "acct-\u{202e}1337".into()), RejectReason::InvalidField),
+            (Box::new(|e| e.model = "gpt\u{2066}-4o".into()), RejectReason::InvalidField),
             (Box::new(|e| e.usage = UsageCounts::default()), RejectReason::InvalidField),
             (Box::new(|e| e.usage.set(Unit::OUTPUT_TOKENS, u64::MAX)), RejectReason::CountOutOfRange),
             (Box::new(|e| e.occurred_at = now() + Duration::hours(1)), RejectReason::TimestampOutOfRange),

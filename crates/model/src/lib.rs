@@ -14,7 +14,7 @@ mod unit;
 mod units_table;
 
 pub use amount::{Amount, AmountError, AMOUNT_SCALE};
-pub use event::{EventLimits, ServiceTier, UsageCounts, UsageEvent};
+pub use event::{unsafe_characters, EventLimits, ServiceTier, UsageCounts, UsageEvent};
 pub use money::{round_for_display, Currency, CurrencyError, Money, MoneyError};
 pub use priced::{CostLine, PricedEvent};
 pub use rejection::{RejectReason, Rejection};
