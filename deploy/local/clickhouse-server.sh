@@ -44,6 +44,13 @@ cat >"$ch/users.xml" <<XML
       <profile>default</profile>
       <quota>default</quota>
     </default>
+    <!-- A user with a password, for the test that no output prints it (tests/secrets.rs). -->
+    <secret_test>
+      <password>pw-local-Zq8LrT4vX1</password>
+      <networks><ip>127.0.0.1</ip><ip>::1</ip></networks>
+      <profile>default</profile>
+      <quota>default</quota>
+    </secret_test>
   </users>
   <quotas><default></default></quotas>
 </yandex>

@@ -133,8 +133,9 @@ pub fn spawn_binary(env: &[(&'static str, String)], args: &[&str], log: &std::pa
     Running(
         std::process::Command::new(binary())
             .args(args)
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            // The caller's `env` may set another filter.
             .env("USAGE_LOG", "info,rdkafka=warn")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(file())
             .stderr(file())
             .spawn()
@@ -263,6 +264,12 @@ pub fn catch_up_stop_and_check(
     std::thread::sleep(std::time::Duration::from_secs(2)); // anything extra would show now
     std::process::Command::new("kill").args(["-TERM", &pipeline.id().to_string()]).status().unwrap();
     assert!(pipeline.wait().unwrap().success(), "clean stop; see {}", log.display());
+    // Every run summary accounts for every message it consumed, through
+    // rebalances and hand-overs too.
+    let text = std::fs::read_to_string(log).unwrap();
+    let checks: Vec<&str> = text.lines().filter(|l| l.starts_with("check: in = ")).collect();
+    assert!(!checks.is_empty(), "no run summary; see {}", log.display());
+    assert!(checks.iter().all(|l| l.ends_with(" OK")), "{checks:#?}; see {}", log.display());
     for (table, totals) in rt.block_on(stored_by_account(sink)) {
         assert_eq!(&totals, expected, "{table}");
     }

@@ -5,6 +5,7 @@
 //! [kafka]
 //! brokers = "127.0.0.1:9092"          # KAFKA_BROKERS
 //! client_id = "usage-pipeline"
+//! group_instance_id = "pipeline-0"    # KAFKA_GROUP_INSTANCE_ID: static membership, one per instance
 //! [kafka.librdkafka]                  # any librdkafka property
 //! "security.protocol" = "SASL_SSL"
 //!
@@ -84,6 +85,7 @@ struct LedgerSection {
 struct KafkaSection {
     brokers: Option<String>,
     client_id: Option<String>,
+    group_instance_id: Option<String>,
     librdkafka: BTreeMap<String, String>,
 }
 
@@ -155,6 +157,7 @@ impl Settings {
         let kafka = KafkaSettings {
             brokers: env("KAFKA_BROKERS").or(file.kafka.brokers).unwrap_or_else(|| "127.0.0.1:9092".into()),
             client_id: file.kafka.client_id.unwrap_or_else(|| "usage-pipeline".into()),
+            group_instance_id: env("KAFKA_GROUP_INSTANCE_ID").or(file.kafka.group_instance_id),
             overrides: file.kafka.librdkafka,
         };
         let clickhouse = ClickHouseSettings {

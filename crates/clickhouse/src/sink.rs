@@ -5,7 +5,7 @@ use crate::row::{LedgerEntryRow, PricedRow};
 use clickhouse::Client;
 use std::time::Duration;
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ClickHouseSettings {
     /// HTTP interface, e.g. `http://127.0.0.1:8123`.
     pub url: String,
@@ -17,6 +17,20 @@ pub struct ClickHouseSettings {
     /// LZ4 on INSERTs: less to send over a network, more CPU on both
     /// ends (a loss when ClickHouse runs on the same host).
     pub compress_inserts: bool,
+}
+
+/// The password never shows, whoever prints the settings.
+impl std::fmt::Debug for ClickHouseSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClickHouseSettings")
+            .field("url", &self.url)
+            .field("database", &self.database)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("insert_timeout", &self.insert_timeout)
+            .field("compress_inserts", &self.compress_inserts)
+            .finish()
+    }
 }
 
 impl Default for ClickHouseSettings {
@@ -326,5 +340,17 @@ impl ClickHouseSink {
             }
             _ => Ok(None),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_password_never_shows_in_debug_output() {
+        let settings = ClickHouseSettings { password: Some("hunter2".into()), ..ClickHouseSettings::default() };
+        let printed = format!("{settings:?}");
+        assert!(!printed.contains("hunter2") && printed.contains("<redacted>"), "{printed}");
     }
 }

@@ -1,5 +1,6 @@
 //! Creating the topics the pipeline needs.
 
+use crate::settings::without_secrets;
 use crate::settings::KafkaSettings;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -29,7 +30,7 @@ pub async fn ensure_topics(
     topics: &[TopicSpec],
     timeout: Duration,
 ) -> Result<Vec<String>, KafkaError> {
-    let admin: AdminClient<DefaultClientContext> = settings.client_config("admin").create()?;
+    let admin: AdminClient<DefaultClientContext> = settings.client_config("admin").create().map_err(without_secrets)?;
     let metadata = admin.inner().fetch_metadata(None, timeout)?;
     let missing: Vec<&TopicSpec> = topics
         .iter()

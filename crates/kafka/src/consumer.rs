@@ -1,5 +1,6 @@
 //! Consumer-group members with manual offset commits.
 
+use crate::settings::without_secrets;
 use crate::settings::KafkaSettings;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, KafkaResult};
@@ -98,10 +99,13 @@ fn consumer_with(
     for (k, v) in extra {
         config.set(*k, *v);
     }
+    if let Some(id) = &settings.group_instance_id {
+        config.set("group.instance.id", id);
+    }
     for (k, v) in &settings.overrides {
         config.set(k, v);
     }
-    config.create_with_context(RebalanceTracker::default())
+    config.create_with_context(RebalanceTracker::default()).map_err(without_secrets)
 }
 
 /// A partition's committed offset for a group, and its watermarks.
@@ -130,7 +134,7 @@ pub fn committed_lag(
 ) -> Result<Vec<PartitionLag>, KafkaError> {
     let mut config = settings.client_config("lag");
     config.set("group.id", group).set("enable.auto.commit", "false");
-    let client: BaseConsumer = config.create()?;
+    let client: BaseConsumer = config.create().map_err(without_secrets)?;
     let partitions = partition_ids(&client, topic, timeout)?;
     let mut tpl = TopicPartitionList::new();
     for p in &partitions {
@@ -170,6 +174,6 @@ pub fn partition_counts(
     topics: &[&str],
     timeout: Duration,
 ) -> Result<Vec<usize>, KafkaError> {
-    let client: BaseConsumer = settings.client_config("metadata").create()?;
+    let client: BaseConsumer = settings.client_config("metadata").create().map_err(without_secrets)?;
     topics.iter().map(|t| partition_ids(&client, t, timeout).map(|p| p.len())).collect()
 }

@@ -2,6 +2,7 @@
 //! the contents of a compacted topic (rate-card versions) and its updates.
 //! No consumer group: each reader reads every partition from the start.
 
+use crate::settings::without_secrets;
 use crate::settings::KafkaSettings;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
@@ -33,7 +34,7 @@ impl TopicFollower {
         let mut config = settings.client_config("follower");
         // A group id is required by librdkafka even for assign(); nothing is committed.
         config.set("group.id", format!("{}-follower", settings.client_id)).set("enable.auto.commit", "false");
-        let consumer: BaseConsumer = config.create()?;
+        let consumer: BaseConsumer = config.create().map_err(without_secrets)?;
         let partitions = crate::consumer::partition_ids(&consumer, topic, timeout)?;
         if partitions.is_empty() {
             return Err(FollowError::NoTopic(topic.to_owned()));
@@ -101,7 +102,7 @@ pub fn read_partition(
         .set("group.id", format!("{}-restore", settings.client_id))
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed");
-    let consumer: BaseConsumer = config.create()?;
+    let consumer: BaseConsumer = config.create().map_err(without_secrets)?;
     let (low, high) = consumer.fetch_watermarks(topic, partition, timeout)?;
     if high <= low {
         return Ok(Vec::new());
@@ -163,7 +164,7 @@ pub fn drain_topic(
         .set("enable.auto.commit", "false")
         .set("queued.max.messages.kbytes", "16384")
         .set("fetch.wait.max.ms", "100");
-    let consumer: BaseConsumer = config.create()?;
+    let consumer: BaseConsumer = config.create().map_err(without_secrets)?;
     let partitions = crate::consumer::partition_ids(&consumer, topic, timeout)?;
     let mut tpl = TopicPartitionList::new();
     for p in &partitions {

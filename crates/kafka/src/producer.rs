@@ -6,6 +6,7 @@
 //! was not acknowledged, never a silent loss.
 
 use crate::dead_letter::{DeadLetter, MESSAGE_BYTES_MAX};
+use crate::settings::without_secrets;
 use crate::settings::KafkaSettings;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::OwnedHeaders;
@@ -102,7 +103,7 @@ impl Producer {
         for (k, v) in &settings.overrides {
             config.set(k, v);
         }
-        Ok(Self { inner: config.create().map_err(ProducerError::Create)? })
+        Ok(Self { inner: config.create().map_err(|e| ProducerError::Create(without_secrets(e)))? })
     }
 
     /// A transactional producer (`transactional.id`), its transactions

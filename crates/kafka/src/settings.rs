@@ -1,14 +1,21 @@
 //! Connection settings shared by every Kafka client of the pipeline.
 
+use rdkafka::error::KafkaError;
 use rdkafka::ClientConfig;
 use std::collections::BTreeMap;
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct KafkaSettings {
     /// `host:port,host:port`.
     pub brokers: String,
     /// Prefix of `client.id`, so the broker's logs tell the clients apart.
     pub client_id: String,
+    /// Static group membership (KIP-345: `group.instance.id`) for the group
+    /// consumers: an instance restarted with the same id gets its partitions
+    /// back at once instead of after the dead member's session timeout. One
+    /// per instance, stable across its restarts (a StatefulSet pod's name);
+    /// two live instances with one id fence each other.
+    pub group_instance_id: Option<String>,
     /// Any librdkafka property (`security.protocol`, `sasl.mechanisms`...),
     /// applied last so that it wins.
     pub overrides: BTreeMap<String, String>,
@@ -16,7 +23,45 @@ pub struct KafkaSettings {
 
 impl Default for KafkaSettings {
     fn default() -> Self {
-        Self { brokers: "127.0.0.1:9092".into(), client_id: "usage-pipeline".into(), overrides: BTreeMap::new() }
+        Self {
+            brokers: "127.0.0.1:9092".into(),
+            client_id: "usage-pipeline".into(),
+            group_instance_id: None,
+            overrides: BTreeMap::new(),
+        }
+    }
+}
+
+/// librdkafka properties that hold secrets (`sasl.password`,
+/// `ssl.key.password`, `sasl.oauthbearer.client.secret`...): never printed.
+fn is_secret(property: &str) -> bool {
+    ["password", "secret", "sasl.jaas.config", "ssl.key.pem", "ssl_key"].iter().any(|s| property.contains(s))
+}
+
+/// A client configuration error without the value of a secret property:
+/// librdkafka's error repeats the value it refused.
+pub(crate) fn without_secrets(error: KafkaError) -> KafkaError {
+    match error {
+        KafkaError::ClientConfig(code, description, key, value) if is_secret(&key) && !value.is_empty() => {
+            KafkaError::ClientConfig(code, description.replace(&value, "<redacted>"), key, "<redacted>".into())
+        }
+        other => other,
+    }
+}
+
+impl std::fmt::Debug for KafkaSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let overrides: std::collections::BTreeMap<&str, &str> = self
+            .overrides
+            .iter()
+            .map(|(k, v)| (k.as_str(), if is_secret(k) { "<redacted>" } else { v.as_str() }))
+            .collect();
+        f.debug_struct("KafkaSettings")
+            .field("brokers", &self.brokers)
+            .field("client_id", &self.client_id)
+            .field("group_instance_id", &self.group_instance_id)
+            .field("overrides", &overrides)
+            .finish()
     }
 }
 
@@ -33,5 +78,37 @@ impl KafkaSettings {
             config.set(k, v);
         }
         config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_never_show_in_debug_output() {
+        let mut settings = KafkaSettings::default();
+        for (k, v) in [
+            ("sasl.password", "hunter2-a"),
+            ("ssl.key.password", "hunter2-b"),
+            ("sasl.oauthbearer.client.secret", "hunter2-c"),
+            ("sasl.username", "alice"),
+        ] {
+            settings.overrides.insert(k.into(), v.into());
+        }
+        let printed = format!("{settings:?}");
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(printed.contains("alice") && printed.contains("sasl.password"), "{printed}");
+    }
+
+    #[test]
+    fn a_refused_secret_property_is_named_without_its_value() {
+        let mut settings = KafkaSettings::default();
+        settings.overrides.insert("sasl.oauthbearer.client.secret".into(), "hunter2-d".into());
+        settings.overrides.insert("ssl.key.password".into(), "hunter2-e".into());
+        settings.overrides.insert("no.such.secret.property".into(), "hunter2-f".into());
+        let error = settings.client_config("test").create::<rdkafka::producer::BaseProducer>().map_err(without_secrets);
+        let printed = error.err().expect("a property librdkafka refuses").to_string();
+        assert!(!printed.contains("hunter2") && printed.contains("<redacted>"), "{printed}");
     }
 }

@@ -324,7 +324,7 @@ impl Ledger {
                 self.drop_partition(partition);
             }
             let filling = Instant::now();
-            let (messages, stopping) = self.fill(&consumer, shutdown).await;
+            let (messages, stopping) = self.fill(&consumer, shutdown).await?;
             let n_messages = messages.len();
             let routing = Instant::now();
             let received = !messages.is_empty();
@@ -404,8 +404,14 @@ impl Ledger {
     }
 
     /// Up to `batch_records_max` messages, until `batch_linger` after the
-    /// first. Returns them, and whether shutdown was requested.
-    async fn fill(&self, consumer: &Arc<GroupConsumer>, shutdown: &Shutdown) -> (Vec<OwnedMessage>, bool) {
+    /// first. Returns them, and whether shutdown was requested; a fatal
+    /// consumer error (another live instance took this one's
+    /// `group.instance.id`) ends the run, the messages unapplied.
+    async fn fill(
+        &self,
+        consumer: &Arc<GroupConsumer>,
+        shutdown: &Shutdown,
+    ) -> Result<(Vec<OwnedMessage>, bool), LedgerRunError> {
         let mut messages = Vec::new();
         let mut deadline = Instant::now() + POLL_SLICE;
         while messages.len() < self.config.batch_records_max {
@@ -416,11 +422,12 @@ impl Ledger {
             let consumer = Arc::clone(consumer);
             let received = tokio::select! {
                 biased;
-                _ = shutdown.requested() => return (messages, true),
+                _ = shutdown.requested() => return Ok((messages, true)),
                 r = tokio::time::timeout(wait, async move { consumer.recv().await.map(|m| m.detach()) }) => r,
             };
             match received {
                 Err(_elapsed) => break,
+                Ok(Err(e @ KafkaError::MessageConsumptionFatal(_))) => return Err(LedgerRunError::Kafka(e)),
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "ledger consume error");
                     break;
@@ -433,7 +440,7 @@ impl Ledger {
                 }
             }
         }
-        (messages, false)
+        Ok((messages, false))
     }
 
     fn drop_partition(&mut self, partition: i32) {

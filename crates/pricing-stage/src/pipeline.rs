@@ -483,6 +483,10 @@ impl Pipeline {
             // The message borrows from the consumer and is not `Send`: it is
             // used and dropped within this block, never held across an await.
             let waiting: Option<OwnedMessage> = match received {
+                // A fatal error (another live instance took this one's
+                // `group.instance.id`) ends the consumer: stop loudly, the
+                // batch undelivered and uncommitted.
+                Err(e @ KafkaError::MessageConsumptionFatal(_)) => return Err(PipelineError::Kafka(e)),
                 Err(e) => {
                     // Transport errors are retried by librdkafka; say so and
                     // hand back what we have.
