@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: run test bench up down build venv lint clean-data
+.PHONY: run test bench fuzz up down build venv lint clean-data
 
 ## Start what is missing, run the pipeline end to end on a synthetic stream, show the result.
 run: up build
@@ -27,6 +27,23 @@ bench: up
 	$(CARGO) bench -p usage-bench --bench pricing
 	deploy/local/bench-broker.sh start
 	KAFKA_BROKERS=127.0.0.1:$(BENCH_KAFKA_PORT) target/release/usage-bench; rc=$$?; deploy/local/bench-broker.sh stop; exit $$rc
+
+## Coverage-guided fuzzing (cargo fuzz: libFuzzer, no sanitizer on the stable toolchain) of every
+## decoder of outside input, FUZZ_SECONDS per target, from the committed corpus (fuzz/corpus, left
+## as it is: new inputs go to fuzz/target/corpus). A failing input is left in fuzz/artifacts/<target>/:
+## add it to fuzz/regressions/<target>/ once fixed (tests/fuzz_corpora.rs replays both in make test).
+FUZZ_SECONDS ?= 20
+FUZZ_TARGETS := usage_json usage_avro usage_confluent billing_commands priced_feed changelog_state rate_card_files
+CARGO_FUZZ_VERSION := 0.13.2
+fuzz:
+	@$(CARGO) fuzz --version 2>/dev/null | grep -q $(CARGO_FUZZ_VERSION) || $(CARGO) install cargo-fuzz --locked --version $(CARGO_FUZZ_VERSION)
+	$(CARGO) fuzz build -s none
+	@set -eo pipefail; for t in $(FUZZ_TARGETS); do \
+	  mkdir -p fuzz/target/corpus/$$t; \
+	  echo "[fuzz] $$t, $(FUZZ_SECONDS) s"; \
+	  $(CARGO) fuzz run -s none $$t fuzz/target/corpus/$$t fuzz/corpus/$$t -- \
+	    -max_total_time=$(FUZZ_SECONDS) -max_len=8192 -timeout=10 -rss_limit_mb=2048 2>&1 | grep -E '^(Done|==|SUMMARY|.*panicked)' ; \
+	done
 
 ## Install (once) and start the broker and ClickHouse.
 up:
