@@ -2,12 +2,37 @@
 # Starts a ClickHouse server as the current user on loopback, with its
 # config, data and logs under DIR, unless one already answers on HTTP_PORT.
 # Used by up.sh for the shared server, and by tests that need a server of
-# their own (to stop it).  Usage: clickhouse-server.sh DIR HTTP_PORT TCP_PORT
+# their own (to stop it).  Usage: clickhouse-server.sh DIR HTTP_PORT TCP_PORT [HTTPS_PORT]
+# With HTTPS_PORT, it also serves HTTPS with a certificate of a CA made here
+# (DIR/tls/ca.pem: what a client trusts), for the TLS test.
 set -euo pipefail
-ch="$1"; http_port="$2"; tcp_port="$3"
+ch="$1"; http_port="$2"; tcp_port="$3"; https_port="${4:-}"
 ping() { [ "$(curl -fsS "http://127.0.0.1:$http_port/ping" 2>/dev/null)" = "Ok." ]; }
 if ping; then exit 0; fi
 mkdir -p "$ch/data" "$ch/tmp" "$ch/log" "$ch/user_files" "$ch/format_schemas"
+https_config=""
+if [ -n "$https_port" ]; then
+  tls="$ch/tls"
+  if [ ! -f "$tls/server.pem" ]; then
+    mkdir -p "$tls"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=usage-pipeline local CA" \
+      -keyout "$tls/ca.key" -out "$tls/ca.pem" 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" \
+      -keyout "$tls/server.key" -out "$tls/server.csr" 2>/dev/null
+    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >"$tls/ext"
+    openssl x509 -req -in "$tls/server.csr" -CA "$tls/ca.pem" -CAkey "$tls/ca.key" -CAcreateserial \
+      -days 3650 -extfile "$tls/ext" -out "$tls/server.pem" 2>/dev/null
+  fi
+  https_config="<https_port>$https_port</https_port>
+  <openSSL><server>
+    <certificateFile>$tls/server.pem</certificateFile>
+    <privateKeyFile>$tls/server.key</privateKeyFile>
+    <verificationMode>none</verificationMode>
+    <loadDefaultCAFile>false</loadDefaultCAFile>
+    <disableProtocols>sslv2,sslv3</disableProtocols>
+    <preferServerCiphers>true</preferServerCiphers>
+  </server></openSSL>"
+fi
 cat >"$ch/config.xml" <<XML
 <?xml version="1.0"?>
 <yandex>
@@ -21,6 +46,7 @@ cat >"$ch/config.xml" <<XML
   <listen_host>127.0.0.1</listen_host>
   <http_port>$http_port</http_port>
   <tcp_port>$tcp_port</tcp_port>
+  $https_config
   <path>$ch/data/</path>
   <tmp_path>$ch/tmp/</tmp_path>
   <user_files_path>$ch/user_files/</user_files_path>

@@ -38,7 +38,7 @@ if clickhouse_ping; then
 else
   ch="$DATA_DIR/clickhouse"
   log "starting ClickHouse on http://127.0.0.1:$CLICKHOUSE_HTTP_PORT (data: $ch)"
-  "$(dirname "${BASH_SOURCE[0]}")/clickhouse-server.sh" "$ch" "$CLICKHOUSE_HTTP_PORT" "$CLICKHOUSE_TCP_PORT"
+  "$(dirname "${BASH_SOURCE[0]}")/clickhouse-server.sh" "$ch" "$CLICKHOUSE_HTTP_PORT" "$CLICKHOUSE_TCP_PORT" "$CLICKHOUSE_HTTPS_PORT"
 fi
 
 log "Kafka protocol: 127.0.0.1:$KAFKA_PORT   ClickHouse: http://127.0.0.1:$CLICKHOUSE_HTTP_PORT   stop with: make down"

@@ -21,6 +21,7 @@
 //! user = "default"                    # CLICKHOUSE_USER
 //! password = ""                       # CLICKHOUSE_PASSWORD
 //! compression = "lz4"                 # CLICKHOUSE_COMPRESSION: lz4 | none (none pays on one host)
+//! ca_file = "/etc/ssl/ch-ca.pem"      # CLICKHOUSE_CA_FILE: trusted for https:// besides the public roots
 //!
 //! [pipeline]
 //! group_id = "usage-pipeline"         # USAGE_GROUP_ID
@@ -106,6 +107,7 @@ struct ClickHouseSection {
     user: Option<String>,
     password: Option<String>,
     compression: Option<String>,
+    ca_file: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -170,6 +172,7 @@ impl Settings {
                 Some("none") => false,
                 Some(other) => bail!("clickhouse.compression must be lz4 or none, is {other:?}"),
             },
+            ca_file: env("CLICKHOUSE_CA_FILE").or(file.clickhouse.ca_file).map(PathBuf::from),
             ..ClickHouseSettings::default()
         };
         let defaults = StreamConfig::default();

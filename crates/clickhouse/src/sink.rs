@@ -17,6 +17,9 @@ pub struct ClickHouseSettings {
     /// LZ4 on INSERTs: less to send over a network, more CPU on both
     /// ends (a loss when ClickHouse runs on the same host).
     pub compress_inserts: bool,
+    /// PEM certificates trusted for `https://` URLs besides the Mozilla
+    /// roots (a private CA, a self-signed server).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// The password never shows, whoever prints the settings.
@@ -29,6 +32,7 @@ impl std::fmt::Debug for ClickHouseSettings {
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("insert_timeout", &self.insert_timeout)
             .field("compress_inserts", &self.compress_inserts)
+            .field("ca_file", &self.ca_file)
             .finish()
     }
 }
@@ -42,6 +46,7 @@ impl Default for ClickHouseSettings {
             password: None,
             insert_timeout: Duration::from_secs(60),
             compress_inserts: true,
+            ca_file: None,
         }
     }
 }
@@ -58,6 +63,50 @@ pub enum SinkError {
     },
     #[error("ClickHouse: {0}")]
     Unexpected(String),
+    #[error("ClickHouse CA file {path}: {detail}")]
+    CaFile { path: String, detail: String },
+}
+
+/// The client of every ClickHouse call: `https://` URLs are checked
+/// against the Mozilla roots and the certificates of `ca_file` (PEM).
+/// Built here rather than by the `clickhouse` crate, whose TLS features
+/// panic when the system has no roots and take no CA file.
+fn base_client(ca_file: Option<&std::path::Path>) -> Result<Client, SinkError> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = ca_file {
+        let error = |detail: String| SinkError::CaFile { path: path.display().to_string(), detail };
+        let mut added = 0;
+        for cert in rustls_pki_types::CertificateDer::pem_file_iter(path).map_err(|e| error(e.to_string()))? {
+            roots.add(cert.map_err(|e| error(e.to_string()))?).map_err(|e| error(e.to_string()))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(error("no PEM certificate in it".into()));
+        }
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(rustls::crypto::ring::default_provider().into())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| SinkError::Unexpected(format!("TLS set-up: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    // As the crate's own client: keepalive, and idle connections dropped
+    // before ClickHouse's 3 s keep-alive timeout closes them.
+    http.set_keepalive(Some(std::time::Duration::from_secs(60)));
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Ok(Client::with_http_client(
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_idle_timeout(std::time::Duration::from_secs(2))
+            .build(connector),
+    ))
 }
 
 fn ch(context: impl Into<String>) -> impl FnOnce(clickhouse::error::Error) -> SinkError {
@@ -82,7 +131,10 @@ impl ClickHouseSink {
         }
         let compression =
             if settings.compress_inserts { clickhouse::Compression::Lz4 } else { clickhouse::Compression::None };
-        let mut client = Client::default().with_url(&settings.url).with_validation(false).with_compression(compression);
+        let mut client = base_client(settings.ca_file.as_deref())?
+            .with_url(&settings.url)
+            .with_validation(false)
+            .with_compression(compression);
         if let Some(user) = &settings.user {
             client = client.with_user(user);
         }
