@@ -5,24 +5,12 @@
 //! unknown; a CA file that is missing or holds no certificate is a clear
 //! error at start.
 
-use std::time::{Duration, Instant};
 use usage_clickhouse::{ClickHouseSettings, ClickHouseSink};
-use usage_integration_tests::{isolated_env, repo_root, spawn_binary, unique};
+use usage_integration_tests::{exits_successfully, isolated_env, repo_root, spawn_binary, unique};
 
 fn https_url() -> String {
     let port = std::env::var("LOCAL_CLICKHOUSE_HTTPS_PORT").unwrap_or_else(|_| "8443".into());
     format!("https://localhost:{port}")
-}
-
-fn finish(mut child: usage_integration_tests::Running, what: &str, log: &std::path::Path) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status.success();
-        }
-        assert!(Instant::now() < deadline, "{what} did not finish; see {}", log.display());
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]
@@ -41,7 +29,7 @@ fn https_with_the_servers_ca_works_and_without_it_is_refused() {
     };
 
     // Without the CA: refused, saying why.
-    assert!(!finish(spawn_binary(&env, &["setup"], &log), "setup", &log), "an unknown CA must be refused");
+    assert!(!exits_successfully(spawn_binary(&env, &["setup"], &log), "setup", &log), "an unknown CA must be refused");
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(
         text.contains("certificate") || text.contains("UnknownIssuer"),
@@ -52,17 +40,28 @@ fn https_with_the_servers_ca_works_and_without_it_is_refused() {
     let empty = std::env::temp_dir().join(format!("{}.pem", unique("empty")));
     std::fs::write(&empty, "not a certificate\n").unwrap();
     for bad in ["/nonexistent/ca.pem", empty.to_str().unwrap()] {
-        assert!(!finish(spawn_binary(&with_ca(bad), &["setup"], &log), "setup", &log), "{bad} must be refused");
+        assert!(
+            !exits_successfully(spawn_binary(&with_ca(bad), &["setup"], &log), "setup", &log),
+            "{bad} must be refused"
+        );
         let text = std::fs::read_to_string(&log).unwrap();
         assert!(text.contains(&format!("ClickHouse CA file {bad}")), "the error names {bad}; see {}", log.display());
     }
 
     // With it: setup, some usage, a run whose INSERTs go over HTTPS.
     let env = with_ca(ca.to_str().unwrap());
-    assert!(finish(spawn_binary(&env, &["setup"], &log), "setup", &log), "setup over https; see {}", log.display());
+    assert!(
+        exits_successfully(spawn_binary(&env, &["setup"], &log), "setup", &log),
+        "setup over https; see {}",
+        log.display()
+    );
     let produce = spawn_binary(&env, &["produce", "--synthetic", "500", "--bad-every", "0"], &log);
-    assert!(finish(produce, "produce", &log), "produce; see {}", log.display());
-    assert!(finish(spawn_binary(&env, &["run", "--until-caught-up"], &log), "run", &log), "run; see {}", log.display());
+    assert!(exits_successfully(produce, "produce", &log), "produce; see {}", log.display());
+    assert!(
+        exits_successfully(spawn_binary(&env, &["run", "--until-caught-up"], &log), "run", &log),
+        "run; see {}",
+        log.display()
+    );
     let sink = ClickHouseSink::new(ClickHouseSettings {
         url: https_url(),
         database: database.clone(),

@@ -6,25 +6,13 @@
 //! refuses, so that errors are printed too. No line of any output holds a
 //! secret.
 
-use std::time::{Duration, Instant};
-use usage_integration_tests::{isolated_env, spawn_binary, unique};
+use usage_integration_tests::{exits_successfully, isolated_env, spawn_binary, unique};
 
 /// The local server's password for `secret_test` (a test fixture).
 const CLICKHOUSE_PASSWORD: &str = "pw-local-Zq8LrT4vX1";
 const WRONG_PASSWORD: &str = "pw-wrong-Hk29QxW7";
 const KAFKA_SECRET: &str = "kafka-secret-Mv83JdPq";
 const OAUTH_SECRET: &str = "oauth-secret-Yt61BnRc";
-
-fn finish(mut child: usage_integration_tests::Running, what: &str, log: &std::path::Path) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status.success();
-        }
-        assert!(Instant::now() < deadline, "{what} did not finish; see {}", log.display());
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 #[test]
 fn no_output_of_any_command_holds_a_password_or_secret() {
@@ -43,8 +31,9 @@ fn no_output_of_any_command_holds_a_password_or_secret() {
     env.push(("CLICKHOUSE_USER", "secret_test".into()));
     env.push(("CLICKHOUSE_PASSWORD", CLICKHOUSE_PASSWORD.into()));
 
-    let run =
-        |env: &[(&'static str, String)], args: &[&str]| finish(spawn_binary(env, args, &log), &args.join(" "), &log);
+    let run = |env: &[(&'static str, String)], args: &[&str]| {
+        exits_successfully(spawn_binary(env, args, &log), &args.join(" "), &log)
+    };
     let mut debug_env = env.clone();
     debug_env.push(("USAGE_LOG", "debug,rdkafka=info".into()));
     assert!(run(&debug_env, &["setup"]), "setup as secret_test; see {}", log.display());

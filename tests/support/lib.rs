@@ -143,6 +143,18 @@ pub fn spawn_binary(env: &[(&'static str, String)], args: &[&str], log: &std::pa
     )
 }
 
+/// Waits (at most 180 s) for `child` to exit; whether it succeeded.
+pub fn exits_successfully(mut child: Running, what: &str, log: &std::path::Path) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    loop {
+        if let Some(status) = child.try_wait().expect("child status") {
+            return status.success();
+        }
+        assert!(std::time::Instant::now() < deadline, "{what} did not finish; see {}", log.display());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 /// A spawned binary, killed if still running when dropped: a test that
 /// fails half-way leaves no pipeline consuming behind it.
 pub struct Running(pub std::process::Child);
