@@ -161,6 +161,29 @@ fn peak_rss(pid: u32) -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// Sends the cases as they are (null keys and payloads included), the i-th
+/// to `partition(i)`, through a plain librdkafka producer that takes
+/// messages of up to 4 MiB.
+fn send_raw(topic: &str, cases: &[Case], partition: impl Fn(usize) -> i32) {
+    let producer: BaseProducer = {
+        let mut config = rdkafka::ClientConfig::new();
+        config.set("bootstrap.servers", kafka_settings().brokers).set("message.max.bytes", "4194304");
+        config.create().unwrap()
+    };
+    for (i, case) in cases.iter().enumerate() {
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).partition(partition(i));
+        if let Some(k) = &case.key {
+            record = record.key(k.as_slice());
+        }
+        if let Some(v) = &case.value {
+            record = record.payload(v.as_slice());
+        }
+        producer.send(record).map_err(|(e, _)| e).unwrap();
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(60)).unwrap();
+}
+
 #[test]
 fn hostile_messages_are_dead_lettered_with_their_reason_and_good_ones_priced_exactly() {
     let (raw, dlq, group, database) = (unique("xraw"), unique("xdlq"), unique("xgroup"), unique("hostile"));
@@ -187,25 +210,8 @@ fn hostile_messages_are_dead_lettered_with_their_reason_and_good_ones_priced_exa
         stream.push(case);
         good(&mut stream, Some(b"acct".to_vec()));
     }
-    // Spread over both partitions, in order within each.
-    let producer: BaseProducer = {
-        let mut config = rdkafka::ClientConfig::new();
-        config.set("bootstrap.servers", kafka_settings().brokers).set("message.max.bytes", "4194304");
-        config.create().unwrap()
-    };
-    for (i, case) in stream.iter().enumerate() {
-        let partition = (i % PARTITIONS as usize) as i32;
-        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&raw).partition(partition);
-        if let Some(k) = &case.key {
-            record = record.key(k.as_slice());
-        }
-        if let Some(v) = &case.value {
-            record = record.payload(v.as_slice());
-        }
-        producer.send(record).map_err(|(e, _)| e).unwrap();
-        producer.poll(Duration::ZERO);
-    }
-    producer.flush(Duration::from_secs(60)).unwrap();
+    // Spread over every partition, in order within each.
+    send_raw(&raw, &stream, |i| (i % PARTITIONS as usize) as i32);
 
     // One run to the end, exit 0, memory watched.
     let mut run = spawn_binary(&env, &["run", "--until-caught-up"], &log);
@@ -356,23 +362,7 @@ fn hostile_billing_commands_are_dead_lettered_with_their_reason_and_good_ones_ap
     // Every message goes to the partition the good account's commands are
     // on: the ledger applies a partition's commands in order.
     let partition = usage_kafka::partition_for_key(b"good-1", PARTITIONS);
-    let producer: BaseProducer = {
-        let mut config = rdkafka::ClientConfig::new();
-        config.set("bootstrap.servers", kafka_settings().brokers);
-        config.create().unwrap()
-    };
-    for case in &stream {
-        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&commands_topic).partition(partition);
-        if let Some(k) = &case.key {
-            record = record.key(k.as_slice());
-        }
-        if let Some(v) = &case.value {
-            record = record.payload(v.as_slice());
-        }
-        producer.send(record).map_err(|(e, _)| e).unwrap();
-        producer.poll(Duration::ZERO);
-    }
-    producer.flush(Duration::from_secs(60)).unwrap();
+    send_raw(&commands_topic, &stream, |_| partition);
 
     let mut ledger = spawn_binary(&env, &["ledger", "--until-caught-up"], &log);
     let deadline = Instant::now() + Duration::from_secs(300);
