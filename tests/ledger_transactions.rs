@@ -39,7 +39,7 @@ fn config() -> LedgerConfig {
         // Small batches: many transactions, some of them failing.
         batch_records_max: 7,
         transactional_id: Some("ledger-tx".into()),
-        retry_backoff_initial: Duration::from_millis(50),
+        retry: usage_ledger_stage::RetryPolicy { initial: Duration::from_millis(50), ..Default::default() },
         stop_when: StopWhen::CaughtUp { idle: Duration::from_secs(2) },
         ..LedgerConfig::default()
     }

@@ -45,8 +45,8 @@ use usage_kafka::{
     TopicSpec,
 };
 use usage_ledger::{AccountCommand, AccountState, Applied, LedgerEntry, LedgerEvent, PartitionLedger, PricedUsage};
-use usage_runtime::{GaveUp, RetryPolicy};
-pub use usage_runtime::{Shutdown, StopWhen};
+use usage_runtime::GaveUp;
+pub use usage_runtime::{RetryPolicy, Shutdown, StopWhen};
 
 /// Bound on broker calls (metadata, commits, restores of a partition).
 const KAFKA_CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -90,10 +90,9 @@ pub struct LedgerConfig {
     /// Ledger entries awaiting ClickHouse beyond which the loop waits for
     /// ClickHouse instead of consuming (bounds memory during an outage).
     pub pending_entries_max: usize,
-    pub retry_backoff_initial: Duration,
-    pub retry_backoff_max: Duration,
-    /// After a shutdown request, how long a failing step keeps retrying.
-    pub shutdown_grace: Duration,
+    /// Backoff between retries, and how long a failing step keeps retrying
+    /// after a shutdown request.
+    pub retry: RetryPolicy,
     pub queued_kbytes_max: u32,
     pub stop_when: StopWhen,
     pub assignment_timeout: Duration,
@@ -117,9 +116,7 @@ impl Default for LedgerConfig {
             event_format: EventFormat::Json,
             transactional_id: None,
             pending_entries_max: 500_000,
-            retry_backoff_initial: Duration::from_millis(200),
-            retry_backoff_max: Duration::from_secs(10),
-            shutdown_grace: Duration::from_secs(30),
+            retry: RetryPolicy::default(),
             queued_kbytes_max: 16 * 1024,
             stop_when: StopWhen::Never,
             assignment_timeout: Duration::from_secs(60),
@@ -286,7 +283,7 @@ impl Ledger {
                     self.partitions.clear();
                     self.catching_up.clear();
                     self.held.clear();
-                    tokio::time::sleep(self.config.retry_backoff_initial).await;
+                    tokio::time::sleep(self.config.retry.initial).await;
                 }
             }
         }
@@ -893,7 +890,7 @@ impl Ledger {
             self.last_entries_write = Instant::now();
             self.start_entries_write();
         }
-        let mut backoff = self.config.retry_backoff_initial;
+        let mut backoff = self.config.retry.initial;
         while self.partitions.values().map(PartitionLedger::n_unsent_entries).sum::<usize>()
             >= self.config.pending_entries_max
             && !shutdown.is_requested()
@@ -901,7 +898,7 @@ impl Ledger {
             tracing::warn!(max = self.config.pending_entries_max, "too many ledger entries wait: pausing input");
             if !self.finish_entries_write(report, true).await {
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(self.config.retry_backoff_max);
+                backoff = (backoff * 2).min(self.config.retry.max);
             }
             self.start_entries_write();
         }
@@ -925,12 +922,7 @@ impl Ledger {
         shutdown: &Shutdown,
         attempt: impl FnMut() -> F,
     ) -> Result<T, LedgerRunError> {
-        let policy = RetryPolicy {
-            initial: self.config.retry_backoff_initial,
-            max: self.config.retry_backoff_max,
-            shutdown_grace: self.config.shutdown_grace,
-        };
-        Ok(usage_runtime::retry(what, policy, shutdown, attempt).await?)
+        Ok(usage_runtime::retry(what, self.config.retry, shutdown, attempt).await?)
     }
 }
 

@@ -3,7 +3,7 @@
 use std::time::Duration;
 use usage_codec::ValueFormat;
 use usage_model::EventLimits;
-use usage_runtime::StopWhen;
+use usage_runtime::{RetryPolicy, StopWhen};
 
 #[derive(Clone, Debug)]
 pub struct StreamConfig {
@@ -31,12 +31,10 @@ pub struct StreamConfig {
     pub batch_idle: Duration,
     pub value_format: ValueFormat,
     pub limits: EventLimits,
-    /// Backoff between retries of a failed INSERT or dead-letter send.
-    pub retry_backoff_initial: Duration,
-    pub retry_backoff_max: Duration,
-    /// After a shutdown request, how long a failing delivery keeps retrying
+    /// Backoff between retries of a failed INSERT or dead-letter send, and
+    /// how long a failing delivery keeps retrying after a shutdown request
     /// before the process exits without committing (at-least-once).
-    pub shutdown_grace: Duration,
+    pub retry: RetryPolicy,
     /// librdkafka prefetch bound (`queued.max.messages.kbytes`), KiB.
     pub queued_kbytes_max: u32,
     pub stop_when: StopWhen,
@@ -69,9 +67,7 @@ impl Default for StreamConfig {
             batch_idle: Duration::from_millis(500),
             value_format: ValueFormat::Auto,
             limits: EventLimits::default(),
-            retry_backoff_initial: Duration::from_millis(200),
-            retry_backoff_max: Duration::from_secs(10),
-            shutdown_grace: Duration::from_secs(30),
+            retry: RetryPolicy::default(),
             queued_kbytes_max: 16 * 1024,
             stop_when: StopWhen::Never,
             assignment_timeout: Duration::from_secs(60),

@@ -36,4 +36,4 @@ pub use config::StreamConfig;
 pub use pipeline::{prepare, Pipeline, PipelineError};
 pub use rate_cards::{publish, rate_cards_topic_spec, read_dir_texts, PublishReport, RateCardsError, RateFeed};
 pub use report::RunReport;
-pub use usage_runtime::{Shutdown, StopWhen};
+pub use usage_runtime::{RetryPolicy, Shutdown, StopWhen};

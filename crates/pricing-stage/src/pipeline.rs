@@ -68,7 +68,7 @@ use usage_kafka::{
 };
 use usage_model::Amount;
 use usage_pricing::RateBook;
-use usage_runtime::{Backoff, GaveUp, RetryPolicy, Shutdown, StopWhen};
+use usage_runtime::{Backoff, GaveUp, Shutdown, StopWhen};
 
 /// How often a filling batch feeds the ledger what it priced so far: the
 /// part of threshold-event latency due to the pricing stage (a feed costs
@@ -127,15 +127,6 @@ impl PipelineError {
     /// were in the batch.
     pub(crate) fn undelivered(gave_up: GaveUp, n_messages: u64) -> Self {
         PipelineError::Undelivered { n_messages, what: gave_up.what, error: gave_up.error }
-    }
-}
-
-/// The stage's retry policy, from its settings.
-pub(crate) fn retry_policy(config: &StreamConfig) -> RetryPolicy {
-    RetryPolicy {
-        initial: config.retry_backoff_initial,
-        max: config.retry_backoff_max,
-        shutdown_grace: config.shutdown_grace,
     }
 }
 
@@ -699,7 +690,7 @@ impl Pipeline {
         shutdown: &Shutdown,
     ) -> Result<Option<(Option<i64>, Vec<usage_clickhouse::StoredKey>)>, PipelineError> {
         let prefix = self.query_id_prefix(topic, partition);
-        let mut backoff = Backoff::new("taking a partition", crate::pipeline::retry_policy(&self.config));
+        let mut backoff = Backoff::new("taking a partition", self.config.retry);
         loop {
             if shutdown.is_requested() {
                 return Ok(None);
@@ -707,14 +698,14 @@ impl Pipeline {
             // An INSERT of our own earlier epoch first (a partition given
             // back to us), then any other instance's.
             let local_wait = Instant::now();
-            while self.holdings.inserting(topic, partition) && local_wait.elapsed() < self.config.retry_backoff_max {
+            while self.holdings.inserting(topic, partition) && local_wait.elapsed() < self.config.retry.max {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             let attempt = async {
                 if self.holdings.inserting(topic, partition) {
                     return Err(SinkError::Unexpected(format!("our INSERT of {topic}/{partition} is still running")));
                 }
-                if !self.sink.wait_for_queries(&prefix, self.config.retry_backoff_max).await? {
+                if !self.sink.wait_for_queries(&prefix, self.config.retry.max).await? {
                     return Err(SinkError::Unexpected(format!("an INSERT of {topic}/{partition} is still running")));
                 }
                 let last = self.sink.last_stored_offset(topic, partition).await?;
@@ -738,7 +729,7 @@ impl Pipeline {
         payload: &[u8],
         shutdown: &Shutdown,
     ) -> Option<Result<usage_model::PricedEvent, usage_model::Rejection>> {
-        let mut backoff = self.config.retry_backoff_initial;
+        let mut backoff = self.config.retry.initial;
         loop {
             match self.processor.evaluate(payload) {
                 MessageOutcome::Priced(p) => return Some(Ok(*p)),
@@ -749,7 +740,7 @@ impl Pipeline {
                         _ = shutdown.requested() => return None,
                         _ = tokio::time::sleep(backoff) => {}
                     }
-                    backoff = (backoff * 2).min(self.config.retry_backoff_max);
+                    backoff = (backoff * 2).min(self.config.retry.max);
                 }
             }
         }
@@ -824,7 +815,7 @@ impl Pipeline {
     /// done: the next batch's rows must not reach the ledger before these.
     async fn complete_feed(&self, batch: &mut Batch, shutdown: &Shutdown) -> Result<(), PipelineError> {
         let n_messages = batch.n_messages();
-        let mut backoff = Backoff::new("ledger feed", crate::pipeline::retry_policy(&self.config));
+        let mut backoff = Backoff::new("ledger feed", self.config.retry);
         loop {
             match self.feed_in_order(batch, true).await {
                 Ok(()) if batch.partitions.values().all(|p| p.fed == p.rows.len()) => {
