@@ -6,64 +6,16 @@
 //! The test runs a ClickHouse server of its own (the shared one serves the
 //! other tests).
 
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 use usage_clickhouse::{ClickHouseSettings, ClickHouseSink};
 use usage_integration_tests::{
-    catch_up_stop_and_check, expected_by_account, isolated_env, kafka_settings, repo_root, send_records, spawn_binary,
-    stored_rows, unique,
+    catch_up_stop_and_check, expected_by_account, isolated_env, kafka_settings, send_records, spawn_binary,
+    stored_rows, unique, OwnClickHouse,
 };
 use usage_kafka::Producer;
 use usage_synth::{Encoding, Generator, SynthConfig, SynthMessage};
 
 const EVENTS: usize = 30_000;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// A ClickHouse server of this test's own, in `dir`.
-struct OwnClickHouse {
-    dir: PathBuf,
-    http: u16,
-    tcp: u16,
-}
-
-impl OwnClickHouse {
-    fn start(&self) {
-        let status = Command::new(repo_root().join("deploy/local/clickhouse-server.sh"))
-            .args([self.dir.to_str().unwrap(), &self.http.to_string(), &self.tcp.to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success(), "the test's ClickHouse started");
-    }
-
-    fn kill(&self) {
-        let pid = std::fs::read_to_string(self.dir.join("pid")).unwrap();
-        let status = Command::new("kill").args(["-9", pid.trim()]).status().unwrap();
-        assert!(status.success());
-        // Wait for the port to close.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", self.http)).is_ok() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.http)
-    }
-}
-
-impl Drop for OwnClickHouse {
-    fn drop(&mut self) {
-        if let Ok(pid) = std::fs::read_to_string(self.dir.join("pid")) {
-            let _ = Command::new("kill").args(["-9", pid.trim()]).status();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 fn peak_rss_bytes(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -87,8 +39,7 @@ fn clickhouse_outage_delays_rows_but_never_loses_or_doubles_them_across_a_month_
 }
 
 fn run_ending(end: chrono::DateTime<chrono::Utc>) {
-    let ch =
-        OwnClickHouse { dir: std::env::temp_dir().join(unique("own-clickhouse")), http: free_port(), tcp: free_port() };
+    let ch = OwnClickHouse::new(false);
     ch.start();
     let (raw, dlq, group, database) = (unique("oraw"), unique("odlq"), unique("ogroup"), unique("outage"));
     let mut env = isolated_env(&raw, &dlq, &group, &database);

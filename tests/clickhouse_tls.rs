@@ -1,26 +1,22 @@
-//! ClickHouse over HTTPS (issue 13), against the local server's HTTPS port,
-//! whose certificate comes from a CA that deploy/local/clickhouse-server.sh
-//! made (`.data/clickhouse/tls/ca.pem`): with that CA file in the config,
+//! ClickHouse over HTTPS (issue 13), against a server of the test's own on
+//! HTTPS, whose certificate comes from a CA that
+//! deploy/local/clickhouse-server.sh made: with that CA file in the config,
 //! setup, a run and its INSERTs work; without it the server is refused as
 //! unknown; a CA file that is missing or holds no certificate is a clear
 //! error at start.
 
 use usage_clickhouse::{ClickHouseSettings, ClickHouseSink};
-use usage_integration_tests::{exits_successfully, isolated_env, repo_root, spawn_binary, unique};
-
-fn https_url() -> String {
-    let port = std::env::var("LOCAL_CLICKHOUSE_HTTPS_PORT").unwrap_or_else(|_| "8443".into());
-    format!("https://localhost:{port}")
-}
+use usage_integration_tests::{exits_successfully, isolated_env, spawn_binary, unique, OwnClickHouse};
 
 #[test]
 fn https_with_the_servers_ca_works_and_without_it_is_refused() {
-    let ca = repo_root().join(".data/clickhouse/tls/ca.pem");
-    assert!(ca.exists(), "{} is missing: make up makes it (restart ClickHouse if it predates it)", ca.display());
+    let server = OwnClickHouse::new(true);
+    server.start();
+    let ca = server.ca_file();
     let (raw, dlq, group, database) = (unique("traw"), unique("tdlq"), unique("tgroup"), unique("tls"));
     let log = std::env::temp_dir().join(format!("{}.log", unique("clickhouse-tls")));
     let mut env = isolated_env(&raw, &dlq, &group, &database);
-    env.push(("CLICKHOUSE_URL", https_url()));
+    env.push(("CLICKHOUSE_URL", server.https_url()));
     env.push(("USAGE_PRICED_TOPIC", String::new()));
     let with_ca = |ca: &str| {
         let mut e = env.clone();
@@ -63,7 +59,7 @@ fn https_with_the_servers_ca_works_and_without_it_is_refused() {
         log.display()
     );
     let sink = ClickHouseSink::new(ClickHouseSettings {
-        url: https_url(),
+        url: server.https_url(),
         database: database.clone(),
         ca_file: Some(ca),
         ..ClickHouseSettings::default()
@@ -72,6 +68,5 @@ fn https_with_the_servers_ca_works_and_without_it_is_refused() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let rows = rt.block_on(sink.query_tsv(&format!("SELECT count() FROM {}", sink.table("priced_events")))).unwrap();
     assert_eq!(rows[0][0], "500", "every event stored over https");
-    let _ = rt.block_on(sink.execute(&format!("DROP DATABASE IF EXISTS {database}")));
     let _ = std::fs::remove_file(&empty);
 }

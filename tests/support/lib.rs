@@ -317,3 +317,69 @@ pub fn month_straddling_end() -> chrono::DateTime<chrono::Utc> {
     let first = chrono::Utc.with_ymd_and_hms(now.year(), now.month(), 1, 0, 0, 0).single().expect("a valid date");
     first + chrono::Duration::hours(12)
 }
+
+/// A ClickHouse server of a test's own, in `dir` (started by
+/// deploy/local/clickhouse-server.sh, killed and removed when dropped);
+/// with `https`, also on HTTPS with a certificate of `dir/tls/ca.pem`.
+pub struct OwnClickHouse {
+    pub dir: PathBuf,
+    pub http: u16,
+    pub tcp: u16,
+    pub https: Option<u16>,
+}
+
+impl OwnClickHouse {
+    /// A server on free ports, not started yet.
+    pub fn new(https: bool) -> Self {
+        let free_port =
+            || std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("its port").port();
+        Self {
+            dir: std::env::temp_dir().join(unique("own-clickhouse")),
+            http: free_port(),
+            tcp: free_port(),
+            https: https.then(free_port),
+        }
+    }
+
+    pub fn start(&self) {
+        let mut args = vec![self.dir.display().to_string(), self.http.to_string(), self.tcp.to_string()];
+        args.extend(self.https.map(|p| p.to_string()));
+        let status =
+            std::process::Command::new(repo_root().join("deploy/local/clickhouse-server.sh")).args(&args).status();
+        assert!(status.is_ok_and(|s| s.success()), "the test's ClickHouse started");
+    }
+
+    /// SIGKILL, then waits (at most 30 s) for its port to close.
+    pub fn kill(&self) {
+        let pid = std::fs::read_to_string(self.dir.join("pid")).expect("its pid file");
+        let status = std::process::Command::new("kill").args(["-9", pid.trim()]).status().expect("kill");
+        assert!(status.success());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.http)).is_ok() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http)
+    }
+
+    /// Its HTTPS URL (by name: the certificate is for `localhost`).
+    pub fn https_url(&self) -> String {
+        format!("https://localhost:{}", self.https.expect("started with https"))
+    }
+
+    /// The CA its HTTPS certificate comes from.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("tls/ca.pem")
+    }
+}
+
+impl Drop for OwnClickHouse {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(self.dir.join("pid")) {
+            let _ = std::process::Command::new("kill").args(["-9", pid.trim()]).status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
