@@ -167,3 +167,61 @@ async fn transactions_commit_state_events_and_offsets_together_through_failed_co
     };
     assert_eq!(money(states(&kafka)), money(first));
 }
+
+/// A fenced producer (another instance took the transactional id, and the
+/// broker says so) is not a passing failure: the ledger stops with a fatal error instead of
+/// aborting and retrying forever; a restart starts afresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_transactional_producer_stops_the_ledger_with_a_fatal_error() {
+    let _ = tracing_subscriber::fmt().with_env_filter("info,rdkafka=warn").with_test_writer().try_init();
+    let mock = MockCluster::new(3).unwrap();
+    for topic in ["priced", "commands", "state", "events", "dlq"] {
+        mock.create_topic(topic, PARTITIONS, 3).unwrap();
+    }
+    let kafka = KafkaSettings { brokers: mock.bootstrap_servers(), ..KafkaSettings::default() };
+    let producer = Producer::new(&kafka, "test").unwrap();
+    let usage = |i: usize| {
+        let record = PricedUsage {
+            event_id: format!("e{i}"),
+            account_id: "acct-0".into(),
+            occurred_at: "2026-02-01T00:00:00Z".parse().unwrap(),
+            currency: "USD".into(),
+            cost: Amount::ONE,
+            origin_topic: "raw".into(),
+            origin_partition: 0,
+            origin_offset: i as i64,
+            lines: Vec::new(),
+        };
+        String::from_utf8(record.to_json()).unwrap()
+    };
+    let first = usage(0);
+    send_records(&producer, "priced", &[(b"acct-0", first.as_bytes())]).await;
+
+    let config = LedgerConfig { stop_when: StopWhen::Never, ..config() };
+    let mut ledger = Ledger::new(config, kafka.clone(), None);
+    let (_stop, shutdown) = Shutdown::new();
+    let running = tokio::spawn(async move { ledger.run(shutdown).await });
+    // Its first transaction is committed (the changelog shows the account).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while read_all(&kafka, "state").is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the ledger committed nothing");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Another instance took the transactional id: the broker answers our
+    // next commit as it then does (the mock cluster does not fence by
+    // itself, so the answer is injected).
+    mock.request_errors(RDKafkaApiKey::EndTxn, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_PRODUCER_FENCED]);
+    let second = usage(1);
+    send_records(&producer, "priced", &[(b"acct-0", second.as_bytes())]).await;
+    let ended = tokio::time::timeout(Duration::from_secs(60), running)
+        .await
+        .expect("the fenced ledger stops by itself within a minute")
+        .unwrap();
+    match ended {
+        Err(e @ usage_ledger_stage::LedgerRunError::Fatal { .. }) => {
+            assert!(e.to_string().contains("fatally"), "{e}")
+        }
+        other => panic!("expected a fatal error, got {other:?}"),
+    }
+}

@@ -383,3 +383,40 @@ impl Drop for OwnClickHouse {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A loopback address with a port free now (for a server the test starts).
+pub fn free_local_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port")
+}
+
+/// `GET path` over plain HTTP/1.1: the status and body, or `None` while
+/// nothing answers.
+pub fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Some((status, body))
+}
+
+/// Polls `GET path` every 250 ms until `wanted` accepts the answer, at
+/// most `timeout`; the last answer.
+pub fn wait_for_http(
+    addr: std::net::SocketAddr,
+    path: &str,
+    timeout: std::time::Duration,
+    wanted: impl Fn(u16, &str) -> bool,
+) -> Option<(u16, String)> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let answer = http_get(addr, path);
+        if answer.as_ref().is_some_and(|(s, b)| wanted(*s, b)) || std::time::Instant::now() >= deadline {
+            return answer;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+}

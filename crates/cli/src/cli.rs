@@ -90,6 +90,9 @@ pub struct LedgerArgs {
     /// With --until-caught-up: how long nothing must arrive before stopping.
     #[arg(long, default_value_t = 2000)]
     pub idle_ms: u64,
+    /// Serve /healthz and /readyz here (overrides USAGE_METRICS_ADDR).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_addr: Option<String>,
 }
 
 #[derive(Args)]
@@ -185,6 +188,9 @@ pub struct RunArgs {
     /// With --until-caught-up: how long nothing must arrive before stopping.
     #[arg(long, default_value_t = 2000)]
     pub idle_ms: u64,
+    /// Serve /healthz and /readyz here (overrides USAGE_METRICS_ADDR).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_addr: Option<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]

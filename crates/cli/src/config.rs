@@ -33,6 +33,7 @@
 //! batch_linger_ms = 2000             # a batch closes this long after its first message
 //! dedup_window_days = 35              # duplicates checked in memory; older events looked up
 //! dedup_ids_max = 16000000            # row keys held per partition (8-16 bytes each)
+//! stall_after_s = 120                 # lag and no progress this long: stalled (unready); as long again: rejoin
 //!
 //! [ledger]
 //! priced_topic = "usage.priced"       # USAGE_PRICED_TOPIC ("" : no ledger feed)
@@ -44,11 +45,15 @@
 //! transactional_id = "ledger-1"       # LEDGER_TRANSACTIONAL_ID (brokers with transactions)
 //! batch_linger_ms = 20
 //! write_entries = true                # ledger entries into ClickHouse
+//!
+//! [observability]
+//! metrics_addr = "127.0.0.1:9464"     # USAGE_METRICS_ADDR (or --metrics-addr): /healthz, /readyz
 //! ```
 
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use usage_clickhouse::ClickHouseSettings;
@@ -65,6 +70,13 @@ struct FileConfig {
     clickhouse: ClickHouseSection,
     pipeline: PipelineSection,
     ledger: LedgerSection,
+    observability: ObservabilitySection,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct ObservabilitySection {
+    metrics_addr: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -122,6 +134,7 @@ struct PipelineSection {
     batch_linger_ms: Option<u64>,
     dedup_window_days: Option<u64>,
     dedup_ids_max: Option<usize>,
+    stall_after_s: Option<u64>,
 }
 
 /// Everything a command needs, validated.
@@ -137,6 +150,8 @@ pub struct Settings {
     pub ledger: LedgerConfig,
     /// Whether the ledger writes its entries to ClickHouse.
     pub ledger_writes_entries: bool,
+    /// Where `run` and `ledger` serve their probes (`None`: not served).
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// Upper bound on `batch_events_max`: one INSERT must stay below
@@ -205,6 +220,10 @@ impl Settings {
             value_format,
             dedup_window: p.dedup_window_days.map(|d| Duration::from_secs(d * 86_400)).unwrap_or(defaults.dedup_window),
             dedup_ids_max: p.dedup_ids_max.unwrap_or(defaults.dedup_ids_max),
+            stall_after: match env("USAGE_STALL_AFTER_S").map(|s| s.parse::<u64>()).transpose() {
+                Ok(v) => v.or(p.stall_after_s).map(Duration::from_secs).unwrap_or(defaults.stall_after),
+                Err(e) => bail!("USAGE_STALL_AFTER_S: {e}"),
+            },
             ..defaults
         };
         let l = file.ledger;
@@ -243,7 +262,12 @@ impl Settings {
         if stream.topic_partitions < 1 {
             bail!("topics.partitions must be at least 1");
         }
+        let metrics_addr = match env("USAGE_METRICS_ADDR").or(file.observability.metrics_addr) {
+            Some(a) => Some(parse_addr(&a).context("observability.metrics_addr (USAGE_METRICS_ADDR)")?),
+            None => None,
+        };
         Ok(Self {
+            metrics_addr,
             kafka,
             clickhouse,
             stream,
@@ -258,4 +282,9 @@ impl Settings {
             ledger_writes_entries: l.write_entries.unwrap_or(true),
         })
     }
+}
+
+/// `host:port`, e.g. `127.0.0.1:9464` or `0.0.0.0:9464`.
+pub fn parse_addr(text: &str) -> Result<SocketAddr> {
+    text.parse().with_context(|| format!("{text:?} is not an address and port such as 127.0.0.1:9464"))
 }

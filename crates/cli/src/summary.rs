@@ -32,6 +32,9 @@ pub async fn print_run_summary(report: &RunReport, sink: &ClickHouseSink) -> Res
         "{:<28}{:>10}   over {} batches ({} partition-batches)",
         "INSERTs", report.inserts, report.batches, report.partition_batches
     );
+    if report.rejoins > 0 {
+        println!("{:<28}{:>10}", "group rejoins (stalls)", report.rejoins);
+    }
     if report.rollup_keys_repaired > 0 {
         println!("{:<28}{:>10}", "rollup rows repaired", report.rollup_keys_repaired);
     }

@@ -67,6 +67,68 @@ pub enum SinkError {
     CaFile { path: String, detail: String },
 }
 
+impl SinkError {
+    /// ClickHouse's error code, when the server answered with one
+    /// ("Code: 60. DB::Exception: ...").
+    pub fn server_code(&self) -> Option<u32> {
+        let Self::ClickHouse { source: clickhouse::error::Error::BadResponse(text), .. } = self else { return None };
+        let rest = &text[text.find("Code: ")? + "Code: ".len()..];
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        rest[..digits].parse().ok()
+    }
+}
+
+/// ClickHouse error codes that retrying cannot fix: the schema or the
+/// permissions are not what this version of the pipeline needs (a
+/// migration not run, a table dropped, a user without grants), or what it
+/// sends is refused. From ClickHouse's `src/Common/ErrorCodes.cpp`.
+const PERMANENT_CODES: &[(u32, &str)] = &[
+    (8, "THERE_IS_NO_COLUMN"),
+    (10, "NOT_FOUND_COLUMN_IN_BLOCK"),
+    (16, "NO_SUCH_COLUMN_IN_TABLE"),
+    (20, "NUMBER_OF_COLUMNS_DOESNT_MATCH"),
+    (27, "CANNOT_PARSE_INPUT_ASSERTION_FAILED"),
+    (33, "CANNOT_READ_ALL_DATA"),
+    (46, "UNKNOWN_FUNCTION"),
+    (47, "UNKNOWN_IDENTIFIER"),
+    (53, "TYPE_MISMATCH"),
+    (60, "UNKNOWN_TABLE"),
+    (62, "SYNTAX_ERROR"),
+    (81, "UNKNOWN_DATABASE"),
+    (164, "READONLY"),
+    (192, "UNKNOWN_USER"),
+    (193, "WRONG_PASSWORD"),
+    (194, "REQUIRED_PASSWORD"),
+    (195, "IP_ADDRESS_NOT_ALLOWED"),
+    (291, "DATABASE_ACCESS_DENIED"),
+    (497, "ACCESS_DENIED"),
+    (516, "AUTHENTICATION_FAILED"),
+];
+
+impl usage_runtime::Classify for SinkError {
+    /// Permanent: the codes above, a row format the server's table does not
+    /// match, an answer not understood, a bad setting. Everything else
+    /// (network, timeouts, a server restarting, too many parts, memory
+    /// limits) passes with time.
+    fn class(&self) -> usage_runtime::ErrorClass {
+        use clickhouse::error::Error as E;
+        use usage_runtime::ErrorClass::{Permanent, Retriable};
+        match self {
+            Self::BadDatabaseName(_) | Self::CaFile { .. } | Self::Unexpected(_) => Permanent,
+            Self::ClickHouse { source, .. } => match source {
+                E::BadResponse(_) => match self.server_code() {
+                    Some(code) if PERMANENT_CODES.iter().any(|(c, _)| *c == code) => Permanent,
+                    _ => Retriable,
+                },
+                E::SchemaMismatch(_) | E::InvalidParams(_) | E::Unsupported(_) | E::InvalidColumnsHeader(_) => {
+                    Permanent
+                }
+                _ => Retriable,
+            },
+        }
+    }
+}
+
 /// The client of every ClickHouse call: `https://` URLs are checked
 /// against the Mozilla roots and the certificates of `ca_file` (PEM).
 /// Built here rather than by the `clickhouse` crate, whose TLS features
@@ -404,5 +466,33 @@ mod tests {
         let settings = ClickHouseSettings { password: Some("hunter2".into()), ..ClickHouseSettings::default() };
         let printed = format!("{settings:?}");
         assert!(!printed.contains("hunter2") && printed.contains("<redacted>"), "{printed}");
+    }
+}
+
+#[cfg(test)]
+mod classify_tests {
+    use super::*;
+    use usage_runtime::{Classify, ErrorClass};
+
+    fn answered(text: &str) -> SinkError {
+        SinkError::ClickHouse { context: "insert".into(), source: clickhouse::error::Error::BadResponse(text.into()) }
+    }
+
+    #[test]
+    fn schema_and_permission_errors_are_permanent_the_rest_retriable() {
+        let missing =
+            answered("Code: 60. DB::Exception: Table usage.pipeline_offsets doesn't exist., e.what() = DB::Exception");
+        assert_eq!((missing.server_code(), missing.class()), (Some(60), ErrorClass::Permanent));
+        assert_eq!(answered("Code: 516. DB::Exception: default: Authentication failed").class(), ErrorClass::Permanent);
+        assert_eq!(
+            answered("Code: 164. DB::Exception: Cannot execute query in readonly mode").class(),
+            ErrorClass::Permanent
+        );
+        let parts = answered("Code: 252. DB::Exception: Too many parts (300)");
+        assert_eq!((parts.server_code(), parts.class()), (Some(252), ErrorClass::Retriable));
+        assert_eq!(answered("502 Bad Gateway").class(), ErrorClass::Retriable);
+        let timeout = SinkError::ClickHouse { context: "insert".into(), source: clickhouse::error::Error::TimedOut };
+        assert_eq!(timeout.class(), ErrorClass::Retriable);
+        assert_eq!(SinkError::Unexpected("3 columns".into()).class(), ErrorClass::Permanent);
     }
 }

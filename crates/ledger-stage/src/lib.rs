@@ -45,7 +45,7 @@ use usage_kafka::{
     TopicSpec,
 };
 use usage_ledger::{AccountCommand, AccountState, Applied, LedgerEntry, LedgerEvent, PartitionLedger, PricedUsage};
-use usage_runtime::GaveUp;
+use usage_runtime::{Classify, ErrorClass, GaveUp, Health};
 pub use usage_runtime::{RetryPolicy, Shutdown, StopWhen};
 
 /// Bound on broker calls (metadata, commits, restores of a partition).
@@ -150,10 +150,15 @@ pub enum LedgerRunError {
     NoAssignment { topic: String, seconds: u64 },
     #[error("stopped while {what} kept failing: {error}")]
     Undelivered { what: &'static str, error: String },
+    #[error("{what} failed fatally ({error}); a restart starts afresh")]
+    Fatal { what: &'static str, error: String },
 }
 
 impl From<GaveUp> for LedgerRunError {
     fn from(g: GaveUp) -> Self {
+        if g.fatal {
+            return LedgerRunError::Fatal { what: g.what, error: g.error };
+        }
         LedgerRunError::Undelivered { what: g.what, error: g.error }
     }
 }
@@ -233,6 +238,8 @@ pub struct Ledger {
     /// Input offsets applied since the last changelog write: committed
     /// once the state that covers them is written.
     uncommitted: BTreeMap<(String, i32), i64>,
+    /// Failing steps, for `/readyz`.
+    health: Health,
 }
 
 /// A background INSERT of ledger entries, and which entries it took:
@@ -262,7 +269,14 @@ impl Ledger {
             entries_write: None,
             last_changelog: Instant::now(),
             uncommitted: BTreeMap::new(),
+            health: Health::default(),
         }
+    }
+
+    /// Reports failing steps to `health` (served as `/readyz`).
+    pub fn with_health(mut self, health: Health) -> Self {
+        self.health = health;
+        self
     }
 
     /// The state of an account held by this instance, if it owns it.
@@ -353,7 +367,7 @@ impl Ledger {
                 last_activity = Instant::now();
                 let done = match &self.config.transactional_id {
                     None => self.persist(&consumer, &producer, work, changelog_due, shutdown, report).await?,
-                    Some(_) => self.persist_transactionally(&consumer, &producer, work, report).await,
+                    Some(_) => self.persist_transactionally(&consumer, &producer, work, report).await?,
                 };
                 if !done {
                     return Ok(SessionEnd::Rebuild);
@@ -761,7 +775,7 @@ impl Ledger {
         producer: &Producer,
         work: HashMap<i32, PartitionWork>,
         report: &mut LedgerReport,
-    ) -> bool {
+    ) -> Result<bool, LedgerRunError> {
         // Events travel in the transaction itself: no outbox to persist.
         let events = self.unsent_events();
         for ledger in self.partitions.values_mut() {
@@ -773,7 +787,7 @@ impl Ledger {
         let payloads: Vec<(String, Vec<u8>)> =
             events.iter().map(|e| (e.account_id.clone(), self.encode_event(e))).collect();
         let attempt = async {
-            producer.begin_transaction().map_err(|e| e.to_string())?;
+            producer.begin_transaction().map_err(classified)?;
             let mut messages: Vec<Outgoing<'_>> = changelog
                 .iter()
                 .map(|(p, key, value)| Outgoing {
@@ -791,24 +805,29 @@ impl Ledger {
                 headers: None,
                 partition: None,
             }));
-            producer.send_all(messages).await.map_err(|e| e.to_string())?;
-            producer.send_dead_letters(&self.config.dead_letter_topic, &letters).await.map_err(|e| e.to_string())?;
+            producer.send_all(messages).await.map_err(classified)?;
+            producer.send_dead_letters(&self.config.dead_letter_topic, &letters).await.map_err(classified)?;
             if let Some(tpl) = offsets(&work) {
-                producer.send_offsets_to_transaction(consumer, &tpl).map_err(|e| e.to_string())?;
+                producer.send_offsets_to_transaction(consumer, &tpl).map_err(classified)?;
             }
-            producer.commit_transaction().map_err(|e| e.to_string())
+            producer.commit_transaction().map_err(classified)
         };
         match attempt.await {
             Ok(()) => {
+                self.health.recovered("ledger transaction");
                 report.events_sent += events.len() as u64;
-                true
+                Ok(true)
             }
-            Err(error) => {
-                tracing::warn!(%error, "ledger transaction failed: aborting and rebuilding from the changelog");
+            // A fenced producer (another instance took its transactional
+            // id) or a fatal one cannot recover: stop, a restart starts afresh.
+            Err((ErrorClass::Fatal, error)) => Err(LedgerRunError::Fatal { what: "ledger transaction", error }),
+            Err((class, error)) => {
+                self.health.failed("ledger transaction", class, error.clone());
+                tracing::warn!(%error, ?class, "ledger transaction failed: aborting and rebuilding from the changelog");
                 if let Err(e) = producer.abort_transaction() {
                     tracing::warn!(error = %e, "abort failed (the broker aborts it on timeout)");
                 }
-                false
+                Ok(false)
             }
         }
     }
@@ -872,8 +891,17 @@ impl Ledger {
                     }
                 }
                 report.entries_written += write.n_rows;
+                self.health.recovered("ledger entries to ClickHouse");
             }
-            Ok(Err(e)) => tracing::warn!(error = %e, rows = write.n_rows, "ledger entries wait for ClickHouse"),
+            Ok(Err(e)) => {
+                let class = e.class();
+                self.health.failed("ledger entries to ClickHouse", class, e.to_string());
+                if class == ErrorClass::Retriable {
+                    tracing::warn!(error = %e, rows = write.n_rows, "ledger entries wait for ClickHouse");
+                } else {
+                    tracing::error!(error = %e, rows = write.n_rows, "ledger entries wait for ClickHouse: permanent error, needs an operator");
+                }
+            }
             Err(e) => {
                 tracing::error!(error = %e, "the ledger entries task stopped abnormally; the entries stay pending")
             }
@@ -916,14 +944,19 @@ impl Ledger {
     }
 
     /// Runs `attempt` until it succeeds, with the stages' one retry policy.
-    async fn retry<T, E: std::fmt::Display, F: std::future::Future<Output = Result<T, E>>>(
+    async fn retry<T, E: std::fmt::Display + Classify, F: std::future::Future<Output = Result<T, E>>>(
         &self,
         what: &'static str,
         shutdown: &Shutdown,
         attempt: impl FnMut() -> F,
     ) -> Result<T, LedgerRunError> {
-        Ok(usage_runtime::retry(what, self.config.retry, shutdown, attempt).await?)
+        Ok(usage_runtime::retry(what, self.config.retry, &self.health, shutdown, attempt).await?)
     }
+}
+
+/// An error with its class, for a step whose errors are of several types.
+fn classified<E: Classify + std::fmt::Display>(e: E) -> (ErrorClass, String) {
+    (e.class(), e.to_string())
 }
 
 enum SessionEnd {

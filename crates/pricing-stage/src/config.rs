@@ -51,6 +51,10 @@ pub struct StreamConfig {
     /// are at most 256 MiB). Past it the oldest days leave the window early
     /// and their events are looked up instead.
     pub dedup_ids_max: usize,
+    /// An assigned partition with lag whose position has not moved for this
+    /// long (while the loop consumes) is stalled: logged, `/readyz` fails;
+    /// stalled for as long again, the instance leaves the group and joins again.
+    pub stall_after: Duration,
 }
 
 impl Default for StreamConfig {
@@ -73,6 +77,7 @@ impl Default for StreamConfig {
             assignment_timeout: Duration::from_secs(60),
             dedup_window: Duration::from_secs(35 * 86_400),
             dedup_ids_max: 16_000_000,
+            stall_after: usage_runtime::STALL_AFTER_DEFAULT,
         }
     }
 }

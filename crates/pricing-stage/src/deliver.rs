@@ -20,7 +20,7 @@ use usage_kafka::{
     forward_headers, CommitMode, Consumer, GroupConsumer, Offset, Outgoing, Producer, TopicPartitionList,
 };
 use usage_model::Amount;
-use usage_runtime::{Backoff, Shutdown};
+use usage_runtime::{Backoff, Health, Shutdown};
 
 /// The partitions this instance holds, each with the epoch of its current
 /// assignment (written by the filling side, checked here before each
@@ -108,6 +108,7 @@ pub(crate) struct Deliverer {
     pub producer: Producer,
     pub consumer: Arc<GroupConsumer>,
     pub holdings: Arc<Holdings>,
+    pub health: Health,
 }
 
 impl Deliverer {
@@ -170,7 +171,7 @@ impl Deliverer {
     ) -> Result<(), PipelineError> {
         let letters: Vec<_> = batch.dead_letters().cloned().collect();
         if !letters.is_empty() {
-            let mut backoff = Backoff::new("dead letters", self.config.retry);
+            let mut backoff = Backoff::new("dead letters", self.config.retry, &self.health);
             loop {
                 match self.producer.send_dead_letters(&self.config.dead_letter_topic, &letters).await {
                     Ok(()) => break backoff.succeeded(),
@@ -185,7 +186,7 @@ impl Deliverer {
         if forwards.is_empty() {
             return Ok(());
         }
-        let mut backoff = Backoff::new("forwards to home partitions", self.config.retry);
+        let mut backoff = Backoff::new("forwards to home partitions", self.config.retry, &self.health);
         loop {
             let messages = forwards
                 .iter()
@@ -257,7 +258,7 @@ impl Deliverer {
             return Ok(());
         }
         let refs: Vec<(&str, i32, i64)> = offsets.iter().map(|(t, p, o)| (t.as_str(), *p, *o)).collect();
-        let mut backoff = Backoff::new("recording the offsets", self.config.retry);
+        let mut backoff = Backoff::new("recording the offsets", self.config.retry, &self.health);
         loop {
             match self.sink.record_offsets(&refs).await {
                 Ok(()) => {
@@ -287,7 +288,7 @@ impl Deliverer {
         let month = rows.first().map_or(0, |r| crate::batch::month(r.occurred_at));
         let query_id = format!("{prefix}{first}-{last}-{month}");
         let mut done = Delivered { inserts: 1, ..Delivered::default() };
-        let mut backoff = Backoff::new("ClickHouse insert", self.config.retry);
+        let mut backoff = Backoff::new("ClickHouse insert", self.config.retry, &self.health);
         let mut failed = false;
         loop {
             if failed {
@@ -341,7 +342,7 @@ impl Deliverer {
         shutdown: &Shutdown,
         n_messages: u64,
     ) -> Result<u64, PipelineError> {
-        let mut backoff = Backoff::new("rollup repair", self.config.retry);
+        let mut backoff = Backoff::new("rollup repair", self.config.retry, &self.health);
         loop {
             match self.sink.repair_rollups(rows, prefix).await {
                 Ok(report) => {

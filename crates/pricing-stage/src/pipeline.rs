@@ -68,7 +68,7 @@ use usage_kafka::{
 };
 use usage_model::Amount;
 use usage_pricing::RateBook;
-use usage_runtime::{Backoff, GaveUp, Shutdown, StopWhen};
+use usage_runtime::{Backoff, GaveUp, Health, Shutdown, StopWhen, Watchdog, WatchdogVerdict};
 
 /// How often a filling batch feeds the ledger what it priced so far: the
 /// part of threshold-event latency due to the pricing stage (a feed costs
@@ -81,6 +81,12 @@ const FEED_RECORDS_PER_MESSAGE_MAX: usize = 1_000;
 const SEEK_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the loop logs its running totals.
 const PROGRESS_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// How often the stall watchdog looks at the assigned partitions.
+const WATCHDOG_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+/// A loop held up this long between fills excuses every partition.
+const WATCHDOG_EXCUSE_AFTER: Duration = Duration::from_secs(1);
+/// Bound on the watchdog's question to the broker (a partition's end).
+const WATCHDOG_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bound on broker metadata calls made by the loop (watermarks, commits).
 // The local broker (tansu on sqlite) can take seconds to answer metadata
 // requests under load; a real cluster answers in milliseconds.
@@ -102,6 +108,8 @@ pub enum PipelineError {
     Undelivered { n_messages: u64, what: &'static str, error: String },
     #[error("the delivery task stopped abnormally: {0}")]
     DeliveryTask(String),
+    #[error("{what} failed fatally ({error}); a restart starts afresh")]
+    Fatal { what: &'static str, error: String },
 }
 
 /// What delivering a batch did.
@@ -126,6 +134,9 @@ impl PipelineError {
     /// A step that kept failing after a shutdown request, while `n_messages`
     /// were in the batch.
     pub(crate) fn undelivered(gave_up: GaveUp, n_messages: u64) -> Self {
+        if gave_up.fatal {
+            return PipelineError::Fatal { what: gave_up.what, error: gave_up.error };
+        }
         PipelineError::Undelivered { n_messages, what: gave_up.what, error: gave_up.error }
     }
 }
@@ -199,6 +210,8 @@ pub struct Pipeline {
     consumer: Option<Arc<GroupConsumer>>,
     /// Partitions of the priced topic (the ledger feed), read at start.
     priced_partitions: Option<i32>,
+    /// Failing steps and stalled partitions, for `/readyz`.
+    health: Health,
 }
 
 /// Creates the missing topics (raw, dead letters, rate cards) and applies
@@ -239,7 +252,15 @@ impl Pipeline {
             raw_partitions: 0,
             consumer: None,
             priced_partitions: None,
+            health: Health::default(),
         })
+    }
+
+    /// Reports failing steps and stalled partitions to `health` (served
+    /// as `/readyz`).
+    pub fn with_health(mut self, health: Health) -> Self {
+        self.health = health;
+        self
     }
 
     /// Applies the books of a rate-card feed as they change.
@@ -295,8 +316,11 @@ impl Pipeline {
             producer: self.producer.clone(),
             consumer: Arc::clone(&consumer),
             holdings: Arc::clone(&self.holdings),
+            health: self.health.clone(),
         });
-        let started = Instant::now();
+        let mut unassigned_since = Some(Instant::now());
+        let mut watchdog = Watchdog::new(self.config.stall_after, &self.health);
+        let mut last_watchdog_check = Instant::now();
         let mut report = RunReport::default();
         let mut last_activity = Instant::now();
         let mut last_progress_log = Instant::now();
@@ -306,6 +330,7 @@ impl Pipeline {
             self.advance_windows();
             let filling = Instant::now();
             let mut batch = self.fill(Arc::clone(&consumer), shutdown.clone()).await?;
+            let filled = Instant::now();
             if !batch.is_empty() {
                 self.complete_feed(&mut batch, &shutdown).await?;
             }
@@ -325,6 +350,18 @@ impl Pipeline {
                 let task = tokio::spawn(Arc::clone(&deliverer).deliver(batch, shutdown.clone()));
                 in_flight = Some(InFlight { task, since: Instant::now() });
                 last_activity = Instant::now();
+            }
+            // Time not spent consuming (a delivery waited for) is no stall.
+            if filled.elapsed() >= WATCHDOG_EXCUSE_AFTER {
+                watchdog.excuse();
+            }
+            if last_watchdog_check.elapsed() >= WATCHDOG_CHECK_INTERVAL {
+                last_watchdog_check = Instant::now();
+                if let WatchdogVerdict::Rejoin(_) = self.watch(&consumer, &mut watchdog)? {
+                    consumer.unsubscribe();
+                    consumer.subscribe(&[&self.config.raw_topic])?;
+                    report.rejoins += 1;
+                }
             }
             if last_progress_log.elapsed() >= PROGRESS_LOG_INTERVAL {
                 last_progress_log = Instant::now();
@@ -347,7 +384,11 @@ impl Pipeline {
             }
             if let StopWhen::CaughtUp { idle } = self.config.stop_when {
                 let assigned = consumer.assignment()?.count() > 0;
-                if !assigned && started.elapsed() > self.config.assignment_timeout {
+                if assigned {
+                    unassigned_since = None;
+                }
+                let unassigned_for = unassigned_since.get_or_insert_with(Instant::now).elapsed();
+                if !assigned && unassigned_for > self.config.assignment_timeout {
                     return Err(PipelineError::NoAssignment {
                         topic: self.config.raw_topic.clone(),
                         seconds: self.config.assignment_timeout.as_secs(),
@@ -366,6 +407,35 @@ impl Pipeline {
             }
         }
         Ok(report)
+    }
+
+    /// One watchdog check over the assigned partitions: the broker is asked
+    /// for the end of a partition only when its position has not moved for
+    /// `stall_after`.
+    fn watch(&self, consumer: &GroupConsumer, watchdog: &mut Watchdog) -> Result<WatchdogVerdict, PipelineError> {
+        watchdog.retain(|t, p| self.assigned.get(t).is_some_and(|ps| ps.contains_key(&p)));
+        let positions = consumer.position()?;
+        for (topic, partitions) in &self.assigned {
+            for (partition, a) in partitions {
+                let position = match positions.find_partition(topic, *partition).map(|e| e.offset()) {
+                    Some(Offset::Offset(o)) => Some(o),
+                    _ => None,
+                };
+                let lag = if watchdog.needs_lag(topic, *partition, position) {
+                    match consumer.fetch_watermarks(topic, *partition, WATCHDOG_CALL_TIMEOUT) {
+                        Ok((low, high)) => Some(high > position.unwrap_or(a.resume_from.max(low))),
+                        Err(e) => {
+                            tracing::warn!(topic, partition, error = %e, "watchdog: cannot read the partition's end");
+                            None
+                        }
+                    }
+                } else {
+                    None
+                };
+                watchdog.observe(topic, *partition, position, lag);
+            }
+        }
+        Ok(watchdog.verdict())
     }
 
     /// Row keys held by the duplicate check, over every assigned partition.
@@ -690,7 +760,7 @@ impl Pipeline {
         shutdown: &Shutdown,
     ) -> Result<Option<(Option<i64>, Vec<usage_clickhouse::StoredKey>)>, PipelineError> {
         let prefix = self.query_id_prefix(topic, partition);
-        let mut backoff = Backoff::new("taking a partition", self.config.retry);
+        let mut backoff = Backoff::new("taking a partition", self.config.retry, &self.health);
         loop {
             if shutdown.is_requested() {
                 return Ok(None);
@@ -815,7 +885,7 @@ impl Pipeline {
     /// done: the next batch's rows must not reach the ledger before these.
     async fn complete_feed(&self, batch: &mut Batch, shutdown: &Shutdown) -> Result<(), PipelineError> {
         let n_messages = batch.n_messages();
-        let mut backoff = Backoff::new("ledger feed", self.config.retry);
+        let mut backoff = Backoff::new("ledger feed", self.config.retry, &self.health);
         loop {
             match self.feed_in_order(batch, true).await {
                 Ok(()) if batch.partitions.values().all(|p| p.fed == p.rows.len()) => {
@@ -886,4 +956,15 @@ enum FeedFailure {
     Lookup(SinkError),
     #[error(transparent)]
     Feed(crate::feed::FeedError),
+}
+
+impl usage_runtime::Classify for FeedFailure {
+    fn class(&self) -> usage_runtime::ErrorClass {
+        match self {
+            Self::Lookup(e) => e.class(),
+            // A row the feed cannot encode stays so however often it is tried.
+            Self::Feed(crate::feed::FeedError::Encode(_)) => usage_runtime::ErrorClass::Permanent,
+            Self::Feed(crate::feed::FeedError::Send(e)) => e.class(),
+        }
+    }
 }

@@ -38,6 +38,9 @@ pub struct RunReport {
     /// Rollup rows added because a view had missed an INSERT (see
     /// `ClickHouseSink::repair_rollups`).
     pub rollup_keys_repaired: u64,
+    /// Times the stall watchdog made this instance leave the group and join
+    /// again.
+    pub rejoins: u64,
 }
 
 impl Default for RunReport {
@@ -47,6 +50,7 @@ impl Default for RunReport {
             priced: 0,
             duplicates: 0,
             skipped: 0,
+            rejoins: 0,
             handed_over: 0,
             forwarded: 0,
             inserts: 0,

@@ -72,6 +72,7 @@ pub async fn run(mut settings: Settings, args: RunArgs) -> Result<ExitCode> {
     if args.until_caught_up {
         settings.stream.stop_when = StopWhen::CaughtUp { idle: Duration::from_millis(args.idle_ms) };
     }
+    let health = super::serve_probes_if_asked(&settings, args.metrics_addr.as_deref()).await?;
     let sink = ClickHouseSink::new(settings.clickhouse.clone())?;
     prepare(&settings.stream, &settings.kafka, &sink).await.context("preparing topics and ClickHouse")?;
     let feed = start_rate_feed(&settings, &args.rates).await?;
@@ -79,7 +80,8 @@ pub async fn run(mut settings: Settings, args: RunArgs) -> Result<ExitCode> {
     let processor =
         Processor::new(decoder, Pricer::new(feed.current()), settings.stream.limits.clone(), Arc::new(SystemClock));
     let mut pipeline = Pipeline::new(settings.stream.clone(), settings.kafka.clone(), sink.clone(), processor)?
-        .with_rate_updates(feed.subscribe());
+        .with_rate_updates(feed.subscribe())
+        .with_health(health);
     tracing::info!(
         brokers = %settings.kafka.brokers,
         clickhouse = %settings.clickhouse.url,
