@@ -420,3 +420,61 @@ pub fn wait_for_http(
         std::thread::sleep(std::time::Duration::from_millis(250));
     }
 }
+
+/// A TCP proxy in front of a server that can hold back every answer: with
+/// a delay set, each chunk the server sends is passed on only that much
+/// later. What the client sends goes through at once, and the server's
+/// answers are read to the end even after the client hung up, so a request
+/// that timed out on the client still completes on the server (a slow
+/// ClickHouse, as the pipeline sees one).
+pub struct DelayingProxy {
+    pub addr: std::net::SocketAddr,
+    delay_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl DelayingProxy {
+    pub fn start(upstream: std::net::SocketAddr) -> Self {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let delay_ms = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let delay = std::sync::Arc::clone(&delay_ms);
+        runtime.spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else { continue };
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+                });
+                let delay = std::sync::Arc::clone(&delay);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    let mut client_gone = false;
+                    loop {
+                        let n = match server_read.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        let ms = delay.load(Ordering::SeqCst);
+                        if ms > 0 {
+                            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                        }
+                        if !client_gone && client_write.write_all(&buf[..n]).await.is_err() {
+                            client_gone = true;
+                        }
+                    }
+                });
+            }
+        });
+        Self { addr, delay_ms, _runtime: runtime }
+    }
+
+    /// Holds back every answer chunk by `delay` from now on (zero: none).
+    pub fn set_delay(&self, delay: std::time::Duration) {
+        self.delay_ms.store(delay.as_millis() as u64, std::sync::atomic::Ordering::SeqCst);
+    }
+}

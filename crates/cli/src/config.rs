@@ -22,6 +22,7 @@
 //! password = ""                       # CLICKHOUSE_PASSWORD
 //! compression = "lz4"                 # CLICKHOUSE_COMPRESSION: lz4 | none (none pays on one host)
 //! ca_file = "/etc/ssl/ch-ca.pem"      # CLICKHOUSE_CA_FILE: trusted for https:// besides the public roots
+//! insert_timeout_ms = 60000           # CLICKHOUSE_INSERT_TIMEOUT_MS: one INSERT, sent and answered
 //!
 //! [pipeline]
 //! group_id = "usage-pipeline"         # USAGE_GROUP_ID
@@ -120,6 +121,7 @@ struct ClickHouseSection {
     password: Option<String>,
     compression: Option<String>,
     ca_file: Option<String>,
+    insert_timeout_ms: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -188,6 +190,14 @@ impl Settings {
                 Some(other) => bail!("clickhouse.compression must be lz4 or none, is {other:?}"),
             },
             ca_file: env("CLICKHOUSE_CA_FILE").or(file.clickhouse.ca_file).map(PathBuf::from),
+            insert_timeout: match env("CLICKHOUSE_INSERT_TIMEOUT_MS").map(|s| s.parse::<u64>()).transpose() {
+                Ok(v) => match v.or(file.clickhouse.insert_timeout_ms) {
+                    Some(0) => bail!("clickhouse.insert_timeout_ms must be positive"),
+                    Some(ms) => Duration::from_millis(ms),
+                    None => ClickHouseSettings::default().insert_timeout,
+                },
+                Err(e) => bail!("CLICKHOUSE_INSERT_TIMEOUT_MS: {e}"),
+            },
             ..ClickHouseSettings::default()
         };
         let defaults = StreamConfig::default();

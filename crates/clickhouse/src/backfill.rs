@@ -32,8 +32,69 @@ pub struct StoredUsage {
     pub cost: Amount,
 }
 
-/// Rows per staging INSERT.
-const STAGING_INSERT_ROWS_MAX: usize = 50_000;
+/// Stored usage, a chunk at a time: a month of any size is re-priced in
+/// bounded memory.
+pub struct UsageReader {
+    rows: crate::sink::TsvRows,
+}
+
+impl UsageReader {
+    /// The next rows (at most `rows_max`); `None` once all are read.
+    pub async fn next_chunk(&mut self, rows_max: usize) -> Result<Option<Vec<StoredUsage>>, SinkError> {
+        let Some(rows) = self.rows.next_chunk(rows_max).await? else { return Ok(None) };
+        rows.iter().map(|r| stored_usage(r)).collect::<Result<Vec<_>, _>>().map(Some)
+    }
+}
+
+fn stored_usage(r: &[String]) -> Result<StoredUsage, SinkError> {
+    if r.len() != 23 {
+        return Err(SinkError::Unexpected(format!("read_usage: {} columns", r.len())));
+    }
+    let strings = |i: usize| parse_hex_list(&r[i]);
+    let numbers = |i: usize| -> Result<Vec<u64>, SinkError> {
+        split_list(&r[i])
+            .iter()
+            .map(|q| q.parse().map_err(|e| SinkError::Unexpected(format!("quantity {q:?}: {e}"))))
+            .collect()
+    };
+    let num = |i: usize| -> Result<i64, SinkError> {
+        r[i].parse().map_err(|e| SinkError::Unexpected(format!("column {i} {:?}: {e}", r[i])))
+    };
+    let mut counts: Vec<(String, u64)> = strings(10)?.into_iter().zip(numbers(11)?).collect();
+    if counts.is_empty() {
+        // Stored before migration 5: what the row itself shows.
+        counts = strings(12)?.into_iter().zip(numbers(13)?).collect();
+        for (i, unit) in
+            [(14, "input_tokens"), (15, "cache_read_tokens"), (16, "cache_write_tokens"), (17, "output_tokens")]
+        {
+            let q = num(i)? as u64;
+            if q > 0 && !counts.iter().any(|(u, _)| u == unit) {
+                counts.push((unit.to_owned(), q));
+            }
+        }
+    }
+    Ok(StoredUsage {
+        event_id: r[0].clone(),
+        account_id: r[1].clone(),
+        api_key_id: r[2].clone(),
+        project_id: r[3].clone(),
+        provider: r[4].clone(),
+        model: r[5].clone(),
+        service_tier: r[6].clone(),
+        occurred_at: num(7)? as u32,
+        attributes: strings(8)?.into_iter().zip(strings(9)?).collect(),
+        counts,
+        kafka_topic: r[18].clone(),
+        kafka_partition: num(19)? as i32,
+        kafka_offset: num(20)?,
+        rate_card_version: num(21)? as u32,
+        cost: r[22].parse().map_err(|e| SinkError::Unexpected(format!("cost {:?}: {e}", r[22])))?,
+    })
+}
+
+/// Rows per staging INSERT, and per chunk that `backfill` reads, prices
+/// and inserts (its memory bound: a few hundred bytes a row).
+pub const STAGING_INSERT_ROWS_MAX: usize = 20_000;
 
 impl ClickHouseSink {
     /// Rows of `priced_events` in `month` (`YYYYMM`).
@@ -43,8 +104,8 @@ impl ClickHouseSink {
     }
 
     /// The usage stored in `month` with `from <= occurred_at < until`
-    /// (seconds since the epoch).
-    pub async fn read_usage(&self, month: u32, from: u32, until: u32) -> Result<Vec<StoredUsage>, SinkError> {
+    /// (seconds since the epoch), read as it arrives (see [`UsageReader`]).
+    pub fn read_usage(&self, month: u32, from: u32, until: u32) -> Result<UsageReader, SinkError> {
         let sql = format!(
             "SELECT event_id, account_id, api_key_id, project_id, provider, model, service_tier, toUInt32(occurred_at), \
              {}, {}, {}, {}, {}, {}, \
@@ -60,53 +121,7 @@ impl ClickHouseSink {
             number_list("lines.quantity"),
             self.table("priced_events")
         );
-        let mut out = Vec::new();
-        for r in self.query_tsv(&sql).await? {
-            if r.len() != 23 {
-                return Err(SinkError::Unexpected(format!("read_usage: {} columns", r.len())));
-            }
-            let strings = |i: usize| parse_hex_list(&r[i]);
-            let numbers = |i: usize| -> Result<Vec<u64>, SinkError> {
-                split_list(&r[i])
-                    .iter()
-                    .map(|q| q.parse().map_err(|e| SinkError::Unexpected(format!("quantity {q:?}: {e}"))))
-                    .collect()
-            };
-            let num = |i: usize| -> Result<i64, SinkError> {
-                r[i].parse().map_err(|e| SinkError::Unexpected(format!("column {i} {:?}: {e}", r[i])))
-            };
-            let mut counts: Vec<(String, u64)> = strings(10)?.into_iter().zip(numbers(11)?).collect();
-            if counts.is_empty() {
-                // Stored before migration 5: what the row itself shows.
-                counts = strings(12)?.into_iter().zip(numbers(13)?).collect();
-                for (i, unit) in
-                    [(14, "input_tokens"), (15, "cache_read_tokens"), (16, "cache_write_tokens"), (17, "output_tokens")]
-                {
-                    let q = num(i)? as u64;
-                    if q > 0 && !counts.iter().any(|(u, _)| u == unit) {
-                        counts.push((unit.to_owned(), q));
-                    }
-                }
-            }
-            out.push(StoredUsage {
-                event_id: r[0].clone(),
-                account_id: r[1].clone(),
-                api_key_id: r[2].clone(),
-                project_id: r[3].clone(),
-                provider: r[4].clone(),
-                model: r[5].clone(),
-                service_tier: r[6].clone(),
-                occurred_at: num(7)? as u32,
-                attributes: strings(8)?.into_iter().zip(strings(9)?).collect(),
-                counts,
-                kafka_topic: r[18].clone(),
-                kafka_partition: num(19)? as i32,
-                kafka_offset: num(20)?,
-                rate_card_version: num(21)? as u32,
-                cost: r[22].parse().map_err(|e| SinkError::Unexpected(format!("cost {:?}: {e}", r[22])))?,
-            });
-        }
-        Ok(out)
+        Ok(UsageReader { rows: self.query_tsv_rows(&sql)? })
     }
 
     /// Staging copies of `priced_events` and every rollup, named

@@ -291,6 +291,13 @@ impl ClickHouseSink {
         n.parse().map_err(|e| SinkError::Unexpected(format!("count {n:?}: {e}")))
     }
 
+    /// Runs a query whose answer is read as it arrives, a chunk of rows at
+    /// a time (see [`TsvRows`]): memory bounded by the chunk, not the answer.
+    pub fn query_tsv_rows(&self, sql: &str) -> Result<TsvRows, SinkError> {
+        let cursor = self.client.query(sql).fetch_bytes("TabSeparated").map_err(ch(first_line(sql)))?;
+        Ok(TsvRows { cursor, pending: Vec::new(), done: false, context: first_line(sql) })
+    }
+
     /// Runs a query and returns its rows as tab-separated fields (escapes
     /// undone for `\t`, `\n` and `\\`).
     pub async fn query_tsv(&self, sql: &str) -> Result<Vec<Vec<String>>, SinkError> {
@@ -305,6 +312,56 @@ impl ClickHouseSink {
         let text = std::str::from_utf8(&bytes).map_err(|e| SinkError::Unexpected(e.to_string()))?;
         Ok(text.lines().map(|line| line.split('\t').map(unescape_tsv).collect()).collect())
     }
+}
+
+/// A query's answer, read as it arrives.
+pub struct TsvRows {
+    cursor: clickhouse::query::BytesCursor,
+    /// Bytes received and not yet split into rows (at most one partial row
+    /// after a chunk is taken).
+    pending: Vec<u8>,
+    done: bool,
+    context: String,
+}
+
+impl TsvRows {
+    /// The next rows (at most `rows_max`) as tab-separated fields, escapes
+    /// undone; `None` once the answer is read.
+    pub async fn next_chunk(&mut self, rows_max: usize) -> Result<Option<Vec<Vec<String>>>, SinkError> {
+        let mut rows = Vec::new();
+        let mut start = 0;
+        loop {
+            while rows.len() < rows_max {
+                let Some(end) = self.pending[start..].iter().position(|b| *b == b'\n') else { break };
+                rows.push(split_tsv_line(&self.pending[start..start + end])?);
+                start += end + 1;
+            }
+            if rows.len() >= rows_max || self.done {
+                break;
+            }
+            match self.cursor.next().await.map_err(ch(self.context.clone()))? {
+                Some(bytes) => {
+                    self.pending.drain(..start);
+                    start = 0;
+                    self.pending.extend_from_slice(&bytes);
+                }
+                None => {
+                    self.done = true;
+                    if start < self.pending.len() {
+                        // A last row without its newline.
+                        self.pending.push(b'\n');
+                    }
+                }
+            }
+        }
+        self.pending.drain(..start);
+        Ok((!rows.is_empty()).then_some(rows))
+    }
+}
+
+fn split_tsv_line(line: &[u8]) -> Result<Vec<String>, SinkError> {
+    let text = std::str::from_utf8(line).map_err(|e| SinkError::Unexpected(e.to_string()))?;
+    Ok(text.split('\t').map(unescape_tsv).collect())
 }
 
 fn first_line(sql: &str) -> String {

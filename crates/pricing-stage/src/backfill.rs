@@ -19,7 +19,7 @@
 
 use chrono::{DateTime, Datelike, TimeZone, Utc};
 use std::collections::BTreeMap;
-use usage_clickhouse::{ClickHouseSink, PricedRow, SinkError, StoredUsage};
+use usage_clickhouse::{ClickHouseSink, PricedRow, SinkError, StoredUsage, STAGING_INSERT_ROWS_MAX};
 use usage_model::{Amount, ServiceTier, Unit, UsageCounts, UsageEvent};
 use usage_pricing::Pricer;
 
@@ -94,41 +94,46 @@ async fn backfill_month(
 ) -> Result<MonthBackfill, BackfillError> {
     let suffix = format!("backfill_{month}");
     let before = sink.count_month(month).await?;
-    let stored = sink.read_usage(month, from, until).await?;
     let mut report = MonthBackfill {
         month,
-        rows_in_range: stored.len() as u64,
         cost_before: Some(Amount::ZERO),
         cost_after: Some(Amount::ZERO),
         ..MonthBackfill::default()
     };
     let add = |total: &mut Option<Amount>, cost: Amount| *total = total.and_then(|t| t.checked_add(cost).ok());
-    let mut rows = Vec::with_capacity(stored.len());
+    sink.create_staging(&suffix).await?;
+    // A chunk at a time: read, price, insert into staging (memory bounded
+    // by the chunk, whatever the month holds). Rows that no longer price
+    // are only named here and copied as they are below.
     let mut keep = Vec::new();
-    for s in &stored {
-        add(&mut report.cost_before, s.cost);
-        let repriced = usage_event(s)
-            .and_then(|event| pricer.price(event))
-            .and_then(|p| PricedRow::new(p, &s.kafka_topic, s.kafka_partition, s.kafka_offset))
-            .map_err(|r| r.reason.code());
-        match repriced {
-            Ok(row) => {
-                if row.cost != s.cost || row.rate_card_version != s.rate_card_version {
-                    report.rows_changed += 1;
+    let mut stored = sink.read_usage(month, from, until)?;
+    while let Some(chunk) = stored.next_chunk(STAGING_INSERT_ROWS_MAX).await? {
+        report.rows_in_range += chunk.len() as u64;
+        let mut rows = Vec::with_capacity(chunk.len());
+        for s in &chunk {
+            add(&mut report.cost_before, s.cost);
+            let repriced = usage_event(s)
+                .and_then(|event| pricer.price(event))
+                .and_then(|p| PricedRow::new(p, &s.kafka_topic, s.kafka_partition, s.kafka_offset))
+                .map_err(|r| r.reason.code());
+            match repriced {
+                Ok(row) => {
+                    if row.cost != s.cost || row.rate_card_version != s.rate_card_version {
+                        report.rows_changed += 1;
+                    }
+                    add(&mut report.cost_after, row.cost);
+                    rows.push(row);
                 }
-                add(&mut report.cost_after, row.cost);
-                rows.push(row);
-            }
-            Err(reason) => {
-                *report.kept_unpriceable.entry(reason).or_default() += 1;
-                add(&mut report.cost_after, s.cost);
-                keep.push((s.account_id.clone(), s.event_id.clone()));
+                Err(reason) => {
+                    *report.kept_unpriceable.entry(reason).or_default() += 1;
+                    add(&mut report.cost_after, s.cost);
+                    keep.push((s.account_id.clone(), s.event_id.clone()));
+                }
             }
         }
+        sink.insert_staging(&suffix, &rows).await?;
     }
-    sink.create_staging(&suffix).await?;
     sink.copy_unchanged(&suffix, month, from, until, &keep).await?;
-    sink.insert_staging(&suffix, &rows).await?;
     let staged = sink.staged_count(&suffix, month).await?;
     let after = sink.count_month(month).await?;
     if staged != before || after != before {

@@ -305,7 +305,13 @@ impl Deliverer {
                         .is_some_and(|(t, p, o)| *t == r.kafka_topic && *p == r.kafka_partition && *o == r.kafka_offset)
                 };
                 if rows.iter().any(|r| ours(r)) {
-                    break; // The failed attempt stored the unit.
+                    // One INSERT is one part: the attempt stored the unit.
+                    tracing::info!(
+                        query_id,
+                        rows = rows.len(),
+                        "rows found stored by an attempt that looked failed: not inserted again"
+                    );
+                    break;
                 }
                 // Stored from elsewhere meanwhile (two copies at once on two
                 // instances): not inserted again.
