@@ -198,7 +198,6 @@ impl Settings {
                 },
                 Err(e) => bail!("CLICKHOUSE_INSERT_TIMEOUT_MS: {e}"),
             },
-            ..ClickHouseSettings::default()
         };
         let defaults = StreamConfig::default();
         let p = file.pipeline;
