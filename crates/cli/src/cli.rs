@@ -115,7 +115,7 @@ pub struct EventsArgs {
 
 #[derive(Subcommand)]
 pub enum AccountsCommand {
-    /// Send NDJSON billing commands (`{"type": "credit_grant", ...}`) from a file or stdin; each is validated first.
+    /// Send NDJSON billing commands (`{"type": "credit_grant", ...}`) from a file (validated whole first) or stdin (chunk by chunk).
     Send(SendArgs),
 }
 

@@ -49,6 +49,14 @@ impl TopicFollower {
 
     /// Every message up to the end of each partition as it is now.
     pub fn catch_up(&self, timeout: Duration) -> Result<Vec<Record>, FollowError> {
+        let mut out = Vec::new();
+        self.catch_up_each(timeout, |record| out.push(record))?;
+        Ok(out)
+    }
+
+    /// Hands every message up to the end of each partition as it is now to
+    /// `each`, as it arrives (nothing is held here).
+    pub fn catch_up_each(&self, timeout: Duration, mut each: impl FnMut(Record)) -> Result<(), FollowError> {
         let deadline = Instant::now() + timeout;
         let mut ends: HashMap<i32, i64> = HashMap::new();
         for p in &self.partitions {
@@ -57,7 +65,6 @@ impl TopicFollower {
                 ends.insert(*p, high);
             }
         }
-        let mut out = Vec::new();
         while !ends.is_empty() {
             if Instant::now() > deadline {
                 return Err(FollowError::CatchUpTimeout { topic: self.topic.clone(), seconds: timeout.as_secs() });
@@ -67,13 +74,13 @@ impl TopicFollower {
                     if ends.get(&m.partition()).is_some_and(|end| m.offset() + 1 >= *end) {
                         ends.remove(&m.partition());
                     }
-                    out.push((m.key().map(<[u8]>::to_vec), m.payload().map(<[u8]>::to_vec)));
+                    each((m.key().map(<[u8]>::to_vec), m.payload().map(<[u8]>::to_vec)));
                 }
                 Some(Err(e)) => tracing::warn!(topic = %self.topic, error = %e, "reading topic"),
                 None => {}
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// The next message, if one arrives within `timeout`.

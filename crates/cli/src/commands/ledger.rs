@@ -4,7 +4,8 @@ use crate::cli::{BalanceArgs, EventsArgs, LedgerArgs, SendArgs};
 use crate::commands::run::wait_for_signal;
 use crate::config::Settings;
 use anyhow::{bail, Context, Result};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
+use std::collections::BTreeMap;
 use std::io::BufRead;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -143,67 +144,111 @@ pub async fn balance(settings: Settings, args: BalanceArgs) -> Result<ExitCode> 
 
 pub async fn events(settings: Settings, args: EventsArgs) -> Result<ExitCode> {
     let topic = settings.ledger.events_topic.clone();
-    let records = tokio::task::block_in_place(|| {
+    // The newest `limit`, by (time, id), kept while the topic is read: memory
+    // bounded by the limit, whatever the topic holds. A re-sent event has
+    // the same time and id, so it is shown once.
+    let mut newest: BTreeMap<(DateTime<Utc>, String), LedgerEvent> = BTreeMap::new();
+    let mut not_json: Option<anyhow::Error> = None;
+    tokio::task::block_in_place(|| {
         let follower = TopicFollower::new(&settings.kafka, &topic, CHANGELOG_READ_TIMEOUT)?;
-        follower.catch_up(CHANGELOG_READ_TIMEOUT)
+        follower.catch_up_each(CHANGELOG_READ_TIMEOUT, |(_, value)| {
+            let Some(value) = value else { return };
+            if not_json.is_some() {
+                return;
+            }
+            match LedgerEvent::from_json(&value) {
+                Ok(event) if args.account.as_deref().is_none_or(|a| a == event.account_id) => {
+                    newest.insert((event.at, event.event_id.clone()), event);
+                    if newest.len() > args.limit {
+                        newest.pop_first();
+                    }
+                }
+                Ok(_) => {}
+                // Avro-configured topics are not JSON: say so rather than guess.
+                Err(e) => not_json = Some(anyhow::Error::new(e)),
+            }
+        })
     })
     .with_context(|| format!("reading {topic}"))?;
-    let mut events: Vec<LedgerEvent> = Vec::new();
-    for (_, value) in records {
-        let Some(value) = value else { continue };
-        // Avro-configured topics are not JSON: say so rather than guess.
-        let event = LedgerEvent::from_json(&value)
-            .with_context(|| format!("{topic} holds a non-JSON event (ledger.event_format = \"avro\"?)"))?;
-        if args.account.as_deref().is_none_or(|a| a == event.account_id) {
-            events.push(event);
-        }
+    if let Some(e) = not_json {
+        return Err(e.context(format!("{topic} holds a non-JSON event (ledger.event_format = \"avro\"?)")));
     }
-    events.sort_by(|a, b| (a.at, &a.event_id).cmp(&(b.at, &b.event_id)));
-    events.dedup_by(|a, b| a.event_id == b.event_id);
-    for event in events.iter().skip(events.len().saturating_sub(args.limit)) {
+    for event in newest.values() {
         println!("{}", String::from_utf8_lossy(&event.to_json()));
     }
     Ok(ExitCode::SUCCESS)
 }
 
+/// Sends NDJSON billing commands, `SEND_CHUNK` at a time: memory bounded
+/// by the chunk, whatever the input's size. A file is validated whole
+/// first (nothing is sent if a line is bad) and then read again; standard
+/// input, which cannot be read twice, is validated chunk by chunk (a bad
+/// line stops it, after the commands before it were sent, and says so).
 pub async fn send_commands(settings: Settings, args: SendArgs) -> Result<ExitCode> {
-    let reader: Box<dyn BufRead> = match &args.input {
-        Some(p) if p.as_os_str() != "-" => Box::new(std::io::BufReader::new(
-            std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?,
-        )),
-        _ => Box::new(std::io::stdin().lock()),
+    let file = args.input.as_ref().filter(|p| p.as_os_str() != "-");
+    let open = |p: &std::path::Path| -> Result<Box<dyn BufRead>> {
+        let f = std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?;
+        Ok(Box::new(std::io::BufReader::new(f)))
     };
-    let mut commands = Vec::new();
-    for (i, line) in reader.lines().enumerate() {
-        let line = line.context("reading commands")?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        match AccountCommand::from_json(line.as_bytes()) {
-            Ok(c) => commands.push((c.account_id().to_owned(), line)),
-            Err(e) => bail!("line {}: {e}", i + 1),
+    if let Some(p) = file {
+        for (i, line) in open(p)?.lines().enumerate() {
+            command_line(i, &line.context("reading commands")?)?;
         }
     }
+    let reader: Box<dyn BufRead> = match file {
+        Some(p) => open(p)?,
+        None => Box::new(std::io::stdin().lock()),
+    };
     prepare_ledger(&settings.ledger, &settings.kafka).await.context("preparing the ledger's topics")?;
     let producer = Producer::new(&settings.kafka, "accounts")?;
     let topic = &settings.ledger.commands_topic;
-    for chunk in commands.chunks(SEND_CHUNK) {
-        producer
-            .send_all(
-                chunk
-                    .iter()
-                    .map(|(account, line)| Outgoing {
-                        topic,
-                        key: Some(account.as_bytes()),
-                        payload: line.as_bytes(),
-                        headers: None,
-                        partition: None,
-                    })
-                    .collect(),
-            )
-            .await
-            .context("sending billing commands")?;
+    let mut sent = 0usize;
+    let mut chunk: Vec<(String, String)> = Vec::with_capacity(SEND_CHUNK);
+    let mut lines = reader.lines().enumerate();
+    loop {
+        let next = lines.next();
+        if let Some((i, line)) = &next {
+            let line = line.as_ref().map_err(|e| anyhow::anyhow!("reading commands: {e}"))?;
+            match command_line(*i, line) {
+                Ok(Some(account)) => chunk.push((account, line.clone())),
+                Ok(None) => {}
+                Err(e) => bail!("{e:#}; the {sent} commands before it were sent"),
+            }
+        }
+        if chunk.len() >= SEND_CHUNK || (next.is_none() && !chunk.is_empty()) {
+            producer
+                .send_all(
+                    chunk
+                        .iter()
+                        .map(|(account, line)| Outgoing {
+                            topic,
+                            key: Some(account.as_bytes()),
+                            payload: line.as_bytes(),
+                            headers: None,
+                            partition: None,
+                        })
+                        .collect(),
+                )
+                .await
+                .context("sending billing commands")?;
+            sent += chunk.len();
+            chunk.clear();
+        }
+        if next.is_none() {
+            break;
+        }
     }
-    println!("sent {} billing commands to {topic}", commands.len());
+    println!("sent {sent} billing commands to {topic}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The account of one NDJSON command line (`None`: a blank line).
+fn command_line(index: usize, line: &str) -> Result<Option<String>> {
+    if line.trim().is_empty() {
+        return Ok(None);
+    }
+    match AccountCommand::from_json(line.as_bytes()) {
+        Ok(c) => Ok(Some(c.account_id().to_owned())),
+        Err(e) => bail!("line {}: {e}", index + 1),
+    }
 }
