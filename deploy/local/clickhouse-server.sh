@@ -62,7 +62,10 @@ XML
 cat >"$ch/users.xml" <<XML
 <?xml version="1.0"?>
 <yandex>
-  <profiles><default><max_memory_usage>4000000000</max_memory_usage></default></profiles>
+  <profiles>
+    <default><max_memory_usage>4000000000</max_memory_usage></default>
+    <runtime><max_memory_usage>4000000000</max_memory_usage><allow_ddl>0</allow_ddl></runtime>
+  </profiles>
   <users>
     <default>
       <password></password>
@@ -77,6 +80,15 @@ cat >"$ch/users.xml" <<XML
       <profile>default</profile>
       <quota>default</quota>
     </secret_test>
+    <!-- Least privilege as 18.16 can say it (tests/least_privilege.rs): one
+         database, no DDL. Current servers use SQL grants (README). -->
+    <usage_runtime_test>
+      <password>pw-local-runtime-7Hq2</password>
+      <networks><ip>127.0.0.1</ip><ip>::1</ip></networks>
+      <profile>runtime</profile>
+      <quota>default</quota>
+      <allow_databases><database>usage_least_privilege</database></allow_databases>
+    </usage_runtime_test>
   </users>
   <quotas><default></default></quotas>
 </yandex>

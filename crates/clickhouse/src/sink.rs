@@ -101,6 +101,7 @@ const PERMANENT_CODES: &[(u32, &str)] = &[
     (194, "REQUIRED_PASSWORD"),
     (195, "IP_ADDRESS_NOT_ALLOWED"),
     (291, "DATABASE_ACCESS_DENIED"),
+    (392, "QUERY_IS_PROHIBITED"),
     (497, "ACCESS_DENIED"),
     (516, "AUTHENTICATION_FAILED"),
 ];
@@ -232,22 +233,32 @@ impl ClickHouseSink {
         self.migrate_up_to(u32::MAX).await
     }
 
+    /// The versions recorded in `schema_migrations`.
+    async fn applied_migrations(&self) -> Result<Vec<u32>, SinkError> {
+        let sql = format!("SELECT DISTINCT version FROM {}.schema_migrations", self.settings.database);
+        Ok(self.query_tsv(&sql).await?.iter().filter_map(|r| r.first()?.parse().ok()).collect())
+    }
+
     /// Applies the migrations not yet recorded, up to `last` (tests of an
     /// upgrade start from an older schema).
     pub async fn migrate_up_to(&self, last: u32) -> Result<Vec<u32>, SinkError> {
         let db = &self.settings.database;
+        let pending = |applied: &[u32]| MIGRATIONS.iter().any(|(v, _, _)| !applied.contains(v) && *v <= last);
+        // Up to date: nothing but a SELECT, so that a pipeline whose user may
+        // not change the schema (least privilege) starts on a migrated database.
+        match self.applied_migrations().await {
+            Ok(applied) if !pending(&applied) => return Ok(Vec::new()),
+            Ok(_) => {}
+            Err(e) if matches!(e.server_code(), Some(60 | 81)) => {} // not created yet
+            Err(e) => return Err(e),
+        }
         self.execute(&format!("CREATE DATABASE IF NOT EXISTS {db}")).await?;
         self.execute(&format!(
             "CREATE TABLE IF NOT EXISTS {db}.schema_migrations (version UInt32, name String, applied_at DateTime) \
              ENGINE = TinyLog"
         ))
         .await?;
-        let applied: Vec<u32> = self
-            .query_tsv(&format!("SELECT DISTINCT version FROM {db}.schema_migrations"))
-            .await?
-            .iter()
-            .filter_map(|r| r.first()?.parse().ok())
-            .collect();
+        let applied = self.applied_migrations().await?;
         let mut newly = Vec::new();
         for (version, name, sql) in MIGRATIONS {
             if applied.contains(version) || *version > last {
