@@ -15,6 +15,9 @@ use std::time::Duration;
 #[derive(Default)]
 pub struct RebalanceTracker {
     revoked: Mutex<Vec<(String, i32)>>,
+    /// Per fetched partition, messages not yet consumed, from librdkafka's
+    /// last statistics (no broker call of our own).
+    lags: Mutex<Vec<(String, i32, i64)>>,
 }
 
 impl RebalanceTracker {
@@ -24,7 +27,33 @@ impl RebalanceTracker {
     }
 }
 
-impl ClientContext for RebalanceTracker {}
+impl RebalanceTracker {
+    /// `(topic, partition, lag)` of the partitions being fetched, as of
+    /// librdkafka's last statistics (every `STATISTICS_INTERVAL`).
+    pub fn lags(&self) -> Vec<(String, i32, i64)> {
+        self.lags.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+}
+
+/// How often librdkafka reports statistics (the consumer lag comes from them).
+const STATISTICS_INTERVAL: Duration = Duration::from_secs(10);
+
+impl ClientContext for RebalanceTracker {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let mut lags = Vec::new();
+        for (name, topic) in &statistics.topics {
+            for (id, p) in &topic.partitions {
+                // -1: the internal "unassigned" partition, or a lag not known yet.
+                if *id >= 0 && p.consumer_lag >= 0 && p.fetch_state == "active" {
+                    lags.push((name.clone(), *id, p.consumer_lag));
+                }
+            }
+        }
+        if let Ok(mut held) = self.lags.lock() {
+            *held = lags;
+        }
+    }
+}
 
 impl ConsumerContext for RebalanceTracker {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -95,7 +124,8 @@ fn consumer_with(
         // rows over instead of inserting them (see usage-pricing-stage).
         .set("max.poll.interval.ms", "300000")
         .set("queued.max.messages.kbytes", queued_kbytes_max.to_string())
-        .set("fetch.wait.max.ms", "100");
+        .set("fetch.wait.max.ms", "100")
+        .set("statistics.interval.ms", STATISTICS_INTERVAL.as_millis().to_string());
     for (k, v) in extra {
         config.set(*k, *v);
     }

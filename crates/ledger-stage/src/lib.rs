@@ -34,6 +34,10 @@
 //! (exactly once); on any failure the transaction is aborted and the loop
 //! rebuilds its state from the changelog.
 
+mod metrics;
+
+pub use metrics::LedgerMetrics;
+
 use chrono::Utc;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -240,6 +244,7 @@ pub struct Ledger {
     uncommitted: BTreeMap<(String, i32), i64>,
     /// Failing steps, for `/readyz`.
     health: Health,
+    metrics: LedgerMetrics,
 }
 
 /// A background INSERT of ledger entries, and which entries it took:
@@ -270,7 +275,14 @@ impl Ledger {
             last_changelog: Instant::now(),
             uncommitted: BTreeMap::new(),
             health: Health::default(),
+            metrics: LedgerMetrics::default(),
         }
+    }
+
+    /// Counts into `metrics` (served as `/metrics`).
+    pub fn with_metrics(mut self, metrics: LedgerMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Reports failing steps to `health` (served as `/readyz`).
@@ -384,6 +396,11 @@ impl Ledger {
             } else {
                 self.write_entries(report, shutdown).await?;
             }
+            self.metrics.follow(report);
+            self.metrics.held(
+                self.partitions.values().map(PartitionLedger::len).sum(),
+                self.partitions.values().map(PartitionLedger::n_unsent_entries).sum(),
+            );
             if stopping || shutdown.is_requested() {
                 tracing::info!("ledger: shutdown requested, last batch committed");
                 return Ok(SessionEnd::Stopped);
@@ -476,7 +493,9 @@ impl Ledger {
     ) -> Result<(), LedgerRunError> {
         let partition = m.partition();
         if !self.partitions.contains_key(&partition) {
+            let restoring = Instant::now();
             let ledger = self.restore(partition).await?;
+            self.metrics.restored(restoring.elapsed().as_secs_f64());
             report.partitions_restored += 1;
             self.partitions.insert(partition, ledger);
             self.start_catch_up(consumer, partition)?;

@@ -54,6 +54,7 @@
 use crate::batch::{Batch, Forward, MessageOutcome, Processor, RowState};
 use crate::config::StreamConfig;
 use crate::deliver::{Deliverer, Holdings};
+use crate::metrics::PipelineMetrics;
 use crate::report::RunReport;
 use crate::seen::{Seen, SeenIds};
 use std::collections::{BTreeMap, HashMap};
@@ -212,6 +213,7 @@ pub struct Pipeline {
     priced_partitions: Option<i32>,
     /// Failing steps and stalled partitions, for `/readyz`.
     health: Health,
+    metrics: PipelineMetrics,
 }
 
 /// Creates the missing topics (raw, dead letters, rate cards) and applies
@@ -253,7 +255,14 @@ impl Pipeline {
             consumer: None,
             priced_partitions: None,
             health: Health::default(),
+            metrics: PipelineMetrics::default(),
         })
+    }
+
+    /// Counts into `metrics` (served as `/metrics`).
+    pub fn with_metrics(mut self, metrics: PipelineMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Reports failing steps and stalled partitions to `health` (served
@@ -336,7 +345,7 @@ impl Pipeline {
             }
             // The previous batch was delivered while this one filled.
             if let Some(previous) = in_flight.take() {
-                previous.finish(&mut report).await?;
+                previous.finish(&mut report, &self.metrics).await?;
                 self.previous = None;
             }
             if !batch.is_empty() {
@@ -345,6 +354,7 @@ impl Pipeline {
                     fill_ms = filling.elapsed().as_millis() as u64,
                     "batch filled; delivering"
                 );
+                self.metrics.batch_filled(batch.n_messages(), filled.duration_since(filling).as_secs_f64());
                 let batch = Arc::new(batch);
                 self.previous = Some(Arc::clone(&batch));
                 let task = tokio::spawn(Arc::clone(&deliverer).deliver(batch, shutdown.clone()));
@@ -363,6 +373,9 @@ impl Pipeline {
                     report.rejoins += 1;
                 }
             }
+            self.metrics.follow(&report);
+            self.metrics.dedup(self.seen_ids(), self.seen_bytes());
+            self.metrics.lags(&consumer.context().lags());
             if last_progress_log.elapsed() >= PROGRESS_LOG_INTERVAL {
                 last_progress_log = Instant::now();
                 tracing::info!(
@@ -377,7 +390,8 @@ impl Pipeline {
             }
             if shutdown.is_requested() {
                 if let Some(last) = in_flight.take() {
-                    last.finish(&mut report).await?;
+                    last.finish(&mut report, &self.metrics).await?;
+                    self.metrics.follow(&report);
                 }
                 tracing::info!("shutdown requested: last batch committed, stopping");
                 break;
@@ -935,7 +949,7 @@ struct InFlight {
 
 impl InFlight {
     /// Waits for the delivery and counts it.
-    async fn finish(self, report: &mut RunReport) -> Result<(), PipelineError> {
+    async fn finish(self, report: &mut RunReport, metrics: &PipelineMetrics) -> Result<(), PipelineError> {
         let (batch, delivered) = self.task.await.map_err(|e| PipelineError::DeliveryTask(e.to_string()))??;
         let batch: &Batch = &batch;
         tracing::debug!(
@@ -944,6 +958,7 @@ impl InFlight {
             deliver_ms = self.since.elapsed().as_millis() as u64,
             "batch delivered"
         );
+        metrics.batch_delivered(self.since.elapsed().as_secs_f64());
         report.add(batch, &delivered);
         Ok(())
     }

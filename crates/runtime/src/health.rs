@@ -3,6 +3,10 @@
 //! partitions stalled. Steps report through [`crate::Backoff`]; the stall
 //! watchdog through [`Health::stalled`].
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -38,6 +42,12 @@ pub const FAILING_GRACE_DEFAULT: Duration = Duration::from_secs(60);
 pub struct Health {
     inner: Arc<Mutex<State>>,
     failing_grace: Duration,
+    /// Failures by step and class (`usage_step_failures_total`).
+    failures: Family<Vec<(&'static str, String)>, Counter>,
+    /// 1 when ready (`usage_ready`), as of the last change or scrape.
+    ready: Gauge,
+    /// Partitions stalled now (`usage_stalled_partitions`).
+    stalled_now: Gauge,
 }
 
 #[derive(Default)]
@@ -70,7 +80,30 @@ impl Default for Health {
 
 impl Health {
     pub fn new(failing_grace: Duration) -> Self {
-        Self { inner: Arc::default(), failing_grace }
+        let health = Self {
+            inner: Arc::default(),
+            failing_grace,
+            failures: Family::default(),
+            ready: Gauge::default(),
+            stalled_now: Gauge::default(),
+        };
+        health.ready.set(1);
+        health
+    }
+
+    /// Adds this health's metrics to `registry`.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "step_failures",
+            "Failed attempts of a retried step, by step and error class",
+            self.failures.clone(),
+        );
+        registry.register("ready", "1 when /readyz answers 200", self.ready.clone());
+        registry.register(
+            "stalled_partitions",
+            "Assigned partitions with lag and no progress",
+            self.stalled_now.clone(),
+        );
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -80,6 +113,12 @@ impl Health {
 
     /// `what` failed with `error`.
     pub fn failed(&self, what: &'static str, class: ErrorClass, error: String) {
+        let name = match class {
+            ErrorClass::Retriable => "retriable",
+            ErrorClass::Permanent => "permanent",
+            ErrorClass::Fatal => "fatal",
+        };
+        self.failures.get_or_create(&vec![("step", what.to_owned()), ("class", name.to_owned())]).inc();
         let mut state = self.lock();
         let now = Instant::now();
         let entry = state.failing.entry(what).or_insert(Failing { since: now, class, error: String::new() });
@@ -101,6 +140,7 @@ impl Health {
         } else {
             state.stalled.remove(&key);
         }
+        self.stalled_now.set(state.stalled.len() as i64);
     }
 
     /// Forgets a partition no longer held.
@@ -130,6 +170,7 @@ impl Health {
             let secs = now.duration_since(*since).as_secs();
             reasons.push(format!("{topic}/{partition}: lag and no progress for {secs} s"));
         }
+        self.ready.set(i64::from(reasons.is_empty()));
         if reasons.is_empty() {
             Readiness::Ready
         } else {

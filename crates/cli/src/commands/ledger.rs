@@ -24,7 +24,9 @@ pub async fn ledger(mut settings: Settings, args: LedgerArgs) -> Result<ExitCode
     if args.until_caught_up {
         settings.ledger.stop_when = StopWhen::CaughtUp { idle: Duration::from_millis(args.idle_ms) };
     }
-    let health = super::serve_probes_if_asked(&settings, args.metrics_addr.as_deref()).await?;
+    let mut registry = super::registry();
+    let metrics = usage_ledger_stage::LedgerMetrics::new(&mut registry);
+    let health = super::serve_probes_if_asked(&settings, args.metrics_addr.as_deref(), registry).await?;
     prepare_ledger(&settings.ledger, &settings.kafka).await.context("preparing the ledger's topics")?;
     let sink = if settings.ledger_writes_entries {
         let sink = ClickHouseSink::new(settings.clickhouse.clone())?;
@@ -33,7 +35,8 @@ pub async fn ledger(mut settings: Settings, args: LedgerArgs) -> Result<ExitCode
     } else {
         None
     };
-    let mut ledger = Ledger::new(settings.ledger.clone(), settings.kafka.clone(), sink).with_health(health);
+    let mut ledger =
+        Ledger::new(settings.ledger.clone(), settings.kafka.clone(), sink).with_health(health).with_metrics(metrics);
     let (stop, shutdown) = Shutdown::new();
     tokio::spawn(async move {
         wait_for_signal().await;

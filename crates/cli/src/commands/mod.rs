@@ -52,19 +52,30 @@ pub fn load_rate_book(settings: &Settings, rates: &RatesArg) -> Result<Arc<RateB
     Ok(Arc::new(book))
 }
 
-/// Serves `/healthz` and `/readyz` on `--metrics-addr`, else on the
-/// configured address, if any; returns the health the stage reports to.
-async fn serve_probes_if_asked(settings: &Settings, flag: Option<&str>) -> Result<usage_runtime::Health> {
+/// Serves `/healthz`, `/readyz` and `/metrics` (`registry`, with the
+/// health's own metrics added) on `--metrics-addr`, else on the configured
+/// address, if any; returns the health the stage reports to.
+async fn serve_probes_if_asked(
+    settings: &Settings,
+    flag: Option<&str>,
+    mut registry: prometheus_client::registry::Registry,
+) -> Result<usage_runtime::Health> {
     let health = usage_runtime::Health::default();
     let addr = match flag {
         Some(text) => Some(crate::config::parse_addr(text).context("--metrics-addr")?),
         None => settings.metrics_addr,
     };
     if let Some(addr) = addr {
-        let bound = usage_runtime::serve_probes(addr, health.clone())
+        health.register(&mut registry);
+        let bound = usage_runtime::serve_probes(addr, health.clone(), Arc::new(registry))
             .await
             .with_context(|| format!("serving the probes on {addr}"))?;
-        eprintln!("probes: http://{bound}/healthz and http://{bound}/readyz");
+        eprintln!("probes and metrics: http://{bound}/healthz, /readyz, /metrics");
     }
     Ok(health)
+}
+
+/// The registry of every metric, named `usage_*`.
+fn registry() -> prometheus_client::registry::Registry {
+    prometheus_client::registry::Registry::with_prefix("usage")
 }

@@ -11,7 +11,9 @@ use std::time::Duration;
 use usage_clickhouse::ClickHouseSink;
 use usage_codec::{Decoder, SchemaResolver};
 use usage_pricing::Pricer;
-use usage_pricing_stage::{prepare, read_dir_texts, Pipeline, Processor, RateFeed, Shutdown, StopWhen, SystemClock};
+use usage_pricing_stage::{
+    prepare, read_dir_texts, Pipeline, PipelineMetrics, Processor, RateFeed, Shutdown, StopWhen, SystemClock,
+};
 
 /// Bound on reading the rate-card topic at start.
 const RATE_FEED_TIMEOUT: Duration = Duration::from_secs(30);
@@ -72,7 +74,9 @@ pub async fn run(mut settings: Settings, args: RunArgs) -> Result<ExitCode> {
     if args.until_caught_up {
         settings.stream.stop_when = StopWhen::CaughtUp { idle: Duration::from_millis(args.idle_ms) };
     }
-    let health = super::serve_probes_if_asked(&settings, args.metrics_addr.as_deref()).await?;
+    let mut registry = super::registry();
+    let metrics = PipelineMetrics::new(&mut registry);
+    let health = super::serve_probes_if_asked(&settings, args.metrics_addr.as_deref(), registry).await?;
     let sink = ClickHouseSink::new(settings.clickhouse.clone())?;
     prepare(&settings.stream, &settings.kafka, &sink).await.context("preparing topics and ClickHouse")?;
     let feed = start_rate_feed(&settings, &args.rates).await?;
@@ -81,7 +85,8 @@ pub async fn run(mut settings: Settings, args: RunArgs) -> Result<ExitCode> {
         Processor::new(decoder, Pricer::new(feed.current()), settings.stream.limits.clone(), Arc::new(SystemClock));
     let mut pipeline = Pipeline::new(settings.stream.clone(), settings.kafka.clone(), sink.clone(), processor)?
         .with_rate_updates(feed.subscribe())
-        .with_health(health);
+        .with_health(health)
+        .with_metrics(metrics);
     tracing::info!(
         brokers = %settings.kafka.brokers,
         clickhouse = %settings.clickhouse.url,

@@ -1,0 +1,92 @@
+//! The ledger stage's Prometheus metrics (`usage_ledger_` names). Counters
+//! follow the ledger's report exactly, advanced by what each loop turn
+//! added to it.
+
+use crate::LedgerReport;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+use std::sync::{Arc, Mutex, PoisonError};
+
+#[derive(Clone)]
+pub struct LedgerMetrics {
+    consumed: Counter,
+    applied: Counter,
+    skipped: Counter,
+    dead_lettered: Counter,
+    events_sent: Counter,
+    entries_written: Counter,
+    transactions_aborted: Counter,
+    accounts: Gauge,
+    pending_entries: Gauge,
+    restore_seconds: Histogram,
+    counted: Arc<Mutex<LedgerReport>>,
+}
+
+impl Default for LedgerMetrics {
+    fn default() -> Self {
+        Self {
+            consumed: Counter::default(),
+            applied: Counter::default(),
+            skipped: Counter::default(),
+            dead_lettered: Counter::default(),
+            events_sent: Counter::default(),
+            entries_written: Counter::default(),
+            transactions_aborted: Counter::default(),
+            accounts: Gauge::default(),
+            pending_entries: Gauge::default(),
+            restore_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
+            counted: Arc::default(),
+        }
+    }
+}
+
+impl LedgerMetrics {
+    /// Metrics registered in `registry`.
+    pub fn new(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        let r = registry.sub_registry_with_prefix("ledger");
+        r.register("consumed", "Records consumed (priced usage and billing commands)", m.consumed.clone());
+        r.register("applied", "Records applied to an account", m.applied.clone());
+        r.register("skipped", "Records already applied (replays)", m.skipped.clone());
+        r.register("dead_lettered", "Records refused, with a dead letter", m.dead_lettered.clone());
+        r.register("events_sent", "Threshold events sent (budget, depletion, reload...)", m.events_sent.clone());
+        r.register("entries_written", "Ledger entries written to ClickHouse", m.entries_written.clone());
+        r.register("transactions_aborted", "Kafka transactions aborted and redone", m.transactions_aborted.clone());
+        r.register("accounts", "Accounts held by this instance", m.accounts.clone());
+        r.register("pending_entries", "Ledger entries waiting for ClickHouse", m.pending_entries.clone());
+        r.register_with_unit(
+            "restore",
+            "Time to restore a partition's accounts from the changelog",
+            Unit::Seconds,
+            m.restore_seconds.clone(),
+        );
+        m
+    }
+
+    /// Advances the counters by what `report` holds beyond what they count.
+    pub(crate) fn follow(&self, report: &LedgerReport) {
+        let mut counted = self.counted.lock().unwrap_or_else(PoisonError::into_inner);
+        let add = |c: &Counter, now: u64, before: u64| {
+            c.inc_by(now.saturating_sub(before));
+        };
+        add(&self.consumed, report.consumed, counted.consumed);
+        add(&self.applied, report.applied, counted.applied);
+        add(&self.skipped, report.skipped, counted.skipped);
+        add(&self.dead_lettered, report.dead_lettered, counted.dead_lettered);
+        add(&self.events_sent, report.events_sent, counted.events_sent);
+        add(&self.entries_written, report.entries_written, counted.entries_written);
+        add(&self.transactions_aborted, report.transactions_aborted, counted.transactions_aborted);
+        *counted = report.clone();
+    }
+
+    pub(crate) fn held(&self, accounts: usize, pending_entries: usize) {
+        self.accounts.set(accounts as i64);
+        self.pending_entries.set(pending_entries as i64);
+    }
+
+    pub(crate) fn restored(&self, seconds: f64) {
+        self.restore_seconds.observe(seconds);
+    }
+}
