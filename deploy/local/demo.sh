@@ -17,10 +17,14 @@ mkdir -p "$DATA_DIR"
 
 LEDGER_LOG="$DATA_DIR/demo-ledger.log"
 "$BIN" setup >/dev/null
+# Metrics and probes while the demo runs (override with the environment).
+PIPELINE_METRICS_ADDR=${PIPELINE_METRICS_ADDR:-127.0.0.1:9464}
+LEDGER_METRICS_ADDR=${LEDGER_METRICS_ADDR:-127.0.0.1:9465}
 log "starting the pipeline (log: $LOG) and the ledger (log: $LEDGER_LOG)"
-"$BIN" run >"$SUMMARY" 2>"$LOG" &
+log "metrics: http://$PIPELINE_METRICS_ADDR/metrics (pipeline) and http://$LEDGER_METRICS_ADDR/metrics (ledger); probes /healthz, /readyz"
+"$BIN" run --metrics-addr "$PIPELINE_METRICS_ADDR" >"$SUMMARY" 2>"$LOG" &
 pipeline=$!
-"$BIN" ledger 2>"$LEDGER_LOG" &
+"$BIN" ledger --metrics-addr "$LEDGER_METRICS_ADDR" 2>"$LEDGER_LOG" &
 ledger=$!
 trap 'kill -TERM $pipeline $ledger 2>/dev/null || true' EXIT
 
@@ -43,6 +47,10 @@ log "producing $EVENTS synthetic events (seed $SEED, one in 400 deliberately bad
 
 log "waiting for the pipeline to catch up (at most 300 s)"
 "$BIN" status --wait 300 >/dev/null || { log "the pipeline did not catch up; see $LOG"; exit 1; }
+if command -v curl >/dev/null; then
+  log "from http://$PIPELINE_METRICS_ADDR/metrics:"
+  curl -s "http://$PIPELINE_METRICS_ADDR/metrics" | grep -E '^usage_(messages_consumed|rows_priced|duplicates)_total|^usage_dead_letters_total|^usage_ready ' || true
+fi
 kill -TERM "$pipeline"
 status=0
 wait "$pipeline" || status=$?

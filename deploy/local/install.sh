@@ -2,7 +2,8 @@
 # Installs what the local stack needs, skipping what is already there:
 # - tansu (Kafka-protocol broker) into the default cargo bin folder, so every
 #   clone on this machine reuses it (the build takes ~13 minutes on 2 cores);
-# - clickhouse-server from Debian's packages, unless one is already on PATH.
+# - clickhouse-server from Debian's packages, unless one is already on PATH;
+# - prometheus from Debian's packages (tests of the metrics and dashboard).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 
@@ -20,4 +21,16 @@ else
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq clickhouse-server clickhouse-client >/dev/null
+fi
+
+# Prometheus, to check what the pipeline exports and what its dashboard
+# queries (tests/dashboard.rs starts its own on loopback; the package's
+# service, where one starts, is left alone).
+if command -v prometheus >/dev/null 2>&1; then
+  log "prometheus already installed"
+else
+  log "installing prometheus from Debian's packages"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
