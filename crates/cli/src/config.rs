@@ -48,7 +48,8 @@
 //! write_entries = true                # ledger entries into ClickHouse
 //!
 //! [observability]
-//! metrics_addr = "127.0.0.1:9464"     # USAGE_METRICS_ADDR (or --metrics-addr): /healthz, /readyz
+//! metrics_addr = "127.0.0.1:9464"     # USAGE_METRICS_ADDR (or --metrics-addr): /healthz, /readyz, /metrics
+//! unready_after_s = 60                # USAGE_UNREADY_AFTER_S: a step failing this long makes /readyz fail
 //! ```
 
 use anyhow::{bail, Context, Result};
@@ -78,6 +79,7 @@ struct FileConfig {
 #[serde(deny_unknown_fields, default)]
 struct ObservabilitySection {
     metrics_addr: Option<String>,
+    unready_after_s: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -154,6 +156,8 @@ pub struct Settings {
     pub ledger_writes_entries: bool,
     /// Where `run` and `ledger` serve their probes (`None`: not served).
     pub metrics_addr: Option<SocketAddr>,
+    /// How long a retriable failure may last before `/readyz` fails.
+    pub unready_after: Duration,
 }
 
 /// Upper bound on `batch_events_max`: one INSERT must stay below
@@ -275,8 +279,16 @@ impl Settings {
             Some(a) => Some(parse_addr(&a).context("observability.metrics_addr (USAGE_METRICS_ADDR)")?),
             None => None,
         };
+        let unready_after = match env("USAGE_UNREADY_AFTER_S").map(|s| s.parse::<u64>()).transpose() {
+            Ok(v) => v
+                .or(file.observability.unready_after_s)
+                .map(Duration::from_secs)
+                .unwrap_or(usage_runtime::FAILING_GRACE_DEFAULT),
+            Err(e) => bail!("USAGE_UNREADY_AFTER_S: {e}"),
+        };
         Ok(Self {
             metrics_addr,
+            unready_after,
             kafka,
             clickhouse,
             stream,

@@ -60,7 +60,7 @@ async fn serve_probes_if_asked(
     flag: Option<&str>,
     mut registry: prometheus_client::registry::Registry,
 ) -> Result<usage_runtime::Health> {
-    let health = usage_runtime::Health::default();
+    let health = usage_runtime::Health::new(settings.unready_after);
     let addr = match flag {
         Some(text) => Some(crate::config::parse_addr(text).context("--metrics-addr")?),
         None => settings.metrics_addr,
