@@ -2,12 +2,13 @@
 //! Prometheus, started here on loopback, scrapes a running pipeline and
 //! ledger while a stream (with bad events and re-sends) flows, and every
 //! expression of `deploy/grafana/dashboard.json` is evaluated through its
-//! HTTP API: each must return data.
+//! HTTP API: each must return data (numbers, not NaN). Ten accounts have a
+//! small budget, so the ledger sends events and the alert latency is seen.
 
 use std::time::Duration;
 use usage_integration_tests::{
-    clickhouse, free_local_addr, http_get, isolated_env, kafka_settings, repo_root, send_records, spawn_binary,
-    stored_rows, unique, Running,
+    clickhouse, free_local_addr, http_get, isolated_env, kafka_settings, repo_root, send_records, send_small_budgets,
+    spawn_binary, stored_rows, unique, wait_for_http, Running,
 };
 use usage_kafka::Producer;
 use usage_synth::{Encoding, Generator, SynthConfig, SynthMessage};
@@ -55,6 +56,7 @@ fn every_dashboard_expression_returns_data_from_a_real_prometheus() {
     std::fs::create_dir_all(&dir).unwrap();
     let log = dir.join("pipeline.log");
     assert!(spawn_binary(&env, &["setup"], &log).wait().unwrap().success(), "setup; see {}", log.display());
+    send_small_budgets(&env, 10, &log); // budget events, for the alert latency
     let _pipeline = spawn_binary(&env, &["run", "--metrics-addr", &pipeline_addr.to_string()], &log);
     let _ledger = spawn_binary(&env, &["ledger", "--metrics-addr", &ledger_addr.to_string()], &dir.join("ledger.log"));
 
@@ -92,9 +94,22 @@ fn every_dashboard_expression_returns_data_from_a_real_prometheus() {
     records.extend(generated.iter().take(100).filter(|m| m.event.is_some()).map(|m| (&m.key[..], &m.payload[..])));
     let rt = tokio::runtime::Runtime::new().unwrap();
     let producer = Producer::new(&kafka_settings(), "dashboard").unwrap();
-    rt.block_on(send_records(&producer, &raw, &records));
-    let sink = clickhouse(&database);
     let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    // Prometheus scrapes both before any usage arrives (a rate needs the
+    // counters before and after), then the stream comes in two parts.
+    let ready = wait_for_http(prometheus_addr, "/-/ready", Duration::from_secs(60), |s, _| s == 200);
+    assert_eq!(ready.map(|a| a.0), Some(200), "Prometheus ready; see {}", dir.display());
+    while query(prometheus_addr, "sum(up)").first().and_then(|r| r["value"][1].as_str().map(str::to_owned))
+        != Some("2".to_owned())
+    {
+        assert!(std::time::Instant::now() < deadline, "targets not up; see {}", dir.display());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let (first, second) = records.split_at(records.len() / 2);
+    rt.block_on(send_records(&producer, &raw, first));
+    std::thread::sleep(Duration::from_secs(3));
+    rt.block_on(send_records(&producer, &raw, second));
+    let sink = clickhouse(&database);
     while rt.block_on(stored_rows(&sink)) < good {
         assert!(std::time::Instant::now() < deadline, "not stored; see {}", log.display());
         std::thread::sleep(Duration::from_millis(250));
@@ -118,6 +133,12 @@ fn every_dashboard_expression_returns_data_from_a_real_prometheus() {
     let mut exprs = Vec::new();
     expressions(&dashboard, &mut exprs);
     assert!(exprs.len() >= 15, "{exprs:?}");
-    let empty: Vec<&String> = exprs.iter().filter(|e| query(prometheus_addr, e).is_empty()).collect();
+    // Data: at least one series, and numbers (a quantile of a histogram
+    // that saw nothing would be NaN).
+    let empty: Vec<(&String, Vec<serde_json::Value>)> = exprs
+        .iter()
+        .map(|e| (e, query(prometheus_addr, e)))
+        .filter(|(_, r)| r.is_empty() || r.iter().any(|s| s["value"][1].as_str() == Some("NaN")))
+        .collect();
     assert!(empty.is_empty(), "expressions without data: {empty:#?}");
 }

@@ -92,6 +92,7 @@ async fn transactions_commit_state_events_and_offsets_together_through_failed_co
                 origin_partition: 0,
                 origin_offset: (a * 100 + i) as i64,
                 lines: Vec::new(),
+                origin_appended_ms: None,
             };
             usage.push((account.clone(), String::from_utf8(record.to_json()).unwrap()));
         }
@@ -191,6 +192,7 @@ async fn a_fenced_transactional_producer_stops_the_ledger_with_a_fatal_error() {
             origin_partition: 0,
             origin_offset: i as i64,
             lines: Vec::new(),
+            origin_appended_ms: None,
         };
         String::from_utf8(record.to_json()).unwrap()
     };

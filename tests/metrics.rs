@@ -7,8 +7,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 use usage_integration_tests::{
-    clickhouse, free_local_addr, http_get, isolated_env, kafka_settings, send_records, spawn_binary, stored_rows,
-    unique,
+    clickhouse, free_local_addr, http_get, isolated_env, kafka_settings, send_records, send_small_budgets,
+    spawn_binary, stored_rows, unique,
 };
 use usage_kafka::Producer;
 use usage_synth::{Encoding, Generator, SynthConfig, SynthMessage};
@@ -60,6 +60,10 @@ fn metrics_equal_the_run_summaries() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let producer = Producer::new(&kafka_settings(), "metrics").unwrap();
     let records: Vec<(&[u8], &[u8])> = stream.iter().map(|m| (&m.key[..], &m.payload[..])).collect();
+
+    // Ten accounts with a small monthly budget: their usage crosses its
+    // thresholds, and the ledger sends budget events.
+    send_small_budgets(&env, 10, &log);
 
     let mut pipeline = spawn_binary(&env, &["run", "--metrics-addr", &pipeline_addr.to_string()], &log);
     let mut ledger = spawn_binary(&env, &["ledger", "--metrics-addr", &ledger_addr.to_string()], &ledger_log);
@@ -150,4 +154,8 @@ fn metrics_equal_the_run_summaries() {
         "{line}"
     );
     assert!(lmetric("usage_ledger_accounts") > 0);
+    // Every budget event was caused by usage: each has its latency from the
+    // raw event's append to the event sent.
+    assert!(lmetric("usage_ledger_events_sent_total") > 0, "{ledger_metrics:#?}");
+    assert_eq!(lmetric("usage_ledger_alert_latency_seconds_count"), lmetric("usage_ledger_events_sent_total"));
 }

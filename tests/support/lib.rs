@@ -478,3 +478,21 @@ impl DelayingProxy {
         self.delay_ms.store(delay.as_millis() as u64, std::sync::atomic::Ordering::SeqCst);
     }
 }
+
+/// Gives accounts `acct-0001` to `acct-{n:04}` (the synthetic stream's)
+/// postpaid settings with a small monthly budget, through `accounts send`:
+/// their usage crosses the budget's thresholds and the ledger sends events.
+pub fn send_small_budgets(env: &[(&'static str, String)], n: usize, log: &std::path::Path) {
+    let since = (chrono::Utc::now() - chrono::Duration::days(3)).format("%Y-%m-%dT%H:%M:%SZ");
+    let settings: String = (1..=n)
+        .map(|a| {
+            format!(
+                "{{\"type\":\"account_settings\",\"account_id\":\"acct-{a:04}\",\"effective_from\":\"{since}\",\"billing_mode\":\"postpaid\",\"currency\":\"USD\",\"monthly_budget\":\"0.5\"}}\n"
+            )
+        })
+        .collect();
+    let file = std::env::temp_dir().join(format!("{}.ndjson", unique("budgets")));
+    std::fs::write(&file, settings).expect("settings file");
+    let sent = spawn_binary(env, &["accounts", "send", "--input", &file.display().to_string()], log);
+    assert!(exits_successfully(sent, "accounts send", log), "accounts send failed; see {}", log.display());
+}

@@ -217,6 +217,7 @@ fn ledger_throughput(results: &mut BTreeMap<&'static str, f64>) {
                 origin_partition: 0,
                 origin_offset: i as i64,
                 lines: Vec::new(),
+                origin_appended_ms: None,
             })
             .collect();
         let started = Instant::now();

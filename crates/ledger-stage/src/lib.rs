@@ -221,6 +221,9 @@ fn check_co_partitioned(config: &LedgerConfig, kafka: &KafkaSettings) -> Result<
 struct PartitionWork {
     next_offsets: BTreeMap<String, i64>,
     dead_letters: Vec<DeadLetter>,
+    /// For each threshold event this work's usage caused: when that usage
+    /// was appended to the raw topic (ms), for the event-to-alert latency.
+    alert_origins_ms: Vec<i64>,
 }
 
 pub struct Ledger {
@@ -615,7 +618,12 @@ impl Ledger {
             };
             for record in &records {
                 match ledger.apply_usage(m.offset(), record) {
-                    Applied::Done(_) => report.applied += 1,
+                    Applied::Done(effects) => {
+                        report.applied += 1;
+                        if let Some(ms) = record.origin_appended_ms {
+                            w.alert_origins_ms.extend(effects.events.iter().map(|_| ms));
+                        }
+                    }
                     Applied::Skipped => report.skipped += 1,
                     // Only this record is refused: it goes alone.
                     Applied::Refused(e) => dead_letter(w, m, e.code(), e.to_string(), Some(record.to_json()), report),
@@ -732,6 +740,7 @@ impl Ledger {
             ledger.events_sent();
         }
         report.events_sent += events.len() as u64;
+        self.metrics.alerts_sent(work.values().flat_map(|w| &w.alert_origins_ms));
         for (p, w) in &work {
             for (topic, next) in &w.next_offsets {
                 let at = self.uncommitted.entry((topic.clone(), *p)).or_insert(*next);
@@ -835,6 +844,7 @@ impl Ledger {
             Ok(()) => {
                 self.health.recovered("ledger transaction");
                 report.events_sent += events.len() as u64;
+                self.metrics.alerts_sent(work.values().flat_map(|w| &w.alert_origins_ms));
                 Ok(true)
             }
             // A fenced producer (another instance took its transactional

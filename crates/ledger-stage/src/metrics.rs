@@ -21,6 +21,7 @@ pub struct LedgerMetrics {
     accounts: Gauge,
     pending_entries: Gauge,
     restore_seconds: Histogram,
+    alert_latency_seconds: Histogram,
     counted: Arc<Mutex<LedgerReport>>,
 }
 
@@ -37,6 +38,7 @@ impl Default for LedgerMetrics {
             accounts: Gauge::default(),
             pending_entries: Gauge::default(),
             restore_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
+            alert_latency_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
             counted: Arc::default(),
         }
     }
@@ -62,7 +64,23 @@ impl LedgerMetrics {
             Unit::Seconds,
             m.restore_seconds.clone(),
         );
+        r.register_with_unit(
+            "alert_latency",
+            "From a usage event appended to the raw topic to the threshold event it caused, sent",
+            Unit::Seconds,
+            m.alert_latency_seconds.clone(),
+        );
         m
+    }
+
+    /// Threshold events were sent (acknowledged); each caused by usage
+    /// appended at one of `origins_ms`.
+    pub(crate) fn alerts_sent<'a>(&self, origins_ms: impl Iterator<Item = &'a i64>) {
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        for ms in origins_ms {
+            // A producer's clock ahead of ours: no negative latency.
+            self.alert_latency_seconds.observe((now_ms - ms).max(0) as f64 / 1000.0);
+        }
     }
 
     /// Advances the counters by what `report` holds beyond what they count.

@@ -49,6 +49,11 @@ pub struct PricedUsage {
     /// older pipelines: no token allowance applies to them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub lines: Vec<UsageLine>,
+    /// When the raw usage message was appended to its topic (Kafka's
+    /// timestamp, ms since the epoch), for the event-to-alert latency;
+    /// absent in records of older pipelines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin_appended_ms: Option<i64>,
 }
 
 /// One priced unit of a usage event.

@@ -61,6 +61,7 @@ fn usage(id: &str, cost: &str, at: &str, origin_offset: i64) -> PricedUsage {
         origin_partition: 0,
         origin_offset,
         lines: Vec::new(),
+        origin_appended_ms: None,
     }
 }
 

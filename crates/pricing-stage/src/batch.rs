@@ -87,6 +87,9 @@ pub struct PartitionBatch {
     /// Per row: its key (`usage_clickhouse::row_key`) and its state.
     pub keys: Vec<u64>,
     pub states: Vec<RowState>,
+    /// Per row: when its message was appended to the raw topic (Kafka's
+    /// timestamp, ms), for the ledger's event-to-alert latency.
+    pub appended_ms: Vec<Option<i64>>,
     pub dead_letters: Vec<DeadLetter>,
     pub forwards: Vec<Forward>,
     /// First offset seen, and the offset to commit (one past the last).
@@ -221,6 +224,7 @@ impl Batch {
         partition: i32,
         epoch: u64,
         offset: i64,
+        appended_ms: Option<i64>,
         key: Option<&[u8]>,
         payload: &[u8],
         outcome: Result<PricedEvent, Rejection>,
@@ -241,6 +245,7 @@ impl Batch {
                 part.rows.push(row);
                 part.keys.push(row_key);
                 part.states.push(state);
+                part.appended_ms.push(appended_ms);
                 if matches!(state, RowState::New | RowState::Unsure) {
                     self.by_key.entry(row_key).or_insert((partition, index));
                 }
@@ -310,7 +315,7 @@ mod tests {
             (5, "2026-01-30T00:00:00Z"),
             (6, "2026-02-01T00:00:02Z"),
         ] {
-            batch.add("t", 0, 0, offset, None, b"", Ok(priced(&format!("e{offset}"), at)), |_, _| RowState::New);
+            batch.add("t", 0, 0, offset, None, None, b"", Ok(priced(&format!("e{offset}"), at)), |_, _| RowState::New);
         }
         let part = &batch.partitions[&("t".to_owned(), 0)];
         let units: Vec<Vec<i64>> =
@@ -323,9 +328,9 @@ mod tests {
     fn a_copy_later_in_the_batch_is_a_duplicate_and_is_never_inserted() {
         let mut batch = Batch::default();
         let at = "2026-01-31T23:59:59Z";
-        batch.add("t", 0, 0, 1, None, b"", Ok(priced("e1", at)), |_, _| RowState::New);
-        batch.add("t", 1, 0, 7, None, b"", Ok(priced("e1", at)), |_, _| RowState::New);
-        batch.add("t", 0, 0, 2, None, b"", Ok(priced("e1", "2026-01-31T23:59:58Z")), |_, _| RowState::New);
+        batch.add("t", 0, 0, 1, None, None, b"", Ok(priced("e1", at)), |_, _| RowState::New);
+        batch.add("t", 1, 0, 7, None, None, b"", Ok(priced("e1", at)), |_, _| RowState::New);
+        batch.add("t", 0, 0, 2, None, None, b"", Ok(priced("e1", "2026-01-31T23:59:58Z")), |_, _| RowState::New);
         assert_eq!(batch.partitions[&("t".to_owned(), 1)].states, vec![RowState::Duplicate]);
         assert_eq!(batch.n_duplicates(), 1, "another instant is another event");
         assert_eq!(batch.partitions[&("t".to_owned(), 1)].insert_units().len(), 0);

@@ -18,8 +18,9 @@ pub(crate) enum FeedError {
     Send(#[from] usage_kafka::SendBatchError),
 }
 
-/// One row as a `PricedUsage` record.
-pub(crate) struct FeedRecord<'a>(pub &'a PricedRow);
+/// One row as a `PricedUsage` record, with when its raw message was
+/// appended (ms), if known.
+pub(crate) struct FeedRecord<'a>(pub &'a PricedRow, pub Option<i64>);
 
 /// The row's priced lines: units with a quantity and a price.
 struct FeedLines<'a>(&'a PricedRow);
@@ -37,7 +38,8 @@ impl Serialize for FeedRecord<'_> {
             .ok_or_else(|| S::Error::custom(format!("occurred_at {} out of range", r.occurred_at)))?;
         let lines = FeedLines(r);
         let has_lines = lines.iter().next().is_some();
-        let mut st = s.serialize_struct("PricedUsage", if has_lines { 9 } else { 8 })?;
+        let n_fields = 8 + usize::from(has_lines) + usize::from(self.1.is_some());
+        let mut st = s.serialize_struct("PricedUsage", n_fields)?;
         st.serialize_field("event_id", &r.event_id)?;
         st.serialize_field("account_id", &r.account_id)?;
         st.serialize_field("occurred_at", &occurred_at)?;
@@ -48,6 +50,9 @@ impl Serialize for FeedRecord<'_> {
         st.serialize_field("origin_offset", &r.kafka_offset)?;
         if has_lines {
             st.serialize_field("lines", &lines)?;
+        }
+        if let Some(ms) = self.1 {
+            st.serialize_field("origin_appended_ms", &ms)?;
         }
         st.end()
     }
@@ -88,8 +93,8 @@ impl Serialize for FeedLine<'_> {
 
 /// The records as one message: a JSON array. Rows hold amounts and
 /// instants already checked, so this fails only on a broken invariant.
-pub(crate) fn batch_to_json(rows: &[&PricedRow]) -> Result<Vec<u8>, serde_json::Error> {
-    let records: Vec<FeedRecord> = rows.iter().map(|r| FeedRecord(r)).collect();
+pub(crate) fn batch_to_json(rows: &[(&PricedRow, Option<i64>)]) -> Result<Vec<u8>, serde_json::Error> {
+    let records: Vec<FeedRecord> = rows.iter().map(|(r, ms)| FeedRecord(r, *ms)).collect();
     // Sized once for the usual record (~400 bytes): a buffer grown by
     // doubling copied each message several times over, into fresh pages.
     let mut out = Vec::with_capacity(rows.len().saturating_mul(RECORD_BYTES_TYPICAL));
@@ -140,7 +145,9 @@ mod tests {
             cost: "0.003".parse().unwrap(),
         };
         let row = PricedRow::new(priced, "usage.raw", 2, 42).unwrap();
-        let read = usage_ledger::PricedUsage::batch_from_json(&batch_to_json(&[&row]).unwrap()).unwrap();
+        let read =
+            usage_ledger::PricedUsage::batch_from_json(&batch_to_json(&[(&row, Some(1_780_000_000_123))]).unwrap())
+                .unwrap();
         assert_eq!(
             read,
             vec![usage_ledger::PricedUsage {
@@ -157,6 +164,7 @@ mod tests {
                     quantity: 1200,
                     unit_price: "0.0000025".parse().unwrap()
                 }],
+                origin_appended_ms: Some(1_780_000_000_123),
             }]
         );
     }
@@ -252,10 +260,10 @@ mod tests {
                     MessageOutcome::Priced(priced) => {
                         prop_assert_eq!(Some(priced.cost.scaled() as u128), exact);
                         let mut batch = Batch::default();
-                        batch.add("t", 0, 0, 7, None, json.as_bytes(), Ok(*priced.clone()), |_, _| crate::batch::RowState::New);
+                        batch.add("t", 0, 0, 7, None, None, json.as_bytes(), Ok(*priced.clone()), |_, _| crate::batch::RowState::New);
                         let row = &batch.partitions[&("t".to_owned(), 0)].rows[0];
                         prop_assert_eq!(row.cost, priced.cost);
-                        let records = usage_ledger::PricedUsage::batch_from_json(&batch_to_json(&[row]).unwrap()).unwrap();
+                        let records = usage_ledger::PricedUsage::batch_from_json(&batch_to_json(&[(row, None)]).unwrap()).unwrap();
                         prop_assert_eq!(records[0].cost, priced.cost);
                     }
                     MessageOutcome::Rejected(r) => {

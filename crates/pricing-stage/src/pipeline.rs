@@ -715,7 +715,8 @@ impl Pipeline {
         let (seen, epoch) = (&mut assigned.seen, assigned.epoch);
         let previous = self.previous.as_deref();
         let payload = message.payload().unwrap_or_default();
-        batch.add(topic, partition, epoch, offset, message.key(), payload, outcome, |row, key| {
+        let appended_ms = message.timestamp().to_millis();
+        batch.add(topic, partition, epoch, offset, appended_ms, message.key(), payload, outcome, |row, key| {
             match seen.check(key, row.occurred_at, row.kafka_offset) {
                 Seen::New => {
                     // Held from now on: a copy in a later batch is a hit.
@@ -868,13 +869,13 @@ impl Pipeline {
         if settle && waiting {
             self.settle_unsure(batch).await.map_err(FeedFailure::Lookup)?;
         }
-        let mut ready: Vec<&PricedRow> = Vec::new();
+        let mut ready: Vec<(&PricedRow, Option<i64>)> = Vec::new();
         let mut upto: Vec<usize> = Vec::with_capacity(batch.partitions.len());
         for part in batch.partitions.values() {
             let mut i = part.fed;
             while i < part.rows.len() && part.states[i] != RowState::Unsure {
                 if part.states[i] == RowState::New {
-                    ready.push(&part.rows[i]);
+                    ready.push((&part.rows[i], part.appended_ms.get(i).copied().flatten()));
                 }
                 i += 1;
             }
@@ -917,14 +918,14 @@ impl Pipeline {
     /// records (a JSON array), each record in the partition its account
     /// keys to. Few large messages instead of one per row: the broker's
     /// cost is per message.
-    async fn feed_ledger(&self, rows: &[&PricedRow]) -> Result<(), crate::feed::FeedError> {
+    async fn feed_ledger(&self, rows: &[(&PricedRow, Option<i64>)]) -> Result<(), crate::feed::FeedError> {
         let (Some(topic), Some(partitions)) = (&self.config.priced_topic, self.priced_partitions) else {
             return Ok(());
         };
-        let mut by_partition: BTreeMap<i32, Vec<&PricedRow>> = BTreeMap::new();
+        let mut by_partition: BTreeMap<i32, Vec<(&PricedRow, Option<i64>)>> = BTreeMap::new();
         for r in rows {
-            let p = partition_for_key(r.account_id.as_bytes(), partitions);
-            by_partition.entry(p).or_default().push(r);
+            let p = partition_for_key(r.0.account_id.as_bytes(), partitions);
+            by_partition.entry(p).or_default().push(*r);
         }
         let mut payloads = Vec::new();
         for (p, records) in &by_partition {
