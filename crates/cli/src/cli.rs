@@ -43,6 +43,24 @@ pub enum Command {
     /// Billing commands (account settings, credit grants, reload failures) to the commands topic.
     #[command(subcommand)]
     Accounts(AccountsCommand),
+    /// Check the brokers, topics, ClickHouse, migrations and rate cards; say how to fix what is wrong.
+    Doctor(DoctorArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(CompletionsArgs),
+}
+
+#[derive(Args)]
+pub struct DoctorArgs {
+    #[command(flatten)]
+    pub rates: RatesArg,
+    /// One JSON object instead of lines.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct CompletionsArgs {
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Subcommand)]
@@ -191,6 +209,9 @@ pub struct RunArgs {
     /// Serve /healthz and /readyz here (overrides USAGE_METRICS_ADDR).
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics_addr: Option<String>,
+    /// The summary at exit as one JSON object instead of lines.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -247,4 +268,7 @@ pub struct StatusArgs {
     /// Wait up to this many seconds for the group to catch up; exit 1 if it does not.
     #[arg(long)]
     pub wait: Option<u64>,
+    /// One JSON object instead of lines.
+    #[arg(long)]
+    pub json: bool,
 }

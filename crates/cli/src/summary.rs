@@ -8,6 +8,50 @@ use usage_pricing_stage::RunReport;
 
 const TOP_N: usize = 10;
 
+/// Prints the summary as one JSON object (`run --json`); returns whether
+/// the numbers agree, as the text summary does.
+pub async fn print_run_summary_json(report: &RunReport, sink: &ClickHouseSink) -> Result<bool> {
+    let mut consistent = report.balances();
+    let mut clickhouse = serde_json::Value::Null;
+    if !report.offsets.is_empty() {
+        let ranges: Vec<(String, i32, i64, i64)> =
+            report.offsets.iter().map(|((t, p), (first, next))| (t.clone(), *p, *first, *next)).collect();
+        let totals = sink.totals(&OffsetRanges(&ranges).sql_condition()).await?;
+        let ch_cost = totals.cost.parse::<Amount>().ok();
+        let equal = (report.skipped == 0 && report.handed_over == 0)
+            .then(|| totals.rows == report.priced && ch_cost.is_some() && ch_cost == report.cost);
+        consistent &= equal.unwrap_or(true);
+        clickhouse = serde_json::json!({
+            "table": sink.table("priced_events"),
+            "rows": totals.rows,
+            "cost": ch_cost.map_or(totals.cost.clone(), |c| c.to_string()),
+            "equal_to_rows_priced": equal,
+        });
+    }
+    let dead_lettered: std::collections::BTreeMap<&str, u64> =
+        report.dead_lettered.iter().map(|(r, n)| (r.code(), *n)).collect();
+    let summary = serde_json::json!({
+        "events_in": report.consumed,
+        "rows_priced": report.priced,
+        "total_cost": report.cost.map(|c| c.to_string()),
+        "dead_lettered": report.dead_lettered_total(),
+        "dead_lettered_by_reason": dead_lettered,
+        "duplicates": report.duplicates,
+        "skipped": report.skipped,
+        "handed_over": report.handed_over,
+        "forwarded": report.forwarded,
+        "inserts": report.inserts,
+        "batches": report.batches,
+        "group_rejoins": report.rejoins,
+        "rollup_rows_repaired": report.rollup_keys_repaired,
+        "accounting_balances": report.balances(),
+        "clickhouse": clickhouse,
+        "consistent": consistent,
+    });
+    println!("{summary}");
+    Ok(consistent)
+}
+
 /// Prints the summary; returns whether the numbers agree.
 pub async fn print_run_summary(report: &RunReport, sink: &ClickHouseSink) -> Result<bool> {
     let dead = report.dead_lettered_total();

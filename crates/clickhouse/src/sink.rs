@@ -233,6 +233,17 @@ impl ClickHouseSink {
         self.migrate_up_to(u32::MAX).await
     }
 
+    /// The migrations this version knows and the database has not
+    /// recorded (all of them for a database not created yet).
+    pub async fn pending_migrations(&self) -> Result<Vec<(u32, &'static str)>, SinkError> {
+        let applied = match self.applied_migrations().await {
+            Ok(applied) => applied,
+            Err(e) if matches!(e.server_code(), Some(60 | 81)) => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        Ok(MIGRATIONS.iter().filter(|(v, _, _)| !applied.contains(v)).map(|(v, name, _)| (*v, *name)).collect())
+    }
+
     /// The versions recorded in `schema_migrations`.
     async fn applied_migrations(&self) -> Result<Vec<u32>, SinkError> {
         let sql = format!("SELECT DISTINCT version FROM {}.schema_migrations", self.settings.database);

@@ -34,6 +34,27 @@ struct RawEvent<'a> {
     usage: Option<RawUsage>,
 }
 
+/// A CloudEvents 1.0 envelope in structured mode (the convention OpenMeter's
+/// users send): the usage event is `data`; `id`, `subject` and `time` stand
+/// for its `event_id`, `account_id` and `occurred_at` when `data` leaves
+/// them out (both given and different: refused, a bill is never guessed).
+/// Other attributes and extensions are allowed and ignored.
+#[derive(Deserialize)]
+struct RawCloudEvent<'a> {
+    #[serde(borrow)]
+    specversion: Cow<'a, str>,
+    #[serde(borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    subject: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    time: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    datacontenttype: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    data: Option<RawEvent<'a>>,
+}
+
 /// A count as written: JSON has one number type, so its sign and kind are
 /// checked here and explained in the rejection.
 enum RawCount {
@@ -159,14 +180,88 @@ pub fn decode_json_with_serde(payload: &[u8]) -> Result<UsageEvent, Rejection> {
     decode_with_serde(text)
 }
 
+fn json_rejection(e: serde_json::Error) -> Rejection {
+    let reason = match e.classify() {
+        serde_json::error::Category::Data => RejectReason::InvalidField,
+        _ => RejectReason::MalformedPayload,
+    };
+    Rejection::new(reason, format!("JSON: {e}"))
+}
+
+/// Whether the text is a JSON object with a top-level `specversion`
+/// (looked at only once the event failed to read as a plain one).
+fn looks_like_cloud_event(text: &str) -> bool {
+    text.contains("\"specversion\"")
+}
+
+/// The usage event inside a structured CloudEvent, its envelope's `id`,
+/// `subject` and `time` standing in for what `data` leaves out.
+fn from_cloud_event(text: &str) -> Result<RawEvent<'_>, Rejection> {
+    let ce: RawCloudEvent = serde_json::from_str(text).map_err(json_rejection)?;
+    if ce.specversion != "1.0" {
+        return Err(Rejection::new(
+            RejectReason::InvalidField,
+            format!("CloudEvents specversion {:?}: 1.0 is read", ce.specversion),
+        ));
+    }
+    if let Some(t) = ce.datacontenttype.as_deref() {
+        if !(t.starts_with("application/json") || t.ends_with("+json")) {
+            return Err(Rejection::new(
+                RejectReason::InvalidField,
+                format!("CloudEvents datacontenttype {t:?}: the usage event must be JSON"),
+            ));
+        }
+    }
+    let mut data = ce.data.ok_or_else(|| missing("data (the CloudEvent's usage event)"))?;
+    let fill = |field: &str, from: &str, inner: &mut Option<Cow<'_, str>>, outer: Option<Cow<'_, str>>| match (
+        inner.as_deref(),
+        outer,
+    ) {
+        (Some(a), Some(b)) if a != b => Err(Rejection::new(
+            RejectReason::InvalidField,
+            format!("{field} {a:?} in data differs from the CloudEvent's {from} {b:?}"),
+        )),
+        (None, Some(b)) => {
+            *inner = Some(Cow::Owned(b.into_owned()));
+            Ok(())
+        }
+        _ => Ok(()),
+    };
+    fill("event_id", "id", &mut data.event_id, ce.id)?;
+    fill("account_id", "subject", &mut data.account_id, ce.subject)?;
+    fill("occurred_at", "time", &mut data.occurred_at, ce.time)?;
+    Ok(data)
+}
+
+/// A CloudEvent sent in binary mode (attributes in `ce_*` headers, the
+/// message value its `data`) as the structured CloudEvent it stands for, so
+/// that one reader serves both modes. `attributes` are `(name, value)`
+/// without the `ce_` prefix (`specversion`, `id`, `subject`, `time`,
+/// `datacontenttype`); a value that is not UTF-8 is left out (and what it
+/// stood for is then missing, and reported so).
+pub fn cloud_event_from_binary<'a>(attributes: impl IntoIterator<Item = (&'a str, &'a [u8])>, data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + 256);
+    out.push(b'{');
+    for (name, value) in attributes {
+        let Ok(value) = std::str::from_utf8(value) else { continue };
+        // Names and values written as JSON strings: quotes and controls escaped.
+        out.extend_from_slice(serde_json::to_string(name).unwrap_or_default().as_bytes());
+        out.push(b':');
+        out.extend_from_slice(serde_json::to_string(value).unwrap_or_default().as_bytes());
+        out.push(b',');
+    }
+    out.extend_from_slice(b"\"data\":");
+    out.extend_from_slice(data);
+    out.push(b'}');
+    out
+}
+
 fn decode_with_serde(text: &str) -> Result<UsageEvent, Rejection> {
-    let raw: RawEvent = serde_json::from_str(text).map_err(|e| {
-        let reason = match e.classify() {
-            serde_json::error::Category::Data => RejectReason::InvalidField,
-            _ => RejectReason::MalformedPayload,
-        };
-        Rejection::new(reason, format!("JSON: {e}"))
-    })?;
+    let raw: RawEvent = match serde_json::from_str(text) {
+        Ok(raw) => raw,
+        Err(_) if looks_like_cloud_event(text) => from_cloud_event(text)?,
+        Err(e) => return Err(json_rejection(e)),
+    };
     let required = |name: &str, value: Option<Cow<str>>| {
         value
             .map(Cow::into_owned)
@@ -267,6 +362,48 @@ mod tests {
         assert_eq!(e.usage.get(Unit::CACHE_WRITE_TOKENS), None);
         assert_eq!(e.api_key_id.as_deref(), Some("k1"));
         assert_eq!(decode_json(&encode_json(&e)).unwrap(), e);
+    }
+
+    #[test]
+    fn structured_cloud_events_carry_the_event_in_data_with_id_subject_and_time_standing_in() {
+        let plain = decode(r#"{"event_id":"e1","account_id":"a","occurred_at":"2026-01-01T00:00:00Z","provider":"openai","model":"gpt-4o","usage":{"input_tokens":5}}"#).unwrap();
+        let ce = |data: &str| {
+            format!(
+                r#"{{"specversion":"1.0","type":"usage","source":"gateway","id":"e1","subject":"a","time":"2026-01-01T00:00:00Z","datacontenttype":"application/json","ext":"x","data":{data}}}"#
+            )
+        };
+        // Everything in data, or the envelope standing in for it.
+        assert_eq!(
+            decode(&ce(
+                r#"{"event_id":"e1","account_id":"a","occurred_at":"2026-01-01T00:00:00Z","provider":"openai","model":"gpt-4o","usage":{"input_tokens":5}}"#
+            )),
+            Ok(plain.clone())
+        );
+        assert_eq!(decode(&ce(r#"{"provider":"openai","model":"gpt-4o","usage":{"input_tokens":5}}"#)), Ok(plain));
+        // Disagreeing with the envelope, unknown fields in data, other versions: refused.
+        let e = decode(&ce(r#"{"account_id":"b","provider":"openai","model":"gpt-4o","usage":{"input_tokens":5}}"#))
+            .unwrap_err();
+        assert_eq!(e.reason, RejectReason::InvalidField, "{}", e.detail);
+        let e =
+            decode(&ce(r#"{"provider":"openai","model":"gpt-4o","usage":{"input_tokens":5},"tier":"x"}"#)).unwrap_err();
+        assert_eq!(e.reason, RejectReason::InvalidField, "{}", e.detail);
+        let e = decode(r#"{"specversion":"0.3","id":"e1","data":{}}"#).unwrap_err();
+        assert!(e.detail.contains("specversion"), "{}", e.detail);
+        let e = decode(r#"{"specversion":"1.0","id":"e1"}"#).unwrap_err();
+        assert_eq!(e.reason, RejectReason::MissingField);
+    }
+
+    #[test]
+    fn a_binary_mode_cloud_event_reads_as_its_structured_form() {
+        let data = br#"{"provider":"openai","model":"gpt-4o","usage":{"input_tokens":5}}"#;
+        let attributes: [(&str, &[u8]); 4] =
+            [("specversion", b"1.0"), ("id", b"e\"1"), ("subject", b"a"), ("time", b"2026-01-01T00:00:00Z")];
+        let event = decode_json(&cloud_event_from_binary(attributes, data)).unwrap();
+        assert_eq!((event.event_id.as_str(), event.account_id.as_str()), ("e\"1", "a"));
+        // Without an id (here: not UTF-8), the event id is missing.
+        let attributes: [(&str, &[u8]); 3] = [("specversion", b"1.0"), ("id", b"\xff"), ("subject", b"a")];
+        let e = decode_json(&cloud_event_from_binary(attributes, data)).unwrap_err();
+        assert_eq!(e.reason, RejectReason::MissingField);
     }
 
     #[test]

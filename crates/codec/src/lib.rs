@@ -21,7 +21,7 @@ mod priced_json;
 mod registry;
 
 pub use avro::{decode_plain_with_apache_avro, encode_avro, usage_event_schema, AvroWire, PINNED_SCHEMA_ID};
-pub use json::{decode_json, decode_json_with_serde, encode_json};
+pub use json::{cloud_event_from_binary, decode_json, decode_json_with_serde, encode_json};
 pub use priced_json::{priced_to_json, rejection_to_json};
 pub use registry::{SchemaResolver, SchemaResolverError, Writer};
 

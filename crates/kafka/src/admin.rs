@@ -68,3 +68,25 @@ pub async fn ensure_topics(
     }
     Ok(created)
 }
+
+/// The configs of `topics` as the broker reports them (`cleanup.policy`,
+/// `max.message.bytes`...), a map per topic, in order; `Err` per topic the
+/// broker would not describe.
+pub async fn topic_configs(
+    settings: &KafkaSettings,
+    topics: &[&str],
+    timeout: Duration,
+) -> Result<Vec<Result<std::collections::BTreeMap<String, String>, String>>, KafkaError> {
+    use rdkafka::admin::ResourceSpecifier;
+    let admin: AdminClient<DefaultClientContext> = settings.client_config("admin").create().map_err(without_secrets)?;
+    let options = AdminOptions::new().request_timeout(Some(timeout));
+    let specifiers: Vec<ResourceSpecifier> = topics.iter().map(|t| ResourceSpecifier::Topic(t)).collect();
+    let results = admin.describe_configs(&specifiers, &options).await?;
+    Ok(results
+        .into_iter()
+        .map(|r| match r {
+            Ok(resource) => Ok(resource.entries.into_iter().filter_map(|e| Some((e.name, e.value?))).collect()),
+            Err(code) => Err(code.to_string()),
+        })
+        .collect())
+}

@@ -19,7 +19,7 @@ mod forward;
 mod producer;
 mod settings;
 
-pub use admin::{ensure_topics, TopicSpec};
+pub use admin::{ensure_topics, topic_configs, TopicSpec};
 pub use consumer::{
     co_partitioned_consumer, committed_lag, consumer, partition_counts, partition_ids, GroupConsumer, PartitionLag,
     RebalanceTracker,

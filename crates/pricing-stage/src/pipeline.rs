@@ -64,8 +64,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use usage_clickhouse::{ClickHouseSink, PricedRow, SinkError};
 use usage_kafka::{
-    copy_headers, ensure_topics, is_forwarded, partition_for_key, BorrowedMessage, Consumer, GroupConsumer, KafkaError,
-    KafkaSettings, Message, Offset, Outgoing, OwnedMessage, Producer, ProducerError, TopicSpec,
+    copy_headers, ensure_topics, is_forwarded, partition_for_key, BorrowedMessage, Consumer, GroupConsumer, Headers,
+    KafkaError, KafkaSettings, Message, Offset, Outgoing, OwnedMessage, Producer, ProducerError, TopicSpec,
 };
 use usage_model::Amount;
 use usage_pricing::RateBook;
@@ -605,7 +605,8 @@ impl Pipeline {
                 self.position(topic, partition, Offset::Offset(resume));
                 continue;
             }
-            let payload = owned.payload().unwrap_or_default();
+            let cloud_event = binary_cloud_event(&owned);
+            let payload = cloud_event.as_deref().unwrap_or_else(|| owned.payload().unwrap_or_default());
             match self.evaluate_until_available(payload, &shutdown).await {
                 Some(outcome) => self.add(&mut batch, &owned, outcome),
                 // Shutdown while a dependency is down: this message is not
@@ -648,7 +649,9 @@ impl Pipeline {
     /// Decodes, checks and prices a message into the batch; hands it back
     /// when a dependency (schema registry) is down.
     fn judge(&mut self, batch: &mut Batch, message: &BorrowedMessage<'_>) -> Option<OwnedMessage> {
-        match self.processor.evaluate(message.payload().unwrap_or_default()) {
+        let cloud_event = binary_cloud_event(message);
+        let payload = cloud_event.as_deref().unwrap_or_else(|| message.payload().unwrap_or_default());
+        match self.processor.evaluate(payload) {
             MessageOutcome::Priced(p) => {
                 self.add(batch, message, Ok(*p));
                 None
@@ -940,6 +943,31 @@ impl Pipeline {
         self.producer.send_all(messages).await?;
         Ok(())
     }
+}
+
+/// A CloudEvent sent in binary mode (a `ce_specversion` header): its
+/// structured form, for the one reader of CloudEvents. `None` (nothing
+/// allocated) for every other message.
+fn binary_cloud_event<M: Message>(message: &M) -> Option<Vec<u8>> {
+    let headers = message.headers()?;
+    if !headers.iter().any(|h| h.key == "ce_specversion") {
+        return None;
+    }
+    let mut attributes: Vec<(&str, &[u8])> = Vec::new();
+    for h in headers.iter() {
+        let name = match h.key {
+            "ce_specversion" => "specversion",
+            "ce_id" => "id",
+            "ce_subject" => "subject",
+            "ce_time" => "time",
+            "ce_datacontenttype" | "content-type" => "datacontenttype",
+            _ => continue,
+        };
+        if let (Some(value), false) = (h.value, attributes.iter().any(|(n, _)| *n == name)) {
+            attributes.push((name, value));
+        }
+    }
+    Some(usage_codec::cloud_event_from_binary(attributes, message.payload().unwrap_or_default()))
 }
 
 /// A batch being delivered by its task.

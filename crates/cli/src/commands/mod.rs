@@ -1,6 +1,7 @@
 //! One module per command.
 
 mod backfill;
+mod doctor;
 mod import;
 mod ledger;
 mod price;
@@ -32,6 +33,12 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Balance(args) => ledger::balance(settings, args).await,
         Command::Events(args) => ledger::events(settings, args).await,
         Command::Accounts(AccountsCommand::Send(args)) => ledger::send_commands(settings, args).await,
+        Command::Doctor(args) => doctor::doctor(settings, args).await,
+        Command::Completions(args) => {
+            use clap::CommandFactory;
+            clap_complete::generate(args.shell, &mut Cli::command(), "usage-pipeline", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

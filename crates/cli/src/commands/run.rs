@@ -101,7 +101,11 @@ pub async fn run(mut settings: Settings, args: RunArgs) -> Result<ExitCode> {
     });
     let report = pipeline.run(shutdown).await?;
     drop(feed);
-    let consistent = print_run_summary(&report, &sink).await?;
+    let consistent = if args.json {
+        crate::summary::print_run_summary_json(&report, &sink).await?
+    } else {
+        print_run_summary(&report, &sink).await?
+    };
     Ok(if consistent { ExitCode::SUCCESS } else { ExitCode::from(3) })
 }
 

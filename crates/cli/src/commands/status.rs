@@ -25,6 +25,14 @@ pub async fn status(settings: Settings, args: StatusArgs) -> Result<ExitCode> {
             }
             _ => {}
         }
+        if args.json {
+            let partitions: Vec<_> = lags
+                .iter()
+                .map(|l| serde_json::json!({"partition": l.partition, "committed": l.committed, "end": l.high, "lag": l.lag()}))
+                .collect();
+            println!("{}", serde_json::json!({"group": group, "topic": topic, "lag": total, "partitions": partitions}));
+            return Ok(if total > 0 && deadline.is_some() { ExitCode::FAILURE } else { ExitCode::SUCCESS });
+        }
         println!("group {group} on {topic}: lag {total}");
         for l in &lags {
             let committed = l.committed.map_or("-".to_owned(), |c| c.to_string());
