@@ -133,6 +133,11 @@ fn metrics_equal_the_run_summaries() {
     assert_eq!(metric("usage_ready"), 1);
     assert!(metric("usage_batch_messages_count") > 0 && metric("usage_batches_total") > 0);
     assert!(pipeline_metrics.contains_key("usage_batch_deliver_seconds_count"));
+    // Every INSERT timed (attempts, so at least as many), every commit, the
+    // rate card in force.
+    assert!(metric("usage_clickhouse_insert_seconds_count") >= metric("usage_clickhouse_inserts_total"));
+    assert!(metric("usage_clickhouse_inserts_total") > 0 && metric("usage_commit_seconds_count") > 0);
+    assert_eq!(metric("usage_rate_card_version{rate_card=\"list-prices\"}"), 2);
 
     let ledger_text = std::fs::read_to_string(&ledger_log).unwrap();
     let line = ledger_text.lines().find(|l| l.starts_with("ledger: consumed ")).expect("the ledger's summary");
@@ -158,4 +163,10 @@ fn metrics_equal_the_run_summaries() {
     // raw event's append to the event sent.
     assert!(lmetric("usage_ledger_events_sent_total") > 0, "{ledger_metrics:#?}");
     assert_eq!(lmetric("usage_ledger_alert_latency_seconds_count"), lmetric("usage_ledger_events_sent_total"));
+    let by_type: u64 = ledger_metrics
+        .iter()
+        .filter(|(k, _)| k.starts_with("usage_ledger_events_total{type="))
+        .map(|(_, v)| *v as u64)
+        .sum();
+    assert_eq!(by_type, lmetric("usage_ledger_events_sent_total"), "{ledger_metrics:#?}");
 }

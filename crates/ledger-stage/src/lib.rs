@@ -741,6 +741,7 @@ impl Ledger {
         }
         report.events_sent += events.len() as u64;
         self.metrics.alerts_sent(work.values().flat_map(|w| &w.alert_origins_ms));
+        self.metrics.events_of_types(events.iter().map(|e| e.kind.as_str()));
         for (p, w) in &work {
             for (topic, next) in &w.next_offsets {
                 let at = self.uncommitted.entry((topic.clone(), *p)).or_insert(*next);
@@ -845,6 +846,7 @@ impl Ledger {
                 self.health.recovered("ledger transaction");
                 report.events_sent += events.len() as u64;
                 self.metrics.alerts_sent(work.values().flat_map(|w| &w.alert_origins_ms));
+                self.metrics.events_of_types(events.iter().map(|e| e.kind.as_str()));
                 Ok(true)
             }
             // A fenced producer (another instance took its transactional

@@ -4,6 +4,7 @@
 
 use crate::LedgerReport;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
@@ -16,6 +17,7 @@ pub struct LedgerMetrics {
     skipped: Counter,
     dead_lettered: Counter,
     events_sent: Counter,
+    events_by_type: Family<Vec<(&'static str, &'static str)>, Counter>,
     entries_written: Counter,
     transactions_aborted: Counter,
     accounts: Gauge,
@@ -33,6 +35,7 @@ impl Default for LedgerMetrics {
             skipped: Counter::default(),
             dead_lettered: Counter::default(),
             events_sent: Counter::default(),
+            events_by_type: Family::default(),
             entries_written: Counter::default(),
             transactions_aborted: Counter::default(),
             accounts: Gauge::default(),
@@ -54,6 +57,7 @@ impl LedgerMetrics {
         r.register("skipped", "Records already applied (replays)", m.skipped.clone());
         r.register("dead_lettered", "Records refused, with a dead letter", m.dead_lettered.clone());
         r.register("events_sent", "Threshold events sent (budget, depletion, reload...)", m.events_sent.clone());
+        r.register("events", "Threshold events sent, by type", m.events_by_type.clone());
         r.register("entries_written", "Ledger entries written to ClickHouse", m.entries_written.clone());
         r.register("transactions_aborted", "Kafka transactions aborted and redone", m.transactions_aborted.clone());
         r.register("accounts", "Accounts held by this instance", m.accounts.clone());
@@ -71,6 +75,13 @@ impl LedgerMetrics {
             m.alert_latency_seconds.clone(),
         );
         m
+    }
+
+    /// Threshold events were sent (acknowledged), of these types.
+    pub(crate) fn events_of_types(&self, types: impl Iterator<Item = &'static str>) {
+        for t in types {
+            self.events_by_type.get_or_create(&vec![("type", t)]).inc();
+        }
     }
 
     /// Threshold events were sent (acknowledged); each caused by usage

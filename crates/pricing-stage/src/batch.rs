@@ -31,6 +31,11 @@ impl Processor {
         Self { decoder, pricer, limits, clock }
     }
 
+    /// The rate cards it prices with.
+    pub fn rate_book(&self) -> &Arc<usage_pricing::RateBook> {
+        self.pricer.book()
+    }
+
     /// Prices from now on with `book` (new rate-card versions arrived).
     pub fn set_rate_book(&mut self, book: Arc<usage_pricing::RateBook>) {
         self.pricer.set_book(book);

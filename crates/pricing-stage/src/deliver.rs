@@ -109,6 +109,7 @@ pub(crate) struct Deliverer {
     pub consumer: Arc<GroupConsumer>,
     pub holdings: Arc<Holdings>,
     pub health: Health,
+    pub metrics: crate::metrics::PipelineMetrics,
 }
 
 impl Deliverer {
@@ -322,7 +323,10 @@ impl Deliverer {
                     break;
                 }
             }
-            match self.sink.insert_with_id(&rows, &query_id).await {
+            let attempt = std::time::Instant::now();
+            let inserted = self.sink.insert_with_id(&rows, &query_id).await;
+            self.metrics.insert_attempt(attempt.elapsed().as_secs_f64());
+            match inserted {
                 Ok(()) => break,
                 Err(e) => {
                     failed = true;
@@ -373,7 +377,10 @@ impl Deliverer {
         if tpl.count() == 0 {
             return 0;
         }
-        match self.consumer.commit(&tpl, CommitMode::Sync) {
+        let started = std::time::Instant::now();
+        let committed = self.consumer.commit(&tpl, CommitMode::Sync);
+        self.metrics.committed(started.elapsed().as_secs_f64());
+        match committed {
             Ok(()) => 0,
             Err(e) => {
                 tracing::warn!(error = %e, "offset commit failed (progress report only)");

@@ -29,6 +29,9 @@ pub struct PipelineMetrics {
     batch_messages: Histogram,
     fill_seconds: Histogram,
     deliver_seconds: Histogram,
+    insert_seconds: Histogram,
+    commit_seconds: Histogram,
+    rate_card_version: Family<Labels, Gauge>,
     dedup_keys: Gauge,
     dedup_bytes: Gauge,
     consumer_lag: Family<Labels, Gauge>,
@@ -53,6 +56,9 @@ impl Default for PipelineMetrics {
             batch_messages: Histogram::new(exponential_buckets(1.0, 4.0, 9)),
             fill_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 12)),
             deliver_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
+            insert_seconds: Histogram::new(exponential_buckets(0.002, 2.0, 14)),
+            commit_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 12)),
+            rate_card_version: Family::default(),
             dedup_keys: Gauge::default(),
             dedup_bytes: Gauge::default(),
             consumer_lag: Family::default(),
@@ -87,6 +93,23 @@ impl PipelineMetrics {
             "Time a batch took to deliver (dead letters, INSERTs, offsets, commit)",
             Unit::Seconds,
             m.deliver_seconds.clone(),
+        );
+        registry.register_with_unit(
+            "clickhouse_insert",
+            "Time of one INSERT attempt into priced_events (failed ones too)",
+            Unit::Seconds,
+            m.insert_seconds.clone(),
+        );
+        registry.register_with_unit(
+            "commit",
+            "Time of a batch's Kafka commit",
+            Unit::Seconds,
+            m.commit_seconds.clone(),
+        );
+        registry.register(
+            "rate_card_version",
+            "Latest version loaded of each rate card (events are priced by the version in force when they occurred)",
+            m.rate_card_version.clone(),
         );
         registry.register("dedup_keys", "Row keys held by the duplicate check", m.dedup_keys.clone());
         registry.register_with_unit(
@@ -129,6 +152,23 @@ impl PipelineMetrics {
 
     pub(crate) fn batch_delivered(&self, seconds: f64) {
         self.deliver_seconds.observe(seconds);
+    }
+
+    pub(crate) fn insert_attempt(&self, seconds: f64) {
+        self.insert_seconds.observe(seconds);
+    }
+
+    pub(crate) fn committed(&self, seconds: f64) {
+        self.commit_seconds.observe(seconds);
+    }
+
+    /// The rate cards priced with from now on.
+    pub(crate) fn rate_cards(&self, book: &usage_pricing::RateBook) {
+        self.rate_card_version.clear();
+        for card in book.cards.values() {
+            let latest = card.versions.last().map_or(0, |v| i64::from(v.version));
+            self.rate_card_version.get_or_create(&vec![("rate_card", card.id.clone())]).set(latest);
+        }
     }
 
     pub(crate) fn dedup(&self, keys: usize, bytes: usize) {

@@ -326,7 +326,9 @@ impl Pipeline {
             consumer: Arc::clone(&consumer),
             holdings: Arc::clone(&self.holdings),
             health: self.health.clone(),
+            metrics: self.metrics.clone(),
         });
+        self.metrics.rate_cards(self.processor.rate_book());
         let mut unassigned_since = Some(Instant::now());
         let mut watchdog = Watchdog::new(self.config.stall_after, &self.health);
         let mut last_watchdog_check = Instant::now();
@@ -466,6 +468,7 @@ impl Pipeline {
         let Some(updates) = &mut self.rate_updates else { return };
         if updates.has_changed().unwrap_or(false) {
             let book = Arc::clone(&updates.borrow_and_update());
+            self.metrics.rate_cards(&book);
             self.processor.set_rate_book(book);
             tracing::info!("pricing with the updated rate cards from the next batch on");
         }
