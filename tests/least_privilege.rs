@@ -8,11 +8,10 @@
 
 use usage_clickhouse::{ClickHouseSettings, ClickHouseSink};
 use usage_integration_tests::{
-    clickhouse, exits_successfully, expected_by_account, isolated_env, kafka_settings, send_records, spawn_binary,
+    clickhouse, exits_successfully, good_stream, isolated_env, kafka_settings, send_records, spawn_binary,
     stored_by_account, unique,
 };
 use usage_kafka::Producer;
-use usage_synth::{Encoding, Generator, SynthConfig, SynthMessage};
 
 /// The database and user the local ClickHouse defines for this test
 /// (deploy/local/clickhouse-server.sh).
@@ -49,16 +48,7 @@ fn run_needs_only_select_and_insert_on_its_database_once_setup_migrated_it() {
 
     // Migrated by `setup` as a user allowed to; then `run` as the confined one.
     assert!(spawn_binary(&env, &["setup"], &log).wait().unwrap().success(), "setup; see {}", log.display());
-    let generated: Vec<SynthMessage> = Generator::new(SynthConfig {
-        seed: 29,
-        bad_every: 0,
-        encoding: Encoding::Json,
-        id_prefix: unique("lp"),
-        ..SynthConfig::default()
-    })
-    .take(3_000)
-    .collect();
-    let expected = expected_by_account(generated.iter().map(|m| m.event.as_ref().expect("no bad events")));
+    let (generated, expected) = good_stream(29, 3_000);
     let producer = Producer::new(&kafka_settings(), "least-privilege").unwrap();
     let records: Vec<(&[u8], &[u8])> = generated.iter().map(|m| (&m.key[..], &m.payload[..])).collect();
     rt.block_on(send_records(&producer, &raw, &records));

@@ -7,11 +7,11 @@
 
 use std::time::Duration;
 use usage_integration_tests::{
-    catch_up_stop_and_check, clickhouse, expected_by_account, free_local_addr, http_get, isolated_env, kafka_settings,
+    catch_up_stop_and_check, clickhouse, free_local_addr, good_stream, http_get, isolated_env, kafka_settings,
     send_records, spawn_binary, stored_rows, unique, wait_for_http,
 };
 use usage_kafka::Producer;
-use usage_synth::{Encoding, Generator, SynthConfig, SynthMessage};
+use usage_synth::SynthMessage;
 
 #[test]
 fn a_missing_table_makes_the_pipeline_unready_until_an_operator_restores_it_then_totals_are_exact() {
@@ -24,16 +24,7 @@ fn a_missing_table_makes_the_pipeline_unready_until_an_operator_restores_it_then
     let log = std::env::temp_dir().join(format!("{}.log", unique("permanent")));
     assert!(spawn_binary(&env, &["setup"], &log).wait().unwrap().success(), "setup; see {}", log.display());
 
-    let generated: Vec<SynthMessage> = Generator::new(SynthConfig {
-        seed: 11,
-        bad_every: 0,
-        encoding: Encoding::Json,
-        id_prefix: unique("p"),
-        ..SynthConfig::default()
-    })
-    .take(4_000)
-    .collect();
-    let expected = expected_by_account(generated.iter().map(|m| m.event.as_ref().expect("no bad events")));
+    let (generated, expected) = good_stream(11, 4_000);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let producer = Producer::new(&kafka_settings(), "permanent").unwrap();
     let send = |messages: &[SynthMessage]| {

@@ -7,11 +7,11 @@
 use std::time::Duration;
 use usage_clickhouse::{ClickHouseSettings, ClickHouseSink};
 use usage_integration_tests::{
-    catch_up_stop_and_check, expected_by_account, free_local_addr, http_get, isolated_env, kafka_settings,
-    send_records, spawn_binary, stored_rows, unique, wait_for_http, OwnClickHouse,
+    catch_up_stop_and_check, free_local_addr, good_stream, http_get, isolated_env, kafka_settings, send_records,
+    spawn_binary, stored_rows, unique, wait_for_http, OwnClickHouse,
 };
 use usage_kafka::Producer;
-use usage_synth::{Encoding, Generator, SynthConfig, SynthMessage};
+use usage_synth::SynthMessage;
 
 #[test]
 fn readyz_fails_past_the_grace_of_a_clickhouse_outage_and_recovers() {
@@ -28,16 +28,7 @@ fn readyz_fails_past_the_grace_of_a_clickhouse_outage_and_recovers() {
     let log = std::env::temp_dir().join(format!("{}.log", unique("readiness")));
     assert!(spawn_binary(&env, &["setup"], &log).wait().unwrap().success(), "setup; see {}", log.display());
 
-    let generated: Vec<SynthMessage> = Generator::new(SynthConfig {
-        seed: 41,
-        bad_every: 0,
-        encoding: Encoding::Json,
-        id_prefix: unique("r"),
-        ..SynthConfig::default()
-    })
-    .take(4_000)
-    .collect();
-    let expected = expected_by_account(generated.iter().map(|m| m.event.as_ref().expect("no bad events")));
+    let (generated, expected) = good_stream(41, 4_000);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let producer = Producer::new(&kafka_settings(), "readiness").unwrap();
     let send = |messages: &[SynthMessage]| {

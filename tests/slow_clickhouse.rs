@@ -9,11 +9,11 @@
 use std::net::ToSocketAddrs;
 use std::time::Duration;
 use usage_integration_tests::{
-    catch_up_stop_and_check, clickhouse, expected_by_account, isolated_env, kafka_settings, send_records, spawn_binary,
+    catch_up_stop_and_check, clickhouse, good_stream, isolated_env, kafka_settings, send_records, spawn_binary,
     stored_rows, unique, DelayingProxy,
 };
 use usage_kafka::Producer;
-use usage_synth::{Encoding, Generator, SynthConfig, SynthMessage};
+use usage_synth::SynthMessage;
 
 #[test]
 fn inserts_that_time_out_but_succeed_on_the_server_are_stored_once() {
@@ -28,16 +28,7 @@ fn inserts_that_time_out_but_succeed_on_the_server_are_stored_once() {
     let log = std::env::temp_dir().join(format!("{}.log", unique("slow-clickhouse")));
     assert!(spawn_binary(&env, &["setup"], &log).wait().unwrap().success(), "setup; see {}", log.display());
 
-    let generated: Vec<SynthMessage> = Generator::new(SynthConfig {
-        seed: 23,
-        bad_every: 0,
-        encoding: Encoding::Json,
-        id_prefix: unique("s"),
-        ..SynthConfig::default()
-    })
-    .take(6_000)
-    .collect();
-    let expected = expected_by_account(generated.iter().map(|m| m.event.as_ref().expect("no bad events")));
+    let (generated, expected) = good_stream(23, 6_000);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let producer = Producer::new(&kafka_settings(), "slow").unwrap();
     let send = |messages: &[SynthMessage]| {

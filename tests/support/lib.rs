@@ -496,3 +496,23 @@ pub fn send_small_budgets(env: &[(&'static str, String)], n: usize, log: &std::p
     let sent = spawn_binary(env, &["accounts", "send", "--input", &file.display().to_string()], log);
     assert!(exits_successfully(sent, "accounts send", log), "accounts send failed; see {}", log.display());
 }
+
+/// `n` good synthetic JSON events (seed `seed`, event ids unique to the
+/// caller), and per account their count and exact cost: what a test sends
+/// and what ClickHouse must then hold.
+pub fn good_stream(
+    seed: u64,
+    n: usize,
+) -> (Vec<usage_synth::SynthMessage>, std::collections::BTreeMap<String, (u64, usage_model::Amount)>) {
+    let generated: Vec<usage_synth::SynthMessage> = usage_synth::Generator::new(usage_synth::SynthConfig {
+        seed,
+        bad_every: 0,
+        encoding: usage_synth::Encoding::Json,
+        id_prefix: unique("g"),
+        ..usage_synth::SynthConfig::default()
+    })
+    .take(n)
+    .collect();
+    let expected = expected_by_account(generated.iter().map(|m| m.event.as_ref().expect("no bad events")));
+    (generated, expected)
+}
