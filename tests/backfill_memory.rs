@@ -4,19 +4,13 @@
 //! and the month's rows afterwards are each once, at the prices in force.
 
 use std::time::Duration;
-use usage_integration_tests::{clickhouse, isolated_env, repo_root, spawn_binary, unique};
+use usage_integration_tests::{clickhouse, isolated_env, peak_rss_bytes, repo_root, spawn_binary, unique};
 use usage_model::Amount;
 
 const ROWS: u64 = 200_000;
 /// Measured: 120 MiB a chunk (20,000 rows) at a time; 408 MiB with the
 /// whole month as one chunk (and more before reads were streamed).
 const PEAK_RSS_MAX: u64 = 250 * 1024 * 1024;
-
-fn peak_rss_bytes(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb: u64 = status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
 
 #[test]
 fn backfill_of_a_month_larger_than_its_memory_bound_streams_it() {

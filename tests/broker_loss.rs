@@ -74,7 +74,7 @@ impl Drop for Broker {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    usage_integration_tests::free_local_addr().port()
 }
 
 #[test]

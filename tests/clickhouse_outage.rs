@@ -9,23 +9,13 @@
 use std::time::{Duration, Instant};
 use usage_clickhouse::{ClickHouseSettings, ClickHouseSink};
 use usage_integration_tests::{
-    catch_up_stop_and_check, expected_by_account, isolated_env, kafka_settings, send_records, spawn_binary,
-    stored_rows, unique, OwnClickHouse,
+    catch_up_stop_and_check, expected_by_account, isolated_env, kafka_settings, peak_rss_bytes, send_records,
+    spawn_binary, stored_rows, unique, OwnClickHouse,
 };
 use usage_kafka::Producer;
 use usage_synth::{Encoding, Generator, SynthConfig, SynthMessage};
 
 const EVENTS: usize = 30_000;
-
-fn peak_rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .unwrap_or(0)
-        * 1024
-}
 
 #[test]
 fn clickhouse_outage_delays_rows_but_never_loses_or_doubles_them() {
@@ -93,7 +83,7 @@ fn run_ending(end: chrono::DateTime<chrono::Utc>) {
     send(rest);
     std::thread::sleep(Duration::from_secs(10));
     assert!(pipeline.try_wait().unwrap().is_none(), "the pipeline survives the outage; see {}", log.display());
-    let rss = peak_rss_bytes(pipeline.id());
+    let rss = peak_rss_bytes(pipeline.id()).unwrap_or(0);
     assert!(rss < 1_000_000_000, "memory stays bounded during the outage: peak {rss} bytes");
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("retrying"), "the outage is logged with retries; see {}", log.display());

@@ -331,8 +331,7 @@ pub struct OwnClickHouse {
 impl OwnClickHouse {
     /// A server on free ports, not started yet.
     pub fn new(https: bool) -> Self {
-        let free_port =
-            || std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("its port").port();
+        let free_port = || free_local_addr().port();
         Self {
             dir: std::env::temp_dir().join(unique("own-clickhouse")),
             http: free_port(),
@@ -515,4 +514,12 @@ pub fn good_stream(
     .collect();
     let expected = expected_by_account(generated.iter().map(|m| m.event.as_ref().expect("no bad events")));
     (generated, expected)
+}
+
+/// A process's peak resident memory (`VmHWM`), in bytes; `None` once it
+/// has exited.
+pub fn peak_rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: u64 = status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
