@@ -6,6 +6,7 @@
 //! brokers = "127.0.0.1:9092"          # KAFKA_BROKERS
 //! client_id = "usage-pipeline"
 //! group_instance_id = "pipeline-0"    # KAFKA_GROUP_INSTANCE_ID: static membership, one per instance
+//! fetch_wait_max_ms = 100             # KAFKA_FETCH_WAIT_MAX_MS: an empty fetch's wait (10 on tansu for latency)
 //! [kafka.librdkafka]                  # any librdkafka property
 //! "security.protocol" = "SASL_SSL"
 //!
@@ -102,6 +103,7 @@ struct KafkaSection {
     brokers: Option<String>,
     client_id: Option<String>,
     group_instance_id: Option<String>,
+    fetch_wait_max_ms: Option<u32>,
     librdkafka: BTreeMap<String, String>,
 }
 
@@ -181,6 +183,14 @@ impl Settings {
             brokers: env("KAFKA_BROKERS").or(file.kafka.brokers).unwrap_or_else(|| "127.0.0.1:9092".into()),
             client_id: file.kafka.client_id.unwrap_or_else(|| "usage-pipeline".into()),
             group_instance_id: env("KAFKA_GROUP_INSTANCE_ID").or(file.kafka.group_instance_id),
+            fetch_wait_max_ms: match env("KAFKA_FETCH_WAIT_MAX_MS").map(|s| s.parse::<u32>()).transpose() {
+                Ok(v) => match v.or(file.kafka.fetch_wait_max_ms) {
+                    Some(ms) if (1..=60_000).contains(&ms) => ms,
+                    Some(ms) => bail!("kafka.fetch_wait_max_ms must be within 1..=60000, is {ms}"),
+                    None => usage_kafka::FETCH_WAIT_MAX_MS_DEFAULT,
+                },
+                Err(e) => bail!("KAFKA_FETCH_WAIT_MAX_MS: {e}"),
+            },
             overrides: file.kafka.librdkafka,
         };
         let clickhouse = ClickHouseSettings {

@@ -124,7 +124,7 @@ fn consumer_with(
         // rows over instead of inserting them (see usage-pricing-stage).
         .set("max.poll.interval.ms", "300000")
         .set("queued.max.messages.kbytes", queued_kbytes_max.to_string())
-        .set("fetch.wait.max.ms", "100")
+        .set("fetch.wait.max.ms", settings.fetch_wait_max_ms.to_string())
         .set("statistics.interval.ms", STATISTICS_INTERVAL.as_millis().to_string());
     for (k, v) in extra {
         config.set(*k, *v);

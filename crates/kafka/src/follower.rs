@@ -170,7 +170,7 @@ pub fn drain_topic(
         .set("group.id", format!("{}-bare", settings.client_id))
         .set("enable.auto.commit", "false")
         .set("queued.max.messages.kbytes", "16384")
-        .set("fetch.wait.max.ms", "100");
+        .set("fetch.wait.max.ms", settings.fetch_wait_max_ms.to_string());
     let consumer: BaseConsumer = config.create().map_err(without_secrets)?;
     let partitions = crate::consumer::partition_ids(&consumer, topic, timeout)?;
     let mut tpl = TopicPartitionList::new();

@@ -16,10 +16,24 @@ pub struct KafkaSettings {
     /// per instance, stable across its restarts (a StatefulSet pod's name);
     /// two live instances with one id fence each other.
     pub group_instance_id: Option<String>,
+    /// How long the broker may hold a fetch of the group consumers that
+    /// found nothing new (`fetch.wait.max.ms`). Apache Kafka answers as soon
+    /// as data arrives, so there it only paces an idle consumer's empty
+    /// fetches. Some brokers hold every fetch for its whole wait (tansu 0.6
+    /// sleeps out the rest of it even after finding data), and then each hop
+    /// of the alert path (raw → pipeline → ledger → billing events) takes up
+    /// to this long: lower it there for latency, at the price of more empty
+    /// fetches when idle. Measured on tansu: a hop's median 143 ms at 100 ms,
+    /// 17 ms at 10 ms; an idle consumer cost tansu 5% of a core at 100 ms,
+    /// 35% at 10 ms.
+    pub fetch_wait_max_ms: u32,
     /// Any librdkafka property (`security.protocol`, `sasl.mechanisms`...),
     /// applied last so that it wins.
     pub overrides: BTreeMap<String, String>,
 }
+
+/// See [`KafkaSettings::fetch_wait_max_ms`].
+pub const FETCH_WAIT_MAX_MS_DEFAULT: u32 = 100;
 
 impl Default for KafkaSettings {
     fn default() -> Self {
@@ -27,6 +41,7 @@ impl Default for KafkaSettings {
             brokers: "127.0.0.1:9092".into(),
             client_id: "usage-pipeline".into(),
             group_instance_id: None,
+            fetch_wait_max_ms: FETCH_WAIT_MAX_MS_DEFAULT,
             overrides: BTreeMap::new(),
         }
     }
@@ -60,6 +75,7 @@ impl std::fmt::Debug for KafkaSettings {
             .field("brokers", &self.brokers)
             .field("client_id", &self.client_id)
             .field("group_instance_id", &self.group_instance_id)
+            .field("fetch_wait_max_ms", &self.fetch_wait_max_ms)
             .field("overrides", &overrides)
             .finish()
     }
