@@ -306,7 +306,7 @@ async fn balances_budgets_and_alerts_through_the_broker() {
 
     // burn: promo-priority grant a first, then b (earlier expiry) before c.
     let burn = state("burn");
-    let remaining: Vec<_> = burn.grants.iter().map(|g| (g.grant_id.as_str(), dec(g.remaining))).collect();
+    let remaining: Vec<_> = burn.grants.iter().map(|g| (&*g.grant_id, dec(g.remaining))).collect();
     assert_eq!(remaining, vec![("b", c * Decimal::new(5, 1)), ("c", c * Decimal::from(10))]);
     assert_eq!(count(&events, "burn", EventKind::BalanceDepleted), 0);
 

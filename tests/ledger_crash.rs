@@ -197,7 +197,7 @@ fn sigkills_never_deduct_twice_nor_repeat_an_alert() {
         let account = format!("post-{a}");
         let s = &states[&account];
         let spend = priced.get(&account).copied().unwrap_or_default();
-        let budget = dec(s.settings[0].monthly_budget.unwrap());
+        let budget = dec(s.settings[0].monthly_budget().unwrap());
         let expected: BTreeSet<String> = [50u32, 80, 100]
             .into_iter()
             .filter(|pct| spend * Decimal::from(100) >= budget * Decimal::from(*pct))

@@ -13,11 +13,12 @@ use crate::input::{
     AccountSettings, AutoReloadFailed, BillingMode, CreditGrant, GrantKind, PricedUsage, ACCOUNT_TOTAL_MAX,
 };
 use crate::output::{Effects, EntryKind, EventKind, LedgerEntry, LedgerEvent};
+use crate::settings::StoredSettings;
 use chrono::{DateTime, Datelike, Duration, Timelike, Utc};
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
 use thin_vec::ThinVec;
-use usage_model::Amount;
+use usage_model::{Amount, Currency};
 
 /// Settings versions kept per account (older ones price nothing new).
 const SETTINGS_KEPT: usize = 4;
@@ -32,7 +33,8 @@ const RATE_WINDOW_MIN_SECONDS: i64 = 300;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GrantState {
-    pub grant_id: String,
+    /// Boxed, not a `String`: a grant is 80 bytes, not 96.
+    pub grant_id: Box<str>,
     pub kind: GrantKind,
     pub priority: u32,
     pub granted_at: DateTime<Utc>,
@@ -84,15 +86,17 @@ pub struct BurnRate {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccountState {
     pub account_id: String,
-    /// Set by the settings, else by the first grant or usage.
-    pub currency: String,
+    /// Set by the settings, else by the first grant or usage (`""` on the
+    /// wire until then).
+    #[serde(with = "account_currency")]
+    pub currency: Option<Currency>,
     #[serde(default, skip_serializing_if = "ThinVec::is_empty")]
-    pub settings: ThinVec<AccountSettings>,
+    pub settings: ThinVec<StoredSettings>,
     /// Grants with something left, in burn order.
     #[serde(default, skip_serializing_if = "ThinVec::is_empty")]
     pub grants: ThinVec<GrantState>,
     #[serde(default, skip_serializing_if = "ThinVec::is_empty")]
-    pub spent_grant_ids: ThinVec<String>,
+    pub spent_grant_ids: ThinVec<Box<str>>,
     pub overage: Amount,
     pub granted: Amount,
     /// Prepaid usage charged (costs less allowances), exact.
@@ -110,7 +114,7 @@ pub struct AccountState {
     pub depletion_cycle: u32,
     pub reload_cycle: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reload_open: Option<String>,
+    pub reload_open: Option<Box<str>>,
     /// A reload failed: none is requested again until the balance is back
     /// above the threshold or the settings change.
     pub reload_suppressed: bool,
@@ -147,6 +151,8 @@ pub enum LedgerError {
     Overflow { account: String, detail: String },
     #[error("priced usage refused: {0}")]
     InvalidUsage(String),
+    #[error("settings refused: {0}")]
+    InvalidSettings(#[from] crate::settings::SettingsError),
 }
 
 impl LedgerError {
@@ -155,6 +161,7 @@ impl LedgerError {
             LedgerError::CurrencyMismatch { .. } => "currency_mismatch",
             LedgerError::Overflow { .. } => "ledger_overflow",
             LedgerError::InvalidUsage(_) => "invalid_priced_usage",
+            LedgerError::InvalidSettings(_) => "invalid_command",
         }
     }
 }
@@ -179,7 +186,7 @@ impl AccountState {
     pub fn new(account_id: &str) -> Self {
         Self {
             account_id: account_id.to_owned(),
-            currency: String::new(),
+            currency: None,
             settings: ThinVec::new(),
             grants: ThinVec::new(),
             spent_grant_ids: ThinVec::new(),
@@ -215,7 +222,7 @@ impl AccountState {
     }
 
     /// The settings in force at `at`, if any were ever given.
-    pub fn settings_at(&self, at: DateTime<Utc>) -> Option<&AccountSettings> {
+    pub fn settings_at(&self, at: DateTime<Utc>) -> Option<&StoredSettings> {
         self.settings.iter().rev().find(|s| s.effective_from <= at).or_else(|| self.settings.first())
     }
 
@@ -228,23 +235,24 @@ impl AccountState {
     }
 
     /// Refuses a currency other than the account's (if it has one yet).
-    fn check_currency(&self, currency: &str) -> Result<(), LedgerError> {
-        if self.currency.is_empty() || self.currency == currency {
-            Ok(())
-        } else {
-            Err(LedgerError::CurrencyMismatch {
+    /// A currency that is no code at all is refused as the usage's fault.
+    fn check_currency(&self, currency: &str) -> Result<Currency, LedgerError> {
+        let code: Currency = currency.parse().map_err(|_| {
+            LedgerError::InvalidUsage(format!("currency must be three capital letters, got {currency:?}"))
+        })?;
+        match self.currency {
+            Some(own) if own != code => Err(LedgerError::CurrencyMismatch {
                 account: self.account_id.clone(),
                 usage: currency.to_owned(),
-                account_currency: self.currency.clone(),
-            })
+                account_currency: own.to_string(),
+            }),
+            _ => Ok(code),
         }
     }
 
-    /// Takes `currency` as the account's if it has none (checked first).
-    fn adopt_currency(&mut self, currency: &str) {
-        if self.currency.is_empty() {
-            self.currency = currency.to_owned();
-        }
+    /// The account's currency code, `""` while it has none.
+    pub fn currency_code(&self) -> &str {
+        self.currency.as_ref().map_or("", Currency::as_str)
     }
 
     /// Refuses usage that would take a total of the account past
@@ -275,8 +283,7 @@ impl AccountState {
 
     /// The period of `at` in the account's time zone (as of `at`).
     pub fn period_of(&self, at: DateTime<Utc>) -> u32 {
-        let tz: chrono_tz::Tz =
-            self.settings_at(at).and_then(|s| s.time_zone.parse().ok()).unwrap_or(chrono_tz::Tz::UTC);
+        let tz = self.settings_at(at).map_or(chrono_tz::Tz::UTC, |s| s.time_zone);
         let local = at.with_timezone(&tz);
         local.year() as u32 * 100 + local.month()
     }
@@ -299,8 +306,9 @@ impl AccountState {
     }
 
     /// New settings; the latest ones' currency becomes the account's.
-    pub fn apply_settings(&mut self, settings: AccountSettings) -> Effects {
-        self.currency = settings.currency.clone();
+    pub fn apply_settings(&mut self, settings: &AccountSettings) -> Result<Effects, LedgerError> {
+        let settings = StoredSettings::try_from(settings)?;
+        self.currency = Some(settings.currency);
         self.settings.retain(|s| s.effective_from != settings.effective_from);
         let at = self.settings.partition_point(|s| s.effective_from < settings.effective_from);
         self.settings.insert(at, settings);
@@ -311,26 +319,26 @@ impl AccountState {
         // (memory per idle account is what a million accounts cost).
         self.settings.shrink_to_fit();
         self.reload_suppressed = false;
-        Effects::default()
+        Ok(Effects::default())
     }
 
     pub fn apply_grant(&mut self, grant: &CreditGrant) -> Result<Effects, LedgerError> {
-        let known =
-            self.grants.iter().any(|g| g.grant_id == grant.grant_id) || self.spent_grant_ids.contains(&grant.grant_id);
+        let known = self.grants.iter().any(|g| *g.grant_id == *grant.grant_id)
+            || self.spent_grant_ids.iter().any(|id| **id == *grant.grant_id);
         if known {
             return self.expire_until(grant.granted_at);
         }
         // Refused before anything changes (expiries included).
-        self.check_currency(&grant.currency)?;
+        let currency = self.check_currency(&grant.currency)?;
         let granted = add(self.granted, grant.amount, &self.account_id)?;
         let mut effects = self.expire_until(grant.granted_at)?;
-        self.adopt_currency(&grant.currency);
+        self.currency = Some(currency);
         self.granted = granted;
         let paid_off = grant.amount.min(self.overage);
         self.overage = sub(self.overage, paid_off, &self.account_id)?;
         let remaining = sub(grant.amount, paid_off, &self.account_id)?;
         let state = GrantState {
-            grant_id: grant.grant_id.clone(),
+            grant_id: grant.grant_id.as_str().into(),
             kind: grant.kind,
             priority: grant.priority,
             granted_at: grant.granted_at,
@@ -344,7 +352,7 @@ impl AccountState {
             self.grants.insert(at, state);
             self.grants.shrink_to_fit();
         } else {
-            self.remember_spent(grant.grant_id.clone());
+            self.remember_spent(grant.grant_id.as_str().into());
         }
         effects.entries.push(LedgerEntry {
             entry_id: format!("grant:{}", grant.grant_id),
@@ -355,15 +363,14 @@ impl AccountState {
             at: grant.granted_at,
             reference: grant.grant_id.clone(),
         });
-        if grant.reload_key.is_some() && grant.reload_key == self.reload_open {
+        if grant.reload_key.is_some() && grant.reload_key.as_deref() == self.reload_open.as_deref() {
             self.reload_open = None;
         }
         let balance = self.balance()?;
-        let settings = self.settings_at(grant.granted_at).cloned();
-        if let Some(reload) = settings.as_ref().and_then(|s| s.auto_reload.as_ref()) {
-            if balance >= reload.threshold {
-                self.reload_suppressed = false;
-            }
+        let reload_threshold =
+            self.settings_at(grant.granted_at).and_then(|s| s.auto_reload.as_ref()).map(|r| r.threshold);
+        if reload_threshold.is_some_and(|threshold| balance >= threshold) {
+            self.reload_suppressed = false;
         }
         if self.runway_announced {
             self.runway_announced = false;
@@ -392,9 +399,9 @@ impl AccountState {
         let at = usage.occurred_at;
         // Refused before anything changes (expiries included).
         usage.validate().map_err(|e| LedgerError::InvalidUsage(e.to_string()))?;
-        self.check_currency(&usage.currency)?;
+        let currency = self.check_currency(&usage.currency)?;
         self.check_headroom(usage)?;
-        self.adopt_currency(&usage.currency);
+        self.currency = Some(currency);
         let mut effects = self.expire_until(at)?;
         let charged = self.add_spend(usage, &mut effects)?;
         match self.mode_at(at) {
@@ -455,13 +462,13 @@ impl AccountState {
                 account_id: self.account_id.clone(),
                 kind: EntryKind::Expiry,
                 amount: -grant.remaining,
-                currency: self.currency.clone(),
+                currency: self.currency_code().to_owned(),
                 at: grant.expires_at,
-                reference: grant.grant_id.clone(),
+                reference: grant.grant_id.to_string(),
             });
             let mut event = self.event(EventKind::CreditsExpired, &grant.grant_id, grant.expires_at);
             event.amount = Some(grant.remaining);
-            event.grant_id = Some(grant.grant_id.clone());
+            event.grant_id = Some(grant.grant_id.to_string());
             effects.events.push(event);
             self.remember_spent(grant.grant_id);
         }
@@ -512,11 +519,11 @@ impl AccountState {
         };
         let (allowance, token_allowances, budget, mut thresholds) = match self.settings_at(usage.occurred_at) {
             Some(s) => (
-                s.monthly_allowance.unwrap_or(Amount::ZERO),
+                s.monthly_allowance().unwrap_or(Amount::ZERO),
                 s.monthly_token_allowances.clone(),
-                s.monthly_budget,
+                s.monthly_budget(),
                 // Only read with a budget: no copy per usage otherwise.
-                if s.monthly_budget.is_some() { s.alert_thresholds.clone() } else { Vec::new() },
+                if s.monthly_budget().is_some() { s.alert_thresholds().to_vec() } else { Vec::new() },
             ),
             None => (Amount::ZERO, ThinVec::new(), None, Vec::new()),
         };
@@ -611,7 +618,7 @@ impl AccountState {
                 event.balance = Some(balance);
                 event.reload_key = Some(key.clone());
                 event.triggering_event_id = trigger.map(str::to_owned);
-                self.reload_open = Some(key);
+                self.reload_open = Some(key.into());
                 effects.events.push(event);
             }
         }
@@ -668,7 +675,7 @@ impl AccountState {
     }
 
     fn drop_spent_grants(&mut self) {
-        let spent: Vec<String> =
+        let spent: Vec<Box<str>> =
             self.grants.iter().filter(|g| g.remaining.is_zero()).map(|g| g.grant_id.clone()).collect();
         self.grants.retain(|g| !g.remaining.is_zero());
         self.grants.shrink_to_fit();
@@ -677,7 +684,7 @@ impl AccountState {
         }
     }
 
-    fn remember_spent(&mut self, grant_id: String) {
+    fn remember_spent(&mut self, grant_id: Box<str>) {
         self.spent_grant_ids.push(grant_id);
         if self.spent_grant_ids.len() > SPENT_GRANT_IDS_KEPT {
             self.spent_grant_ids.remove(0);
@@ -686,10 +693,29 @@ impl AccountState {
     }
 
     fn event(&self, kind: EventKind, about: &str, at: DateTime<Utc>) -> LedgerEvent {
-        LedgerEvent::new(kind, &self.account_id, about, at, &self.currency)
+        LedgerEvent::new(kind, &self.account_id, about, at, self.currency_code())
     }
 }
 
 fn burn_order(g: &GrantState) -> (u32, DateTime<Utc>, DateTime<Utc>, &str) {
-    (g.priority, g.expires_at, g.granted_at, g.grant_id.as_str())
+    (g.priority, g.expires_at, g.granted_at, &g.grant_id)
+}
+
+/// An account's currency, `""` on the wire while it has none (the form
+/// changelogs have always had).
+mod account_currency {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use usage_model::Currency;
+
+    pub fn serialize<S: Serializer>(currency: &Option<Currency>, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(currency.as_ref().map_or("", Currency::as_str))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Currency>, D::Error> {
+        let code = String::deserialize(deserializer)?;
+        if code.is_empty() {
+            return Ok(None);
+        }
+        code.parse().map(Some).map_err(serde::de::Error::custom)
+    }
 }

@@ -13,6 +13,7 @@ mod account;
 mod input;
 mod output;
 mod partition;
+mod settings;
 
 pub use account::{AccountState, BurnRate, GrantState, LedgerError, PeriodSpend};
 pub use input::{
@@ -21,3 +22,4 @@ pub use input::{
 };
 pub use output::{Effects, EntryKind, EventKind, LedgerEntry, LedgerEvent, LEDGER_EVENT_AVRO_SCHEMA};
 pub use partition::{Applied, PartitionLedger, Position};
+pub use settings::{SettingsError, StoredSettings, DEFAULT_THRESHOLDS};

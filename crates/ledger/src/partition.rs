@@ -138,7 +138,7 @@ impl PartitionLedger {
     pub fn apply_command(&mut self, offset: i64, command: &AccountCommand) -> Applied {
         self.apply(command.account_id(), Position::Commands(offset), |account| {
             Ok(Some(match command {
-                AccountCommand::AccountSettings(s) => account.apply_settings(s.clone()),
+                AccountCommand::AccountSettings(s) => account.apply_settings(s)?,
                 AccountCommand::CreditGrant(g) => account.apply_grant(g)?,
                 AccountCommand::AutoReloadFailed(f) => account.apply_reload_failed(f),
             }))

@@ -129,7 +129,7 @@ fn prepaid_burns_by_priority_then_expiry_and_runs_into_overage_once() {
         .usage(usage("u1", "3", "2026-02-01T10:00:00Z", 1));
     let a = f.ledger.account("acct").unwrap();
     // Priority 0 first (promo: 2), then the earlier expiry (soon: 1 of 5).
-    let remaining: Vec<_> = a.grants.iter().map(|g| (g.grant_id.as_str(), g.remaining)).collect();
+    let remaining: Vec<_> = a.grants.iter().map(|g| (&*g.grant_id, g.remaining)).collect();
     assert_eq!(remaining, vec![("soon", d("4")), ("late", d("10"))]);
     f.usage(usage("u2", "15.5", "2026-02-01T11:00:00Z", 2)).usage(usage("u3", "0.25", "2026-02-01T11:00:01Z", 3));
     assert_eq!(f.balance(), d("-1.75"));

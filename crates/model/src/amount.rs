@@ -34,6 +34,44 @@ const SCALED_MAX: i128 = 99_999_999_999_999_999_999_999_999_999_999_999_999;
 #[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Amount(i128);
 
+/// An [`Amount`] kept with byte alignment, for amounts held by the
+/// million (per-account settings): `i128`'s 16-byte alignment makes an
+/// `Option<Amount>` 32 bytes, an `Option<PackedAmount>` 17. Only made from
+/// an `Amount`, so it always holds a valid one; read it with [`get`](Self::get).
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(C, packed)]
+pub struct PackedAmount(i128);
+
+impl PackedAmount {
+    pub fn get(self) -> Amount {
+        Amount(self.0)
+    }
+}
+
+impl From<Amount> for PackedAmount {
+    fn from(amount: Amount) -> Self {
+        PackedAmount(amount.0)
+    }
+}
+
+impl fmt::Debug for PackedAmount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.get(), f)
+    }
+}
+
+impl serde::Serialize for PackedAmount {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serde::Serialize::serialize(&self.get(), serializer)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for PackedAmount {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        <Amount as serde::Deserialize>::deserialize(deserializer).map(PackedAmount::from)
+    }
+}
+
 /// Why an amount could not be made.
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AmountError {

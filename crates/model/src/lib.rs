@@ -13,7 +13,7 @@ mod rejection;
 mod unit;
 mod units_table;
 
-pub use amount::{Amount, AmountError, AMOUNT_SCALE};
+pub use amount::{Amount, AmountError, PackedAmount, AMOUNT_SCALE};
 pub use event::{unsafe_characters, EventLimits, ServiceTier, UsageCounts, UsageEvent};
 pub use money::{round_for_display, Currency, CurrencyError, Money, MoneyError};
 pub use priced::{CostLine, PricedEvent};

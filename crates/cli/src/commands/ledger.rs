@@ -88,7 +88,7 @@ pub async fn balance(settings: Settings, args: BalanceArgs) -> Result<ExitCode> 
         return Ok(ExitCode::SUCCESS);
     }
     let now = Utc::now();
-    let currency: Option<Currency> = state.currency.parse().ok();
+    let currency: Option<Currency> = state.currency;
     let show = |d: Amount| match currency {
         Some(c) => format!("{} {c} (exact {d})", round_for_display(d, c)),
         None => d.to_string(),
@@ -97,11 +97,7 @@ pub async fn balance(settings: Settings, args: BalanceArgs) -> Result<ExitCode> 
         BillingMode::Prepaid => "prepaid",
         BillingMode::Postpaid => "postpaid",
     };
-    println!(
-        "account {}  ({mode}, {})",
-        state.account_id,
-        if state.currency.is_empty() { "-" } else { &state.currency }
-    );
+    println!("account {}  ({mode}, {})", state.account_id, state.currency.as_ref().map_or("-", Currency::as_str));
     match state.balance() {
         Ok(balance) => println!("  balance         {}", show(balance)),
         Err(e) => println!("  balance         cannot be computed: {e}"),
@@ -130,7 +126,7 @@ pub async fn balance(settings: Settings, args: BalanceArgs) -> Result<ExitCode> 
     }
     let period = state.period_of(now);
     let spend = state.spend_in(period);
-    let budget = state.settings_at(now).and_then(|s| s.monthly_budget);
+    let budget = state.settings_at(now).and_then(|s| s.monthly_budget());
     match budget {
         Some(b) => println!("  month {}-{:02}      spend {} of budget {}", period / 100, period % 100, show(spend), b),
         None => println!("  month {}-{:02}      spend {} (no budget)", period / 100, period % 100, show(spend)),
