@@ -60,14 +60,112 @@ pub(crate) fn decode_confluent(payload: &[u8], schemas: &SchemaResolver) -> Resu
     let id = u32::from_be_bytes([payload[1], payload[2], payload[3], payload[4]]);
     let writer = match schemas.resolve(id) {
         Ok(writer) if writer.is_shipped => return decode_shipped(&payload[5..], AVRO_ALLOCATION_BYTES_MAX),
-        Ok(writer) => writer.schema,
+        Ok(writer) => writer,
         Err(SchemaResolverError::UnknownId(detail)) => {
             return Err(DecodeError::Rejected(Rejection::new(RejectReason::UnknownSchema, detail)))
         }
         Err(e @ SchemaResolverError::Unavailable(_)) => return Err(DecodeError::Unavailable(e.to_string())),
     };
-    let value = read_datum(&payload[5..], &writer, Some(usage_event_schema()))?;
+    if let Some(why) = &writer.incompatible {
+        return Err(DecodeError::Rejected(Rejection::new(
+            RejectReason::IncompatibleSchema,
+            format!("writer schema id {id} cannot be read as a usage event: {why}"),
+        )));
+    }
+    // Read with the writer's schema alone, then taken by field name: what
+    // schema resolution does for the fields a usage event has (extra writer
+    // fields skipped, absent optional ones null, int read as long), plus
+    // the timestamp types, which resolution to the shipped string field
+    // would refuse.
+    let value = read_datum(&payload[5..], &writer.schema, None)?;
     from_value(value).map_err(DecodeError::Rejected)
+}
+
+/// Why datums of `writer` can never be usage events, if they cannot:
+/// checked once per schema id, so that every datum of an incompatible
+/// schema gets the same clear reason instead of a decoding error.
+pub(crate) fn writer_incompatibility(writer: &Schema) -> Option<String> {
+    let Schema::Record(record) = writer else {
+        return Some(format!("it is {}, not a record", kind(writer)));
+    };
+    const STRING: &[Accept] = &[Accept::String];
+    const INSTANT: &[Accept] = &[Accept::String, Accept::Timestamp];
+    let expected: [(&str, bool, &[Accept], &str); 10] = [
+        ("event_id", true, STRING, "string"),
+        ("account_id", true, STRING, "string"),
+        ("occurred_at", true, INSTANT, "string, or long with logicalType timestamp-millis or timestamp-micros"),
+        ("provider", true, STRING, "string"),
+        ("model", true, STRING, "string"),
+        ("api_key_id", false, STRING, "string or null"),
+        ("project_id", false, STRING, "string or null"),
+        ("service_tier", false, STRING, "string or null"),
+        ("attributes", false, &[Accept::MapOfStrings], "a map of strings"),
+        ("usage", true, &[Accept::MapOfCounts], "a map of long (or int)"),
+    ];
+    for (name, required, accepted, wanted) in expected {
+        match record.fields.iter().find(|f| f.name == name) {
+            None if required => return Some(format!("it has no field {name} ({wanted})")),
+            None => {}
+            Some(field) if !acceptable(&field.schema, accepted) => {
+                return Some(format!("field {name} is {}; a usage event needs {wanted}", kind(&field.schema)))
+            }
+            Some(_) => {}
+        }
+    }
+    None
+}
+
+#[derive(Clone, Copy)]
+enum Accept {
+    String,
+    Timestamp,
+    MapOfStrings,
+    MapOfCounts,
+}
+
+/// Whether a writer field's type reads as one of `accepted` (a union: if
+/// any branch does; its null branch reads as absent).
+fn acceptable(schema: &Schema, accepted: &[Accept]) -> bool {
+    let one = |s: &Schema| {
+        accepted.iter().any(|a| match (a, s) {
+            (Accept::String, Schema::String | Schema::Bytes | Schema::Uuid) => true,
+            (Accept::Timestamp, Schema::TimestampMillis | Schema::TimestampMicros) => true,
+            (Accept::MapOfStrings, Schema::Map(m)) => matches!(*m.types, Schema::String),
+            (Accept::MapOfCounts, Schema::Map(m)) => matches!(*m.types, Schema::Long | Schema::Int),
+            _ => false,
+        })
+    };
+    match schema {
+        Schema::Union(u) => u.variants().iter().any(one),
+        other => one(other),
+    }
+}
+
+/// A type's name for people: `int`, `long (timestamp-nanos)`, `map`...
+fn kind(schema: &Schema) -> String {
+    match schema {
+        Schema::Union(u) => {
+            let kinds: Vec<String> = u.variants().iter().map(kind).collect();
+            format!("[{}]", kinds.join(", "))
+        }
+        Schema::Map(m) => format!("a map of {}", kind(&m.types)),
+        Schema::Array(a) => format!("an array of {}", kind(&a.items)),
+        Schema::Record(r) => format!("record {}", r.name.name),
+        other => {
+            let json = serde_json::to_value(other).ok();
+            match json.as_ref().and_then(|j| j.get("logicalType")).and_then(|t| t.as_str()) {
+                Some(logical) => format!(
+                    "{} ({logical})",
+                    json.as_ref().and_then(|j| j.get("type")).and_then(|t| t.as_str()).unwrap_or("?")
+                ),
+                None => json
+                    .as_ref()
+                    .and_then(|j| j.as_str().or_else(|| j.get("type").and_then(|t| t.as_str())))
+                    .unwrap_or("?")
+                    .to_owned(),
+            }
+        }
+    }
 }
 
 fn read_datum(bytes: &[u8], writer: &Schema, reader: Option<&Schema>) -> Result<Value, DecodeError> {
@@ -86,13 +184,18 @@ fn from_value(value: Value) -> Result<UsageEvent, Rejection> {
         return Err(Rejection::new(RejectReason::MalformedPayload, "Avro datum is not a record"));
     };
     let mut fields: HashMap<String, Value> = fields.into_iter().collect();
+    let occurred_at_value = fields.remove("occurred_at");
     let mut take_string = |name: &str| -> Result<Option<String>, Rejection> {
         match fields.remove(name) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) => Ok(Some(s)),
+            Some(Value::Bytes(b)) => utf8(name, b).map(Some),
+            Some(Value::Uuid(u)) => Ok(Some(u.to_string())),
             Some(Value::Union(_, inner)) => match *inner {
                 Value::Null => Ok(None),
                 Value::String(s) => Ok(Some(s)),
+                Value::Bytes(b) => utf8(name, b).map(Some),
+                Value::Uuid(u) => Ok(Some(u.to_string())),
                 other => Err(invalid(name, &other)),
             },
             Some(other) => Err(invalid(name, &other)),
@@ -103,7 +206,11 @@ fn from_value(value: Value) -> Result<UsageEvent, Rejection> {
     };
     let event_id = required("event_id", take_string("event_id")?)?;
     let account_id = required("account_id", take_string("account_id")?)?;
-    let occurred_at = parse_instant(&required("occurred_at", take_string("occurred_at")?)?)?;
+    let occurred_at = match occurred_at_value {
+        Some(Value::Union(_, inner)) => instant(*inner)?,
+        Some(value) => instant(value)?,
+        None => return Err(Rejection::new(RejectReason::MissingField, "occurred_at is missing")),
+    };
     let provider = required("provider", take_string("provider")?)?;
     let model = required("model", take_string("model")?)?;
     let api_key_id = take_string("api_key_id")?;
@@ -132,6 +239,7 @@ fn from_value(value: Value) -> Result<UsageEvent, Rejection> {
                 })?;
                 match v {
                     Value::Long(n) if n >= 0 => usage.set(unit, n as u64),
+                    Value::Int(n) if n >= 0 => usage.set(unit, u64::from(n.unsigned_abs())),
                     Value::Long(n) => {
                         return Err(Rejection::new(
                             RejectReason::CountOutOfRange,
@@ -157,6 +265,31 @@ fn from_value(value: Value) -> Result<UsageEvent, Rejection> {
         attributes,
         usage,
     })
+}
+
+/// `occurred_at` as the writer sent it: RFC 3339 text, or an Avro
+/// timestamp (ms or µs since the epoch, UTC).
+fn instant(value: Value) -> Result<chrono::DateTime<chrono::Utc>, Rejection> {
+    let out_of_range = |what: String| {
+        Rejection::new(RejectReason::TimestampOutOfRange, format!("occurred_at {what} is not a representable instant"))
+    };
+    match value {
+        Value::String(text) => parse_instant(&text),
+        Value::Bytes(b) => parse_instant(&utf8("occurred_at", b)?),
+        Value::TimestampMillis(ms) => {
+            chrono::DateTime::from_timestamp_millis(ms).ok_or_else(|| out_of_range(format!("{ms} ms")))
+        }
+        Value::TimestampMicros(us) => {
+            chrono::DateTime::from_timestamp_micros(us).ok_or_else(|| out_of_range(format!("{us} µs")))
+        }
+        Value::Null => Err(Rejection::new(RejectReason::MissingField, "occurred_at is missing")),
+        other => Err(invalid("occurred_at", &other)),
+    }
+}
+
+fn utf8(name: &str, bytes: Vec<u8>) -> Result<String, Rejection> {
+    String::from_utf8(bytes)
+        .map_err(|_| Rejection::new(RejectReason::InvalidField, format!("{name} is not valid UTF-8")))
 }
 
 fn invalid(name: &str, value: &Value) -> Rejection {
@@ -283,5 +416,91 @@ mod tests {
             assert!(matches!(decode_plain(&raw).unwrap_err(), DecodeError::Rejected(r) if r.reason == reason));
         }
         bytes.clear();
+    }
+
+    /// A writer schema of the registry: the shipped fields, `occurred_at`
+    /// and `usage` as given, and one extra field with a default.
+    fn writer(occurred_at: &str, usage: &str) -> Schema {
+        Schema::parse_str(&format!(
+            r#"{{"type":"record","name":"UsageEvent","namespace":"ai.usage.v1","fields":[
+                {{"name":"event_id","type":"string"}},
+                {{"name":"account_id","type":"string"}},
+                {{"name":"occurred_at","type":{occurred_at}}},
+                {{"name":"provider","type":"string"}},
+                {{"name":"model","type":"string"}},
+                {{"name":"region","type":"string","default":"eu"}},
+                {{"name":"usage","type":{usage}}}]}}"#
+        ))
+        .unwrap()
+    }
+
+    fn framed(id: u32, schema: &Schema, occurred_at: Value, usage: Value) -> Vec<u8> {
+        let fields = vec![
+            ("event_id".to_owned(), Value::String("e1".into())),
+            ("account_id".to_owned(), Value::String("a".into())),
+            ("occurred_at".to_owned(), occurred_at),
+            ("provider".to_owned(), Value::String("openai".into())),
+            ("model".to_owned(), Value::String("gpt-4o".into())),
+            ("region".to_owned(), Value::String("us".into())),
+            ("usage".to_owned(), usage),
+        ];
+        let mut out = vec![0];
+        out.extend_from_slice(&id.to_be_bytes());
+        out.extend(apache_avro::to_avro_datum(schema, Value::Record(fields)).unwrap());
+        out
+    }
+
+    fn counts(value: impl Fn(i64) -> Value) -> Value {
+        Value::Map(HashMap::from([("input_tokens".to_owned(), value(1000)), ("output_tokens".to_owned(), value(20))]))
+    }
+
+    #[test]
+    fn registry_writer_schemas_with_timestamps_extra_fields_and_int_counts_are_read() {
+        let long_map = r#"{"type":"map","values":"long"}"#;
+        let millis = writer(r#"{"type":"long","logicalType":"timestamp-millis"}"#, long_map);
+        let micros = writer(r#"{"type":"long","logicalType":"timestamp-micros"}"#, long_map);
+        let text = writer(r#""string""#, r#"{"type":"map","values":"int"}"#);
+        let resolver = SchemaResolver::from_schemas([(7, millis.clone()), (8, micros.clone()), (9, text.clone())]);
+        let at = chrono::DateTime::parse_from_rfc3339("2026-11-02T10:20:30.123456Z").unwrap().to_utc();
+        let cases = [
+            (framed(7, &millis, Value::TimestampMillis(at.timestamp_millis()), counts(Value::Long)), 123_000),
+            (framed(8, &micros, Value::TimestampMicros(at.timestamp_micros()), counts(Value::Long)), 123_456),
+            (framed(9, &text, Value::String(at.to_rfc3339()), counts(|n| Value::Int(n as i32))), 123_456),
+        ];
+        for (bytes, micros_part) in cases {
+            let e = decode_confluent(&bytes, &resolver).unwrap();
+            assert_eq!(e.occurred_at.timestamp(), at.timestamp());
+            assert_eq!(e.occurred_at.timestamp_subsec_micros(), micros_part);
+            assert_eq!((e.event_id.as_str(), e.account_id.as_str(), e.model.as_str()), ("e1", "a", "gpt-4o"));
+            assert_eq!(e.usage.get(Unit::INPUT_TOKENS), Some(1000));
+            assert_eq!(e.usage.get(Unit::OUTPUT_TOKENS), Some(20));
+        }
+    }
+
+    #[test]
+    fn incompatible_writer_schemas_are_refused_with_what_did_not_resolve() {
+        let string_counts = writer(r#""string""#, r#"{"type":"map","values":"string"}"#);
+        let nanos = writer(r#"{"type":"long","logicalType":"timestamp-nanos"}"#, r#"{"type":"map","values":"long"}"#);
+        let no_usage = Schema::parse_str(
+            r#"{"type":"record","name":"U","fields":[{"name":"event_id","type":"string"},{"name":"account_id","type":"string"},
+                {"name":"occurred_at","type":"string"},{"name":"provider","type":"string"},{"name":"model","type":"string"}]}"#,
+        )
+        .unwrap();
+        let not_a_record = Schema::parse_str(r#""string""#).unwrap();
+        let resolver =
+            SchemaResolver::from_schemas([(11, string_counts), (12, nanos), (13, no_usage), (14, not_a_record)]);
+        for (id, expected) in [
+            (11, "field usage is a map of string; a usage event needs a map of long (or int)"),
+            (12, "field occurred_at is long (timestamp-nanos); a usage event needs string, or long with logicalType"),
+            (13, "it has no field usage"),
+            (14, "it is string, not a record"),
+        ] {
+            // The datum is never read: any bytes after the id.
+            let bytes = [vec![0], u32::to_be_bytes(id).to_vec(), vec![2, b'x']].concat();
+            let Err(DecodeError::Rejected(r)) = decode_confluent(&bytes, &resolver) else { panic!("id {id} read") };
+            assert_eq!(r.reason, RejectReason::IncompatibleSchema, "id {id}: {}", r.detail);
+            assert!(r.detail.contains(expected), "id {id}: {}", r.detail);
+            assert!(r.detail.contains(&format!("writer schema id {id}")), "{}", r.detail);
+        }
     }
 }

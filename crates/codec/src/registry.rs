@@ -35,12 +35,33 @@ pub struct SchemaResolver {
 pub struct Writer {
     pub schema: Arc<Schema>,
     pub is_shipped: bool,
+    /// Why its datums can never be usage events (checked once per id).
+    pub incompatible: Option<Arc<str>>,
+}
+
+impl Writer {
+    fn of(schema: Arc<Schema>) -> Self {
+        let is_shipped = schema.canonical_form() == crate::usage_event_schema().canonical_form();
+        let incompatible = if is_shipped { None } else { crate::avro::writer_incompatibility(&schema).map(Arc::from) };
+        Self { schema, is_shipped, incompatible }
+    }
 }
 
 impl SchemaResolver {
     /// Only the shipped schemas, by their pinned ids.
     pub fn pinned() -> Self {
         Self { registry_url: None, cache: Mutex::new(HashMap::new()) }
+    }
+
+    /// Ids resolved from these schemas only (besides the pinned one): for
+    /// tests, and for deployments that pin writer schemas without a registry.
+    pub fn from_schemas(schemas: impl IntoIterator<Item = (u32, Schema)>) -> Self {
+        let resolver = Self::pinned();
+        for (id, schema) in schemas {
+            let writer = Writer::of(Arc::new(schema));
+            resolver.cache.lock().unwrap_or_else(PoisonError::into_inner).insert(id, writer);
+        }
+        resolver
     }
 
     /// Ids resolved by the registry at `url` (e.g. `http://registry:8081`).
@@ -62,8 +83,7 @@ impl SchemaResolver {
             }
             Some(url) => fetch(url, id)?,
         });
-        let is_shipped = schema.canonical_form() == crate::usage_event_schema().canonical_form();
-        let writer = Writer { schema, is_shipped };
+        let writer = Writer::of(schema);
         let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
         if cache.len() >= CACHED_SCHEMAS_MAX {
             cache.clear();

@@ -10,6 +10,9 @@ pub enum RejectReason {
     MalformedPayload,
     /// An Avro schema id that neither the registry nor the pinned schemas know.
     UnknownSchema,
+    /// A writer schema (from the registry) that cannot be read as a usage
+    /// event: a required field absent, or of a type no usage event has.
+    IncompatibleSchema,
     /// A required field is absent.
     MissingField,
     /// A field has the wrong type or an invalid value.
@@ -31,9 +34,10 @@ pub enum RejectReason {
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 11] = [
+    pub const ALL: [RejectReason; 12] = [
         Self::MalformedPayload,
         Self::UnknownSchema,
+        Self::IncompatibleSchema,
         Self::MissingField,
         Self::InvalidField,
         Self::UnknownUnit,
@@ -49,6 +53,7 @@ impl RejectReason {
         match self {
             Self::MalformedPayload => "malformed_payload",
             Self::UnknownSchema => "unknown_schema",
+            Self::IncompatibleSchema => "incompatible_schema",
             Self::MissingField => "missing_field",
             Self::InvalidField => "invalid_field",
             Self::UnknownUnit => "unknown_unit",
