@@ -82,6 +82,7 @@ fn run_ending(end: chrono::DateTime<chrono::Utc>) {
     }
     stream.extend(late_duplicates);
     let n_sent = stream.len();
+    let n_bad = stream.iter().filter(|m| m.event.is_none()).count();
 
     // Expected: every distinct good event, priced once.
     let book = Arc::new(load_dir(&repo_root().join("rate-cards"), None).unwrap());
@@ -210,6 +211,14 @@ fn run_ending(end: chrono::DateTime<chrono::Utc>) {
             .collect();
         assert!(got == expected_daily, "{table} differs");
     }
+    // Every bad event in dead_letters once, through every kill.
+    let letters = rt
+        .block_on(sink.query_tsv(&format!(
+            "SELECT toString(count()), toString(uniqExact(source_partition, source_offset)) FROM {db}.dead_letters"
+        )))
+        .unwrap();
+    assert!(n_bad > 0);
+    assert_eq!(letters, vec![vec![n_bad.to_string(), n_bad.to_string()]], "dead_letters: rows, distinct positions");
     let _ = rt.block_on(sink.execute(&format!("DROP DATABASE IF EXISTS {database}")));
     let _ = std::fs::remove_file(log);
 }

@@ -243,6 +243,40 @@ async fn every_event_is_priced_exactly_or_dead_lettered_with_its_reason() {
     }
     assert_eq!(reasons.len(), usage_synth::BAD_KINDS.len(), "{reasons:?}");
 
+    // The same letters in ClickHouse, once each: reason, source position,
+    // ids where the message has them, the payload's first bytes.
+    let stored = sink
+        .query_tsv(&format!(
+            "SELECT source_partition, source_offset, reason, detail, event_id, hex(payload_prefix), payload_bytes, \
+             source_topic FROM {} ORDER BY source_partition, source_offset",
+            sink.table("dead_letters")
+        ))
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), n_bad, "one dead_letters row per letter");
+    let mut stored_reasons: BTreeMap<String, usize> = BTreeMap::new();
+    let mut with_ids = 0;
+    for row in &stored {
+        let location = (row[0].parse::<i32>().unwrap(), row[1].parse::<i64>().unwrap());
+        let original = by_location[&location];
+        assert_eq!(Some(row[2].as_str()), original.expected_rejection.map(|r| r.code()), "{row:?}");
+        assert!(!row[3].is_empty(), "a detail");
+        assert_eq!(row[7], raw);
+        let prefix =
+            &original.payload[..original.payload.len().min(usage_clickhouse::DEAD_LETTER_PAYLOAD_PREFIX_BYTES)];
+        let hex: String = prefix.iter().map(|b| format!("{b:02X}")).collect();
+        assert_eq!(row[5], hex, "payload prefix of {location:?}");
+        assert_eq!(row[6], original.payload.len().to_string());
+        if let Some(event) = &original.event {
+            // Decoded, then refused (rate card, limits): its id is known.
+            assert_eq!(row[4], event.event_id, "{location:?}");
+        }
+        with_ids += usize::from(!row[4].is_empty());
+        *stored_reasons.entry(row[2].clone()).or_default() += 1;
+    }
+    assert_eq!(stored_reasons, reasons, "dead_letters and the topic agree by reason");
+    assert!(with_ids > 0, "some letters carry their event id");
+
     // Every analyst query of docs/queries.md runs on this data; the rollups
     // they read add up to exactly the rows priced.
     let docs = std::fs::read_to_string(repo_root().join("docs/queries.md")).unwrap();
@@ -254,6 +288,11 @@ async fn every_event_is_priced_exactly_or_dead_lettered_with_its_reason() {
     assert!(queries.len() >= 5);
     for (i, q) in queries.iter().enumerate() {
         let rows = sink.query_tsv(q).await.unwrap_or_else(|e| panic!("docs/queries.md query {}: {e}", i + 1));
+        if q.contains("dead_letters_by_reason_day") {
+            let by_reason: BTreeMap<String, usize> =
+                rows.iter().map(|r| (r[0].clone(), r[1].parse().expect("letters"))).collect();
+            assert_eq!(by_reason, reasons, "the dead-letter query counts what the topic holds");
+        }
         if i == 1 {
             let by_model: Decimal = rows.iter().map(|r| Decimal::from_str_exact(&r[3]).unwrap()).sum();
             assert_eq!(
@@ -277,11 +316,11 @@ async fn migrations_are_idempotent_and_recorded_once() {
     let database = unique("mig");
     let sink = clickhouse(&database);
     let all: Vec<u32> = usage_clickhouse::MIGRATIONS.iter().map(|m| m.0).collect();
-    assert_eq!(all, vec![1, 2, 3, 4, 5, 6]);
+    assert_eq!(all, vec![1, 2, 3, 4, 5, 6, 7]);
     assert_eq!(sink.migrate().await.unwrap(), all);
     assert_eq!(sink.migrate().await.unwrap(), Vec::<u32>::new());
     let recorded = sink.query_tsv(&format!("SELECT count() FROM {database}.schema_migrations")).await.unwrap();
-    assert_eq!(recorded, vec![vec!["6".to_owned()]]);
+    assert_eq!(recorded, vec![vec!["7".to_owned()]]);
     let tables = sink
         .query_tsv(&format!("SELECT name FROM system.tables WHERE database = '{database}' ORDER BY name"))
         .await
@@ -294,6 +333,8 @@ async fn migrations_are_idempotent_and_recorded_once() {
         "cost_by_account_day_mv",
         "ledger_entries",
         "balances",
+        "dead_letters",
+        "dead_letters_by_reason_day",
     ] {
         assert!(tables.contains(&expected), "{expected} missing from {tables:?}");
     }
@@ -361,7 +402,7 @@ async fn migration_6_keys_existing_rollups_by_source_and_keeps_their_totals() {
         before[1],
         vec![vec!["a1", "4", "4.000000000000000000000004"], vec!["a2", "2", "2.000000000000000000000002"]]
     );
-    assert_eq!(sink.migrate().await.unwrap(), vec![6]);
+    assert_eq!(sink.migrate().await.unwrap(), vec![6, 7]);
     assert_eq!(totals(&sink).await, before, "the rebuild keeps every total");
     let by_source = sink
         .query_tsv(&format!(

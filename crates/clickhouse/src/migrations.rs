@@ -11,6 +11,7 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
     (4, "ledger", include_str!("../../../schemas/clickhouse/0004_ledger.sql")),
     (5, "usage_counts", include_str!("../../../schemas/clickhouse/0005_usage_counts.sql")),
     (6, "rollups_by_source", include_str!("../../../schemas/clickhouse/0006_rollups_by_source.sql")),
+    (7, "dead_letters", include_str!("../../../schemas/clickhouse/0007_dead_letters.sql")),
 ];
 
 /// The statements of a migration, with the database filled in.

@@ -128,6 +128,26 @@ pub fn datetime(epoch_seconds: i64) -> Option<u32> {
 #[error("{0} is outside ClickHouse's DateTime range (1970-01-01 to 2106-02-07)")]
 pub struct DateTimeRangeError(pub String);
 
+/// Bytes of a refused payload kept in `dead_letters` (the topic keeps all).
+pub const DEAD_LETTER_PAYLOAD_PREFIX_BYTES: usize = 1024;
+
+/// A dead letter as a row of `dead_letters`.
+#[derive(Debug, Row, Serialize)]
+pub struct DeadLetterRow<'a> {
+    pub refused_at: u32,
+    pub reason: &'a str,
+    pub detail: &'a str,
+    pub source_topic: &'a str,
+    pub source_partition: i32,
+    pub source_offset: i64,
+    pub account_id: &'a str,
+    pub event_id: &'a str,
+    /// Raw bytes (a String column holds any bytes).
+    #[serde(with = "serde_bytes")]
+    pub payload_prefix: &'a [u8],
+    pub payload_bytes: u64,
+}
+
 /// A ledger entry as a row of `ledger_entries`.
 #[derive(Debug, Row, Serialize)]
 pub struct LedgerEntryRow {

@@ -1,7 +1,7 @@
 //! Talking to ClickHouse: migrations, inserts, read-backs.
 
 use crate::migrations::{added_column, statements, MIGRATIONS};
-use crate::row::{LedgerEntryRow, PricedRow};
+use crate::row::{DeadLetterRow, LedgerEntryRow, PricedRow};
 use clickhouse::Client;
 use std::time::Duration;
 
@@ -443,6 +443,41 @@ impl ClickHouseSink {
     pub async fn execute_with_id(&self, sql: &str, query_id: &str) -> Result<(), SinkError> {
         let client = self.client.clone().with_setting("query_id", query_id);
         client.query(sql).execute().await.map_err(ch(format!("{query_id}: {}", first_line(sql))))
+    }
+
+    /// Inserts dead letters of one source partition under a deterministic
+    /// query id (one part: all or none).
+    pub async fn insert_dead_letters(&self, rows: &[DeadLetterRow<'_>], query_id: &str) -> Result<(), SinkError> {
+        let client = self.database_client.clone().with_setting("query_id", query_id);
+        let timeout = Some(self.settings.insert_timeout);
+        let mut insert = client
+            .insert::<DeadLetterRow<'_>>("dead_letters")
+            .await
+            .map_err(ch("starting INSERT into dead_letters"))?
+            .with_timeouts(timeout, timeout);
+        for row in rows {
+            insert.write(row).await.map_err(ch("writing INSERT"))?;
+        }
+        insert.end().await.map_err(ch(format!("INSERT {query_id} of {} dead letters", rows.len())))
+    }
+
+    /// Source offsets within `first..=last` of a partition whose dead
+    /// letters are stored: one range of the table's sort key.
+    pub async fn stored_dead_letters(
+        &self,
+        topic: &str,
+        partition: i32,
+        first: i64,
+        last: i64,
+    ) -> Result<Vec<i64>, SinkError> {
+        let sql = format!(
+            "SELECT source_offset FROM {} WHERE source_topic = {} AND source_partition = {partition} \
+             AND source_offset >= {first} AND source_offset <= {last}",
+            self.table("dead_letters"),
+            crate::quote(topic)
+        );
+        let rows = self.query_tsv(&sql).await?;
+        Ok(rows.iter().filter_map(|r| r.first()?.parse().ok()).collect())
     }
 
     /// Records, per topic partition, the last offset whose rows are stored

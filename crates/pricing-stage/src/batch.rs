@@ -41,6 +41,26 @@ impl Processor {
         self.pricer.set_book(book);
     }
 
+    /// The account and event id of a refused message, where they can be
+    /// read: from the event if it decodes (refused later, by the limits or
+    /// the rate card), else from JSON that names them (CloudEvents' `subject`
+    /// and `id` stand in). Only for refusals: never on the priced path.
+    pub fn readable_ids(&self, payload: &[u8]) -> ReadableIds {
+        if let Ok(event) = self.decoder.decode(payload) {
+            return ReadableIds { account_id: Some(event.account_id), event_id: Some(event.event_id) };
+        }
+        if payload.len() > usage_codec::PAYLOAD_BYTES_MAX {
+            return ReadableIds::default();
+        }
+        let Ok(serde_json::Value::Object(fields)) = serde_json::from_slice::<serde_json::Value>(payload) else {
+            return ReadableIds::default();
+        };
+        let text = |names: [&str; 2]| {
+            names.iter().find_map(|n| fields.get(*n).and_then(|v| v.as_str())).map(|s| s.chars().take(256).collect())
+        };
+        ReadableIds { account_id: text(["account_id", "subject"]), event_id: text(["event_id", "id"]) }
+    }
+
     pub fn evaluate(&mut self, payload: &[u8]) -> MessageOutcome {
         let event = match self.decoder.decode(payload) {
             Ok(e) => e,
@@ -55,6 +75,21 @@ impl Processor {
             Err(r) => MessageOutcome::Rejected(r),
         }
     }
+}
+
+/// A refused message's account and event id, where they could be read.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReadableIds {
+    pub account_id: Option<String>,
+    pub event_id: Option<String>,
+}
+
+/// What `dead_letters` keeps of a dead letter besides the letter itself.
+#[derive(Clone, Debug)]
+pub struct Refusal {
+    pub ids: ReadableIds,
+    /// When it was refused (seconds since the epoch, wall clock).
+    pub at: i64,
 }
 
 /// What the duplicate check made of a row.
@@ -96,6 +131,8 @@ pub struct PartitionBatch {
     /// timestamp, ms), for the ledger's event-to-alert latency.
     pub appended_ms: Vec<Option<i64>>,
     pub dead_letters: Vec<DeadLetter>,
+    /// One per dead letter, in the same order.
+    pub refusals: Vec<Refusal>,
     pub forwards: Vec<Forward>,
     /// First offset seen, and the offset to commit (one past the last).
     pub first_offset: i64,
@@ -234,6 +271,7 @@ impl Batch {
         payload: &[u8],
         outcome: Result<PricedEvent, Rejection>,
         check: impl FnOnce(&PricedRow, u64) -> RowState,
+        ids: impl FnOnce() -> ReadableIds,
     ) {
         let rejection = match outcome.and_then(|priced| PricedRow::new(priced, topic, partition, offset)) {
             Ok(row) => {
@@ -260,6 +298,7 @@ impl Batch {
         };
         let part = self.partition(topic, partition, epoch, offset);
         *part.rejected.entry(rejection.reason).or_default() += 1;
+        part.refusals.push(Refusal { ids: ids(), at: chrono::Utc::now().timestamp() });
         part.dead_letters.push(DeadLetter {
             key: key.map(<[u8]>::to_vec),
             payload: payload.to_vec(),
@@ -320,7 +359,18 @@ mod tests {
             (5, "2026-01-30T00:00:00Z"),
             (6, "2026-02-01T00:00:02Z"),
         ] {
-            batch.add("t", 0, 0, offset, None, None, b"", Ok(priced(&format!("e{offset}"), at)), |_, _| RowState::New);
+            batch.add(
+                "t",
+                0,
+                0,
+                offset,
+                None,
+                None,
+                b"",
+                Ok(priced(&format!("e{offset}"), at)),
+                |_, _| RowState::New,
+                Default::default,
+            );
         }
         let part = &batch.partitions[&("t".to_owned(), 0)];
         let units: Vec<Vec<i64>> =
@@ -333,9 +383,20 @@ mod tests {
     fn a_copy_later_in_the_batch_is_a_duplicate_and_is_never_inserted() {
         let mut batch = Batch::default();
         let at = "2026-01-31T23:59:59Z";
-        batch.add("t", 0, 0, 1, None, None, b"", Ok(priced("e1", at)), |_, _| RowState::New);
-        batch.add("t", 1, 0, 7, None, None, b"", Ok(priced("e1", at)), |_, _| RowState::New);
-        batch.add("t", 0, 0, 2, None, None, b"", Ok(priced("e1", "2026-01-31T23:59:58Z")), |_, _| RowState::New);
+        batch.add("t", 0, 0, 1, None, None, b"", Ok(priced("e1", at)), |_, _| RowState::New, Default::default);
+        batch.add("t", 1, 0, 7, None, None, b"", Ok(priced("e1", at)), |_, _| RowState::New, Default::default);
+        batch.add(
+            "t",
+            0,
+            0,
+            2,
+            None,
+            None,
+            b"",
+            Ok(priced("e1", "2026-01-31T23:59:58Z")),
+            |_, _| RowState::New,
+            Default::default,
+        );
         assert_eq!(batch.partitions[&("t".to_owned(), 1)].states, vec![RowState::Duplicate]);
         assert_eq!(batch.n_duplicates(), 1, "another instant is another event");
         assert_eq!(batch.partitions[&("t".to_owned(), 1)].insert_units().len(), 0);

@@ -15,7 +15,7 @@ use crate::config::StreamConfig;
 use crate::pipeline::{Delivered, PipelineError};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use usage_clickhouse::{ClickHouseSink, PricedRow};
+use usage_clickhouse::{ClickHouseSink, DeadLetterRow, PricedRow, DEAD_LETTER_PAYLOAD_PREFIX_BYTES};
 use usage_kafka::{
     forward_headers, CommitMode, Consumer, GroupConsumer, Offset, Outgoing, Producer, TopicPartitionList,
 };
@@ -234,6 +234,15 @@ impl Deliverer {
             let unit_done = self.insert_unit(&prefix, &unit, shutdown, n_messages).await?;
             done.add(&unit_done);
         }
+        if !part.dead_letters.is_empty() {
+            let Some(_under_way) =
+                self.holdings.start_insert(topic, partition, part.epoch, || self.assigned(topic, partition))
+            else {
+                return Ok(None);
+            };
+            let stored = self.store_dead_letters(part, &prefix, shutdown, n_messages).await?;
+            tracing::debug!(topic, partition, stored, letters = part.dead_letters.len(), "dead letters in ClickHouse");
+        }
         let stored_here: Vec<&PricedRow> =
             part.rows.iter().zip(&part.states).filter(|(_, s)| **s == RowState::StoredHere).map(|(r, _)| r).collect();
         done.stored_here = stored_here.len() as u64;
@@ -244,6 +253,65 @@ impl Deliverer {
             return Ok(None);
         }
         Ok(Some(done))
+    }
+
+    /// Stores a partition's dead letters of the batch in `dead_letters`,
+    /// one INSERT, under its query id; retried until it succeeds. Positions
+    /// already stored (by a crashed or ambiguous earlier attempt, this
+    /// owner's or a previous one's: messages past the recorded offset are
+    /// read again) are looked up first, every attempt, and not stored
+    /// again. Returns how many were stored now.
+    async fn store_dead_letters(
+        &self,
+        part: &crate::batch::PartitionBatch,
+        prefix: &str,
+        shutdown: &Shutdown,
+        n_messages: u64,
+    ) -> Result<u64, PipelineError> {
+        let Some(letter) = part.dead_letters.first() else { return Ok(0) };
+        let (topic, partition) = (letter.source_topic.as_str(), letter.source_partition);
+        let first = part.dead_letters.iter().map(|l| l.source_offset).min().unwrap_or_default();
+        let last = part.dead_letters.iter().map(|l| l.source_offset).max().unwrap_or_default();
+        let query_id = format!("{prefix}dead-letters-{first}-{last}");
+        let mut backoff = Backoff::new("ClickHouse dead letters", self.config.retry, &self.health);
+        loop {
+            let stored = match self.sink.stored_dead_letters(topic, partition, first, last).await {
+                Ok(stored) => stored,
+                Err(e) => {
+                    backoff.failed(&e, shutdown).await.map_err(|g| PipelineError::undelivered(g, n_messages))?;
+                    continue;
+                }
+            };
+            let rows: Vec<DeadLetterRow<'_>> = part
+                .dead_letters
+                .iter()
+                .zip(&part.refusals)
+                .filter(|(l, _)| !stored.contains(&l.source_offset))
+                .map(|(l, r)| DeadLetterRow {
+                    refused_at: usage_clickhouse::datetime(r.at).unwrap_or_default(),
+                    reason: l.reason,
+                    detail: &l.detail,
+                    source_topic: &l.source_topic,
+                    source_partition: l.source_partition,
+                    source_offset: l.source_offset,
+                    account_id: r.ids.account_id.as_deref().unwrap_or_default(),
+                    event_id: r.ids.event_id.as_deref().unwrap_or_default(),
+                    payload_prefix: &l.payload[..l.payload.len().min(DEAD_LETTER_PAYLOAD_PREFIX_BYTES)],
+                    payload_bytes: l.payload.len() as u64,
+                })
+                .collect();
+            if rows.is_empty() {
+                backoff.succeeded();
+                return Ok(0);
+            }
+            match self.sink.insert_dead_letters(&rows, &query_id).await {
+                Ok(()) => {
+                    backoff.succeeded();
+                    return Ok(rows.len() as u64);
+                }
+                Err(e) => backoff.failed(&e, shutdown).await.map_err(|g| PipelineError::undelivered(g, n_messages))?,
+            }
+        }
     }
 
     /// Records, in one INSERT, where each partition resumes: every message

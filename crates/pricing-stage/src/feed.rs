@@ -260,7 +260,7 @@ mod tests {
                     MessageOutcome::Priced(priced) => {
                         prop_assert_eq!(Some(priced.cost.scaled() as u128), exact);
                         let mut batch = Batch::default();
-                        batch.add("t", 0, 0, 7, None, None, json.as_bytes(), Ok(*priced.clone()), |_, _| crate::batch::RowState::New);
+                        batch.add("t", 0, 0, 7, None, None, json.as_bytes(), Ok(*priced.clone()), |_, _| crate::batch::RowState::New, Default::default);
                         let row = &batch.partitions[&("t".to_owned(), 0)].rows[0];
                         prop_assert_eq!(row.cost, priced.cost);
                         let records = usage_ledger::PricedUsage::batch_from_json(&batch_to_json(&[(row, None)]).unwrap()).unwrap();

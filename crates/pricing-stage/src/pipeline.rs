@@ -722,18 +722,31 @@ impl Pipeline {
         let previous = self.previous.as_deref();
         let payload = message.payload().unwrap_or_default();
         let appended_ms = message.timestamp().to_millis();
-        batch.add(topic, partition, epoch, offset, appended_ms, message.key(), payload, outcome, |row, key| {
-            match seen.check(key, row.occurred_at, row.kafka_offset) {
-                Seen::New => {
-                    // Held from now on: a copy in a later batch is a hit.
-                    seen.insert(key, row.occurred_at);
-                    RowState::New
+        let processor = &self.processor;
+        let ids = || processor.readable_ids(payload);
+        batch.add(
+            topic,
+            partition,
+            epoch,
+            offset,
+            appended_ms,
+            message.key(),
+            payload,
+            outcome,
+            |row, key| {
+                match seen.check(key, row.occurred_at, row.kafka_offset) {
+                    Seen::New => {
+                        // Held from now on: a copy in a later batch is a hit.
+                        seen.insert(key, row.occurred_at);
+                        RowState::New
+                    }
+                    Seen::StoredHere => RowState::StoredHere,
+                    Seen::Unsure if previous.is_some_and(|b| b.holds(key, row)) => RowState::Duplicate,
+                    Seen::Unsure => RowState::Unsure,
                 }
-                Seen::StoredHere => RowState::StoredHere,
-                Seen::Unsure if previous.is_some_and(|b| b.holds(key, row)) => RowState::Duplicate,
-                Seen::Unsure => RowState::Unsure,
-            }
-        });
+            },
+            ids,
+        );
     }
 
     fn epoch_of(&self, topic: &str, partition: i32) -> u64 {
