@@ -9,12 +9,12 @@
 //! what its events cost.
 
 use std::collections::BTreeMap;
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+
+use std::process::Command;
 use std::time::{Duration, Instant};
 use usage_integration_tests::{
     catch_up_stop_and_check, clickhouse, expected_by_account, isolated_env, send_records, spawn_binary, unique,
+    OwnBroker,
 };
 use usage_kafka::{KafkaSettings, Producer};
 use usage_ledger::AccountState;
@@ -25,54 +25,6 @@ const EVENTS: usize = 30_000;
 const CHUNKS: usize = 10;
 const PARTITIONS: i32 = 4;
 
-/// A tansu broker of the test's own; killed when dropped.
-struct Broker {
-    dir: PathBuf,
-    port: u16,
-    process: Option<Child>,
-}
-
-impl Broker {
-    fn start(dir: &Path, port: u16) -> Self {
-        std::fs::create_dir_all(dir).unwrap();
-        let mut broker = Self { dir: dir.to_owned(), port, process: None };
-        broker.restart();
-        broker
-    }
-
-    fn restart(&mut self) {
-        let url = format!("tcp://127.0.0.1:{}", self.port);
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("tansu.log")).unwrap();
-        let child = Command::new("tansu")
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-            .args(["--storage-engine", "sqlite://tansu.db"])
-            .current_dir(&self.dir)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("tansu (make up installs it)");
-        self.process = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "tansu did not listen on {}", self.port);
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.process.take() {
-            child.kill().unwrap(); // SIGKILL
-            child.wait().unwrap();
-        }
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 fn free_port() -> u16 {
     usage_integration_tests::free_local_addr().port()
 }
@@ -81,7 +33,7 @@ fn free_port() -> u16 {
 fn a_broker_killed_and_restarted_mid_run_loses_nothing_and_counts_nothing_twice() {
     let port = free_port();
     let dir = std::env::temp_dir().join(unique("broker-loss"));
-    let mut broker = Broker::start(&dir, port);
+    let mut broker = OwnBroker::start(&dir, port, None);
     let brokers = format!("127.0.0.1:{port}");
     let kafka = KafkaSettings { brokers: brokers.clone(), client_id: "broker-loss".into(), ..KafkaSettings::default() };
 

@@ -3,9 +3,19 @@
 # - tansu (Kafka-protocol broker) into the default cargo bin folder, so every
 #   clone on this machine reuses it (the build takes ~13 minutes on 2 cores);
 # - clickhouse-server from Debian's packages, unless one is already on PATH;
-# - prometheus from Debian's packages (tests of the metrics and dashboard).
+# - prometheus from Debian's packages (tests of the metrics and dashboard);
+# - OpenSSL's headers and pkg-config (librdkafka is built with TLS and SCRAM).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+
+if dpkg -s libssl-dev >/dev/null 2>&1 && command -v pkg-config >/dev/null 2>&1; then
+  log "libssl-dev and pkg-config already installed"
+else
+  log "installing libssl-dev and pkg-config from Debian's packages"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends libssl-dev pkg-config >/dev/null
+fi
 
 if cargo install --list 2>/dev/null | grep -q "^tansu v$TANSU_VERSION:"; then
   log "tansu $TANSU_VERSION already installed"

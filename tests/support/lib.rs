@@ -523,3 +523,77 @@ pub fn peak_rss_bytes(pid: u32) -> Option<u64> {
     let kb: u64 = status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }
+
+/// A tansu broker of the caller's own (a fresh sqlite file in `dir`, its own
+/// port); killed when dropped. With `user`, clients must authenticate
+/// (SASL SCRAM-SHA-512 as that user): the user is created on a first start
+/// without authentication (tansu refuses to create users otherwise), then
+/// the broker restarts requiring it.
+pub struct OwnBroker {
+    dir: std::path::PathBuf,
+    port: u16,
+    authentication: bool,
+    process: Option<std::process::Child>,
+}
+
+impl OwnBroker {
+    pub fn start(dir: &std::path::Path, port: u16, user: Option<(&str, &str)>) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let mut broker = Self { dir: dir.to_owned(), port, authentication: false, process: None };
+        broker.restart();
+        if let Some((name, password)) = user {
+            let url = format!("tcp://127.0.0.1:{port}");
+            let created = std::process::Command::new("tansu")
+                .args(["user", "create", "--broker", &url, name, password, "--mechanism", "scram512"])
+                .output()
+                .expect("tansu user create");
+            assert!(created.status.success(), "tansu user create: {}", String::from_utf8_lossy(&created.stderr));
+            broker.kill();
+            broker.authentication = true;
+            broker.restart();
+        }
+        broker
+    }
+
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn restart(&mut self) {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("tansu.log")).unwrap();
+        let mut command = std::process::Command::new("tansu");
+        command
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "sqlite://tansu.db"]);
+        if self.authentication {
+            command.arg("--authentication");
+        }
+        let child = command
+            .current_dir(&self.dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("tansu (make up installs it)");
+        self.process = Some(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "tansu did not listen on {}", self.port);
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
+    /// SIGKILL, and waits for the process to end.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.process.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

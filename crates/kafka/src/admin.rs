@@ -31,7 +31,13 @@ pub async fn ensure_topics(
     timeout: Duration,
 ) -> Result<Vec<String>, KafkaError> {
     let admin: AdminClient<DefaultClientContext> = settings.client_config("admin").create().map_err(without_secrets)?;
-    let metadata = admin.inner().fetch_metadata(None, timeout)?;
+    let metadata = match admin.inner().fetch_metadata(None, timeout) {
+        Ok(metadata) => metadata,
+        Err(e) => {
+            report_broker_trouble(settings);
+            return Err(e);
+        }
+    };
     let missing: Vec<&TopicSpec> = topics
         .iter()
         .filter(|t| !metadata.topics().iter().any(|m| m.name() == t.name && !m.partitions().is_empty()))
@@ -89,4 +95,51 @@ pub async fn topic_configs(
             Err(code) => Err(code.to_string()),
         })
         .collect())
+}
+
+/// What librdkafka says when it cannot use the brokers: authentication
+/// refused, a TLS handshake that failed, a name that does not resolve. An
+/// admin call only answers "broker transport failure" (its client's events
+/// are never polled), so on such a failure a short-lived client that is
+/// polled tells why, as an error in the log. Only on a failure path.
+pub fn report_broker_trouble(settings: &KafkaSettings) {
+    use rdkafka::client::ClientContext;
+    use rdkafka::producer::{BaseProducer, Producer as _, ProducerContext};
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct Listener {
+        said: Mutex<Vec<String>>,
+    }
+    impl ClientContext for Listener {
+        fn log(&self, level: rdkafka::config::RDKafkaLogLevel, _facility: &str, message: &str) {
+            use rdkafka::config::RDKafkaLogLevel as L;
+            if matches!(level, L::Emerg | L::Alert | L::Critical | L::Error) {
+                self.said.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(message.to_owned());
+            }
+        }
+        fn error(&self, error: KafkaError, reason: &str) {
+            self.said.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(format!("{error}: {reason}"));
+        }
+    }
+    impl ProducerContext for Listener {
+        type DeliveryOpaque = ();
+        fn delivery(&self, _: &rdkafka::message::DeliveryResult<'_>, _: ()) {}
+    }
+
+    let Ok(probe) =
+        settings.client_config("diagnosis").create_with_context::<_, BaseProducer<Listener>>(Listener::default())
+    else {
+        return;
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < deadline {
+        probe.poll(Duration::from_millis(100));
+        let said = probe.context().said.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        if let Some(first) = said.first() {
+            tracing::error!(brokers = %settings.brokers, "cannot use the Kafka brokers: {first}");
+            return;
+        }
+    }
+    let _ = probe.flush(Duration::ZERO);
 }

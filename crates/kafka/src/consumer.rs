@@ -205,5 +205,10 @@ pub fn partition_counts(
     timeout: Duration,
 ) -> Result<Vec<usize>, KafkaError> {
     let client: BaseConsumer = settings.client_config("metadata").create().map_err(without_secrets)?;
-    topics.iter().map(|t| partition_ids(&client, t, timeout).map(|p| p.len())).collect()
+    let counts: Result<Vec<usize>, KafkaError> =
+        topics.iter().map(|t| partition_ids(&client, t, timeout).map(|p| p.len())).collect();
+    if counts.is_err() {
+        crate::admin::report_broker_trouble(settings);
+    }
+    counts
 }
