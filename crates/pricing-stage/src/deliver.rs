@@ -240,7 +240,7 @@ impl Deliverer {
             else {
                 return Ok(None);
             };
-            let stored = self.store_dead_letters(part, &prefix, shutdown, n_messages).await?;
+            let stored = self.store_dead_letters(part, topic, partition, &prefix, shutdown, n_messages).await?;
             tracing::debug!(topic, partition, stored, letters = part.dead_letters.len(), "dead letters in ClickHouse");
         }
         let stored_here: Vec<&PricedRow> =
@@ -264,12 +264,12 @@ impl Deliverer {
     async fn store_dead_letters(
         &self,
         part: &crate::batch::PartitionBatch,
+        topic: &str,
+        partition: i32,
         prefix: &str,
         shutdown: &Shutdown,
         n_messages: u64,
     ) -> Result<u64, PipelineError> {
-        let Some(letter) = part.dead_letters.first() else { return Ok(0) };
-        let (topic, partition) = (letter.source_topic.as_str(), letter.source_partition);
         let first = part.dead_letters.iter().map(|l| l.source_offset).min().unwrap_or_default();
         let last = part.dead_letters.iter().map(|l| l.source_offset).max().unwrap_or_default();
         let query_id = format!("{prefix}dead-letters-{first}-{last}");
