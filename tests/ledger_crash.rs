@@ -54,7 +54,9 @@ fn whole_topic(topic: &str) -> Vec<usage_kafka::Record> {
 #[test]
 fn sigkills_never_deduct_twice_nor_repeat_an_alert() {
     let (raw, dlq, group, database) = (unique("lraw"), unique("ldlq"), unique("lgroup"), unique("lcrash"));
-    let env = isolated_env(&raw, &dlq, &group, &database);
+    // Changelog writes between the kills (the default, 5 s, would see few):
+    // restores from a mid-run state are what this test is about.
+    let env = with(&isolated_env(&raw, &dlq, &group, &database), "LEDGER_CHANGELOG_INTERVAL_MS", "300".into());
     let get = |k: &str| env.iter().find(|(n, _)| *n == k).unwrap().1.clone();
     let (commands_topic, state_topic, events_topic) =
         (get("BILLING_COMMANDS_TOPIC"), get("BILLING_STATE_TOPIC"), get("BILLING_EVENTS_TOPIC"));

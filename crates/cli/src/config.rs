@@ -45,7 +45,8 @@
 //! group_id = "usage-ledger"           # LEDGER_GROUP_ID
 //! event_format = "json"               # json | avro
 //! transactional_id = "ledger-1"       # LEDGER_TRANSACTIONAL_ID (brokers with transactions)
-//! batch_linger_ms = 20
+//! batch_linger_ms = 5                # a batch of priced usage closes this long after its first record
+//! changelog_interval_ms = 5000        # LEDGER_CHANGELOG_INTERVAL_MS: changed accounts to the changelog, offsets committed
 //! write_entries = true                # ledger entries into ClickHouse
 //!
 //! [observability]
@@ -94,6 +95,7 @@ struct LedgerSection {
     event_format: Option<String>,
     transactional_id: Option<String>,
     batch_linger_ms: Option<u64>,
+    changelog_interval_ms: Option<u64>,
     write_entries: Option<bool>,
 }
 
@@ -274,6 +276,14 @@ impl Settings {
             group_id: env("LEDGER_GROUP_ID").or(l.group_id).unwrap_or(ledger_defaults.group_id),
             topic_partitions: stream.topic_partitions,
             batch_linger: l.batch_linger_ms.map(Duration::from_millis).unwrap_or(ledger_defaults.batch_linger),
+            changelog_interval: match env("LEDGER_CHANGELOG_INTERVAL_MS").map(|s| s.parse::<u64>()).transpose() {
+                Ok(v) => match v.or(l.changelog_interval_ms) {
+                    None => ledger_defaults.changelog_interval,
+                    Some(ms @ 10..=600_000) => Duration::from_millis(ms),
+                    Some(ms) => bail!("ledger.changelog_interval_ms must be within 10..=600000, is {ms}"),
+                },
+                Err(e) => bail!("LEDGER_CHANGELOG_INTERVAL_MS: {e}"),
+            },
             event_format,
             transactional_id: env("LEDGER_TRANSACTIONAL_ID").or(l.transactional_id),
             ..ledger_defaults

@@ -76,8 +76,9 @@ pub struct LedgerConfig {
     pub topic_partitions: i32,
     /// Records per batch (and per changelog write).
     pub batch_records_max: usize,
-    /// A batch closes this long after its first record: the main part of
-    /// threshold-event latency.
+    /// A batch closes this long after its first record. Short: a feed
+    /// arrives as one message per partition, nearly at once, and every
+    /// millisecond here is threshold-event latency.
     pub batch_linger: Duration,
     /// How often idle accounts' grants are checked for expiry.
     pub sweep_interval: Duration,
@@ -86,7 +87,9 @@ pub struct LedgerConfig {
     /// size).
     pub entries_interval: Duration,
     /// How often changed accounts go to the changelog (and input offsets
-    /// are committed): what a crash replays at most.
+    /// are committed): what a crash replays at most. Every active account
+    /// is one record per interval, which is the broker's main load from
+    /// the ledger (docs/ledger.md).
     pub changelog_interval: Duration,
     pub event_format: EventFormat,
     /// Set on brokers with Kafka transactions: exactly-once outputs.
@@ -113,10 +116,10 @@ impl Default for LedgerConfig {
             group_id: "usage-ledger".into(),
             topic_partitions: 4,
             batch_records_max: 10_000,
-            batch_linger: Duration::from_millis(20),
+            batch_linger: Duration::from_millis(5),
             sweep_interval: Duration::from_secs(1),
             entries_interval: Duration::from_secs(1),
-            changelog_interval: Duration::from_secs(1),
+            changelog_interval: Duration::from_secs(5),
             event_format: EventFormat::Json,
             transactional_id: None,
             pending_entries_max: 500_000,
