@@ -14,6 +14,8 @@
 //! - alert latency: the pipeline and the ledger running, usage offered at a
 //!   fixed rate to postpaid accounts with small budgets; from each usage
 //!   event's produce time to the `budget.threshold_crossed` it causes;
+//!   and the same load through a bare chain of the same hops on the same
+//!   broker (`floor.rs`): the part of the latency no consumer can remove;
 //! - the ledger in memory: bytes per idle account, and apply throughput with
 //!   10 thousand and 1 million distinct accounts.
 
@@ -29,6 +31,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use usage_kafka::{KafkaSettings, Outgoing, Producer, TopicFollower};
 use usage_ledger::{AccountCommand, LedgerEvent, PartitionLedger, PricedUsage};
+
+mod floor;
 
 /// Counts live heap bytes, for the ledger's memory per account, over the
 /// allocator the pipeline runs with (so the ledger's rates are its own).
@@ -748,6 +752,11 @@ async fn alert_latency(args: &Args, results: &mut BTreeMap<&'static str, f64>) -
     results.insert("alert_latency_p99_ms", pct(0.99));
     results.insert("alert_offered_events_per_sec", offered);
     results.insert("alert_events_measured", latencies.len() as f64);
+    // The same load through a bare chain of the same hops on the same broker.
+    let (floor_p50, floor_p99) =
+        floor::broker_floor(&kafka(), &format!("bench_floor_{}", stamp()), args.alert_rate, args.alert_seconds).await?;
+    results.insert("alert_latency_broker_floor_p50_ms", floor_p50);
+    results.insert("alert_latency_broker_floor_p99_ms", floor_p99);
     if let Ok(sink) = clickhouse(&database) {
         let _ = sink.execute(&format!("DROP DATABASE IF EXISTS {database}")).await;
     }
@@ -797,6 +806,8 @@ fn print_table(results: &BTreeMap<&'static str, f64>) {
         ("alert_latency_p50_ms", ""),
         ("alert_latency_p99_ms", "< 250"),
         ("alert_offered_events_per_sec", "10,000"),
+        ("alert_latency_broker_floor_p50_ms", ""),
+        ("alert_latency_broker_floor_p99_ms", ""),
         ("ledger_bytes_per_idle_account", "< 512"),
         ("ledger_events_per_sec_10k_accounts", ""),
         ("ledger_events_per_sec_1m_accounts", ""),
