@@ -43,8 +43,10 @@
 //!   account keys to, with the offset they came from, in offset order per
 //!   partition (the ledger skips an origin offset at or below the last it
 //!   applied, so order matters): a row awaiting a lookup holds back the
-//!   rows after it until the lookup settles it. A retry or a replay
-//!   re-sends records, and the ledger skips them.
+//!   rows after it until the lookup settles it. One feed is in flight at a
+//!   time, in a task of its own: consumption goes on while the broker
+//!   acknowledges it, and its rows count as fed only once it has. A retry
+//!   or a replay re-sends records, and the ledger skips them.
 //! - **Overlap.** A closed batch is delivered (`deliver`) in a task of its
 //!   own while the next one fills: threshold events never wait behind an
 //!   INSERT. Deliveries run one at a time, in order; a partition revoked
@@ -534,6 +536,7 @@ impl Pipeline {
         // until the batch closes).
         let feed_due = tokio::time::sleep(FEED_INTERVAL);
         tokio::pin!(feed_due);
+        let mut feeding: Option<FeedInFlight> = None;
         let mut n_since_check = 0u32;
         while batch.n_messages() < self.config.batch_events_max as u64 {
             n_since_check += 1;
@@ -557,10 +560,16 @@ impl Pipeline {
                 biased;
                 _ = &mut stop => break,
                 _ = &mut linger => break,
-                _ = &mut feed_due, if !batch.is_empty() => {
+                sent = feed_sent(&mut feeding) => {
+                    let feed = feeding.take().expect("a feed was in flight");
+                    finish_feed(&mut batch, feed, sent);
+                    continue;
+                }
+                _ = &mut feed_due, if !batch.is_empty() && feeding.is_none() => {
                     // Best effort here; `complete_feed` feeds what is left, retrying.
-                    if let Err(e) = self.feed_in_order(&mut batch, true).await {
-                        tracing::warn!(error = %e, "ledger feed failed; retrying when the batch closes");
+                    match self.start_feed(&mut batch, true).await {
+                        Ok(feed) => feeding = feed,
+                        Err(e) => tracing::warn!(error = %e, "ledger feed failed; retrying when the batch closes"),
                     }
                     feed_due.as_mut().reset(tokio::time::Instant::now() + FEED_INTERVAL);
                     continue;
@@ -629,6 +638,11 @@ impl Pipeline {
                 // in the batch, so its offset is not committed.
                 None => break,
             }
+        }
+        if let Some(feed) = feeding.as_mut() {
+            let sent = (&mut feed.task).await;
+            let feed = feeding.take().expect("a feed was in flight");
+            finish_feed(&mut batch, feed, sent);
         }
         Ok(batch)
     }
@@ -895,15 +909,29 @@ impl Pipeline {
 
     /// Feeds the ledger the batch's new rows not fed yet, in offset order
     /// per partition, up to the first row still to settle (`settle` looks
-    /// those up first).
+    /// those up first), and waits for the broker.
     async fn feed_in_order(&self, batch: &mut Batch, settle: bool) -> Result<(), FeedFailure> {
+        if let Some(feed) = self.start_feed(batch, settle).await? {
+            let sent = feed.task.await.map_err(|e| FeedFailure::Task(e.to_string()))?;
+            sent.map_err(FeedFailure::Feed)?;
+            mark_fed(batch, &feed.upto);
+        }
+        Ok(())
+    }
+
+    /// Starts feeding the ledger the rows `feed_in_order` would, in a task
+    /// of its own, so that consumption goes on while the broker answers.
+    /// `None` when there was nothing to send (rows needing no feed are
+    /// marked at once). Until the task ends, its rows stay unfed: one feed
+    /// at a time keeps them in offset order.
+    async fn start_feed(&self, batch: &mut Batch, settle: bool) -> Result<Option<FeedInFlight>, FeedFailure> {
         let waiting = batch.partitions.values().any(|p| p.states[p.fed..].contains(&RowState::Unsure));
         if settle && waiting {
             self.settle_unsure(batch).await.map_err(FeedFailure::Lookup)?;
         }
         let mut ready: Vec<(&PricedRow, Option<i64>)> = Vec::new();
-        let mut upto: Vec<usize> = Vec::with_capacity(batch.partitions.len());
-        for part in batch.partitions.values() {
+        let mut upto: Vec<FedUpTo> = Vec::with_capacity(batch.partitions.len());
+        for (key, part) in &batch.partitions {
             let mut i = part.fed;
             while i < part.rows.len() && part.states[i] != RowState::Unsure {
                 if part.states[i] == RowState::New {
@@ -911,21 +939,25 @@ impl Pipeline {
                 }
                 i += 1;
             }
-            upto.push(i);
+            upto.push(FedUpTo { partition: key.clone(), epoch: part.epoch, upto: i });
         }
-        if !ready.is_empty() {
-            self.feed_ledger(&ready).await.map_err(FeedFailure::Feed)?;
-        }
-        for (part, upto) in batch.partitions.values_mut().zip(upto) {
-            let fed = part.fed;
-            for state in &mut part.states[fed..upto] {
-                if *state == RowState::New {
-                    *state = RowState::NewFed;
-                }
-            }
-            part.fed = upto;
-        }
-        Ok(())
+        let (Some(topic), Some(partitions), false) =
+            (&self.config.priced_topic, self.priced_partitions, ready.is_empty())
+        else {
+            mark_fed(batch, &upto);
+            return Ok(None);
+        };
+        let payloads = feed_payloads(&ready, partitions).map_err(FeedFailure::Feed)?;
+        let (producer, topic) = (self.producer.clone(), topic.clone());
+        let task = tokio::spawn(async move {
+            let messages = payloads
+                .iter()
+                .map(|(p, payload)| Outgoing { topic: &topic, key: None, payload, headers: None, partition: Some(*p) })
+                .collect();
+            producer.send_all(messages).await?;
+            Ok(())
+        });
+        Ok(Some(FeedInFlight { task, upto }))
     }
 
     /// Settles and feeds everything left of a closed batch, retried until
@@ -944,34 +976,82 @@ impl Pipeline {
             }
         }
     }
+}
 
-    /// Sends the rows to the ledger's priced topic (if any): per partition
-    /// of that topic, messages of up to `FEED_RECORDS_PER_MESSAGE_MAX`
-    /// records (a JSON array), each record in the partition its account
-    /// keys to. Few large messages instead of one per row: the broker's
-    /// cost is per message.
-    async fn feed_ledger(&self, rows: &[(&PricedRow, Option<i64>)]) -> Result<(), crate::feed::FeedError> {
-        let (Some(topic), Some(partitions)) = (&self.config.priced_topic, self.priced_partitions) else {
-            return Ok(());
-        };
-        let mut by_partition: BTreeMap<i32, Vec<(&PricedRow, Option<i64>)>> = BTreeMap::new();
-        for r in rows {
-            let p = partition_for_key(r.0.account_id.as_bytes(), partitions);
-            by_partition.entry(p).or_default().push(*r);
+/// A ledger feed on its way to the broker, and the rows it covers.
+pub(crate) struct FeedInFlight {
+    task: JoinHandle<Result<(), crate::feed::FeedError>>,
+    upto: Vec<FedUpTo>,
+}
+
+/// A partition's rows `..upto` (of its batch in assignment `epoch`) are
+/// covered by a feed.
+struct FedUpTo {
+    partition: (String, i32),
+    epoch: u64,
+    upto: usize,
+}
+
+/// Waits for the feed in flight, if any (pending forever when there is none).
+async fn feed_sent(feeding: &mut Option<FeedInFlight>) -> FeedSent {
+    match feeding {
+        Some(feed) => (&mut feed.task).await,
+        None => std::future::pending().await,
+    }
+}
+
+type FeedSent = Result<Result<(), crate::feed::FeedError>, tokio::task::JoinError>;
+
+/// Marks what a finished feed covered. A failed one is logged and its rows
+/// stay unfed: the next feed (or `complete_feed`, which retries) sends them
+/// again, and the ledger skips what it already applied.
+fn finish_feed(batch: &mut Batch, feed: FeedInFlight, sent: FeedSent) {
+    match sent {
+        Ok(Ok(())) => mark_fed(batch, &feed.upto),
+        Ok(Err(e)) => tracing::warn!(error = %e, "ledger feed failed; retrying"),
+        Err(e) => tracing::warn!(error = %e, "the ledger feed task stopped abnormally; retrying"),
+    }
+}
+
+/// Marks the rows a feed covered as fed, in partitions still in the batch
+/// under the same assignment (a revoked partition's rows are its new
+/// owner's work).
+fn mark_fed(batch: &mut Batch, upto: &[FedUpTo]) {
+    for covered in upto {
+        let Some(part) = batch.partitions.get_mut(&covered.partition) else { continue };
+        if part.epoch != covered.epoch || covered.upto < part.fed {
+            continue;
         }
-        let mut payloads = Vec::new();
-        for (p, records) in &by_partition {
-            for chunk in records.chunks(FEED_RECORDS_PER_MESSAGE_MAX) {
-                payloads.push((*p, crate::feed::batch_to_json(chunk)?));
+        let fed = part.fed;
+        for state in &mut part.states[fed..covered.upto] {
+            if *state == RowState::New {
+                *state = RowState::NewFed;
             }
         }
-        let messages = payloads
-            .iter()
-            .map(|(p, payload)| Outgoing { topic, key: None, payload, headers: None, partition: Some(*p) })
-            .collect();
-        self.producer.send_all(messages).await?;
-        Ok(())
+        part.fed = covered.upto;
     }
+}
+
+/// The rows as ledger-feed messages: per partition of the priced topic,
+/// messages of up to `FEED_RECORDS_PER_MESSAGE_MAX` records (a JSON
+/// array), each record in the partition its account keys to. Few large
+/// messages instead of one per row: the broker's cost is per message.
+fn feed_payloads(
+    rows: &[(&PricedRow, Option<i64>)],
+    partitions: i32,
+) -> Result<Vec<(i32, Vec<u8>)>, crate::feed::FeedError> {
+    let mut by_partition: BTreeMap<i32, Vec<(&PricedRow, Option<i64>)>> = BTreeMap::new();
+    for r in rows {
+        let p = partition_for_key(r.0.account_id.as_bytes(), partitions);
+        by_partition.entry(p).or_default().push(*r);
+    }
+    let mut payloads = Vec::new();
+    for (p, records) in &by_partition {
+        for chunk in records.chunks(FEED_RECORDS_PER_MESSAGE_MAX) {
+            payloads.push((*p, crate::feed::batch_to_json(chunk)?));
+        }
+    }
+    Ok(payloads)
 }
 
 /// A CloudEvent sent in binary mode (a `ce_specversion` header): its
@@ -1029,6 +1109,9 @@ enum FeedFailure {
     Lookup(SinkError),
     #[error(transparent)]
     Feed(crate::feed::FeedError),
+    /// The task sending a feed ended abnormally (a panic): retried.
+    #[error("the ledger feed task stopped abnormally: {0}")]
+    Task(String),
 }
 
 impl usage_runtime::Classify for FeedFailure {
@@ -1038,6 +1121,7 @@ impl usage_runtime::Classify for FeedFailure {
             // A row the feed cannot encode stays so however often it is tried.
             Self::Feed(crate::feed::FeedError::Encode(_)) => usage_runtime::ErrorClass::Permanent,
             Self::Feed(crate::feed::FeedError::Send(e)) => e.class(),
+            Self::Task(_) => usage_runtime::ErrorClass::Retriable,
         }
     }
 }
