@@ -359,6 +359,21 @@ fn cpu_ticks(pid: u32) -> Option<u64> {
     Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
 }
 
+/// CPU ticks of a process's threads whose name starts with `comm`
+/// (ClickHouse names its background merge threads `BackgrProcPool`).
+fn thread_cpu_ticks(pid: u32, comm: &str) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+    tasks
+        .flatten()
+        .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|n| n.trim().starts_with(comm)))
+        .filter_map(|t| {
+            let stat = std::fs::read_to_string(t.path().join("stat")).ok()?;
+            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+        })
+        .sum()
+}
+
 /// The pid of the first process whose command name starts with `comm`.
 fn find_process(comm: &str) -> Option<u32> {
     std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
@@ -375,6 +390,8 @@ struct CpuSample {
     rows: usize,
     pipeline: u64,
     clickhouse: u64,
+    /// Of `clickhouse`, its background merge threads'.
+    clickhouse_merges: u64,
     broker: u64,
 }
 
@@ -385,6 +402,7 @@ fn sample(rows: usize, pipeline: u32, clickhouse: Option<u32>, broker: Option<u3
         rows,
         pipeline: ticks(Some(pipeline)),
         clickhouse: ticks(clickhouse),
+        clickhouse_merges: clickhouse.map(|pid| thread_cpu_ticks(pid, "BackgrProcPool")).unwrap_or(0),
         broker: ticks(broker),
     }
 }
@@ -397,6 +415,8 @@ struct RunMeasure {
     pipeline_cpu_seconds_per_million: f64,
     system_cpu_seconds_per_million: f64,
     clickhouse_cpu_us_per_event: f64,
+    /// Of which in background merges.
+    clickhouse_merge_cpu_us_per_event: f64,
     peak_rss_bytes: u64,
     inserts: u64,
     batches: u64,
@@ -573,6 +593,8 @@ async fn e2e_run(
         ) * 1e6
             / rows,
         clickhouse_cpu_us_per_event: seconds(b.clickhouse - a.clickhouse) * 1e6 / rows,
+        clickhouse_merge_cpu_us_per_event: seconds(b.clickhouse_merges.saturating_sub(a.clickhouse_merges)) * 1e6
+            / rows,
         peak_rss_bytes: rss,
         inserts,
         batches,
@@ -594,6 +616,7 @@ async fn end_to_end(args: &Args, results: &mut BTreeMap<&'static str, f64>) -> R
     results.insert("pipeline_cpu_seconds_per_million_events", empty.pipeline_cpu_seconds_per_million);
     results.insert("system_cpu_seconds_per_million_events", empty.system_cpu_seconds_per_million);
     results.insert("clickhouse_cpu_us_per_event", empty.clickhouse_cpu_us_per_event);
+    results.insert("clickhouse_merge_cpu_us_per_event", empty.clickhouse_merge_cpu_us_per_event);
     results.insert("pipeline_peak_rss_bytes", empty.peak_rss_bytes as f64);
     drop(events);
 
@@ -603,6 +626,7 @@ async fn end_to_end(args: &Args, results: &mut BTreeMap<&'static str, f64>) -> R
         results.insert("e2e_events_per_sec_10m_rows", full.events_per_sec);
         results.insert("scale_throughput_ratio_10m_rows", full.events_per_sec / empty.events_per_sec);
         results.insert("clickhouse_cpu_us_per_event_10m_rows", full.clickhouse_cpu_us_per_event);
+        results.insert("clickhouse_merge_cpu_us_per_event_10m_rows", full.clickhouse_merge_cpu_us_per_event);
         results.insert(
             "clickhouse_cpu_ratio_10m_rows_to_empty",
             full.clickhouse_cpu_us_per_event / empty.clickhouse_cpu_us_per_event,
@@ -795,9 +819,11 @@ fn print_table(results: &BTreeMap<&'static str, f64>) {
         ("pipeline_cpu_seconds_per_million_events", "<= 1.5"),
         ("system_cpu_seconds_per_million_events", ""),
         ("clickhouse_cpu_us_per_event", ""),
+        ("clickhouse_merge_cpu_us_per_event", ""),
         ("e2e_events_per_sec_10m_rows", ""),
         ("scale_throughput_ratio_10m_rows", ">= 0.9"),
         ("clickhouse_cpu_us_per_event_10m_rows", ""),
+        ("clickhouse_merge_cpu_us_per_event_10m_rows", ""),
         ("clickhouse_cpu_ratio_10m_rows_to_empty", "<= 1.2"),
         ("pipeline_cpu_seconds_per_million_events_10m_rows", ""),
         ("inserts_per_batch", ""),
