@@ -374,6 +374,19 @@ fn thread_cpu_ticks(pid: u32, comm: &str) -> u64 {
         .sum()
 }
 
+/// The pid of the local broker (tansu) listening where the benchmark's
+/// clients connect: the test stack's broker may run beside the bench's.
+fn find_broker(brokers: &str) -> Option<u32> {
+    let address = brokers.split(',').next()?.trim();
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let name = std::fs::read_to_string(e.path().join("comm")).ok()?;
+        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+        let listens = String::from_utf8_lossy(&cmdline).contains(&format!("tcp://{address}"));
+        (name.trim().starts_with("tansu") && listens).then_some(pid)
+    })
+}
+
 /// The pid of the first process whose command name starts with `comm`.
 fn find_process(comm: &str) -> Option<u32> {
     std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
@@ -552,7 +565,7 @@ async fn e2e_run(
         .stderr(log_file)
         .spawn()?;
     let pid = child.id();
-    let (clickhouse_pid, broker_pid) = (find_process("clickhouse"), find_process("tansu"));
+    let (clickhouse_pid, broker_pid) = (find_process("clickhouse"), find_broker(&kafka().brokers));
     let (n, from, until) = (messages.len(), messages.len() / 20, messages.len() * 19 / 20);
     let (mut first, mut last, mut rss) = (None, None, 0u64);
     let deadline = Instant::now() + Duration::from_secs(1800);
