@@ -76,10 +76,10 @@ use usage_runtime::{Backoff, GaveUp, Health, Shutdown, StopWhen, Watchdog, Watch
 /// How often a filling batch feeds the ledger what it priced so far: the
 /// part of threshold-event latency due to the pricing stage (a feed is one
 /// produce request, one message per priced partition, whatever its size).
-// 20 ms (was 50): with the ledger's 5 ms linger, threshold events' p99 at
-// 5,000 events/s fell from 420-600 ms to 240-280 ms (`usage-bench
-// --alerts-only --alert-rate 5000`); 50 requests/s are few next to the
-// usage the broker receives.
+// 20 ms (was 50): with the ledger's 5 ms linger and 5 s changelog,
+// threshold events' p99 at 5,000 events/s fell from 420-600 ms to 230-320
+// ms (`usage-bench --alerts-only --alert-rate 5000`); 50 requests/s are
+// few next to the usage the broker receives.
 const FEED_INTERVAL: Duration = Duration::from_millis(20);
 /// Messages between two looks at revocations and new assignments (each asks
 /// librdkafka for the assignment: not per message).
@@ -979,7 +979,7 @@ impl Pipeline {
 }
 
 /// A ledger feed on its way to the broker, and the rows it covers.
-pub(crate) struct FeedInFlight {
+struct FeedInFlight {
     task: JoinHandle<Result<(), crate::feed::FeedError>>,
     upto: Vec<FedUpTo>,
 }
