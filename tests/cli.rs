@@ -192,3 +192,20 @@ fn sigterm_finishes_the_batch_in_flight_commits_and_exits() {
     assert!(committed_total > 0);
     let _ = rt.block_on(sink.execute(&format!("DROP DATABASE IF EXISTS {database}")));
 }
+
+#[test]
+fn a_changelog_interval_out_of_range_or_not_a_number_stops_the_ledger_before_it_starts() {
+    let (raw, dlq, group, database) = (unique("raw"), unique("dlq"), unique("group"), unique("cfg"));
+    for (value, says) in [
+        ("5", "ledger.changelog_interval_ms must be within 10..=600000, is 5"),
+        ("600001", "ledger.changelog_interval_ms must be within 10..=600000, is 600001"),
+        ("5s", "LEDGER_CHANGELOG_INTERVAL_MS: invalid digit"),
+    ] {
+        let mut env = isolated_env(&raw, &dlq, &group, &database);
+        env.push(("LEDGER_CHANGELOG_INTERVAL_MS", value.to_owned()));
+        let output = run_binary(&["ledger"], &env, Duration::from_secs(60));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{value}: exit {:?}", output.status);
+        assert!(stderr.contains(says), "{value}: {stderr}");
+    }
+}
