@@ -37,11 +37,12 @@ fn duplicate_check_cases(table: &str) -> Vec<serde_json::Value> {
         }));
     }
     cases.push(serde_json::json!({
-        "name": "the rebuild reads a partition's keys within the window",
-        "sql": stored_keys_sql(table, "usage.raw", 0, t0),
+        "name": "the rebuild reads its partitions' keys within the window",
+        "sql": stored_keys_sql(table, "usage.raw", &[0, 2], t0),
         "expect": [
-            format!("{}\t{t0}\t7", row_key("a1", "e1", t0)),
-            format!("{}\t{}\t8", row_key("a1", "e2", t0 + 1), t0 + 1),
+            format!("0\t{}\t{t0}\t7", row_key("a1", "e1", t0)),
+            format!("0\t{}\t{}\t8", row_key("a1", "e2", t0 + 1), t0 + 1),
+            format!("2\t{}\t{}\t3", row_key("a3", "e4", t0 + 3), t0 + 3),
         ],
     }));
     cases.push(serde_json::json!({
@@ -75,7 +76,9 @@ async fn the_duplicate_checks_sql_agrees_with_the_pipeline_on_the_local_server()
         "INSERT INTO {table} (event_id, account_id, provider, model, matched_model, rate_card, rate_card_version, \
          occurred_at, currency, cost, kafka_topic, kafka_partition, kafka_offset) VALUES \
          ('e1', 'a1', 'openai', 'gpt-4o', 'gpt-4o', 'list', 1, '2026-01-01 00:00:00', 'USD', toDecimal128('1', 24), 'usage.raw', 0, 7), \
-         ('e2', 'a1', 'openai', 'gpt-4o', 'gpt-4o', 'list', 1, '2026-01-01 00:00:01', 'USD', toDecimal128('1', 24), 'usage.raw', 0, 8)"
+         ('e2', 'a1', 'openai', 'gpt-4o', 'gpt-4o', 'list', 1, '2026-01-01 00:00:01', 'USD', toDecimal128('1', 24), 'usage.raw', 0, 8), \
+         ('e3', 'a2', 'openai', 'gpt-4o', 'gpt-4o', 'list', 1, '2026-01-01 00:00:02', 'USD', toDecimal128('1', 24), 'usage.raw', 1, 9), \
+         ('e4', 'a3', 'openai', 'gpt-4o', 'gpt-4o', 'list', 1, '2026-01-01 00:00:03', 'USD', toDecimal128('1', 24), 'usage.raw', 2, 3)"
     ))
     .await
     .unwrap();
@@ -89,8 +92,12 @@ async fn the_duplicate_checks_sql_agrees_with_the_pipeline_on_the_local_server()
         assert_eq!(got, expected, "{}", case["name"]);
     }
     // The typed rebuild read (RowBinary) agrees with the SQL's text.
-    let keys = sink.stored_keys("usage.raw", 0, 1_767_225_600).await.unwrap();
-    assert_eq!(keys.len(), 2);
-    assert!(keys.iter().any(|k| k.key == usage_clickhouse::row_key("a1", "e2", 1_767_225_601) && k.kafka_offset == 8));
+    let keys = sink.stored_keys("usage.raw", &[0, 2], 1_767_225_600).await.unwrap();
+    assert_eq!(keys.len(), 3, "{keys:?}");
+    assert!(keys.iter().any(|k| k.kafka_partition == 0
+        && k.key == usage_clickhouse::row_key("a1", "e2", 1_767_225_601)
+        && k.kafka_offset == 8));
+    assert!(keys.iter().any(|k| k.kafka_partition == 2 && k.kafka_offset == 3));
+    assert!(keys.iter().all(|k| k.kafka_partition != 1), "partition 1 was not asked for: {keys:?}");
     sink.execute(&format!("DROP DATABASE {database}")).await.unwrap();
 }

@@ -94,6 +94,15 @@ def main() -> int:
                     f"SELECT sum(events), toString(sum(cost)) FROM {DATABASE}.{table} GROUP BY account_id", "TSV"
                 ).bytes().decode().split()
                 assert rolled == ["2", "2.500000000000000000000001"], (table, rolled)
+            # Rows of two more Kafka partitions, for the rebuild's case below.
+            s.query(
+                f"INSERT INTO {DATABASE}.priced_events (event_id, account_id, provider, model, matched_model, "
+                "rate_card, rate_card_version, occurred_at, currency, cost, kafka_topic, kafka_partition, kafka_offset) "
+                "VALUES ('e3', 'a2', 'openai', 'gpt-4o', 'gpt-4o', 'list', 1, '2026-01-01 00:00:02', 'USD', "
+                "toDecimal128('1', 24), 'usage.raw', 1, 9), "
+                "('e4', 'a3', 'openai', 'gpt-4o', 'gpt-4o', 'list', 1, '2026-01-01 00:00:03', 'USD', "
+                "toDecimal128('1', 24), 'usage.raw', 2, 3)"
+            )
         check("priced rows insert and read back exactly", insert_and_read)
 
         # Queries the Rust side builds, with the answers it expects (a JSON

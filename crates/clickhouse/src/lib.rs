@@ -5,8 +5,8 @@
 //!   idempotently, and records them in `schema_migrations`.
 //! - [`PricedRow`] is a priced event as a `priced_events` row (RowBinary).
 //! - [`ClickHouseSink::insert_with_id`] sends rows as one INSERT, under a
-//!   deterministic query id; [`ClickHouseSink::stored_keys`] (a partition's
-//!   keys within the duplicate window, read once on assignment),
+//!   deterministic query id; [`ClickHouseSink::stored_keys`] (the keys
+//!   partitions stored within the duplicate window, read once on assignment),
 //!   [`ClickHouseSink::lookup_stored`] (point lookups by the sort key),
 //!   [`ClickHouseSink::last_stored_offset`] and
 //!   [`ClickHouseSink::record_offsets`] serve exactly-once delivery.

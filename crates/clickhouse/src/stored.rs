@@ -35,6 +35,7 @@ pub fn row_key(account_id: &str, event_id: &str, occurred_at: u32) -> u64 {
 /// One stored row, as the rebuild reads it.
 #[derive(Debug, Clone, Copy, Row, Deserialize, PartialEq, Eq)]
 pub struct StoredKey {
+    pub kafka_partition: i32,
     pub key: u64,
     pub occurred_at: u32,
     pub kafka_offset: i64,
@@ -44,12 +45,17 @@ pub struct StoredKey {
 /// stay under ClickHouse's default `max_query_size` (256 KiB).
 const LOOKUP_KEYS_MAX: usize = 1_000;
 
-/// The rebuild's query: keys of the rows stored from `topic`/`partition`
-/// that occurred at or after `since` (seconds).
-pub fn stored_keys_sql(table: &str, topic: &str, partition: i32, since: u32) -> String {
+/// The rebuild's query: keys of the rows stored from `topic` and any of
+/// `partitions` that occurred at or after `since` (seconds). The table's
+/// sort key starts with the account, so a partition's rows are found by
+/// reading the window's months: one query for every partition taken at
+/// once reads them once, where a query per partition read them as many
+/// times.
+pub fn stored_keys_sql(table: &str, topic: &str, partitions: &[i32], since: u32) -> String {
+    let partitions = partitions.iter().map(i32::to_string).collect::<Vec<_>>().join(",");
     format!(
-        "SELECT {ROW_KEY_SQL} AS key, toUInt32(occurred_at) AS occurred_at, kafka_offset FROM {table} \
-         WHERE occurred_at >= toDateTime({since}) AND kafka_topic = {} AND kafka_partition = {partition}",
+        "SELECT kafka_partition, {ROW_KEY_SQL} AS key, toUInt32(occurred_at) AS occurred_at, kafka_offset FROM {table} \
+         WHERE occurred_at >= toDateTime({since}) AND kafka_topic = {} AND kafka_partition IN ({partitions})",
         quote(topic)
     )
 }
@@ -75,16 +81,15 @@ pub fn lookup_sql(table: &str, keys: &[(&str, u32, &str)]) -> String {
 }
 
 impl ClickHouseSink {
-    /// The keys of the rows stored from `topic`/`partition` that occurred at
-    /// or after `since` (seconds): one query, bounded by the window (the
-    /// months it spans), whatever else the table holds.
-    pub async fn stored_keys(&self, topic: &str, partition: i32, since: u32) -> Result<Vec<StoredKey>, SinkError> {
-        let sql = stored_keys_sql(&self.table("priced_events"), topic, partition, since);
-        self.client()
-            .query(&sql)
-            .fetch_all::<StoredKey>()
-            .await
-            .map_err(|source| SinkError::ClickHouse { context: format!("stored keys of {topic}/{partition}"), source })
+    /// The keys of the rows stored from `topic` and any of `partitions`
+    /// that occurred at or after `since` (seconds): one query, bounded by
+    /// the window (the months it spans), whatever else the table holds.
+    pub async fn stored_keys(&self, topic: &str, partitions: &[i32], since: u32) -> Result<Vec<StoredKey>, SinkError> {
+        let sql = stored_keys_sql(&self.table("priced_events"), topic, partitions, since);
+        self.client().query(&sql).fetch_all::<StoredKey>().await.map_err(|source| SinkError::ClickHouse {
+            context: format!("stored keys of {topic} partitions {partitions:?}"),
+            source,
+        })
     }
 
     /// Which of `rows` are stored, by the sort key (`account_id`,

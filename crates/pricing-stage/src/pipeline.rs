@@ -781,16 +781,32 @@ impl Pipeline {
     }
 
     /// Takes partitions: for each, concurrently, waits until no INSERT of
-    /// a previous owner is still running for it, and reads where it resumes
-    /// and the keys it stored within the window. `false` on shutdown.
+    /// a previous owner is still running for it and reads where it
+    /// resumes; then reads the keys they stored within the window, in one
+    /// query per topic. `false` on shutdown.
     async fn assign(&mut self, partitions: &[(String, i32)], shutdown: &Shutdown) -> Result<bool, PipelineError> {
         let since = self.window_start();
         let started = Instant::now();
-        let reads = partitions.iter().map(|(topic, partition)| self.read_partition(topic, *partition, since, shutdown));
-        let states = futures::future::join_all(reads).await;
-        for ((topic, partition), state) in partitions.iter().zip(states) {
-            let Some((last, keys)) = state? else { return Ok(false) };
-            let seen = SeenIds::rebuild(&keys, since, last, self.config.dedup_ids_max);
+        let reads = partitions.iter().map(|(topic, partition)| self.resume_point(topic, *partition, shutdown));
+        let mut resume_points = Vec::with_capacity(partitions.len());
+        for point in futures::future::join_all(reads).await {
+            let Some(last) = point? else { return Ok(false) };
+            resume_points.push(last);
+        }
+        let mut keys: BTreeMap<(&str, i32), Vec<usage_clickhouse::StoredKey>> = BTreeMap::new();
+        let mut topics: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
+        for (topic, partition) in partitions {
+            topics.entry(topic.as_str()).or_default().push(*partition);
+        }
+        for (topic, numbers) in &topics {
+            let Some(stored) = self.stored_keys(topic, numbers, since, shutdown).await? else { return Ok(false) };
+            for key in stored {
+                keys.entry((topic, key.kafka_partition)).or_default().push(key);
+            }
+        }
+        for ((topic, partition), last) in partitions.iter().zip(resume_points) {
+            let stored = keys.remove(&(topic.as_str(), *partition)).unwrap_or_default();
+            let seen = SeenIds::rebuild(&stored, since, last, self.config.dedup_ids_max);
             tracing::info!(
                 topic,
                 partition,
@@ -811,15 +827,14 @@ impl Pipeline {
         Ok(true)
     }
 
-    /// One partition's resume point and stored keys, retried until read.
-    /// `None` on shutdown.
-    async fn read_partition(
+    /// One partition's last stored offset, once no INSERT of it is still
+    /// running, retried until read. `None` on shutdown.
+    async fn resume_point(
         &self,
         topic: &str,
         partition: i32,
-        since: u32,
         shutdown: &Shutdown,
-    ) -> Result<Option<(Option<i64>, Vec<usage_clickhouse::StoredKey>)>, PipelineError> {
+    ) -> Result<Option<Option<i64>>, PipelineError> {
         let prefix = self.query_id_prefix(topic, partition);
         let mut backoff = Backoff::new("taking a partition", self.config.retry, &self.health);
         loop {
@@ -839,14 +854,36 @@ impl Pipeline {
                 if !self.sink.wait_for_queries(&prefix, self.config.retry.max).await? {
                     return Err(SinkError::Unexpected(format!("an INSERT of {topic}/{partition} is still running")));
                 }
-                let last = self.sink.last_stored_offset(topic, partition).await?;
-                let keys = self.sink.stored_keys(topic, partition, since).await?;
-                Ok((last, keys))
+                self.sink.last_stored_offset(topic, partition).await
             };
             match attempt.await {
-                Ok(state) => {
+                Ok(last) => {
                     backoff.succeeded();
-                    return Ok(Some(state));
+                    return Ok(Some(last));
+                }
+                Err(e) => backoff.failed(&e, shutdown).await.map_err(|g| PipelineError::undelivered(g, 0))?,
+            }
+        }
+    }
+
+    /// The keys `partitions` of `topic` stored since `since`, retried until
+    /// read. `None` on shutdown.
+    async fn stored_keys(
+        &self,
+        topic: &str,
+        partitions: &[i32],
+        since: u32,
+        shutdown: &Shutdown,
+    ) -> Result<Option<Vec<usage_clickhouse::StoredKey>>, PipelineError> {
+        let mut backoff = Backoff::new("reading the stored keys", self.config.retry, &self.health);
+        loop {
+            if shutdown.is_requested() {
+                return Ok(None);
+            }
+            match self.sink.stored_keys(topic, partitions, since).await {
+                Ok(keys) => {
+                    backoff.succeeded();
+                    return Ok(Some(keys));
                 }
                 Err(e) => backoff.failed(&e, shutdown).await.map_err(|g| PipelineError::undelivered(g, 0))?,
             }

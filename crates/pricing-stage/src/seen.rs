@@ -216,7 +216,7 @@ mod tests {
     const DAY: u32 = SECONDS_PER_DAY;
 
     fn key(k: u64, at: u32, offset: i64) -> StoredKey {
-        StoredKey { key: k, occurred_at: at, kafka_offset: offset }
+        StoredKey { kafka_partition: 0, key: k, occurred_at: at, kafka_offset: offset }
     }
 
     #[test]
