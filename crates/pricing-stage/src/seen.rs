@@ -32,18 +32,28 @@ const KEY_MASK: u64 = (1 << KEY_BITS) - 1;
 struct EntrySet {
     slots: Vec<u64>,
     len: usize,
+    /// Odd, random per set. Row keys are SipHash with public keys, so a
+    /// producer choosing event ids could compute them: with a fixed mix it
+    /// could aim many at one run of slots and make every probe long.
+    multiplier: u64,
 }
 
 const SLOTS_MIN: usize = 1024;
 
 impl EntrySet {
     fn with_capacity(n: usize) -> Self {
-        Self { slots: vec![0; (n + n / 2).max(SLOTS_MIN)], len: 0 }
+        use std::hash::BuildHasher;
+        let multiplier = std::collections::hash_map::RandomState::new().hash_one(n) | 1;
+        Self::sized(n, multiplier)
+    }
+
+    fn sized(n: usize, multiplier: u64) -> Self {
+        Self { slots: vec![0; (n + n / 2).max(SLOTS_MIN)], len: 0, multiplier }
     }
 
     fn home(&self, e: u64) -> usize {
         // Mix, then map onto the table by multiply-shift (any size works).
-        let h = (e ^ (e >> 29)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let h = (e ^ (e >> 29)).wrapping_mul(self.multiplier);
         ((u128::from(h) * self.slots.len() as u128) >> 64) as usize
     }
 
@@ -88,7 +98,7 @@ impl EntrySet {
     /// Keeps the entries `keep` accepts, in a table sized for them.
     fn retain(&mut self, keep: impl Fn(u64) -> bool) {
         let kept: Vec<u64> = self.slots.iter().copied().filter(|e| *e != 0 && keep(*e)).collect();
-        *self = Self::with_capacity(kept.len());
+        *self = Self::sized(kept.len(), self.multiplier);
         for e in kept {
             self.insert(e);
         }
@@ -230,6 +240,37 @@ mod tests {
         assert_eq!(seen.check(4, now - 36 * DAY, 99), Seen::Unsure, "older than the window");
         assert_eq!(seen.check(3, now, 12), Seen::StoredHere, "past the recorded offset, same row");
         assert_eq!(seen.check(2, now - DAY, 11), Seen::Unsure, "at the recorded offset: an ordinary hit");
+    }
+
+    /// The longest run of occupied slots (probes wrap around): what a
+    /// probe may have to walk.
+    fn longest_run(set: &EntrySet) -> usize {
+        let (mut longest, mut run) = (0, 0);
+        for slot in set.slots.iter().chain(&set.slots) {
+            run = if *slot == 0 { 0 } else { run + 1 };
+            longest = longest.max(run);
+        }
+        longest
+    }
+
+    #[test]
+    fn entries_aimed_at_one_run_of_one_set_spread_out_in_another() {
+        let mut aimed_at = EntrySet::with_capacity(0);
+        let target = aimed_at.home(1);
+        // Entries as the pipeline makes them: a day and 48 bits of a row key.
+        let aimed: Vec<u64> = (0u32..)
+            .map(|i| entry(usage_clickhouse::row_key("a", &i.to_string(), 1_767_225_600), 1_767_225_600))
+            .filter(|e| aimed_at.home(*e) == target)
+            .take(200)
+            .collect();
+        let mut other = EntrySet::with_capacity(0);
+        for e in &aimed {
+            aimed_at.insert(*e);
+            other.insert(*e);
+        }
+        assert!(longest_run(&aimed_at) >= 200);
+        assert!(longest_run(&other) < 40, "a run of {} slots", longest_run(&other));
+        assert!(aimed.iter().all(|e| other.contains(*e) && aimed_at.contains(*e)));
     }
 
     #[test]
