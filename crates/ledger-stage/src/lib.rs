@@ -619,8 +619,8 @@ impl Ledger {
                     return Ok(());
                 }
             };
-            for record in &records {
-                match ledger.apply_usage(m.offset(), record) {
+            for (record, applied) in records.iter().zip(ledger.apply_usages(m.offset(), &records)) {
+                match applied {
                     Applied::Done(effects) => {
                         report.applied += 1;
                         if let Some(ms) = record.origin_appended_ms {

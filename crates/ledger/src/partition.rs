@@ -127,7 +127,31 @@ impl PartitionLedger {
     }
 
     pub fn apply_usage(&mut self, offset: i64, usage: &PricedUsage) -> Applied {
-        self.apply(&usage.account_id, Position::Priced(offset), |account| {
+        let i = self.index_of(&usage.account_id);
+        self.apply_priced_at(i, offset, usage)
+    }
+
+    /// Applies the records of one priced message (`offset`), in order: the
+    /// same as [`Self::apply_usage`] on each. Their accounts are looked up
+    /// first, all together: those lookups do not depend on one another, so
+    /// the processor overlaps their cache misses, which with a million
+    /// accounts are most of an apply, where one record at a time waits for
+    /// each miss in turn.
+    pub fn apply_usages(&mut self, offset: i64, records: &[PricedUsage]) -> Vec<Applied> {
+        let found: Vec<Option<u32>> = records.iter().map(|r| self.find(&r.account_id)).collect();
+        records
+            .iter()
+            .zip(found)
+            .map(|(record, i)| {
+                // An account new to this message is created by its first record.
+                let i = i.unwrap_or_else(|| self.index_of(&record.account_id));
+                self.apply_priced_at(i, offset, record)
+            })
+            .collect()
+    }
+
+    fn apply_priced_at(&mut self, i: u32, offset: i64, usage: &PricedUsage) -> Applied {
+        self.apply_at(i, Position::Priced(offset), |account| {
             if !account.first_time_from_origin(&usage.origin_topic, usage.origin_partition, usage.origin_offset) {
                 return Ok(None);
             }
@@ -286,16 +310,30 @@ impl PartitionLedger {
         }
     }
 
+    /// The account's index, holding it from now on if it is new.
+    fn index_of(&mut self, account_id: &str) -> u32 {
+        match self.find(account_id) {
+            Some(i) => i,
+            None => self.push(AccountState::new(account_id)),
+        }
+    }
+
     fn apply(
         &mut self,
         account_id: &str,
         position: Position,
         f: impl FnOnce(&mut AccountState) -> Result<Option<Effects>, LedgerError>,
     ) -> Applied {
-        let i = match self.find(account_id) {
-            Some(i) => i,
-            None => self.push(AccountState::new(account_id)),
-        };
+        let i = self.index_of(account_id);
+        self.apply_at(i, position, f)
+    }
+
+    fn apply_at(
+        &mut self,
+        i: u32,
+        position: Position,
+        f: impl FnOnce(&mut AccountState) -> Result<Option<Effects>, LedgerError>,
+    ) -> Applied {
         let account = &mut self.accounts[i as usize];
         // A priced message carries many records, several per account: a
         // record at the account's last priced offset may be new, and its

@@ -486,3 +486,49 @@ proptest! {
         prop_assert!(again.iter().all(|e| e.kind == EventKind::CreditsExpired || ids.contains(&e.event_id)));
     }
 }
+
+#[test]
+fn a_message_applied_together_is_its_records_applied_one_by_one() {
+    let of = |account: &str, id: &str, cost: &str, origin: i64| PricedUsage {
+        account_id: account.into(),
+        ..usage(id, cost, "2026-01-02T00:00:00Z", origin)
+    };
+    let mut euros = of("c", "u6", "1", 6);
+    euros.currency = "EUR".into();
+    // Accounts held before and new to the message, several records of one
+    // account, a record replayed within the message, one refused.
+    let message = vec![
+        of("acct", "u1", "2", 1),
+        of("new", "u2", "1", 2),
+        of("acct", "u3", "4", 3),
+        of("new", "u4", "1", 4),
+        of("acct", "u3", "4", 3),
+        of("c", "u5", "1", 5),
+        euros,
+    ];
+    let prepared = || {
+        let mut f = Feed::new();
+        f.command(AccountCommand::AccountSettings(settings(BillingMode::Prepaid, "2026-01-01T00:00:00Z")))
+            .command(AccountCommand::CreditGrant(grant("g", "5", "2026-01-01T00:00:00Z", None, 0)));
+        f.ledger
+    };
+    let (mut together, mut one_by_one) = (prepared(), prepared());
+    let applied = together.apply_usages(7, &message);
+    let expected: Vec<Applied> = message.iter().map(|r| one_by_one.apply_usage(7, r)).collect();
+    assert_eq!(applied, expected);
+    assert!(matches!(applied[4], Applied::Skipped) && matches!(applied[6], Applied::Refused(_)));
+    assert!(matches!(applied[0], Applied::Done(_)) && matches!(applied[1], Applied::Done(_)));
+    let states = |l: &PartitionLedger| {
+        let mut s: Vec<String> = l.accounts().map(|a| format!("{a:?}")).collect();
+        s.sort();
+        s
+    };
+    assert_eq!(states(&together), states(&one_by_one));
+    assert_eq!(together.len(), 3);
+    // Applied again (a restart re-reads the message): nothing changes.
+    assert!(together
+        .apply_usages(7, &message)
+        .iter()
+        .all(|a| *a == Applied::Skipped || matches!(a, Applied::Refused(_))));
+    assert_eq!(states(&together), states(&one_by_one));
+}
