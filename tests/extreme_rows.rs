@@ -11,18 +11,14 @@
 use usage_clickhouse::{quote, PricedRow};
 use usage_model::Amount;
 
-fn repeat(s: &str, n: usize) -> String {
-    s.repeat(n)
-}
-
 fn extreme_row(event_id: String, occurred_at: u32, cost: Amount, edge: Amount) -> PricedRow {
     // The limits' bounds: ids of 128 characters, names of 256, 64
     // attributes; characters of four bytes, quotes and backslashes.
-    let name = repeat("模\"'\\🦀", 51) + "x";
+    let name = "模\"'\\🦀".repeat(51) + "x";
     assert_eq!(name.chars().count(), 256);
     PricedRow {
         event_id,
-        account_id: repeat("𝄞", 128),
+        account_id: "𝄞".repeat(128),
         api_key_id: name.clone(),
         project_id: name.clone(),
         provider: name.clone(),
@@ -46,7 +42,7 @@ fn extreme_row(event_id: String, occurred_at: u32, cost: Amount, edge: Amount) -
         line_costs: vec![cost; 40],
         attribute_keys: (0..64).map(|i| format!("{i:02}{}", name.chars().skip(2).collect::<String>())).collect(),
         attribute_values: vec![name; 64],
-        kafka_topic: repeat("t", 249),
+        kafka_topic: "t".repeat(249),
         kafka_partition: i32::MAX,
         kafka_offset: i64::MAX,
         usage_units: vec!["output_tokens"; 40],
@@ -65,9 +61,9 @@ async fn rows_at_every_bound_of_their_values_are_stored_and_read_back_exactly() 
     sink.migrate().await.unwrap();
     let tiny = Amount::const_scaled(1);
     let rows = [
-        extreme_row(repeat("🦀", 128), u32::MAX, Amount::MAX, tiny),
+        extreme_row("🦀".repeat(128), u32::MAX, Amount::MAX, tiny),
         extreme_row("e".into(), 0, Amount::MIN, Amount::MAX),
-        extreme_row(repeat("'\\\"", 42), 1_767_225_600, Amount::ZERO, tiny),
+        extreme_row("'\\\"".repeat(42), 1_767_225_600, Amount::ZERO, tiny),
     ];
     sink.insert_with_id(&rows.iter().collect::<Vec<_>>(), &usage_integration_tests::unique("q")).await.unwrap();
 
