@@ -9,13 +9,23 @@
 //! pipeline's own INSERT (RowBinary), read back exactly.
 
 use usage_clickhouse::{quote, PricedRow};
-use usage_model::Amount;
+use usage_model::{Amount, CostLine, Currency, ServiceTier, Unit, UsageCounts};
 
 fn extreme_row(event_id: String, occurred_at: u32, cost: Amount, edge: Amount) -> PricedRow {
     // The limits' bounds: ids of 128 characters, names of 256, 64
     // attributes; characters of four bytes, quotes and backslashes.
     let name = "模\"'\\🦀".repeat(51) + "x";
     assert_eq!(name.chars().count(), 256);
+    // Every unit of the registry reported at the largest count (but cache
+    // writes, at 0), and 40 lines at the largest quantities.
+    let mut usage = UsageCounts::default();
+    for unit in Unit::all() {
+        usage.set(unit, if unit == Unit::CACHE_WRITE_TOKENS { 0 } else { u64::MAX });
+    }
+    let lines = Unit::all()
+        .take(40)
+        .map(|unit| CostLine { unit, quantity: u64::MAX, priced_quantity: u64::MAX, unit_price: edge, cost })
+        .collect();
     PricedRow {
         event_id,
         account_id: "𝄞".repeat(128),
@@ -23,30 +33,22 @@ fn extreme_row(event_id: String, occurred_at: u32, cost: Amount, edge: Amount) -
         project_id: name.clone(),
         provider: name.clone(),
         model: name.clone(),
-        matched_model: name.clone(),
-        service_tier: "flex",
-        rate_card: name.clone(),
+        matched_model: name.as_str().into(),
+        service_tier: ServiceTier::Flex,
+        rate_card: name.as_str().into(),
         rate_card_version: u32::MAX,
         contract_version: u32::MAX,
         occurred_at,
-        currency: "USD".into(),
-        input_tokens: u64::MAX,
-        cache_read_tokens: u64::MAX,
-        cache_write_tokens: 0,
-        output_tokens: u64::MAX,
+        currency: Currency::USD,
         cost,
-        line_units: vec!["input_tokens"; 40],
-        line_quantities: vec![u64::MAX; 40],
-        line_priced_quantities: vec![u64::MAX; 40],
-        line_unit_prices: vec![edge; 40],
-        line_costs: vec![cost; 40],
-        attribute_keys: (0..64).map(|i| format!("{i:02}{}", name.chars().skip(2).collect::<String>())).collect(),
-        attribute_values: vec![name; 64],
-        kafka_topic: "t".repeat(249),
+        lines,
+        attributes: (0..64)
+            .map(|i| (format!("{i:02}{}", name.chars().skip(2).collect::<String>()), name.clone()))
+            .collect(),
+        kafka_topic: "t".repeat(249).into(),
         kafka_partition: i32::MAX,
         kafka_offset: i64::MAX,
-        usage_units: vec!["output_tokens"; 40],
-        usage_quantities: vec![u64::MAX; 40],
+        usage,
     }
 }
 
@@ -69,6 +71,7 @@ async fn rows_at_every_bound_of_their_values_are_stored_and_read_back_exactly() 
 
     let table = sink.table("priced_events");
     for row in &rows {
+        let lines = &row.lines;
         let amount = |a: &Amount| format!("toDecimal128({}, 24)", quote(&a.to_string()));
         let strings = |v: &[String]| array(v, |s| quote(s));
         let statics = |v: &[&str]| array(v, |s| quote(s));
@@ -82,15 +85,19 @@ async fn rows_at_every_bound_of_their_values_are_stored_and_read_back_exactly() 
             format!("toUInt32(occurred_at) = {}", row.occurred_at),
             format!("input_tokens = {0} AND cache_read_tokens = {0} AND output_tokens = {0}", u64::MAX),
             format!("cache_write_tokens = 0 AND cost = {}", amount(&row.cost)),
-            format!("`lines.unit` = {}", statics(&row.line_units)),
-            format!("`lines.quantity` = {0} AND `lines.priced_quantity` = {0}", numbers(&row.line_quantities)),
+            format!("`lines.unit` = {}", statics(&lines.iter().map(|l| l.unit.key()).collect::<Vec<_>>())),
+            format!("`lines.quantity` = {}", numbers(&lines.iter().map(|l| l.quantity).collect::<Vec<_>>())),
+            format!(
+                "`lines.priced_quantity` = {}",
+                numbers(&lines.iter().map(|l| l.priced_quantity).collect::<Vec<_>>())
+            ),
             format!(
                 "arrayMap(x -> toString(x), `lines.unit_price`) = {}",
-                strings(&row.line_unit_prices.iter().map(Amount::to_string).collect::<Vec<_>>())
+                strings(&lines.iter().map(|l| l.unit_price.to_string()).collect::<Vec<_>>())
             ),
-            format!("`lines.cost` = {}", array(&row.line_costs, amount)),
-            format!("`attributes.key` = {}", strings(&row.attribute_keys)),
-            format!("`attributes.value` = {}", strings(&row.attribute_values)),
+            format!("`lines.cost` = {}", array(&lines.iter().map(|l| l.cost).collect::<Vec<_>>(), amount)),
+            format!("`attributes.key` = {}", strings(&row.attributes.keys().cloned().collect::<Vec<_>>())),
+            format!("`attributes.value` = {}", strings(&row.attributes.values().cloned().collect::<Vec<_>>())),
             format!(
                 "kafka_topic = {} AND kafka_partition = {} AND kafka_offset = {}",
                 quote(&row.kafka_topic),
@@ -99,8 +106,8 @@ async fn rows_at_every_bound_of_their_values_are_stored_and_read_back_exactly() 
             ),
             format!(
                 "`usage.unit` = {} AND `usage.quantity` = {}",
-                statics(&row.usage_units),
-                numbers(&row.usage_quantities)
+                statics(&row.usage.iter().map(|(u, _)| u.key()).collect::<Vec<_>>()),
+                numbers(&row.usage.iter().map(|(_, q)| q).collect::<Vec<_>>())
             ),
         ]
         .join(" AND ");

@@ -62,7 +62,7 @@ fn imported_genai_prices_agree_with_the_reference_library_to_the_last_digit() {
         match pricer.price(event) {
             Ok(priced) => {
                 units_seen.extend(priced.lines.iter().filter(|l| l.priced_quantity > 0).map(|l| l.unit.key()));
-                if priced.cost.to_decimal().ok() != Some(expected_cost) || priced.matched_model != expected_model {
+                if priced.cost.to_decimal().ok() != Some(expected_cost) || *priced.matched_model != *expected_model {
                     mismatches.push(format!("{line}\n  ours: {} via {}", priced.cost, priced.matched_model));
                 }
             }

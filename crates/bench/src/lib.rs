@@ -14,11 +14,13 @@ use usage_pricing::{Pricer, RateBook, RateCard};
 /// criterion bench times it; the `pricing_passes` example repeats it for
 /// profilers.
 pub fn price_all(processor: &mut usage_pricing_stage::Processor, payloads: &[Vec<u8>]) {
+    // The pipeline's rows share their topic's name (made once per batch).
+    let topic: Arc<str> = "usage.raw".into();
     for (offset, payload) in payloads.iter().enumerate() {
         let usage_pricing_stage::MessageOutcome::Priced(priced) = processor.evaluate(payload) else {
             panic!("every event of the mix prices")
         };
-        let row = usage_clickhouse::PricedRow::new(*priced, "usage.raw", 0, offset as i64).expect("a row");
+        let row = usage_clickhouse::PricedRow::new(priced, Arc::clone(&topic), 0, offset as i64).expect("a row");
         std::hint::black_box(usage_clickhouse::row_key(&row.account_id, &row.event_id, row.occurred_at));
         std::hint::black_box(row);
     }
@@ -56,7 +58,7 @@ pub fn event_mix(book: &Arc<RateBook>, n: usize, seed: u64) -> Vec<UsageEvent> {
     for m in &version.models {
         let e = event(0, &m.provider, &m.id, at, 1000, 0, 100, ServiceTier::Standard);
         if pricer.price(e).is_ok() {
-            models.push((m.provider.clone(), m.id.clone()));
+            models.push((m.provider.clone(), m.id.to_string()));
         }
     }
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);

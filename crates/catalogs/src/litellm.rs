@@ -271,7 +271,7 @@ mod tests {
         assert_eq!(report.count("cost key `output_cost_per_image`"), 2);
         let parsed = usage_pricing::parse_version_file(Path::new("l.toml"), &version.to_toml()).unwrap();
         let m = &parsed.models[0];
-        assert_eq!((m.provider.as_str(), m.id.as_str()), ("gemini", "gemini-2.5-pro"));
+        assert_eq!((m.provider.as_str(), &*m.id), ("gemini", "gemini-2.5-pro"));
         let at = "2025-01-01T00:00:00Z".parse().unwrap();
         let batch = m.prices_at(at, usage_model::ServiceTier::Batch);
         // The batch tier overrides cache reads and keeps the standard input price and its tier.

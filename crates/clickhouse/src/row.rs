@@ -1,8 +1,11 @@
 //! A priced event as a row of `priced_events`, in RowBinary.
 
 use clickhouse::Row;
+use serde::ser::SerializeSeq;
 use serde::{Serialize, Serializer};
-use usage_model::{Amount, PricedEvent, RejectReason, Rejection, Unit};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use usage_model::{Amount, CostLine, Currency, PricedEvent, RejectReason, Rejection, ServiceTier, Unit, UsageCounts};
 
 /// Scale of every `Decimal(38, 24)` column: an [`Amount`]'s own scale, so a
 /// column value is the amount's scaled integer, and writing one cannot fail.
@@ -13,57 +16,40 @@ fn decimal128<S: Serializer>(amount: &Amount, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_i128(amount.scaled())
 }
 
-fn decimal128_array<S: Serializer>(amounts: &[Amount], s: S) -> Result<S::Ok, S::Error> {
-    s.collect_seq(amounts.iter().map(|a| a.scaled()))
-}
-
-/// Field order is column order of the RowBinary INSERT; names are columns.
-#[derive(Debug, Row, Serialize)]
+/// A priced event, kept until it is inserted: the event's own strings,
+/// lines and counts moved in whole, the names every row shares (matched
+/// model, rate card, topic) as shared strings. No part is copied per row;
+/// [`PricedRowBinary`] lays it out as the table's columns.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PricedRow {
     pub event_id: String,
     pub account_id: String,
+    /// `""` when the event names none.
     pub api_key_id: String,
     pub project_id: String,
     pub provider: String,
     pub model: String,
-    pub matched_model: String,
-    pub service_tier: &'static str,
-    pub rate_card: String,
+    pub matched_model: Arc<str>,
+    pub service_tier: ServiceTier,
+    pub rate_card: Arc<str>,
     pub rate_card_version: u32,
     /// 0 when no contract applied.
     pub contract_version: u32,
     /// Seconds since the epoch (`DateTime('UTC')`); sub-second precision is
     /// not stored.
     pub occurred_at: u32,
-    pub currency: String,
-    pub input_tokens: u64,
-    pub cache_read_tokens: u64,
-    pub cache_write_tokens: u64,
-    pub output_tokens: u64,
-    #[serde(serialize_with = "decimal128")]
+    pub currency: Currency,
     pub cost: Amount,
-    #[serde(rename = "lines.unit")]
-    pub line_units: Vec<&'static str>,
-    #[serde(rename = "lines.quantity")]
-    pub line_quantities: Vec<u64>,
-    #[serde(rename = "lines.priced_quantity")]
-    pub line_priced_quantities: Vec<u64>,
-    #[serde(rename = "lines.unit_price", serialize_with = "decimal128_array")]
-    pub line_unit_prices: Vec<Amount>,
-    #[serde(rename = "lines.cost", serialize_with = "decimal128_array")]
-    pub line_costs: Vec<Amount>,
-    #[serde(rename = "attributes.key")]
-    pub attribute_keys: Vec<String>,
-    #[serde(rename = "attributes.value")]
-    pub attribute_values: Vec<String>,
-    pub kafka_topic: String,
+    /// One per priced unit, in unit-registry order (the `lines.*` columns).
+    pub lines: Vec<CostLine>,
+    /// The `attributes.*` columns, in key order.
+    pub attributes: BTreeMap<String, String>,
+    pub kafka_topic: Arc<str>,
     pub kafka_partition: i32,
     pub kafka_offset: i64,
-    /// Every reported count, priced or not (for re-pricing).
-    #[serde(rename = "usage.unit")]
-    pub usage_units: Vec<&'static str>,
-    #[serde(rename = "usage.quantity")]
-    pub usage_quantities: Vec<u64>,
+    /// Every reported count, priced or not (the `usage.*` columns, for
+    /// re-pricing).
+    pub usage: UsageCounts,
 }
 
 impl PricedRow {
@@ -71,24 +57,15 @@ impl PricedRow {
     /// taking its strings (no copies on the hot path). Refused only when
     /// `occurred_at` is outside `DateTime`'s range (1970 to 2106), which the
     /// event limits rule out.
-    pub fn new(p: PricedEvent, topic: &str, partition: i32, offset: i64) -> Result<Self, Rejection> {
+    pub fn new(p: PricedEvent, topic: Arc<str>, partition: i32, offset: i64) -> Result<Self, Rejection> {
         let occurred_at = datetime(p.event.occurred_at.timestamp()).ok_or_else(|| {
             Rejection::new(
                 RejectReason::TimestampOutOfRange,
                 format!("occurred_at {} is outside ClickHouse's DateTime range", p.event.occurred_at.to_rfc3339()),
             )
         })?;
-        let line_unit_prices = p.lines.iter().map(|l| l.unit_price).collect();
-        let line_costs = p.lines.iter().map(|l| l.cost).collect();
         let e = p.event;
-        let (attribute_keys, attribute_values) = e.attributes.into_iter().unzip();
         Ok(Self {
-            input_tokens: e.usage.count(Unit::INPUT_TOKENS),
-            cache_read_tokens: e.usage.count(Unit::CACHE_READ_TOKENS),
-            cache_write_tokens: e.usage.count(Unit::CACHE_WRITE_TOKENS),
-            output_tokens: e.usage.count(Unit::OUTPUT_TOKENS),
-            usage_units: e.usage.iter().map(|(u, _)| u.key()).collect(),
-            usage_quantities: e.usage.iter().map(|(_, q)| q).collect(),
             event_id: e.event_id,
             account_id: e.account_id,
             api_key_id: e.api_key_id.unwrap_or_default(),
@@ -96,25 +73,154 @@ impl PricedRow {
             provider: e.provider,
             model: e.model,
             matched_model: p.matched_model,
-            service_tier: e.service_tier.as_str(),
+            service_tier: e.service_tier,
             rate_card: p.rate_card,
             rate_card_version: p.rate_card_version,
             contract_version: p.contract_version.unwrap_or(0),
             occurred_at,
-            currency: p.currency.as_str().to_owned(),
+            currency: p.currency,
             cost: p.cost,
-            line_units: p.lines.iter().map(|l| l.unit.key()).collect(),
-            line_quantities: p.lines.iter().map(|l| l.quantity).collect(),
-            line_priced_quantities: p.lines.iter().map(|l| l.priced_quantity).collect(),
-            line_unit_prices,
-            line_costs,
-            attribute_keys,
-            attribute_values,
-            kafka_topic: topic.to_owned(),
+            lines: p.lines,
+            attributes: e.attributes,
+            kafka_topic: topic,
             kafka_partition: partition,
             kafka_offset: offset,
+            usage: e.usage,
         })
     }
+
+    /// The row as the table's columns, for a RowBinary INSERT.
+    pub fn binary(&self) -> PricedRowBinary<'_> {
+        PricedRowBinary {
+            event_id: &self.event_id,
+            account_id: &self.account_id,
+            api_key_id: &self.api_key_id,
+            project_id: &self.project_id,
+            provider: &self.provider,
+            model: &self.model,
+            matched_model: &self.matched_model,
+            service_tier: self.service_tier.as_str(),
+            rate_card: &self.rate_card,
+            rate_card_version: self.rate_card_version,
+            contract_version: self.contract_version,
+            occurred_at: self.occurred_at,
+            currency: self.currency.as_str(),
+            input_tokens: self.usage.count(Unit::INPUT_TOKENS),
+            cache_read_tokens: self.usage.count(Unit::CACHE_READ_TOKENS),
+            cache_write_tokens: self.usage.count(Unit::CACHE_WRITE_TOKENS),
+            output_tokens: self.usage.count(Unit::OUTPUT_TOKENS),
+            cost: self.cost,
+            line_units: &self.lines,
+            line_quantities: &self.lines,
+            line_priced_quantities: &self.lines,
+            line_unit_prices: &self.lines,
+            line_costs: &self.lines,
+            attribute_keys: &self.attributes,
+            attribute_values: &self.attributes,
+            kafka_topic: &self.kafka_topic,
+            kafka_partition: self.kafka_partition,
+            kafka_offset: self.kafka_offset,
+            usage_units: &self.usage,
+            usage_quantities: &self.usage,
+        }
+    }
+}
+
+/// A [`PricedRow`] as the columns of `priced_events`, borrowed: field
+/// order is column order of the RowBinary INSERT, names are columns. A
+/// nested column's arrays are read from the one list each (`lines`,
+/// `attributes`, `usage`), so building it allocates nothing.
+#[derive(Debug, Row, Serialize)]
+pub struct PricedRowBinary<'a> {
+    pub event_id: &'a str,
+    pub account_id: &'a str,
+    pub api_key_id: &'a str,
+    pub project_id: &'a str,
+    pub provider: &'a str,
+    pub model: &'a str,
+    pub matched_model: &'a str,
+    pub service_tier: &'static str,
+    pub rate_card: &'a str,
+    pub rate_card_version: u32,
+    pub contract_version: u32,
+    pub occurred_at: u32,
+    pub currency: &'a str,
+    pub input_tokens: u64,
+    pub cache_read_tokens: u64,
+    pub cache_write_tokens: u64,
+    pub output_tokens: u64,
+    #[serde(serialize_with = "decimal128")]
+    pub cost: Amount,
+    #[serde(rename = "lines.unit", serialize_with = "line_units")]
+    pub line_units: &'a [CostLine],
+    #[serde(rename = "lines.quantity", serialize_with = "line_quantities")]
+    pub line_quantities: &'a [CostLine],
+    #[serde(rename = "lines.priced_quantity", serialize_with = "line_priced_quantities")]
+    pub line_priced_quantities: &'a [CostLine],
+    #[serde(rename = "lines.unit_price", serialize_with = "line_unit_prices")]
+    pub line_unit_prices: &'a [CostLine],
+    #[serde(rename = "lines.cost", serialize_with = "line_costs")]
+    pub line_costs: &'a [CostLine],
+    #[serde(rename = "attributes.key", serialize_with = "attribute_keys")]
+    pub attribute_keys: &'a BTreeMap<String, String>,
+    #[serde(rename = "attributes.value", serialize_with = "attribute_values")]
+    pub attribute_values: &'a BTreeMap<String, String>,
+    pub kafka_topic: &'a str,
+    pub kafka_partition: i32,
+    pub kafka_offset: i64,
+    #[serde(rename = "usage.unit", serialize_with = "usage_units")]
+    pub usage_units: &'a UsageCounts,
+    #[serde(rename = "usage.quantity", serialize_with = "usage_quantities")]
+    pub usage_quantities: &'a UsageCounts,
+}
+
+/// One array column of a nested column: `len` values from `values`.
+fn column<S, T>(s: S, len: usize, values: impl Iterator<Item = T>) -> Result<S::Ok, S::Error>
+where
+    S: Serializer,
+    T: Serialize,
+{
+    let mut seq = s.serialize_seq(Some(len))?;
+    for value in values {
+        seq.serialize_element(&value)?;
+    }
+    seq.end()
+}
+
+fn line_units<S: Serializer>(lines: &&[CostLine], s: S) -> Result<S::Ok, S::Error> {
+    column(s, lines.len(), lines.iter().map(|l| l.unit.key()))
+}
+
+fn line_quantities<S: Serializer>(lines: &&[CostLine], s: S) -> Result<S::Ok, S::Error> {
+    column(s, lines.len(), lines.iter().map(|l| l.quantity))
+}
+
+fn line_priced_quantities<S: Serializer>(lines: &&[CostLine], s: S) -> Result<S::Ok, S::Error> {
+    column(s, lines.len(), lines.iter().map(|l| l.priced_quantity))
+}
+
+fn line_unit_prices<S: Serializer>(lines: &&[CostLine], s: S) -> Result<S::Ok, S::Error> {
+    column(s, lines.len(), lines.iter().map(|l| l.unit_price.scaled()))
+}
+
+fn line_costs<S: Serializer>(lines: &&[CostLine], s: S) -> Result<S::Ok, S::Error> {
+    column(s, lines.len(), lines.iter().map(|l| l.cost.scaled()))
+}
+
+fn attribute_keys<S: Serializer>(a: &&BTreeMap<String, String>, s: S) -> Result<S::Ok, S::Error> {
+    column(s, a.len(), a.keys())
+}
+
+fn attribute_values<S: Serializer>(a: &&BTreeMap<String, String>, s: S) -> Result<S::Ok, S::Error> {
+    column(s, a.len(), a.values())
+}
+
+fn usage_units<S: Serializer>(usage: &&UsageCounts, s: S) -> Result<S::Ok, S::Error> {
+    column(s, usage.len(), usage.iter().map(|(unit, _)| unit.key()))
+}
+
+fn usage_quantities<S: Serializer>(usage: &&UsageCounts, s: S) -> Result<S::Ok, S::Error> {
+    column(s, usage.len(), usage.iter().map(|(_, quantity)| quantity))
 }
 
 /// Seconds since the epoch as ClickHouse's `DateTime` (a `UInt32`: from

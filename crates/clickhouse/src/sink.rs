@@ -1,7 +1,7 @@
 //! Talking to ClickHouse: migrations, inserts, read-backs.
 
 use crate::migrations::{added_column, statements, MIGRATIONS};
-use crate::row::{DeadLetterRow, LedgerEntryRow, PricedRow};
+use crate::row::{DeadLetterRow, LedgerEntryRow, PricedRow, PricedRowBinary};
 use clickhouse::Client;
 use std::time::Duration;
 
@@ -428,12 +428,12 @@ impl ClickHouseSink {
         let client = self.database_client.clone().with_setting("query_id", query_id);
         let timeout = Some(self.settings.insert_timeout);
         let mut insert = client
-            .insert::<PricedRow>("priced_events")
+            .insert::<PricedRowBinary>("priced_events")
             .await
             .map_err(ch("starting INSERT"))?
             .with_timeouts(timeout, timeout);
         for row in rows {
-            insert.write(*row).await.map_err(ch("writing INSERT"))?;
+            insert.write(&row.binary()).await.map_err(ch("writing INSERT"))?;
         }
         insert.end().await.map_err(ch(format!("INSERT {query_id} of {} rows", rows.len())))
     }
@@ -504,12 +504,12 @@ impl ClickHouseSink {
         let timeout = Some(self.settings.insert_timeout);
         let mut insert = self
             .database_client
-            .insert::<PricedRow>(table)
+            .insert::<PricedRowBinary>(table)
             .await
             .map_err(ch(format!("starting INSERT into {table}")))?
             .with_timeouts(timeout, timeout);
         for row in rows {
-            insert.write(*row).await.map_err(ch("writing INSERT"))?;
+            insert.write(&row.binary()).await.map_err(ch("writing INSERT"))?;
         }
         insert.end().await.map_err(ch(format!("INSERT of {} rows into {table}", rows.len())))
     }

@@ -87,6 +87,11 @@ impl UsageCounts {
     pub fn is_empty(&self) -> bool {
         self.reported.is_empty()
     }
+
+    /// How many units are reported.
+    pub fn len(&self) -> usize {
+        self.counts.len()
+    }
 }
 
 impl fmt::Debug for UsageCounts {

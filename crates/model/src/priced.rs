@@ -4,6 +4,7 @@ use crate::amount::Amount;
 use crate::event::UsageEvent;
 use crate::money::Currency;
 use crate::unit::Unit;
+use std::sync::Arc;
 
 /// The cost of one unit of usage in a priced event.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,9 +25,10 @@ pub struct CostLine {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PricedEvent {
     pub event: UsageEvent,
-    /// The model entry of the rate card that matched `event.model`.
-    pub matched_model: String,
-    pub rate_card: String,
+    /// The model entry of the rate card that matched `event.model`
+    /// (shared with the rate card: no copy per event).
+    pub matched_model: Arc<str>,
+    pub rate_card: Arc<str>,
     pub rate_card_version: u32,
     /// The account's contract version that applied, if any.
     pub contract_version: Option<u32>,

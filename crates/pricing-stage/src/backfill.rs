@@ -114,7 +114,7 @@ async fn backfill_month(
             add(&mut report.cost_before, s.cost);
             let repriced = usage_event(s)
                 .and_then(|event| pricer.price(event))
-                .and_then(|p| PricedRow::new(p, &s.kafka_topic, s.kafka_partition, s.kafka_offset))
+                .and_then(|p| PricedRow::new(p, s.kafka_topic.as_str().into(), s.kafka_partition, s.kafka_offset))
                 .map_err(|r| r.reason.code());
             match repriced {
                 Ok(row) => {

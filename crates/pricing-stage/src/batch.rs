@@ -19,8 +19,11 @@ pub struct Processor {
 }
 
 /// What became of one message.
+// Not boxed: nearly every message is priced, and the event moves on into
+// its row at once; a box would be an allocation per message.
+#[allow(clippy::large_enum_variant)]
 pub enum MessageOutcome {
-    Priced(Box<PricedEvent>),
+    Priced(PricedEvent),
     Rejected(Rejection),
     /// A dependency (schema registry) is down; the message is not judged.
     Unavailable(String),
@@ -71,7 +74,7 @@ impl Processor {
             return MessageOutcome::Rejected(r);
         }
         match self.pricer.price(event) {
-            Ok(p) => MessageOutcome::Priced(Box::new(p)),
+            Ok(p) => MessageOutcome::Priced(p),
             Err(r) => MessageOutcome::Rejected(r),
         }
     }
@@ -185,6 +188,8 @@ pub struct Batch {
     /// The batch's rows by key, to find a copy earlier in the batch:
     /// key → (partition, row index). The pipeline reads one topic.
     by_key: std::collections::HashMap<u64, (i32, usize)>,
+    /// The topic its rows name, shared by them.
+    topic: Option<Arc<str>>,
 }
 
 impl Batch {
@@ -222,6 +227,14 @@ impl Batch {
                 self.partitions.iter().find(|((_, q), _)| q == p).and_then(|(_, part)| part.rows.get(*i))
             })
             .is_some_and(|earlier| same_event(earlier, row))
+    }
+
+    /// `topic` as a shared string, made once: every row names it.
+    fn shared_topic(&mut self, topic: &str) -> Arc<str> {
+        match &self.topic {
+            Some(shared) if **shared == *topic => Arc::clone(shared),
+            _ => Arc::clone(self.topic.insert(topic.into())),
+        }
     }
 
     /// Forgets a partition's work (the partition was revoked: its new owner
@@ -273,7 +286,8 @@ impl Batch {
         check: impl FnOnce(&PricedRow, u64) -> RowState,
         ids: impl FnOnce() -> ReadableIds,
     ) {
-        let rejection = match outcome.and_then(|priced| PricedRow::new(priced, topic, partition, offset)) {
+        let shared_topic = self.shared_topic(topic);
+        let rejection = match outcome.and_then(|priced| PricedRow::new(priced, shared_topic, partition, offset)) {
             Ok(row) => {
                 let row_key = usage_clickhouse::row_key(&row.account_id, &row.event_id, row.occurred_at);
                 let earlier = self.by_key.get(&row_key).and_then(|(p, i)| {

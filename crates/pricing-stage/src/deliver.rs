@@ -369,9 +369,9 @@ impl Deliverer {
                     }
                 };
                 let ours = |r: &PricedRow| {
-                    found
-                        .get(&(r.account_id.clone(), r.event_id.clone()))
-                        .is_some_and(|(t, p, o)| *t == r.kafka_topic && *p == r.kafka_partition && *o == r.kafka_offset)
+                    found.get(&(r.account_id.clone(), r.event_id.clone())).is_some_and(|(t, p, o)| {
+                        **t == *r.kafka_topic && *p == r.kafka_partition && *o == r.kafka_offset
+                    })
                 };
                 if rows.iter().any(|r| ours(r)) {
                     // One INSERT is one part: the attempt stored the unit.

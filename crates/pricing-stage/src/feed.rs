@@ -45,7 +45,7 @@ impl Serialize for FeedRecord<'_> {
         st.serialize_field("occurred_at", &occurred_at)?;
         st.serialize_field("currency", &r.currency)?;
         st.serialize_field("cost", &r.cost)?;
-        st.serialize_field("origin_topic", &r.kafka_topic)?;
+        st.serialize_field("origin_topic", &*r.kafka_topic)?;
         st.serialize_field("origin_partition", &r.kafka_partition)?;
         st.serialize_field("origin_offset", &r.kafka_offset)?;
         if has_lines {
@@ -60,14 +60,11 @@ impl Serialize for FeedRecord<'_> {
 
 impl<'a> FeedLines<'a> {
     fn iter(&self) -> impl Iterator<Item = FeedLine<'a>> + 'a {
-        let r = self.0;
-        (0..r.line_units.len())
-            .filter(move |&i| r.line_priced_quantities[i] > 0 && r.line_unit_prices[i].is_positive())
-            .map(move |i| FeedLine {
-                unit: r.line_units[i],
-                quantity: r.line_priced_quantities[i],
-                unit_price: r.line_unit_prices[i],
-            })
+        self.0.lines.iter().filter(|l| l.priced_quantity > 0 && l.unit_price.is_positive()).map(|l| FeedLine {
+            unit: l.unit.key(),
+            quantity: l.priced_quantity,
+            unit_price: l.unit_price,
+        })
     }
 }
 
@@ -144,7 +141,7 @@ mod tests {
             lines: vec![line(Unit::INPUT_TOKENS, 1200, "0.0000025"), line(Unit::OUTPUT_TOKENS, 0, "0.00001")],
             cost: "0.003".parse().unwrap(),
         };
-        let row = PricedRow::new(priced, "usage.raw", 2, 42).unwrap();
+        let row = PricedRow::new(priced, "usage.raw".into(), 2, 42).unwrap();
         let read =
             usage_ledger::PricedUsage::batch_from_json(&batch_to_json(&[(&row, Some(1_780_000_000_123))]).unwrap())
                 .unwrap();
@@ -260,7 +257,7 @@ mod tests {
                     MessageOutcome::Priced(priced) => {
                         prop_assert_eq!(Some(priced.cost.scaled() as u128), exact);
                         let mut batch = Batch::default();
-                        batch.add("t", 0, 0, 7, None, None, json.as_bytes(), Ok(*priced.clone()), |_, _| crate::batch::RowState::New, Default::default);
+                        batch.add("t", 0, 0, 7, None, None, json.as_bytes(), Ok(priced.clone()), |_, _| crate::batch::RowState::New, Default::default);
                         let row = &batch.partitions[&("t".to_owned(), 0)].rows[0];
                         prop_assert_eq!(row.cost, priced.cost);
                         let records = usage_ledger::PricedUsage::batch_from_json(&batch_to_json(&[(row, None)]).unwrap()).unwrap();

@@ -167,7 +167,7 @@ impl PipelineMetrics {
         self.rate_card_version.clear();
         for card in book.cards.values() {
             let latest = card.versions.last().map_or(0, |v| i64::from(v.version));
-            self.rate_card_version.get_or_create(&vec![("rate_card", card.id.clone())]).set(latest);
+            self.rate_card_version.get_or_create(&vec![("rate_card", card.id.to_string())]).set(latest);
         }
     }
 

@@ -683,7 +683,7 @@ impl Pipeline {
         let payload = cloud_event.as_deref().unwrap_or_else(|| message.payload().unwrap_or_default());
         match self.processor.evaluate(payload) {
             MessageOutcome::Priced(p) => {
-                self.add(batch, message, Ok(*p));
+                self.add(batch, message, Ok(p));
                 None
             }
             MessageOutcome::Rejected(r) => {
@@ -900,7 +900,7 @@ impl Pipeline {
         let mut backoff = self.config.retry.initial;
         loop {
             match self.processor.evaluate(payload) {
-                MessageOutcome::Priced(p) => return Some(Ok(*p)),
+                MessageOutcome::Priced(p) => return Some(Ok(p)),
                 MessageOutcome::Rejected(r) => return Some(Err(r)),
                 MessageOutcome::Unavailable(why) => {
                     tracing::warn!(error = %why, retry_in_ms = backoff.as_millis() as u64, "cannot decode yet; waiting");
@@ -933,7 +933,9 @@ impl Pipeline {
                     continue;
                 }
                 *state = match found.get(&(row.account_id.clone(), row.event_id.clone())) {
-                    Some((t, p, o)) if *t == row.kafka_topic && *p == row.kafka_partition && *o == row.kafka_offset => {
+                    Some((t, p, o))
+                        if **t == *row.kafka_topic && *p == row.kafka_partition && *o == row.kafka_offset =>
+                    {
                         RowState::StoredHere
                     }
                     Some(_) => RowState::Duplicate,

@@ -98,7 +98,8 @@ impl Condition {
 #[derive(Clone, Debug)]
 pub struct ModelPrice {
     pub provider: String,
-    pub id: String,
+    /// Shared: every priced event names its matched model.
+    pub id: Arc<str>,
     /// Lower-cased; an entry written without `match` gets `equals = id`.
     pub match_rule: MatchRule,
     pub prices: PriceBlock,
@@ -236,7 +237,8 @@ fn normalize_compact_date(model: &str) -> String {
 /// A named price list and its versions, ordered by `effective_from`.
 #[derive(Debug)]
 pub struct RateCard {
-    pub id: String,
+    /// Shared: every priced event names its rate card.
+    pub id: Arc<str>,
     pub currency: Currency,
     pub versions: Vec<Arc<RateCardVersion>>,
 }

@@ -136,7 +136,13 @@ pub fn parse_version_file(file: &Path, text: &str) -> Result<RateCardVersion, Lo
             conditional.push((Condition { from: c.from, daily: c.daily.as_ref().map(|d| (d.from, d.until)) }, block));
         }
         let match_rule = m.match_rule.unwrap_or_else(|| MatchRule::Equals(m.id.clone())).lowercased();
-        models.push(ModelPrice { provider: m.provider.to_lowercase(), id: m.id, match_rule, prices, conditional });
+        models.push(ModelPrice {
+            provider: m.provider.to_lowercase(),
+            id: m.id.into(),
+            match_rule,
+            prices,
+            conditional,
+        });
     }
     let providers = raw
         .providers
@@ -238,7 +244,7 @@ pub fn build_book(
                 ));
             }
         }
-        book.insert(id.clone(), RateCard { id, currency, versions });
+        book.insert(id.clone(), RateCard { id: id.into(), currency, versions });
     }
     let default_card = match default_card {
         Some(name) if book.contains_key(name) => name.to_owned(),
@@ -282,7 +288,7 @@ fn check_contracts(
         let models = c.discount_models.keys().chain(c.custom_prices.keys());
         for m in models {
             let known =
-                card.versions.iter().any(|v| v.models.iter().any(|vm| vm.provider == m.provider && vm.id == m.model));
+                card.versions.iter().any(|v| v.models.iter().any(|vm| vm.provider == m.provider && *vm.id == *m.model));
             if !known {
                 return Err(LoadError::new(
                     &file,

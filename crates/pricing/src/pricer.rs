@@ -258,7 +258,7 @@ prices = { input_mtok = "2", output_mtok = "8" }
             &[("input_tokens", 1_000_000), ("cache_read_tokens", 400_000), ("output_tokens", 100_000)],
         );
         let priced = p.price(e).unwrap();
-        assert_eq!(priced.matched_model, "gpt-4o");
+        assert_eq!(&*priced.matched_model, "gpt-4o");
         assert_eq!(priced.rate_card_version, 1);
         // 600k × 2.5/M + 400k × 1.25/M + 100k × 10/M = 1.5 + 0.5 + 1.0
         assert_eq!(priced.cost, d("3"));
@@ -361,13 +361,13 @@ prices = { input_mtok = "0.135" }
         let usage = [("input_tokens", 1_000_000)];
         // `gpt-4o-mini` also starts with `gpt-4o`: the earlier entry wins.
         assert_eq!(
-            p.price(event("openai", "GPT-4o-Mini-2024-07-18", at, &usage)).unwrap().matched_model,
+            &*p.price(event("openai", "GPT-4o-Mini-2024-07-18", at, &usage)).unwrap().matched_model,
             "gpt-4o-mini"
         );
-        assert_eq!(p.price(event("OpenAI", "gpt-4o-2024-08-06", at, &usage)).unwrap().matched_model, "gpt-4o");
+        assert_eq!(&*p.price(event("OpenAI", "gpt-4o-2024-08-06", at, &usage)).unwrap().matched_model, "gpt-4o");
         // Azure has no entries of its own: aliases lead to it, fallback to OpenAI's.
         let azure = p.price(event("my-azure-deployment", "gpt-4o", at, &usage)).unwrap();
-        assert_eq!((azure.matched_model.as_str(), azure.cost), ("gpt-4o", d("2.5")));
+        assert_eq!((azure.matched_model.as_ref(), azure.cost), ("gpt-4o", d("2.5")));
         assert_eq!(p.price(event("anthropic", "gpt-4o", at, &usage)).unwrap_err().reason, RejectReason::UnknownModel);
     }
 
@@ -450,10 +450,10 @@ effective_from = 2025-06-01T00:00:00Z
         };
         // Before the contract: the default card.
         let before = priced("acme", "openai", "gpt-4o", "2025-02-01T00:00:00Z");
-        assert_eq!((before.rate_card.as_str(), before.contract_version, before.cost), ("list", None, d("12.5")));
+        assert_eq!((before.rate_card.as_ref(), before.contract_version, before.cost), ("list", None, d("12.5")));
         // Model-specific discount: 33.3333% off 2 and 8 per million.
         let gpt = priced("acme", "openai", "gpt-4o", "2025-03-01T00:00:00Z");
-        assert_eq!((gpt.rate_card.as_str(), gpt.contract_version), ("enterprise", Some(1)));
+        assert_eq!((gpt.rate_card.as_ref(), gpt.contract_version), ("enterprise", Some(1)));
         assert_eq!(gpt.lines[0].unit_price, d("0.000001333334"));
         assert_eq!(gpt.cost, d("6.66667"));
         // Custom prices win over the discount on every model.
@@ -461,7 +461,7 @@ effective_from = 2025-06-01T00:00:00Z
         assert_eq!(gemini.cost, d("2.5"));
         // Version 2: back to the default card, no overrides.
         let later = priced("acme", "openai", "gpt-4o", "2025-07-01T00:00:00Z");
-        assert_eq!((later.rate_card.as_str(), later.contract_version, later.cost), ("list", Some(2), d("12.5")));
+        assert_eq!((later.rate_card.as_ref(), later.contract_version, later.cost), ("list", Some(2), d("12.5")));
         // Other accounts are untouched.
         assert_eq!(priced("other", "openai", "gpt-4o", "2025-04-01T00:00:00Z").cost, d("12.5"));
     }
