@@ -103,6 +103,17 @@ fn malformed(detail: String) -> DecodeError {
     DecodeError::Rejected(Rejection::new(RejectReason::MalformedPayload, format!("Avro: {detail}")))
 }
 
+/// `bytes` as text. Nearly every id and name is ASCII, which a word-at-a-
+/// time check settles; the full validation, which costs a few hundred
+/// instructions even on a short string, is for the rest.
+fn utf8(bytes: &[u8]) -> Result<&str, std::str::Utf8Error> {
+    if bytes.is_ascii() {
+        // SAFETY: ASCII bytes are valid UTF-8.
+        return Ok(unsafe { std::str::from_utf8_unchecked(bytes) });
+    }
+    std::str::from_utf8(bytes)
+}
+
 struct Reader<'a> {
     bytes: &'a [u8],
     pos: usize,
@@ -142,8 +153,7 @@ impl<'a> Reader<'a> {
         let Some(end) = end else {
             return Err(malformed(format!("a string of {len} bytes runs past the datum")));
         };
-        let text = std::str::from_utf8(&self.bytes[self.pos..end])
-            .map_err(|e| malformed(format!("a string is not UTF-8: {e}")))?;
+        let text = utf8(&self.bytes[self.pos..end]).map_err(|e| malformed(format!("a string is not UTF-8: {e}")))?;
         self.pos = end;
         Ok(text)
     }
