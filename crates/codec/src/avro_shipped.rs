@@ -99,6 +99,7 @@ fn usage_as_the_reference_reads_it(r: &mut Reader<'_>) -> Result<UsageCounts, De
     Ok(usage)
 }
 
+#[cold]
 fn malformed(detail: String) -> DecodeError {
     DecodeError::Rejected(Rejection::new(RejectReason::MalformedPayload, format!("Avro: {detail}")))
 }
@@ -122,6 +123,9 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     /// A zig-zag varint of at most 10 bytes.
+    // Inlined (as `string` is): a dozen calls per datum, and a call returns
+    // its `Result`, whose error is large, through memory.
+    #[inline(always)]
     fn long(&mut self) -> Result<i64, DecodeError> {
         let mut z = 0u64;
         for i in 0..10 {
@@ -138,6 +142,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A length: not negative, within the allocation limit.
+    #[inline(always)]
     fn length(&mut self, what: &str) -> Result<usize, DecodeError> {
         let n = self.long()?;
         match usize::try_from(n) {
@@ -147,6 +152,7 @@ impl<'a> Reader<'a> {
         }
     }
 
+    #[inline(always)]
     fn string(&mut self) -> Result<&'a str, DecodeError> {
         let len = self.length("string length")?;
         let end = self.pos.checked_add(len).filter(|end| *end <= self.bytes.len());

@@ -292,6 +292,9 @@ fn missing(name: &str) -> Rejection {
 }
 
 pub(crate) fn parse_instant(text: &str) -> Result<DateTime<Utc>, Rejection> {
+    if let Some(instant) = crate::instant::parse_common_form(text) {
+        return Ok(instant);
+    }
     DateTime::parse_from_rfc3339(text).map(|t| t.with_timezone(&Utc)).map_err(|e| {
         Rejection::new(RejectReason::InvalidField, format!("occurred_at {text:?} is not RFC 3339 with an offset: {e}"))
     })

@@ -15,6 +15,7 @@
 
 mod avro;
 mod avro_shipped;
+mod instant;
 mod json;
 mod json_plain;
 mod priced_json;
