@@ -290,6 +290,20 @@ impl AccountState {
 
     /// Whether the origin of a priced record was applied already; records
     /// it as applied otherwise.
+    /// Prefetches the heap parts a usage record touches (see
+    /// [`crate::partition::prefetch`]).
+    pub(crate) fn prefetch_parts(&self) {
+        use crate::partition::prefetch;
+        prefetch(self.account_id.as_ptr());
+        prefetch(self.settings.as_ptr().cast());
+        prefetch(self.grants.as_ptr().cast());
+        prefetch(self.periods.as_ptr().cast());
+        prefetch(self.origins.as_ptr().cast());
+        if let Some(burn) = &self.burn {
+            prefetch((&**burn as *const BurnRate).cast());
+        }
+    }
+
     pub(crate) fn first_time_from_origin(&mut self, topic: &str, partition: i32, offset: i64) -> bool {
         match self.origins.iter_mut().find(|(t, p, _)| t == topic && *p == partition) {
             Some((_, _, last)) if offset <= *last => false,
