@@ -408,8 +408,16 @@ impl FromStr for Amount {
 /// digit. Reading also takes JSON integers; a number with a fraction is
 /// refused (it went through a binary float and may have lost digits).
 impl serde::Serialize for Amount {
+    /// As a string, written once: `collect_str` would go through `fmt` and
+    /// the serializer's escaping a character at a time (every fed row has
+    /// an amount or two).
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        let mut buf = [0u8; 48];
+        let len = self.write_to(&mut buf);
+        match std::str::from_utf8(&buf[..len]) {
+            Ok(text) => s.serialize_str(text),
+            Err(_) => s.collect_str(self), // unreachable: ASCII was written
+        }
     }
 }
 

@@ -22,6 +22,40 @@ pub(crate) enum FeedError {
 /// appended (ms), if known.
 pub(crate) struct FeedRecord<'a>(pub &'a PricedRow, pub Option<i64>);
 
+/// An instant of whole seconds as RFC 3339 (`2026-03-04T05:06:07Z`),
+/// written once into a buffer: chrono's serializer goes through `fmt` and
+/// the JSON writer's escaping a character at a time, for every fed row.
+struct WholeSeconds(DateTime<Utc>);
+
+impl Serialize for WholeSeconds {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use chrono::{Datelike, Timelike};
+        let (date, time) = (self.0.date_naive(), self.0.time());
+        let Ok(year) = u16::try_from(date.year()) else { return self.0.serialize(s) };
+        if year > 9999 {
+            return self.0.serialize(s);
+        }
+        let mut out = *b"0000-00-00T00:00:00Z";
+        let mut put = |at: usize, value: u32, width: usize| {
+            let mut v = value;
+            for i in (at..at + width).rev() {
+                out[i] = b'0' + (v % 10) as u8;
+                v /= 10;
+            }
+        };
+        put(0, u32::from(year), 4);
+        put(5, date.month(), 2);
+        put(8, date.day(), 2);
+        put(11, time.hour(), 2);
+        put(14, time.minute(), 2);
+        put(17, time.second(), 2);
+        match std::str::from_utf8(&out) {
+            Ok(text) => s.serialize_str(text),
+            Err(_) => self.0.serialize(s), // unreachable: digits were written
+        }
+    }
+}
+
 /// The row's priced lines: units with a quantity and a price.
 struct FeedLines<'a>(&'a PricedRow);
 
@@ -36,6 +70,7 @@ impl Serialize for FeedRecord<'_> {
         let r = self.0;
         let occurred_at: DateTime<Utc> = DateTime::from_timestamp(i64::from(r.occurred_at), 0)
             .ok_or_else(|| S::Error::custom(format!("occurred_at {} out of range", r.occurred_at)))?;
+        let occurred_at = WholeSeconds(occurred_at);
         let lines = FeedLines(r);
         let has_lines = lines.iter().next().is_some();
         let n_fields = 8 + usize::from(has_lines) + usize::from(self.1.is_some());
@@ -106,6 +141,19 @@ const RECORD_BYTES_TYPICAL: usize = 512;
 mod tests {
     use super::*;
     use usage_model::{CostLine, PricedEvent, Unit, UsageCounts, UsageEvent};
+
+    proptest::proptest! {
+        /// The feed writes an instant as chrono's serializer does, for
+        /// every second a row can hold.
+        #[test]
+        fn whole_seconds_are_written_as_chrono_writes_them(seconds in proptest::prelude::any::<u32>()) {
+            let t = DateTime::from_timestamp(i64::from(seconds), 0).unwrap();
+            proptest::prop_assert_eq!(
+                serde_json::to_string(&WholeSeconds(t)).unwrap(),
+                serde_json::to_string(&t).unwrap()
+            );
+        }
+    }
 
     #[test]
     fn feed_records_read_back_as_the_ledger_reads_them() {
