@@ -105,11 +105,12 @@ fn sigkills_never_deduct_twice_nor_repeat_an_alert() {
         })
         .collect();
 
-    // Both stages run; each new ledger run joins a new group (the local
-    // broker is slow to expire a killed member), and resumes from its
-    // changelog, re-reading its inputs from the start.
-    let mut pricing = spawn_binary(&with(&env, "USAGE_GROUP_ID", format!("{group}-p0")), &["run"], &log);
-    let mut ledger = spawn_binary(&with(&env, "LEDGER_GROUP_ID", format!("{group}-l0")), &["ledger"], &log);
+    // Both stages run; each restarts into its own group as the same static
+    // member (as a crashed pod does), the ledger resuming from its
+    // changelog.
+    let env = with(&env, "KAFKA_GROUP_INSTANCE_ID", "instance-0".into());
+    let mut pricing = spawn_binary(&env, &["run"], &log);
+    let mut ledger = spawn_binary(&env, &["ledger"], &log);
     let mut kills = 0;
     for (i, chunk) in usage.chunks(CHUNK).enumerate() {
         send(&raw, chunk);
@@ -117,23 +118,23 @@ fn sigkills_never_deduct_twice_nor_repeat_an_alert() {
         if i % 3 == 1 && kills < LEDGER_KILLS {
             kill(&mut ledger);
             kills += 1;
-            ledger = spawn_binary(&with(&env, "LEDGER_GROUP_ID", format!("{group}-l{kills}")), &["ledger"], &log);
+            ledger = spawn_binary(&env, &["ledger"], &log);
         }
         if i % 7 == 3 {
             kill(&mut pricing);
-            pricing = spawn_binary(&with(&env, "USAGE_GROUP_ID", format!("{group}-p{i}")), &["run"], &log);
+            pricing = spawn_binary(&env, &["run"], &log);
         }
     }
     assert_eq!(kills, LEDGER_KILLS);
     kill(&mut pricing);
     wait_success(
-        spawn_binary(&with(&env, "USAGE_GROUP_ID", format!("{group}-plast")), &["run", "--until-caught-up"], &log),
+        spawn_binary(&env, &["run", "--until-caught-up"], &log),
         "the last pricing run",
         &log,
     );
     kill(&mut ledger);
     wait_success(
-        spawn_binary(&with(&env, "LEDGER_GROUP_ID", format!("{group}-llast")), &["ledger", "--until-caught-up"], &log),
+        spawn_binary(&env, &["ledger", "--until-caught-up"], &log),
         "the last ledger run",
         &log,
     );

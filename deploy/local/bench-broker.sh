@@ -19,6 +19,7 @@ case "${1:-}" in
       --storage-engine "sqlite://tansu.db" >"$DIR/tansu.log" 2>&1) &
     echo $! >"$DIR/pid"
     wait_for "bench tansu" 60 port_open "$PORT"
+    index_tansu_headers "$DIR/tansu.db"
     ;;
   stop)
     if [ -f "$DIR/pid" ]; then

@@ -13,6 +13,7 @@ ours() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 if port_open "$KAFKA_PORT"; then
   if ours "$DATA_DIR/tansu/pid"; then
     log "broker already listening on 127.0.0.1:$KAFKA_PORT"
+    index_tansu_headers "$DATA_DIR/tansu/tansu.db"
   else
     log "WARNING: a broker not started from $DATA_DIR answers on 127.0.0.1:$KAFKA_PORT; using it (stop it where it was started)"
   fi
@@ -26,6 +27,7 @@ else
     >"$DATA_DIR/tansu/tansu.log" 2>&1) &
   echo $! >"$DATA_DIR/tansu/pid"
   wait_for "tansu" 60 port_open "$KAFKA_PORT"
+  index_tansu_headers "$DATA_DIR/tansu/tansu.db"
 fi
 
 clickhouse_ping() { [ "$(curl -fsS "http://127.0.0.1:$CLICKHOUSE_HTTP_PORT/ping" 2>/dev/null)" = "Ok." ]; }
