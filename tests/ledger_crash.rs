@@ -127,17 +127,9 @@ fn sigkills_never_deduct_twice_nor_repeat_an_alert() {
     }
     assert_eq!(kills, LEDGER_KILLS);
     kill(&mut pricing);
-    wait_success(
-        spawn_binary(&env, &["run", "--until-caught-up"], &log),
-        "the last pricing run",
-        &log,
-    );
+    wait_success(spawn_binary(&env, &["run", "--until-caught-up"], &log), "the last pricing run", &log);
     kill(&mut ledger);
-    wait_success(
-        spawn_binary(&env, &["ledger", "--until-caught-up"], &log),
-        "the last ledger run",
-        &log,
-    );
+    wait_success(spawn_binary(&env, &["ledger", "--until-caught-up"], &log), "the last ledger run", &log);
 
     // The final state of every account: the last changelog record per key.
     let mut states: HashMap<String, AccountState> = HashMap::new();

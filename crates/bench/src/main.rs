@@ -562,10 +562,16 @@ async fn e2e_run(
     if bare {
         eprintln!("[bench] bare consumer");
         let (kafka, topic, n) = (kafka(), raw.clone(), messages.len());
+        // This process does nothing else meanwhile: its CPU is the bare
+        // consumer's (librdkafka's fetching and decoding, one poll per
+        // message), the floor under any consumer's CPU per event here.
+        let ticks_before = cpu_ticks(std::process::id()).unwrap_or(0);
         let drained =
             tokio::task::spawn_blocking(move || usage_kafka::drain_topic(&kafka, &topic, n, Duration::from_secs(600)))
                 .await??;
+        let ticks = cpu_ticks(std::process::id()).unwrap_or(0).saturating_sub(ticks_before);
         results.insert("bare_consumer_events_per_sec", drained.count as f64 / drained.elapsed.as_secs_f64());
+        results.insert("bare_consumer_cpu_seconds_per_million_events", ticks as f64 / 100.0 / (n as f64 / 1e6));
     }
     eprintln!("[bench] {label}: pipeline");
     // Rows from the parts' metadata, less the history: no read of the table
@@ -855,6 +861,7 @@ fn print_table(results: &BTreeMap<&'static str, f64>) {
         ("pricing_confluent_events_per_sec_per_core", ""),
         ("e2e_events_per_sec", ""),
         ("bare_consumer_events_per_sec", ""),
+        ("bare_consumer_cpu_seconds_per_million_events", ""),
         ("e2e_ratio_to_bare_consumer", ">= 0.9"),
         ("pipeline_cpu_seconds_per_million_events", "<= 1.5"),
         ("system_cpu_seconds_per_million_events", ""),
