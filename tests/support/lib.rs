@@ -348,6 +348,22 @@ impl OwnClickHouse {
         assert!(status.is_ok_and(|s| s.success()), "the test's ClickHouse started");
     }
 
+    /// Starts it with its data directory on a filesystem of `bytes` (a
+    /// tmpfs mounted in a mount namespace of the server's own, so that
+    /// filling it stops its writes: `unshare` needs no privilege for this
+    /// where unprivileged user namespaces are allowed, Debian's default).
+    pub fn start_with_data_limit(&self, bytes: u64) {
+        std::fs::create_dir_all(self.dir.join("data")).expect("its data directory");
+        let script = repo_root().join("deploy/local/clickhouse-server.sh");
+        let status = std::process::Command::new("unshare")
+            .args(["--user", "--map-root-user", "--mount", "sh", "-c"])
+            .arg(r#"mount -t tmpfs -o size="$1" tmpfs "$2/data" && exec "$3" "$2" "$4" "$5""#)
+            .args(["sh", &bytes.to_string(), &self.dir.display().to_string(), &script.display().to_string()])
+            .args([self.http.to_string(), self.tcp.to_string()])
+            .status();
+        assert!(status.is_ok_and(|s| s.success()), "the test's ClickHouse started on a small disk");
+    }
+
     /// SIGKILL, then waits (at most 30 s) for its port to close.
     pub fn kill(&self) {
         let pid = std::fs::read_to_string(self.dir.join("pid")).expect("its pid file");
