@@ -462,6 +462,10 @@ impl AccountState {
     /// Expires every grant whose expiry is at or before `now`.
     pub fn expire_until(&mut self, now: DateTime<Utc>) -> Result<Effects, LedgerError> {
         let mut effects = Effects::default();
+        // Every usage asks; almost never is a grant due.
+        if self.grants.iter().all(|g| g.expires_at > now) {
+            return Ok(effects);
+        }
         let mut expired_any = false;
         let mut kept = ThinVec::with_capacity(self.grants.len());
         for grant in std::mem::take(&mut self.grants) {
@@ -613,7 +617,7 @@ impl AccountState {
             event.triggering_event_id = trigger.map(str::to_owned);
             effects.events.push(event);
         }
-        let reload = self.settings_at(at).and_then(|s| s.auto_reload.clone()).filter(|r| r.enabled);
+        let reload = self.settings_at(at).and_then(|s| s.auto_reload.as_deref().copied()).filter(|r| r.enabled);
         if let Some(reload) = reload {
             if self.reload_open.is_none() && !self.reload_suppressed && balance < reload.threshold {
                 self.reload_cycle += 1;

@@ -131,7 +131,7 @@ pub enum BillingMode {
 
 /// Top up a prepaid account when its balance falls below `threshold`: by
 /// `amount`, or up to `target_balance` (exactly one of the two).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AutoReload {
     #[serde(default = "yes")]

@@ -23,6 +23,10 @@ pub enum Applied {
     /// Applied before (its offset or its pricing origin is behind the
     /// account's): nothing changes.
     Skipped,
+    /// Applied: the events it emitted (also in the account's outbox). Its
+    /// ledger entries are moved to the account's pending entries
+    /// ([`PartitionLedger::unsent_entries`]), not returned: nothing reads
+    /// them here, and a copy cost four strings per usage.
     Done(Effects),
     /// Cannot be applied (currency mismatch, overflow): dead-letter it.
     Refused(LedgerError),
@@ -386,10 +390,10 @@ impl PartitionLedger {
             }
         }
         let applied = match outcome {
-            Ok(Some(effects)) => {
+            Ok(Some(mut effects)) => {
                 if !effects.is_empty() {
                     account.outbox.extend(effects.events.iter().cloned());
-                    account.pending_entries.extend(effects.entries.iter().cloned());
+                    account.pending_entries.extend(effects.entries.drain(..));
                     self.mark(i, UNSENT);
                 }
                 Applied::Done(effects)
