@@ -32,9 +32,14 @@ wait_for() {
 # every fetch slows as that table grows: with 12,500 headers stored, a 3 MB
 # catch-up fetch took 9.6 s and a new consumer saw its first message after
 # 17 s. An index on the join's columns makes each lookup a search. Idempotent;
-# waits for tansu to have created its tables (bounded).
+# waits for tansu to have created its tables (bounded). Not having it only
+# costs speed: a machine without python3, or a failure, is reported.
 index_tansu_headers() {
-  python3 - "$1" <<'PY'
+  if ! command -v python3 >/dev/null; then
+    log "no python3: tansu's header table left without its index (fetches slow as dead letters accumulate)"
+    return 0
+  fi
+  python3 - "$1" <<'PY' || log "could not index tansu's header table in $1 (fetches slow as dead letters accumulate)"
 import sqlite3, sys, time
 db = sqlite3.connect(sys.argv[1], timeout=30)
 for _ in range(60):
