@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 use usage_clickhouse::{ClickHouseSettings, ClickHouseSink};
 use usage_integration_tests::{
-    catch_up_stop_and_check, free_local_addr, good_stream, http_get, isolated_env, kafka_settings, send_records,
+    catch_up_stop_and_check, free_local_addr, good_stream, http_get, kafka_settings, pricing_only_env, send_synth,
     spawn_binary, stored_rows, unique, wait_for_http, OwnClickHouse,
 };
 use usage_kafka::Producer;
@@ -24,9 +24,7 @@ fn a_full_clickhouse_disk_delays_rows_but_never_loses_or_doubles_them() {
     ch.start_with_data_limit(DISK_BYTES);
     let (raw, dlq, group, database) = (unique("fraw"), unique("fdlq"), unique("fgroup"), unique("full"));
     let probes = free_local_addr();
-    let mut env = isolated_env(&raw, &dlq, &group, &database);
-    env.retain(|(k, _)| *k != "USAGE_PRICED_TOPIC" && *k != "CLICKHOUSE_URL");
-    env.push(("USAGE_PRICED_TOPIC", String::new()));
+    let mut env = pricing_only_env(&raw, &dlq, &group, &database);
     env.push(("CLICKHOUSE_URL", ch.url()));
     env.push(("USAGE_METRICS_ADDR", probes.to_string()));
     env.push(("USAGE_UNREADY_AFTER_S", "3".into()));
@@ -36,10 +34,7 @@ fn a_full_clickhouse_disk_delays_rows_but_never_loses_or_doubles_them() {
     let (generated, expected) = good_stream(17, 6_000);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let producer = Producer::new(&kafka_settings(), "disk-full").unwrap();
-    let send = |messages: &[SynthMessage]| {
-        let records: Vec<(&[u8], &[u8])> = messages.iter().map(|m| (&m.key[..], &m.payload[..])).collect();
-        rt.block_on(send_records(&producer, &raw, &records));
-    };
+    let send = |messages: &[SynthMessage]| send_synth(&rt, &producer, &raw, messages);
     let sink =
         ClickHouseSink::new(ClickHouseSettings { url: ch.url(), database: database.clone(), ..Default::default() })
             .unwrap();

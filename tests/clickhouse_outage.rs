@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 use usage_clickhouse::{ClickHouseSettings, ClickHouseSink};
 use usage_integration_tests::{
-    catch_up_stop_and_check, expected_by_account, isolated_env, kafka_settings, peak_rss_bytes, send_records,
+    catch_up_stop_and_check, expected_by_account, kafka_settings, peak_rss_bytes, pricing_only_env, send_synth,
     spawn_binary, stored_rows, unique, OwnClickHouse,
 };
 use usage_kafka::Producer;
@@ -32,9 +32,7 @@ fn run_ending(end: chrono::DateTime<chrono::Utc>) {
     let ch = OwnClickHouse::new(false);
     ch.start();
     let (raw, dlq, group, database) = (unique("oraw"), unique("odlq"), unique("ogroup"), unique("outage"));
-    let mut env = isolated_env(&raw, &dlq, &group, &database);
-    env.retain(|(k, _)| *k != "USAGE_PRICED_TOPIC");
-    env.push(("USAGE_PRICED_TOPIC", String::new()));
+    let mut env = pricing_only_env(&raw, &dlq, &group, &database);
     env.push(("CLICKHOUSE_URL", ch.url()));
     let log = std::env::temp_dir().join(format!("{}.log", unique("outage")));
     assert!(spawn_binary(&env, &["setup"], &log).wait().unwrap().success(), "setup; see {}", log.display());
@@ -60,10 +58,7 @@ fn run_ending(end: chrono::DateTime<chrono::Utc>) {
     let expected = expected_by_account(generated.iter().map(|m| m.event.as_ref().expect("no bad events")));
     let rt = tokio::runtime::Runtime::new().unwrap();
     let producer = Producer::new(&kafka_settings(), "outage").unwrap();
-    let send = |messages: &[&SynthMessage]| {
-        let records: Vec<(&[u8], &[u8])> = messages.iter().map(|m| (&m.key[..], &m.payload[..])).collect();
-        rt.block_on(send_records(&producer, &raw, &records));
-    };
+    let send = |messages: &[&SynthMessage]| send_synth(&rt, &producer, &raw, messages);
     let sink =
         ClickHouseSink::new(ClickHouseSettings { url: ch.url(), database: database.clone(), ..Default::default() })
             .unwrap();

@@ -7,8 +7,8 @@
 
 use std::time::Duration;
 use usage_integration_tests::{
-    catch_up_stop_and_check, clickhouse, free_local_addr, good_stream, http_get, isolated_env, kafka_settings,
-    send_records, spawn_binary, stored_rows, unique, wait_for_http,
+    catch_up_stop_and_check, clickhouse, free_local_addr, good_stream, http_get, kafka_settings, pricing_only_env,
+    send_synth, spawn_binary, stored_rows, unique, wait_for_http,
 };
 use usage_kafka::Producer;
 use usage_synth::SynthMessage;
@@ -17,9 +17,7 @@ use usage_synth::SynthMessage;
 fn a_missing_table_makes_the_pipeline_unready_until_an_operator_restores_it_then_totals_are_exact() {
     let (raw, dlq, group, database) = (unique("praw"), unique("pdlq"), unique("pgroup"), unique("perm"));
     let probes = free_local_addr();
-    let mut env = isolated_env(&raw, &dlq, &group, &database);
-    env.retain(|(k, _)| *k != "USAGE_PRICED_TOPIC");
-    env.push(("USAGE_PRICED_TOPIC", String::new()));
+    let mut env = pricing_only_env(&raw, &dlq, &group, &database);
     env.push(("USAGE_METRICS_ADDR", probes.to_string()));
     let log = std::env::temp_dir().join(format!("{}.log", unique("permanent")));
     assert!(spawn_binary(&env, &["setup"], &log).wait().unwrap().success(), "setup; see {}", log.display());
@@ -27,10 +25,7 @@ fn a_missing_table_makes_the_pipeline_unready_until_an_operator_restores_it_then
     let (generated, expected) = good_stream(11, 4_000);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let producer = Producer::new(&kafka_settings(), "permanent").unwrap();
-    let send = |messages: &[SynthMessage]| {
-        let records: Vec<(&[u8], &[u8])> = messages.iter().map(|m| (&m.key[..], &m.payload[..])).collect();
-        rt.block_on(send_records(&producer, &raw, &records));
-    };
+    let send = |messages: &[SynthMessage]| send_synth(&rt, &producer, &raw, messages);
     let sink = clickhouse(&database);
     let sql = |q: String| rt.block_on(sink.query_tsv(&q)).unwrap_or_else(|e| panic!("{q}: {e}"));
 

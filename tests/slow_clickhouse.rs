@@ -9,7 +9,7 @@
 use std::net::ToSocketAddrs;
 use std::time::Duration;
 use usage_integration_tests::{
-    catch_up_stop_and_check, clickhouse, good_stream, isolated_env, kafka_settings, send_records, spawn_binary,
+    catch_up_stop_and_check, clickhouse, good_stream, kafka_settings, pricing_only_env, send_synth, spawn_binary,
     stored_rows, unique, DelayingProxy,
 };
 use usage_kafka::Producer;
@@ -20,9 +20,7 @@ fn inserts_that_time_out_but_succeed_on_the_server_are_stored_once() {
     let upstream = "127.0.0.1:8123".to_socket_addrs().unwrap().next().unwrap();
     let proxy = DelayingProxy::start(upstream);
     let (raw, dlq, group, database) = (unique("sraw"), unique("sdlq"), unique("sgroup"), unique("slow"));
-    let mut env = isolated_env(&raw, &dlq, &group, &database);
-    env.retain(|(k, _)| *k != "USAGE_PRICED_TOPIC");
-    env.push(("USAGE_PRICED_TOPIC", String::new()));
+    let mut env = pricing_only_env(&raw, &dlq, &group, &database);
     env.push(("CLICKHOUSE_URL", format!("http://{}", proxy.addr)));
     env.push(("CLICKHOUSE_INSERT_TIMEOUT_MS", "1000".into()));
     let log = std::env::temp_dir().join(format!("{}.log", unique("slow-clickhouse")));
@@ -31,10 +29,7 @@ fn inserts_that_time_out_but_succeed_on_the_server_are_stored_once() {
     let (generated, expected) = good_stream(23, 6_000);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let producer = Producer::new(&kafka_settings(), "slow").unwrap();
-    let send = |messages: &[SynthMessage]| {
-        let records: Vec<(&[u8], &[u8])> = messages.iter().map(|m| (&m.key[..], &m.payload[..])).collect();
-        rt.block_on(send_records(&producer, &raw, &records));
-    };
+    let send = |messages: &[SynthMessage]| send_synth(&rt, &producer, &raw, messages);
     let sink = clickhouse(&database);
 
     let mut pipeline = spawn_binary(&env, &["run"], &log);

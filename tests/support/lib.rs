@@ -127,6 +127,27 @@ pub fn isolated_env(raw: &str, dlq: &str, group: &str, database: &str) -> Vec<(&
     ]
 }
 
+/// [`isolated_env`] for the pricing stage alone: no ledger feed to produce
+/// to (its topic set empty).
+pub fn pricing_only_env(raw: &str, dlq: &str, group: &str, database: &str) -> Vec<(&'static str, String)> {
+    let mut env = isolated_env(raw, dlq, group, database);
+    env.retain(|(k, _)| *k != "USAGE_PRICED_TOPIC");
+    env.push(("USAGE_PRICED_TOPIC", String::new()));
+    env
+}
+
+/// Sends synthetic messages to `topic` and waits for every delivery.
+pub fn send_synth<M: std::borrow::Borrow<usage_synth::SynthMessage>>(
+    rt: &tokio::runtime::Runtime,
+    producer: &usage_kafka::Producer,
+    topic: &str,
+    messages: &[M],
+) {
+    let records: Vec<(&[u8], &[u8])> =
+        messages.iter().map(|m| (&m.borrow().key[..], &m.borrow().payload[..])).collect();
+    rt.block_on(send_records(producer, topic, &records));
+}
+
 /// Starts the `usage-pipeline` binary with `env`, appending its output to `log`.
 pub fn spawn_binary(env: &[(&'static str, String)], args: &[&str], log: &std::path::Path) -> Running {
     let file = || std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log file");
