@@ -139,6 +139,16 @@ pub struct AccountState {
     pub pending_entries: ThinVec<LedgerEntry>,
 }
 
+/// Where a thin vector's heap block (its header, then its items) starts,
+/// read from the vector itself: `ThinVec::as_ptr` reads the header first.
+fn heap<T>(v: &ThinVec<T>) -> *const u8 {
+    const { assert!(std::mem::size_of::<ThinVec<u8>>() == std::mem::size_of::<*const u8>()) };
+    // SAFETY: a ThinVec is one pointer to its header (a static empty header
+    // when it holds nothing), as the assertion checks; the pointer is only
+    // prefetched, never dereferenced.
+    unsafe { std::mem::transmute_copy::<ThinVec<T>, *const u8>(v) }
+}
+
 fn is_zero(a: &Amount) -> bool {
     a.is_zero()
 }
@@ -288,22 +298,39 @@ impl AccountState {
         local.year() as u32 * 100 + local.month()
     }
 
-    /// Whether the origin of a priced record was applied already; records
-    /// it as applied otherwise.
     /// Prefetches the heap parts a usage record touches (see
-    /// [`crate::partition::prefetch`]).
+    /// [`crate::partition::prefetch`]), from the pointers in the state
+    /// alone: reading a part to find its address would wait for it.
     pub(crate) fn prefetch_parts(&self) {
         use crate::partition::prefetch;
         prefetch(self.account_id.as_ptr());
-        prefetch(self.settings.as_ptr().cast());
-        prefetch(self.grants.as_ptr().cast());
-        prefetch(self.periods.as_ptr().cast());
-        prefetch(self.origins.as_ptr().cast());
+        for at in [heap(&self.settings), heap(&self.grants), heap(&self.periods)] {
+            prefetch(at);
+            prefetch(at.wrapping_add(64));
+        }
+        prefetch(heap(&self.origins));
         if let Some(burn) = &self.burn {
             prefetch((&**burn as *const BurnRate).cast());
         }
     }
 
+    /// Prefetches the events and entries not yet sent (what a sweep after
+    /// their sending frees).
+    pub(crate) fn prefetch_outputs(&self) {
+        crate::partition::prefetch(heap(&self.outbox));
+        crate::partition::prefetch(heap(&self.pending_entries));
+    }
+
+    /// Prefetches what the parts point to (the origins' topic names): to be
+    /// asked once the parts have arrived.
+    pub(crate) fn prefetch_deeper(&self) {
+        for (topic, _, _) in self.origins.iter().take(2) {
+            crate::partition::prefetch(topic.as_ptr());
+        }
+    }
+
+    /// Whether the origin of a priced record was applied already; records
+    /// it as applied otherwise.
     pub(crate) fn first_time_from_origin(&mut self, topic: &str, partition: i32, offset: i64) -> bool {
         match self.origins.iter_mut().find(|(t, p, _)| t == topic && *p == partition) {
             Some((_, _, last)) if offset <= *last => false,

@@ -3,6 +3,7 @@
 //! retry), remembers which accounts changed, and expires grants when due.
 
 use crate::account::{AccountState, LedgerError};
+use crate::index::AccountIndex;
 use crate::input::{AccountCommand, PricedUsage};
 use crate::output::{Effects, LedgerEntry, LedgerEvent};
 use chrono::{DateTime, Utc};
@@ -44,14 +45,10 @@ pub struct PartitionLedger {
     #[allow(clippy::vec_box)]
     accounts: Vec<Box<AccountState>>,
     /// Hash of the account id → index into `accounts`.
-    index: hashbrown::HashTable<u32>,
+    index: AccountIndex,
     hasher: hashbrown::DefaultHashBuilder,
     /// Per account, [`DIRTY`] and [`UNSENT`].
     flags: Vec<u8>,
-    /// Per account, 32 bits of its id's hash ([`fragment`]): a message's
-    /// lookups find their candidates without reading the accounts' states
-    /// (see [`Self::apply_usages`]).
-    fragments: Vec<u32>,
     /// Accounts changed since the last `take_dirty`.
     dirty: Vec<u32>,
     /// (next grant expiry, account), so that idle accounts' grants expire
@@ -107,27 +104,16 @@ impl PartitionLedger {
 
     fn find(&self, account_id: &str) -> Option<u32> {
         let hash = self.hasher.hash_one(account_id);
-        self.index.find(hash, |&i| self.accounts[i as usize].account_id == account_id).copied()
-    }
-
-    /// The account `account_id` probably is: one whose hash agrees in 32
-    /// more bits than the table compares. Found without touching any
-    /// state; the caller confirms it against the id.
-    fn candidate(&self, account_id: &str) -> Option<u32> {
-        let hash = self.hasher.hash_one(account_id);
-        self.index.find(hash, |&i| self.fragments[i as usize] == fragment(hash)).copied()
+        self.index.find(hash, |i| self.accounts[i as usize].account_id == account_id)
     }
 
     /// Adds an account not yet held; its index.
     fn push(&mut self, state: AccountState) -> u32 {
         // Four billion accounts in one partition is past any memory.
-        let i = u32::try_from(self.accounts.len()).unwrap_or(u32::MAX);
-        let hash = self.hasher.hash_one(state.account_id.as_str());
-        let (accounts, hasher) = (&self.accounts, &self.hasher);
-        self.index.insert_unique(hash, i, |&j| hasher.hash_one(accounts[j as usize].account_id.as_str()));
+        let i = u32::try_from(self.accounts.len()).unwrap_or(u32::MAX - 1);
+        self.index.insert(self.hasher.hash_one(state.account_id.as_str()), i);
         self.accounts.push(Box::new(state));
         self.flags.push(0);
-        self.fragments.push(fragment(hash));
         i
     }
 
@@ -150,39 +136,62 @@ impl PartitionLedger {
 
     /// Applies the records of one priced message (`offset`), in order: the
     /// same as [`Self::apply_usage`] on each. With many accounts, each
-    /// record's state is far in memory, and one record at a time waits for
-    /// each of its cache misses in turn. So the message's accounts are
-    /// found first, all together, by hash alone (the lookups are
-    /// independent and overlap); then their states, then the heap parts
-    /// the states point to, are prefetched, each stage for every record
-    /// before the next; then the records are applied in order, each
-    /// account confirmed against its id.
+    /// record's state is far in memory, and a record applied alone would
+    /// wait for each step of reaching it in turn: the index's line, the
+    /// state's place in the list, the state, its parts, what they point to.
+    /// So the steps run as a pipeline, each `STEP` records behind the one
+    /// before, each asking memory for what the next one reads: while record
+    /// `j` is applied, the lines of the records after it are on their way.
     pub fn apply_usages(&mut self, offset: i64, records: &[PricedUsage]) -> Vec<Applied> {
-        let found: Vec<Option<u32>> = records.iter().map(|r| self.candidate(&r.account_id)).collect();
-        for &i in found.iter().flatten() {
-            let state: &AccountState = &self.accounts[i as usize];
-            let at = (state as *const AccountState).cast::<u8>();
-            for line in 0..std::mem::size_of::<AccountState>().div_ceil(64) {
-                prefetch(at.wrapping_add(line * 64));
+        /// Records between two steps of the pipeline.
+        const STEP: usize = 2;
+        /// Records in flight. Too few would only cost speed: a candidate
+        /// is confirmed against the record's id before it is used.
+        const RING: usize = 16;
+        const { assert!(RING.is_power_of_two() && RING > 5 * STEP) };
+        let mut hashes = [0u64; RING];
+        // By hash alone (tags agreeing in 32 bits): confirmed against the
+        // id when applied.
+        let mut found: [Option<u32>; RING] = [None; RING];
+        // The record `steps` steps behind record `j`, if there is one.
+        let behind = |j: usize, steps: usize| j.checked_sub(steps * STEP).filter(|&k| k < records.len());
+        let mut applied = Vec::with_capacity(records.len());
+        for j in 0..records.len() + 5 * STEP {
+            if let Some(k) = behind(j, 0) {
+                hashes[k % RING] = self.hasher.hash_one(records[k].account_id.as_str());
+                self.index.prefetch(hashes[k % RING]);
             }
+            if let Some(k) = behind(j, 1) {
+                found[k % RING] = self.index.find(hashes[k % RING], |_| true);
+                if let Some(i) = found[k % RING] {
+                    prefetch((&self.accounts[i as usize] as *const Box<AccountState>).cast());
+                    prefetch(&self.flags[i as usize]);
+                }
+            }
+            if let Some(i) = behind(j, 2).and_then(|k| found[k % RING]) {
+                let at = (&*self.accounts[i as usize] as *const AccountState).cast::<u8>();
+                for line in 0..std::mem::size_of::<AccountState>().div_ceil(64) {
+                    prefetch(at.wrapping_add(line * 64));
+                }
+            }
+            if let Some(i) = behind(j, 3).and_then(|k| found[k % RING]) {
+                self.accounts[i as usize].prefetch_parts();
+            }
+            if let Some(i) = behind(j, 4).and_then(|k| found[k % RING]) {
+                self.accounts[i as usize].prefetch_deeper();
+            }
+            let Some(k) = behind(j, 5) else { continue };
+            let record = &records[k];
+            // An account new to this message is created by its first
+            // record; a candidate that is another account (tags agreeing)
+            // is looked up again, exactly.
+            let i = match found[k % RING] {
+                Some(i) if self.accounts[i as usize].account_id == record.account_id => i,
+                _ => self.index_of(&record.account_id),
+            };
+            applied.push(self.apply_priced_at(i, offset, record));
         }
-        for &i in found.iter().flatten() {
-            self.accounts[i as usize].prefetch_parts();
-        }
-        records
-            .iter()
-            .zip(found)
-            .map(|(record, i)| {
-                // An account new to this message is created by its first
-                // record; a candidate that is another account (hashes
-                // agreeing in 39 bits) is looked up again, exactly.
-                let i = match i {
-                    Some(i) if self.accounts[i as usize].account_id == record.account_id => i,
-                    _ => self.index_of(&record.account_id),
-                };
-                self.apply_priced_at(i, offset, record)
-            })
-            .collect()
+        applied
     }
 
     fn apply_priced_at(&mut self, i: u32, offset: i64, usage: &PricedUsage) -> Applied {
@@ -247,7 +256,10 @@ impl PartitionLedger {
     /// The accounts changed since the last call, for the changelog.
     pub fn take_dirty(&mut self) -> Vec<&AccountState> {
         let dirty = std::mem::take(&mut self.dirty);
-        for &i in &dirty {
+        for (n, &i) in dirty.iter().enumerate() {
+            if let Some(&ahead) = dirty.get(n + 16) {
+                prefetch(&self.flags[ahead as usize]);
+            }
             self.flags[i as usize] &= !DIRTY;
         }
         dirty.iter().map(|&i| &*self.accounts[i as usize]).collect()
@@ -329,19 +341,41 @@ impl PartitionLedger {
     /// Drops from the unsent list the accounts `clear` leaves with nothing
     /// unsent.
     fn forget_unsent(&mut self, clear: impl Fn(&mut AccountState)) {
-        let (accounts, flags) = (&mut self.accounts, &mut self.flags);
-        self.unsent.retain(|&i| {
-            let a = &mut accounts[i as usize];
+        let unsent = std::mem::take(&mut self.unsent);
+        let mut still_unsent = Vec::new();
+        for (n, &i) in unsent.iter().enumerate() {
+            self.prefetch_sweep(&unsent, n);
+            let a = &mut self.accounts[i as usize];
             clear(a);
-            let still = !a.outbox.is_empty() || !a.pending_entries.is_empty();
-            if !still {
-                flags[i as usize] &= !UNSENT;
+            if !a.outbox.is_empty() || !a.pending_entries.is_empty() {
+                still_unsent.push(i);
+            } else {
+                self.flags[i as usize] &= !UNSENT;
             }
-            still
-        });
-        if self.unsent.is_empty() {
-            // A burst of work (a restore, a backlog) leaves no capacity behind.
-            self.unsent = Vec::new();
+        }
+        // Not kept from `unsent`: a burst of work (a restore, a backlog)
+        // leaves no capacity behind.
+        self.unsent = still_unsent;
+    }
+
+    /// A sweep over the accounts `list` names is at its `n`th: asks memory
+    /// for what the sweep reads some accounts ahead, a step at a time (the
+    /// state's place in the list, then the state, then its outputs), as
+    /// [`Self::apply_usages`] does for a message's records.
+    fn prefetch_sweep(&self, list: &[u32], n: usize) {
+        const STEP: usize = 8;
+        if let Some(&i) = list.get(n + 3 * STEP) {
+            prefetch((&self.accounts[i as usize] as *const Box<AccountState>).cast());
+            prefetch(&self.flags[i as usize]);
+        }
+        if let Some(&i) = list.get(n + 2 * STEP) {
+            let at = (&*self.accounts[i as usize] as *const AccountState).cast::<u8>();
+            for line in 0..std::mem::size_of::<AccountState>().div_ceil(64) {
+                prefetch(at.wrapping_add(line * 64));
+            }
+        }
+        if let Some(&i) = list.get(n + STEP) {
+            self.accounts[i as usize].prefetch_outputs();
         }
     }
 
@@ -404,12 +438,6 @@ impl PartitionLedger {
         self.mark(i, DIRTY);
         applied
     }
-}
-
-/// The bits of an id's hash kept per account: above those the table
-/// itself compares (the top 7) and those that place it (the lowest).
-fn fragment(hash: u64) -> u32 {
-    (hash >> 25) as u32
 }
 
 /// Asks the processor to bring the cache line at `p` in, without waiting

@@ -487,6 +487,39 @@ proptest! {
 }
 
 #[test]
+fn a_long_message_applied_together_is_its_records_applied_one_by_one() {
+    // Longer than the lookup pipeline and its ring (records in flight), over
+    // accounts held and new, each seen several times, some records replayed.
+    let message: Vec<PricedUsage> = (0..300)
+        .map(|n: i64| PricedUsage {
+            account_id: format!("acct-{}", ((n % 290) * 7) % 37),
+            ..usage(&format!("u{}", n % 290), "0.5", "2026-01-02T00:00:00Z", n % 290)
+        })
+        .collect();
+    let prepared = || {
+        let mut f = Feed::new();
+        for a in 0..20 {
+            let mut s = settings(BillingMode::Prepaid, "2026-01-01T00:00:00Z");
+            s.account_id = format!("acct-{a}");
+            f.command(AccountCommand::AccountSettings(s));
+        }
+        f.ledger
+    };
+    let (mut together, mut one_by_one) = (prepared(), prepared());
+    let applied = together.apply_usages(9, &message);
+    let expected: Vec<Applied> = message.iter().map(|r| one_by_one.apply_usage(9, r)).collect();
+    assert_eq!(applied, expected);
+    assert_eq!(applied.iter().filter(|a| **a == Applied::Skipped).count(), 10);
+    let states = |l: &PartitionLedger| {
+        let mut s: Vec<String> = l.accounts().map(|a| format!("{a:?}")).collect();
+        s.sort();
+        s
+    };
+    assert_eq!(together.len(), 37);
+    assert_eq!(states(&together), states(&one_by_one));
+}
+
+#[test]
 fn a_message_applied_together_is_its_records_applied_one_by_one() {
     let of = |account: &str, id: &str, cost: &str, origin: i64| PricedUsage {
         account_id: account.into(),
