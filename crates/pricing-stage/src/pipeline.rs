@@ -525,7 +525,8 @@ impl Pipeline {
     /// (linger, ledger feed) and one shutdown watch per batch, none per
     /// message.
     async fn fill(&mut self, consumer: Arc<GroupConsumer>, shutdown: Shutdown) -> Result<Batch, PipelineError> {
-        let mut batch = Batch::default();
+        let partitions = self.assigned.values().map(HashMap::len).sum();
+        let mut batch = Batch::sized_for(self.config.batch_events_max, partitions);
         let linger = tokio::time::sleep(self.config.batch_idle);
         tokio::pin!(linger);
         let stop = shutdown.requested();
