@@ -164,15 +164,11 @@ impl PartitionLedger {
             if let Some(k) = behind(j, 1) {
                 found[k % RING] = self.index.find(hashes[k % RING], |_| true);
                 if let Some(i) = found[k % RING] {
-                    prefetch((&self.accounts[i as usize] as *const Box<AccountState>).cast());
-                    prefetch(&self.flags[i as usize]);
+                    self.prefetch_slot(i);
                 }
             }
             if let Some(i) = behind(j, 2).and_then(|k| found[k % RING]) {
-                let at = (&*self.accounts[i as usize] as *const AccountState).cast::<u8>();
-                for line in 0..std::mem::size_of::<AccountState>().div_ceil(64) {
-                    prefetch(at.wrapping_add(line * 64));
-                }
+                self.prefetch_state(i);
             }
             if let Some(i) = behind(j, 3).and_then(|k| found[k % RING]) {
                 self.accounts[i as usize].prefetch_parts();
@@ -365,17 +361,29 @@ impl PartitionLedger {
     fn prefetch_sweep(&self, list: &[u32], n: usize) {
         const STEP: usize = 8;
         if let Some(&i) = list.get(n + 3 * STEP) {
-            prefetch((&self.accounts[i as usize] as *const Box<AccountState>).cast());
-            prefetch(&self.flags[i as usize]);
+            self.prefetch_slot(i);
         }
         if let Some(&i) = list.get(n + 2 * STEP) {
-            let at = (&*self.accounts[i as usize] as *const AccountState).cast::<u8>();
-            for line in 0..std::mem::size_of::<AccountState>().div_ceil(64) {
-                prefetch(at.wrapping_add(line * 64));
-            }
+            self.prefetch_state(i);
         }
         if let Some(&i) = list.get(n + STEP) {
             self.accounts[i as usize].prefetch_outputs();
+        }
+    }
+
+    /// Prefetches account `i`'s place in the list (the pointer to its
+    /// state) and its flags.
+    fn prefetch_slot(&self, i: u32) {
+        prefetch((&self.accounts[i as usize] as *const Box<AccountState>).cast());
+        prefetch(&self.flags[i as usize]);
+    }
+
+    /// Prefetches account `i`'s state, every line of it; its place in the
+    /// list is read (and should have been prefetched).
+    fn prefetch_state(&self, i: u32) {
+        let at = (&*self.accounts[i as usize] as *const AccountState).cast::<u8>();
+        for line in 0..std::mem::size_of::<AccountState>().div_ceil(64) {
+            prefetch(at.wrapping_add(line * 64));
         }
     }
 
