@@ -31,7 +31,7 @@
 //! default_rate_card = "list-prices"
 //! value_format = "auto"               # auto | json | avro | confluent
 //! schema_registry_url = "http://..."  # SCHEMA_REGISTRY_URL
-//! batch_events_max = 20000
+//! batch_events_max = 50000
 //! batch_linger_ms = 2000             # a batch closes this long after its first message
 //! dedup_window_days = 35              # duplicates checked in memory; older events looked up
 //! dedup_ids_max = 16000000            # row keys held per partition (8-16 bytes each)
