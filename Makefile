@@ -32,6 +32,7 @@ bench: up
 ## decoder of outside input, FUZZ_SECONDS per target, from the committed corpus (fuzz/corpus, left
 ## as it is: new inputs go to fuzz/target/corpus). A failing input is left in fuzz/artifacts/<target>/:
 ## add it to fuzz/regressions/<target>/ once fixed (tests/fuzz_corpora.rs replays both in make test).
+## Targets with a dictionary of field names (fuzz/dicts/<target>.dict, from make_dicts.py) get it.
 FUZZ_SECONDS ?= 20
 FUZZ_TARGETS := usage_json usage_avro usage_confluent billing_commands priced_feed changelog_state rate_card_files
 CARGO_FUZZ_VERSION := 0.13.2
@@ -41,8 +42,9 @@ fuzz:
 	@set -eo pipefail; for t in $(FUZZ_TARGETS); do \
 	  mkdir -p fuzz/target/corpus/$$t; \
 	  echo "[fuzz] $$t, $(FUZZ_SECONDS) s"; \
+	  dict=""; if [ -f fuzz/dicts/$$t.dict ]; then dict="-dict=fuzz/dicts/$$t.dict"; fi; \
 	  $(CARGO) fuzz run -s none $$t fuzz/target/corpus/$$t fuzz/corpus/$$t -- \
-	    -max_total_time=$(FUZZ_SECONDS) -max_len=8192 -timeout=10 -rss_limit_mb=2048 2>&1 | grep -E '^(Done|==|SUMMARY|.*panicked)' ; \
+	    -max_total_time=$(FUZZ_SECONDS) -max_len=8192 -timeout=10 -rss_limit_mb=2048 $$dict 2>&1 | grep -E '^(Done|==|SUMMARY|.*panicked)' ; \
 	done
 
 ## Install (once) and start the broker and ClickHouse.
