@@ -28,5 +28,4 @@ write("fuzz/dicts/changelog_state.dict", "the ledger's JSON field names (crates/
        '"\\"input_tokens\\""', '"\\"output_tokens\\""', '"99999999999999.999999999999999999999999"'])
 write("fuzz/dicts/rate_card_files.dict", "rate-card and contract TOML keys (crates/pricing/src)",
       fields(glob.glob("crates/pricing/src/*.rs")), lambda n: '"%s = "' % n,
-      ['"[[models]]"', '"[[custom_prices]]"', '"input_mtok"', '"output_mtok"', '"cache_read_mtok"',
-       '"tiers"', '"base"', '"start"', '"price"'])
+      ['"[[models]]"', '"[[custom_prices]]"', '"input_mtok"', '"output_mtok"', '"cache_read_mtok"'])
