@@ -20,9 +20,9 @@ pub(crate) fn decode_plain_shape(text: &str) -> Option<UsageEvent> {
         return None; // Nothing is there: the full decoder says what is missing.
     }
     loop {
-        let key = r.string()?;
+        let field = r.field()?;
         r.expect(b':')?;
-        fields.read(key, &mut r)?;
+        fields.read(field, &mut r)?;
         match r.next()? {
             b',' => continue,
             b'}' => break,
@@ -33,6 +33,40 @@ pub(crate) fn decode_plain_shape(text: &str) -> Option<UsageEvent> {
         return None; // Trailing text.
     }
     fields.into_event()
+}
+
+/// A field of the event, by name.
+#[derive(Clone, Copy)]
+enum Field {
+    EventId,
+    AccountId,
+    OccurredAt,
+    Provider,
+    Model,
+    ApiKeyId,
+    ProjectId,
+    ServiceTier,
+    Attributes,
+    Usage,
+}
+
+impl Field {
+    /// The name as written, with its closing quote (so that a longer
+    /// name never matches).
+    const fn quoted(self) -> &'static [u8] {
+        match self {
+            Field::EventId => b"event_id\"",
+            Field::AccountId => b"account_id\"",
+            Field::ApiKeyId => b"api_key_id\"",
+            Field::Attributes => b"attributes\"",
+            Field::OccurredAt => b"occurred_at\"",
+            Field::Provider => b"provider\"",
+            Field::ProjectId => b"project_id\"",
+            Field::Model => b"model\"",
+            Field::ServiceTier => b"service_tier\"",
+            Field::Usage => b"usage\"",
+        }
+    }
 }
 
 /// Each field at most once (serde refuses a field given twice).
@@ -51,7 +85,7 @@ struct Fields<'a> {
 }
 
 impl<'a> Fields<'a> {
-    fn read(&mut self, key: &str, r: &mut Scanner<'a>) -> Option<()> {
+    fn read(&mut self, field: Field, r: &mut Scanner<'a>) -> Option<()> {
         fn once<T>(slot: &mut Option<T>, value: T) -> Option<()> {
             match slot {
                 Some(_) => None,
@@ -61,18 +95,17 @@ impl<'a> Fields<'a> {
                 }
             }
         }
-        match key {
-            "event_id" => once(&mut self.event_id, r.string()?),
-            "account_id" => once(&mut self.account_id, r.string()?),
-            "occurred_at" => once(&mut self.occurred_at, r.string()?),
-            "provider" => once(&mut self.provider, r.string()?),
-            "model" => once(&mut self.model, r.string()?),
-            "api_key_id" => once(&mut self.api_key_id, r.optional_string()?),
-            "project_id" => once(&mut self.project_id, r.optional_string()?),
-            "service_tier" => once(&mut self.service_tier, r.optional_string()?),
-            "attributes" => once(&mut self.attributes, r.attributes()?),
-            "usage" => once(&mut self.usage, r.usage()?),
-            _ => None,
+        match field {
+            Field::EventId => once(&mut self.event_id, r.string()?),
+            Field::AccountId => once(&mut self.account_id, r.string()?),
+            Field::OccurredAt => once(&mut self.occurred_at, r.string()?),
+            Field::Provider => once(&mut self.provider, r.string()?),
+            Field::Model => once(&mut self.model, r.string()?),
+            Field::ApiKeyId => once(&mut self.api_key_id, r.optional_string()?),
+            Field::ProjectId => once(&mut self.project_id, r.optional_string()?),
+            Field::ServiceTier => once(&mut self.service_tier, r.optional_string()?),
+            Field::Attributes => once(&mut self.attributes, r.attributes()?),
+            Field::Usage => once(&mut self.usage, r.usage()?),
         }
     }
 
@@ -161,6 +194,30 @@ impl<'a> Scanner<'a> {
         }
         self.pos = end + 1;
         self.text.get(start..end)
+    }
+
+    /// A field's name, matched against the known names in place instead
+    /// of scanned as a string first: the names are most of an event's
+    /// strings. Any other name (or one written with escapes) is `None`.
+    fn field(&mut self) -> Option<Field> {
+        self.expect(b'"')?;
+        let rest = self.bytes().get(self.pos..)?;
+        // Compared as constants: a few word compares each.
+        let field = match rest.first()? {
+            b'e' if rest.starts_with(Field::EventId.quoted()) => Field::EventId,
+            b'a' if rest.starts_with(Field::AccountId.quoted()) => Field::AccountId,
+            b'a' if rest.starts_with(Field::ApiKeyId.quoted()) => Field::ApiKeyId,
+            b'a' if rest.starts_with(Field::Attributes.quoted()) => Field::Attributes,
+            b'o' if rest.starts_with(Field::OccurredAt.quoted()) => Field::OccurredAt,
+            b'p' if rest.starts_with(Field::Provider.quoted()) => Field::Provider,
+            b'p' if rest.starts_with(Field::ProjectId.quoted()) => Field::ProjectId,
+            b'm' if rest.starts_with(Field::Model.quoted()) => Field::Model,
+            b's' if rest.starts_with(Field::ServiceTier.quoted()) => Field::ServiceTier,
+            b'u' if rest.starts_with(Field::Usage.quoted()) => Field::Usage,
+            _ => return None,
+        };
+        self.pos += field.quoted().len();
+        Some(field)
     }
 
     fn optional_string(&mut self) -> Option<Option<&'a str>> {
@@ -272,6 +329,40 @@ mod tests {
             let mut input = vec![b'a'; plain_prefix];
             input.extend(&bytes);
             prop_assert_eq!(plain_string_len(&input), byte_by_byte(&input));
+        }
+    }
+
+    /// Every field, in the order producers write them and reversed, is read
+    /// by the plain reader itself (not left to serde), to the same event.
+    #[test]
+    fn the_plain_reader_reads_every_field_itself() {
+        let fields = [
+            r#""event_id":"e-1""#,
+            r#""account_id":"acct-7""#,
+            r#""occurred_at":"2026-03-01T10:00:00.250Z""#,
+            r#""provider":"openai""#,
+            r#""model":"gpt-4o""#,
+            r#""api_key_id":"key-1""#,
+            r#""project_id":null"#,
+            r#""service_tier":"batch""#,
+            r#""attributes":{"region":"eu-west-1"}"#,
+            r#""usage":{"input_tokens":1000,"cache_read_tokens":200,"output_tokens":20}"#,
+        ];
+        for order in [fields.to_vec(), fields.iter().rev().copied().collect()] {
+            let text = format!("{{{}}}", order.join(","));
+            let plain = super::decode_plain_shape(&text).unwrap_or_else(|| panic!("not read as plain: {text}"));
+            assert_eq!(plain, crate::json::decode_json_with_serde(text.as_bytes()).unwrap());
+        }
+    }
+
+    /// A name that only starts like a field's is not taken for it.
+    #[test]
+    fn a_longer_or_shorter_name_is_not_a_field() {
+        for name in ["models", "mode", "usages", "event_idx", "provide", "account_i"] {
+            let text = format!(
+                r#"{{"{name}":"x","event_id":"e","account_id":"a","occurred_at":"2026-03-01T10:00:00Z","provider":"p","model":"m","usage":{{"input_tokens":1}}}}"#
+            );
+            assert!(super::decode_plain_shape(&text).is_none(), "{text}");
         }
     }
 
