@@ -14,7 +14,8 @@
 
 use crate::json::{parse_instant, parse_service_tier};
 use crate::DecodeError;
-use std::collections::{BTreeMap, HashMap};
+use smallvec::SmallVec;
+use std::collections::BTreeMap;
 use usage_model::{RejectReason, Rejection, Unit, UsageCounts, UsageEvent};
 
 /// Reads one datum of the shipped schema, all of `bytes`.
@@ -72,20 +73,24 @@ pub(crate) fn decode_shipped(bytes: &[u8], allocation_max: usize) -> Result<Usag
 }
 
 /// The usage map read as the reference reads it: a key given twice keeps
-/// its last count (a `HashMap`), then units are checked in name order and
-/// the first problem is the answer.
+/// its last count (the reference collects a `HashMap`), then units are
+/// checked in name order and the first problem is the answer. Sorted in
+/// place instead of hashed: a usage map has a handful of entries.
 fn usage_as_the_reference_reads_it(r: &mut Reader<'_>) -> Result<UsageCounts, DecodeError> {
-    let mut entries: HashMap<&str, i64> = HashMap::new();
+    let mut entries: SmallVec<[(&str, i64); 8]> = SmallVec::new();
     r.map(|r| {
         let name = r.string()?;
         let count = r.long()?;
-        entries.insert(name, count);
+        entries.push((name, count));
         Ok(())
     })?;
-    let mut entries: Vec<(&str, i64)> = entries.into_iter().collect();
-    entries.sort_unstable();
+    // Stable: a name given twice keeps its arrival order, the last wins.
+    entries.sort_by(|a, b| a.0.cmp(b.0));
     let mut usage = UsageCounts::default();
-    for (name, count) in entries {
+    for (i, &(name, count)) in entries.iter().enumerate() {
+        if entries.get(i + 1).is_some_and(|next| next.0 == name) {
+            continue;
+        }
         let Some(unit) = Unit::from_key(name) else {
             let why = Rejection::new(RejectReason::UnknownUnit, format!("usage.{name} is not a known unit"));
             return Err(DecodeError::Rejected(why));

@@ -46,7 +46,7 @@ pub struct PartitionLedger {
     accounts: Vec<Box<AccountState>>,
     /// Hash of the account id → index into `accounts`.
     index: AccountIndex,
-    hasher: hashbrown::DefaultHashBuilder,
+    hasher: usage_model::hashing::FastHashState,
     /// Per account, [`DIRTY`] and [`UNSENT`].
     flags: Vec<u8>,
     /// Accounts changed since the last `take_dirty`.

@@ -7,6 +7,7 @@
 
 mod amount;
 mod event;
+pub mod hashing;
 mod money;
 mod priced;
 mod rejection;

@@ -3,8 +3,9 @@
 use crate::contract::Contract;
 use crate::matching::MatchRule;
 use chrono::{DateTime, NaiveTime, Utc};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use usage_model::hashing::StdHashMap;
 use usage_model::{Amount, Currency, ServiceTier, Unit, UnitSet};
 
 /// The price of one unit (not of a million: `per` is divided out at load
@@ -139,7 +140,7 @@ pub struct RateCardVersion {
     /// Declared providers (aliases, fallbacks), in file order.
     pub providers: Vec<ProviderInfo>,
     /// provider id (lower case) → its model entries, in file order.
-    by_provider: HashMap<String, Vec<usize>>,
+    by_provider: StdHashMap<String, Vec<usize>>,
 }
 
 impl RateCardVersion {
@@ -151,7 +152,7 @@ impl RateCardVersion {
         models: Vec<ModelPrice>,
         providers: Vec<ProviderInfo>,
     ) -> Self {
-        let mut by_provider: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut by_provider: StdHashMap<String, Vec<usize>> = StdHashMap::default();
         for (i, m) in models.iter().enumerate() {
             by_provider.entry(m.provider.to_lowercase()).or_default().push(i);
         }
@@ -259,14 +260,14 @@ pub struct RateBook {
     /// The card for accounts without a contract naming another.
     pub default_card: String,
     /// account → its contract versions, ordered by `effective_from`.
-    pub contracts: HashMap<String, Vec<Arc<Contract>>>,
+    pub contracts: StdHashMap<String, Vec<Arc<Contract>>>,
 }
 
 impl RateBook {
     /// A book without contracts. `default_card` must be one of `cards`.
     pub fn new(cards: BTreeMap<String, RateCard>, default_card: String) -> Self {
         assert!(cards.contains_key(&default_card), "the default card {default_card} is one of the cards");
-        Self { cards, default_card, contracts: HashMap::new() }
+        Self { cards, default_card, contracts: StdHashMap::default() }
     }
 
     /// The contract of `account` in force at `at`, if any.

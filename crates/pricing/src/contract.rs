@@ -33,7 +33,8 @@ use crate::load::{price_block, LoadError};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::Deserialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+use usage_model::hashing::StdHashMap;
 use std::path::Path;
 use usage_model::Amount;
 
@@ -91,8 +92,8 @@ pub struct Contract {
     /// What is kept of unit prices, for every model (0.9 for 10% off).
     pub discount_all: Option<PriceFactor>,
     /// The same for some models; they win over `discount_all`.
-    pub discount_models: HashMap<ModelRef, PriceFactor>,
-    pub custom_prices: HashMap<ModelRef, PriceBlock>,
+    pub discount_models: StdHashMap<ModelRef, PriceFactor>,
+    pub custom_prices: StdHashMap<ModelRef, PriceBlock>,
 }
 
 impl Contract {
@@ -146,7 +147,7 @@ pub fn parse_contract_file(file: &Path, text: &str) -> Result<Contract, LoadErro
         return Err(LoadError::new(file, "account: must not be empty"));
     }
     let mut discount_all = None;
-    let mut discount_models = HashMap::new();
+    let mut discount_models = StdHashMap::default();
     for (i, d) in raw.discounts.iter().enumerate() {
         let percent = match &d.percent {
             PriceValue::Flat(p) => *p,
@@ -170,7 +171,7 @@ pub fn parse_contract_file(file: &Path, text: &str) -> Result<Contract, LoadErro
             }
         }
     }
-    let mut custom_prices = HashMap::new();
+    let mut custom_prices = StdHashMap::default();
     for (i, c) in raw.custom_prices.iter().enumerate() {
         let block = price_block(&c.prices, &c.service_tiers)
             .map_err(|e| LoadError::new(file, format!("custom_prices[{i}].prices.{e}")))?;

@@ -8,7 +8,8 @@ use crate::format::{PriceKey, PriceValue, TierKey, VersionFile};
 use crate::matching::MatchRule;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
+use usage_model::hashing::{StdHashMap, StdHashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use usage_model::{Amount, Currency};
@@ -113,7 +114,7 @@ pub fn parse_version_file(file: &Path, text: &str) -> Result<RateCardVersion, Lo
     if raw.rate_card.is_empty() {
         return Err(LoadError::new(file, "rate_card: must not be empty"));
     }
-    let mut seen = HashSet::new();
+    let mut seen = StdHashSet::default();
     let mut models = Vec::with_capacity(raw.models.len());
     for (i, m) in raw.models.into_iter().enumerate() {
         let at = |field: &str| format!("models[{i}] ({}/{}).{field}", m.provider, m.id);
@@ -278,8 +279,8 @@ pub fn build_book(
 fn check_contracts(
     book: &RateBook,
     contracts: Vec<(PathBuf, Arc<Contract>)>,
-) -> Result<HashMap<String, Vec<Arc<Contract>>>, LoadError> {
-    let mut by_account: HashMap<String, Vec<Arc<Contract>>> = HashMap::new();
+) -> Result<StdHashMap<String, Vec<Arc<Contract>>>, LoadError> {
+    let mut by_account: StdHashMap<String, Vec<Arc<Contract>>> = StdHashMap::default();
     for (file, c) in contracts {
         let card_id = c.rate_card.as_deref().unwrap_or(&book.default_card);
         let Some(card) = book.cards.get(card_id) else {

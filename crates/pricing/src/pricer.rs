@@ -14,6 +14,7 @@
 
 use crate::book::{PriceSet, RateBook, RateCardVersion};
 use std::sync::Arc;
+use usage_model::hashing::FastHashState;
 use usage_model::{Amount, CostLine, PricedEvent, RejectReason, Rejection, Unit, UsageEvent, UNIT_COUNT};
 
 /// Entries kept in the model-match cache before it is cleared. Real streams
@@ -27,7 +28,7 @@ pub struct Pricer {
     book: Arc<RateBook>,
     /// (version by address, stable while `book` is held; provider; model)
     /// → entry: one lookup on borrowed keys per event.
-    match_cache: hashbrown::HashMap<MatchKey, Option<usize>>,
+    match_cache: hashbrown::HashMap<MatchKey, Option<usize>, FastHashState>,
 }
 
 /// A model-match cache key, owned; [`MatchQuery`] is the same, borrowed.
@@ -46,7 +47,7 @@ impl hashbrown::Equivalent<MatchKey> for MatchQuery<'_> {
 
 impl Pricer {
     pub fn new(book: Arc<RateBook>) -> Self {
-        Self { book, match_cache: hashbrown::HashMap::new() }
+        Self { book, match_cache: hashbrown::HashMap::default() }
     }
 
     pub fn book(&self) -> &Arc<RateBook> {
