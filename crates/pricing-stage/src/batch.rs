@@ -2,6 +2,7 @@
 //! by the stream and the offline `price` command.
 
 use crate::clock::Clock;
+use chrono::{DateTime, Utc};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use usage_clickhouse::PricedRow;
@@ -16,6 +17,8 @@ pub struct Processor {
     pricer: Pricer,
     limits: EventLimits,
     clock: Arc<dyn Clock>,
+    /// The clock's last reading (see [`Processor::clock_for`]).
+    last_reading: Option<DateTime<Utc>>,
 }
 
 /// What became of one message.
@@ -31,7 +34,7 @@ pub enum MessageOutcome {
 
 impl Processor {
     pub fn new(decoder: Decoder, pricer: Pricer, limits: EventLimits, clock: Arc<dyn Clock>) -> Self {
-        Self { decoder, pricer, limits, clock }
+        Self { decoder, pricer, limits, clock, last_reading: None }
     }
 
     /// The rate cards it prices with.
@@ -42,6 +45,23 @@ impl Processor {
     /// Prices from now on with `book` (new rate-card versions arrived).
     pub fn set_rate_book(&mut self, book: Arc<usage_pricing::RateBook>) {
         self.pricer.set_book(book);
+    }
+
+    /// The clock to judge an event that occurred at `occurred_at` against:
+    /// the last reading while the event is within the allowed skew of it
+    /// (the clock has only moved on since, so it is within the skew of now
+    /// too), a fresh reading otherwise. Nearly every event occurred in the
+    /// past: the clock is read once in a while, not for every event (a
+    /// reading is a good part of an event's pricing).
+    fn clock_for(&mut self, occurred_at: DateTime<Utc>) -> DateTime<Utc> {
+        match self.last_reading {
+            Some(t) if occurred_at.signed_duration_since(t) <= self.limits.future_skew_max => t,
+            _ => {
+                let now = self.clock.now();
+                self.last_reading = Some(now);
+                now
+            }
+        }
     }
 
     /// The account and event id of a refused message, where they can be
@@ -70,7 +90,8 @@ impl Processor {
             Err(DecodeError::Rejected(r)) => return MessageOutcome::Rejected(r),
             Err(DecodeError::Unavailable(why)) => return MessageOutcome::Unavailable(why),
         };
-        if let Err(r) = self.limits.check(&event, self.clock.now()) {
+        let now = self.clock_for(event.occurred_at);
+        if let Err(r) = self.limits.check(&event, now) {
             return MessageOutcome::Rejected(r);
         }
         match self.pricer.price(event) {
@@ -385,6 +406,62 @@ mod tests {
             lines: vec![],
             cost: usage_model::Amount::ONE,
         }
+    }
+
+    /// A clock that moves only when told to, and counts its readings.
+    struct ManualClock {
+        now: std::sync::Mutex<DateTime<Utc>>,
+        readings: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Clock for ManualClock {
+        fn now(&self) -> DateTime<Utc> {
+            self.readings.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            *self.now.lock().unwrap()
+        }
+    }
+
+    /// Events in the past are judged against the last reading; one ahead of
+    /// it by more than the skew gets a fresh reading, which decides: refused
+    /// if it is still ahead of the clock, priced if the clock has caught up.
+    #[test]
+    fn the_clock_is_read_again_only_for_an_event_ahead_of_its_last_reading() {
+        let card = "rate_card = \"list\"\nversion = 1\neffective_from = 2025-01-01T00:00:00Z\ncurrency = \"USD\"\n\n\
+                    [[models]]\nprovider = \"p\"\nid = \"m\"\nprices = { input_mtok = \"1\" }\n";
+        let version = usage_pricing::parse_version_file(std::path::Path::new("t.toml"), card).unwrap();
+        let card = usage_pricing::RateCard { id: "list".into(), currency: version.currency, versions: vec![Arc::new(version)] };
+        let book = Arc::new(usage_pricing::RateBook::new(BTreeMap::from([("list".into(), card)]), "list".into()));
+        let clock = Arc::new(ManualClock {
+            now: std::sync::Mutex::new("2026-06-01T12:00:00Z".parse().unwrap()),
+            readings: Default::default(),
+        });
+        let mut processor = Processor::new(
+            Decoder::new(usage_codec::ValueFormat::Json, usage_codec::SchemaResolver::pinned()),
+            Pricer::new(book),
+            EventLimits::default(),
+            clock.clone(),
+        );
+        let mut evaluate = |at: &str| {
+            let json = format!(
+                r#"{{"event_id":"e","account_id":"a","occurred_at":"{at}","provider":"p","model":"m","usage":{{"input_tokens":5}}}}"#
+            );
+            match processor.evaluate(json.as_bytes()) {
+                MessageOutcome::Priced(_) => Ok(()),
+                MessageOutcome::Rejected(r) => Err(r.reason),
+                MessageOutcome::Unavailable(why) => panic!("{why}"),
+            }
+        };
+        let readings = || clock.readings.load(std::sync::atomic::Ordering::Relaxed);
+        for at in ["2026-06-01T11:59:00Z", "2026-05-01T00:00:00Z", "2026-06-01T12:05:00Z"] {
+            assert_eq!(evaluate(at), Ok(()), "{at}");
+        }
+        assert_eq!(readings(), 1, "past events and one within the skew: one reading");
+        assert_eq!(evaluate("2026-06-01T12:05:01Z"), Err(RejectReason::TimestampOutOfRange));
+        assert_eq!(readings(), 2, "ahead of the last reading: read again");
+        *clock.now.lock().unwrap() = "2026-06-01T12:10:00Z".parse().unwrap();
+        assert_eq!(evaluate("2026-06-01T12:14:00Z"), Ok(()), "the fresh reading decides");
+        assert_eq!(evaluate("2026-06-01T12:13:00Z"), Ok(()));
+        assert_eq!(readings(), 3);
     }
 
     #[test]
