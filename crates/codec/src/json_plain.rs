@@ -166,7 +166,9 @@ impl<'a> Scanner<'a> {
     /// The next byte that is not JSON whitespace, not consumed.
     fn peek(&mut self) -> Option<u8> {
         while let Some(&b) = self.bytes().get(self.pos) {
-            if !matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
+            // Nothing above the space is whitespace: one compare for the
+            // usual byte (this runs before every token).
+            if b > b' ' || !matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
                 return Some(b);
             }
             self.pos += 1;
