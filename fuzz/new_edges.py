@@ -11,10 +11,11 @@ its output saved, then:
     python3 fuzz/new_edges.py fuzz.log changelog_state
 
 Prints one line per new PC in our code: the execution count when it was
-found, its source line and function. An edge counts as ours when its source
-file is in crates/ or fuzz/, or when it is inlined into one of our functions
-(std's iterators and hashbrown's probing inside `usage_*` code are our
-branches too). Needs llvm-symbolizer (Debian's llvm package).
+found, our source line it belongs to, and whether it is a branch written
+there or a branch of Rust's own library inlined there (a loop's iterator, a
+slice compare). An edge of another crate's code (serde_json's parser inside
+a derived deserializer, hashbrown's probing, regex compilation) is that
+crate's, wherever it was inlined. Needs llvm-symbolizer (Debian's llvm).
 """
 import re
 import subprocess
@@ -45,6 +46,15 @@ def new_pcs(log):
     return found
 
 
+def ours(location):
+    return location.startswith((f"{ROOT}/crates/", f"{ROOT}/fuzz/"))
+
+
+def rust_library(location):
+    # Rust's own library, not a crate it vendors (/rust/deps/hashbrown...).
+    return any(f"/library/{lib}/" in location for lib in ("core", "alloc", "std"))
+
+
 def main():
     log, target = sys.argv[1], sys.argv[2]
     binary = ROOT / "fuzz/target/x86_64-unknown-linux-gnu/release" / target
@@ -53,16 +63,27 @@ def main():
         return
     query = "\n".join(hex(pc - PIE_BASE) for _, pc in pcs)
     out = subprocess.run(
-        ["llvm-symbolizer", f"--obj={binary}", "--inlining=false", "--demangle"],
+        ["llvm-symbolizer", f"--obj={binary}", "--inlining=true", "--demangle"],
         input=query, capture_output=True, text=True, check=True,
     ).stdout
-    blocks = [b for b in out.strip().split("\n\n") if b.strip()]
-    for (execs, _), block in zip(pcs, blocks):
-        function, location = (block.split("\n") + [""])[:2]
-        ours = f"{ROOT}/crates/" in location or f"{ROOT}/fuzz/" in location or function.startswith("usage_")
-        if ours:
-            location = location.replace(f"{ROOT}/", "").split("/library/")[-1]
-            print(execs, location, function[:100])
+    # One block per PC: its inlined frames, innermost first, two lines each.
+    blocks = [b.split("\n") for b in out.strip().split("\n\n") if b.strip()]
+    for (execs, _), lines in zip(pcs, blocks):
+        frames = list(zip(lines[0::2], lines[1::2]))
+        if not frames:
+            continue
+        innermost = frames[0][1]
+        if ours(innermost):
+            kind, (function, location) = "ours", frames[0]
+        elif rust_library(innermost):
+            # The first frame outside Rust's library decides whose branch it is.
+            outer = next((f for f in frames if not rust_library(f[1])), None)
+            if outer is None or not ours(outer[1]):
+                continue
+            kind, (function, location) = "ours via std", outer
+        else:
+            continue
+        print(execs, location.replace(f"{ROOT}/", ""), kind, function[:80])
 
 
 if __name__ == "__main__":
