@@ -15,7 +15,8 @@ found, our source line it belongs to, and whether it is a branch written
 there or a branch of Rust's own library inlined there (a loop's iterator, a
 slice compare). An edge of another crate's code (serde_json's parser inside
 a derived deserializer, hashbrown's probing, regex compilation) is that
-crate's, wherever it was inlined. Needs llvm-symbolizer (Debian's llvm).
+crate's, wherever it was inlined; so is the code a `#[derive(...)]` wrote
+(serde's field matching), which is only counted. Needs llvm-symbolizer (Debian's llvm).
 """
 import re
 import subprocess
@@ -55,6 +56,18 @@ def rust_library(location):
     return any(f"/library/{lib}/" in location for lib in ("core", "alloc", "std"))
 
 
+def generated(location):
+    """Whether `file:line:column` is code a derive macro wrote (attributed
+    to the `#[derive(...)]` line, or to line 0)."""
+    path, line = location.rsplit(":", 2)[0], int(location.rsplit(":", 2)[1])
+    if line == 0:
+        return True
+    try:
+        return open(path).read().split("\n")[line - 1].lstrip().startswith("#[derive(")
+    except (OSError, IndexError):
+        return False
+
+
 def main():
     log, target = sys.argv[1], sys.argv[2]
     binary = ROOT / "fuzz/target/x86_64-unknown-linux-gnu/release" / target
@@ -68,6 +81,7 @@ def main():
     ).stdout
     # One block per PC: its inlined frames, innermost first, two lines each.
     blocks = [b.split("\n") for b in out.strip().split("\n\n") if b.strip()]
+    derived = 0
     for (execs, _), lines in zip(pcs, blocks):
         frames = list(zip(lines[0::2], lines[1::2]))
         if not frames:
@@ -83,7 +97,12 @@ def main():
             kind, (function, location) = "ours via std", outer
         else:
             continue
+        if generated(location):
+            derived += 1
+            continue
         print(execs, location.replace(f"{ROOT}/", ""), kind, function[:80])
+    if derived:
+        print(f"({derived} more in code that #[derive(...)] generated: serde's field matching, not listed)")
 
 
 if __name__ == "__main__":
