@@ -429,7 +429,11 @@ mod tests {
         let card = "rate_card = \"list\"\nversion = 1\neffective_from = 2025-01-01T00:00:00Z\ncurrency = \"USD\"\n\n\
                     [[models]]\nprovider = \"p\"\nid = \"m\"\nprices = { input_mtok = \"1\" }\n";
         let version = usage_pricing::parse_version_file(std::path::Path::new("t.toml"), card).unwrap();
-        let card = usage_pricing::RateCard { id: "list".into(), currency: version.currency, versions: vec![Arc::new(version)] };
+        let card = usage_pricing::RateCard {
+            id: "list".into(),
+            currency: version.currency,
+            versions: vec![Arc::new(version)],
+        };
         let book = Arc::new(usage_pricing::RateBook::new(BTreeMap::from([("list".into(), card)]), "list".into()));
         let clock = Arc::new(ManualClock {
             now: std::sync::Mutex::new("2026-06-01T12:00:00Z".parse().unwrap()),

@@ -34,8 +34,8 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use usage_model::hashing::StdHashMap;
 use std::path::Path;
+use usage_model::hashing::StdHashMap;
 use usage_model::Amount;
 
 #[derive(Debug, Deserialize)]

@@ -9,9 +9,9 @@ use crate::matching::MatchRule;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use std::collections::BTreeMap;
-use usage_model::hashing::{StdHashMap, StdHashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use usage_model::hashing::{StdHashMap, StdHashSet};
 use usage_model::{Amount, Currency};
 
 /// Scale limit of a price per single unit. Costs are stored exactly in
