@@ -4,8 +4,9 @@
 //!
 //! - end to end: N events (occurred in the last ten minutes, 0.5% up to
 //!   three days late, 2,000 skewed accounts) produced to a fresh raw topic,
-//!   read once by a bare consumer, then priced by the release
-//!   `usage-pipeline run` until every row is in ClickHouse. Rate and CPU
+//!   read by a bare consumer before and again after it is priced by the
+//!   release `usage-pipeline run` until every row is in ClickHouse (the
+//!   ratio's reference is the mean of the two drains). Rate and CPU
 //!   are measured over the steady window (5% to 95% of the rows stored),
 //!   CPU from `/proc` for the pipeline, ClickHouse and the broker. The
 //!   same run with 10 million rows of the same accounts stored first (the
@@ -559,20 +560,7 @@ async fn e2e_run(
     eprintln!("[bench] {label}: producing {} events to {raw}", messages.len());
     let producer = Producer::new(&kafka(), "bench")?;
     produce(&producer, &raw, messages).await?;
-    if bare {
-        eprintln!("[bench] bare consumer");
-        let (kafka, topic, n) = (kafka(), raw.clone(), messages.len());
-        // This process does nothing else meanwhile: its CPU is the bare
-        // consumer's (librdkafka's fetching and decoding, one poll per
-        // message), the floor under any consumer's CPU per event here.
-        let ticks_before = cpu_ticks(std::process::id()).unwrap_or(0);
-        let drained =
-            tokio::task::spawn_blocking(move || usage_kafka::drain_topic(&kafka, &topic, n, Duration::from_secs(600)))
-                .await??;
-        let ticks = cpu_ticks(std::process::id()).unwrap_or(0).saturating_sub(ticks_before);
-        results.insert("bare_consumer_events_per_sec", drained.count as f64 / drained.elapsed.as_secs_f64());
-        results.insert("bare_consumer_cpu_seconds_per_million_events", ticks as f64 / 100.0 / (n as f64 / 1e6));
-    }
+    let bare_before = if bare { Some(bare_consumer(&raw, messages.len()).await?) } else { None };
     eprintln!("[bench] {label}: pipeline");
     // Rows from the parts' metadata, less the history: no read of the table
     // (a count over 10 M rows ten times a second would load the server
@@ -615,6 +603,19 @@ async fn e2e_run(
     }
     wait_cpu(&child)?;
     let (Some(a), Some(b)) = (first, last) else { bail!("the pipeline did not store the rows; see {}", log.display()) };
+    if let Some(before) = bare_before {
+        // Again once the pipeline is done: on this machine the broker's
+        // pace moves by a fifth between runs minutes apart, and the ratio
+        // to the pipeline's pace with it. Their mean is the reference.
+        let after = bare_consumer(&raw, messages.len()).await?;
+        results.insert("bare_consumer_events_per_sec_before_pipeline", before.events_per_sec);
+        results.insert("bare_consumer_events_per_sec_after_pipeline", after.events_per_sec);
+        results.insert("bare_consumer_events_per_sec", (before.events_per_sec + after.events_per_sec) / 2.0);
+        results.insert(
+            "bare_consumer_cpu_seconds_per_million_events",
+            (before.cpu_seconds_per_million + after.cpu_seconds_per_million) / 2.0,
+        );
+    }
     let rows = (b.rows - a.rows) as f64;
     let seconds = |ticks: u64| ticks as f64 / 100.0;
     let text = std::fs::read_to_string(&summary).unwrap_or_default();
@@ -645,6 +646,31 @@ async fn e2e_run(
         inserts,
         batches,
         partition_batches,
+    })
+}
+
+/// What one bare drain of a topic measured.
+struct BareMeasure {
+    events_per_sec: f64,
+    cpu_seconds_per_million: f64,
+}
+
+/// Reads the whole of `topic` as a bare consumer: the broker's pace with
+/// no processing, the reference the pipeline's pace is compared with.
+async fn bare_consumer(topic: &str, n: usize) -> Result<BareMeasure> {
+    eprintln!("[bench] bare consumer");
+    let (kafka, topic) = (kafka(), topic.to_owned());
+    // This process does nothing else meanwhile: its CPU is the bare
+    // consumer's (librdkafka's fetching and decoding, one poll per
+    // message), the floor under any consumer's CPU per event here.
+    let ticks_before = cpu_ticks(std::process::id()).unwrap_or(0);
+    let drained =
+        tokio::task::spawn_blocking(move || usage_kafka::drain_topic(&kafka, &topic, n, Duration::from_secs(600)))
+            .await??;
+    let ticks = cpu_ticks(std::process::id()).unwrap_or(0).saturating_sub(ticks_before);
+    Ok(BareMeasure {
+        events_per_sec: drained.count as f64 / drained.elapsed.as_secs_f64(),
+        cpu_seconds_per_million: ticks as f64 / 100.0 / (n as f64 / 1e6),
     })
 }
 
@@ -861,6 +887,8 @@ fn print_table(results: &BTreeMap<&'static str, f64>) {
         ("pricing_confluent_events_per_sec_per_core", ""),
         ("e2e_events_per_sec", ""),
         ("bare_consumer_events_per_sec", ""),
+        ("bare_consumer_events_per_sec_before_pipeline", ""),
+        ("bare_consumer_events_per_sec_after_pipeline", ""),
         ("bare_consumer_cpu_seconds_per_million_events", ""),
         ("e2e_ratio_to_bare_consumer", ">= 0.9"),
         ("pipeline_cpu_seconds_per_million_events", "<= 1.5"),
