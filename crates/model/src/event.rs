@@ -196,9 +196,7 @@ impl EventLimits {
                 }
             }
         }
-        // A difference, not `now + skew`: date arithmetic costs a few hundred
-        // instructions, and this runs for every event.
-        if event.occurred_at.signed_duration_since(now) > self.future_skew_max {
+        if self.is_ahead_of(event.occurred_at, now) {
             return Err(Rejection::new(
                 RejectReason::TimestampOutOfRange,
                 format!(
@@ -220,6 +218,14 @@ impl EventLimits {
             ));
         }
         Ok(())
+    }
+
+    /// Whether usage at `occurred_at` is further ahead of the clock reading
+    /// `now` than the allowed skew: the future limit of [`Self::check`].
+    pub fn is_ahead_of(&self, occurred_at: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+        // A difference, not `now + skew`: date arithmetic costs a few hundred
+        // instructions, and this runs for every event.
+        occurred_at.signed_duration_since(now) > self.future_skew_max
     }
 
     fn check_name(&self, field: &str, value: &str, chars_max: usize) -> Result<(), Rejection> {

@@ -52,10 +52,12 @@ impl Processor {
     /// (the clock has only moved on since, so it is within the skew of now
     /// too), a fresh reading otherwise. Nearly every event occurred in the
     /// past: the clock is read once in a while, not for every event (a
-    /// reading is a good part of an event's pricing).
+    /// reading is a good part of an event's pricing). A wall clock stepped
+    /// back would let events through by that step more: the limit guards
+    /// against producers' clocks minutes off, not seconds.
     fn clock_for(&mut self, occurred_at: DateTime<Utc>) -> DateTime<Utc> {
         match self.last_reading {
-            Some(t) if occurred_at.signed_duration_since(t) <= self.limits.future_skew_max => t,
+            Some(t) if !self.limits.is_ahead_of(occurred_at, t) => t,
             _ => {
                 let now = self.clock.now();
                 self.last_reading = Some(now);
