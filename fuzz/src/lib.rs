@@ -109,8 +109,7 @@ pub fn changelog_state(data: &[u8]) {
     };
     let Ok(state) = serde_json::from_slice::<AccountState>(state) else { return };
     let mut ledger = PartitionLedger::restore([state]);
-    let _ = ledger.unsent_events();
-    let _ = ledger.unsent_entries();
+    check_outputs(&ledger);
     for account in ledger.accounts() {
         let _ = account.balance();
         let _ = account.next_expiry();
@@ -246,11 +245,36 @@ fn feed(ledger: &mut PartitionLedger, data: &[u8], check: bool) {
         if check {
             ledger.accounts().for_each(check_account);
         }
-        // What the stage does after a batch: events out, entries written.
+        check_outputs(ledger);
+        // What the stage does after a batch: events out, the changelog,
+        // and now and then entries written (some of them, or all).
         let _ = ledger.unsent_events();
         ledger.events_sent();
         let _ = ledger.take_dirty();
+        match offset % 4 {
+            1 => {
+                let written: Vec<(String, usize)> = ledger
+                    .unsent_entries_by_account()
+                    .map(|(account, entries)| (account.to_owned(), entries.len().div_ceil(2)))
+                    .collect();
+                ledger.entries_written_upto(&written, |_| false);
+            }
+            3 => ledger.entries_written(|_| false),
+            _ => {}
+        }
+        check_outputs(ledger);
     }
+}
+
+/// The partition's count of unsent entries and its list of accounts with
+/// unsent events agree with the accounts themselves.
+fn check_outputs(ledger: &PartitionLedger) {
+    let entries: usize = ledger.accounts().map(|a| a.pending_entries.len()).sum();
+    assert_eq!(ledger.n_unsent_entries(), entries, "entries counted as held");
+    assert_eq!(ledger.unsent_entries().len(), entries, "every account with entries listed");
+    let events: usize = ledger.accounts().map(|a| a.outbox.len()).sum();
+    assert_eq!(ledger.unsent_events().len(), events, "every account with events listed");
+    assert_eq!(ledger.has_unsent_events(), events > 0);
 }
 
 fn check_refusal(ledger: &PartitionLedger, account: &str, before: Option<AccountState>, applied: &Applied) {

@@ -47,21 +47,31 @@ pub struct PartitionLedger {
     /// Hash of the account id → index into `accounts`.
     index: AccountIndex,
     hasher: usage_model::hashing::FastHashState,
-    /// Per account, [`DIRTY`] and [`UNSENT`].
+    /// Per account, [`DIRTY`], [`EVENTS`] and [`ENTRIES`].
     flags: Vec<u8>,
     /// Accounts changed since the last `take_dirty`.
     dirty: Vec<u32>,
     /// (next grant expiry, account), so that idle accounts' grants expire
     /// without scanning every account.
     expiries: BTreeSet<(DateTime<Utc>, u32)>,
-    /// Accounts with events or entries not yet acknowledged as sent.
-    unsent: Vec<u32>,
+    /// Accounts with events not yet acknowledged as sent: few (threshold
+    /// events are rare), and apart from `with_entries` (nearly every
+    /// account that used the service) so that acknowledging events visits
+    /// only them, not every account's state far in memory.
+    with_events: Vec<u32>,
+    /// Accounts with ledger entries not yet in ClickHouse.
+    with_entries: Vec<u32>,
+    /// Entries the accounts of `with_entries` hold, all told: asked for on
+    /// every turn of the ledger's loop, counted as they come and go.
+    n_pending_entries: usize,
 }
 
 /// Listed in `dirty`.
 const DIRTY: u8 = 1;
-/// Listed in `unsent`.
-const UNSENT: u8 = 2;
+/// Listed in `with_events`.
+const EVENTS: u8 = 2;
+/// Listed in `with_entries`.
+const ENTRIES: u8 = 4;
 
 impl PartitionLedger {
     /// A partition rebuilt from its changelog (the latest state per account).
@@ -75,15 +85,29 @@ impl PartitionLedger {
                 }
                 None => ledger.push(state),
             };
-            let state = &ledger.accounts[i as usize];
-            if let Some(at) = state.next_expiry() {
+            if let Some(at) = ledger.accounts[i as usize].next_expiry() {
                 ledger.expiries.insert((at, i));
             }
-            if !state.outbox.is_empty() || !state.pending_entries.is_empty() {
-                ledger.mark(i, UNSENT);
-            }
+        }
+        // Once every state is in (an account restored twice keeps its last).
+        for i in 0..ledger.accounts.len() as u32 {
+            ledger.note_outputs(i);
         }
         ledger
+    }
+
+    /// Lists account `i` under what it holds unsent (its events, its
+    /// entries); its entries are counted once, when first listed.
+    fn note_outputs(&mut self, i: u32) {
+        let state = &self.accounts[i as usize];
+        let (has_events, n_entries) = (!state.outbox.is_empty(), state.pending_entries.len());
+        if has_events {
+            self.mark(i, EVENTS);
+        }
+        if n_entries > 0 {
+            self.n_pending_entries += n_entries;
+            self.mark(i, ENTRIES);
+        }
     }
 
     pub fn account(&self, account_id: &str) -> Option<&AccountState> {
@@ -117,14 +141,15 @@ impl PartitionLedger {
         i
     }
 
-    /// Lists account `i` as dirty or unsent, once.
+    /// Lists account `i` as dirty, with events or with entries, once.
     fn mark(&mut self, i: u32, flag: u8) {
         let flags = &mut self.flags[i as usize];
         if *flags & flag == 0 {
             *flags |= flag;
             match flag {
                 DIRTY => self.dirty.push(i),
-                _ => self.unsent.push(i),
+                EVENTS => self.with_events.push(i),
+                _ => self.with_entries.push(i),
             }
         }
     }
@@ -221,23 +246,15 @@ impl PartitionLedger {
             if account.next_expiry() != Some(at) {
                 continue; // Stale index entry: the grant was used up or re-indexed.
             }
-            let mut unsent = false;
             match account.expire_until(now) {
                 Ok(e) => {
-                    if !e.is_empty() {
-                        account.outbox.extend(e.events.iter().cloned());
-                        account.pending_entries.extend(e.entries.iter().cloned());
-                        unsent = true;
-                    }
+                    self.hold_outputs(i, &e.events, e.entries.iter().cloned());
                     effects.extend(e);
                 }
                 Err(error) => tracing::error!(account = %account.account_id, %error, "cannot expire grants"),
             }
-            if let Some(next) = account.next_expiry() {
+            if let Some(next) = self.accounts[i as usize].next_expiry() {
                 self.expiries.insert((next, i));
-            }
-            if unsent {
-                self.mark(i, UNSENT);
             }
             self.mark(i, DIRTY);
         }
@@ -264,17 +281,33 @@ impl PartitionLedger {
     /// Events not yet acknowledged (after a restore, also those a previous
     /// owner emitted but may not have sent).
     pub fn unsent_events(&self) -> Vec<LedgerEvent> {
-        self.unsent_accounts().flat_map(|a| a.outbox.iter().cloned()).collect()
+        self.listed(&self.with_events).flat_map(|a| a.outbox.iter().cloned()).collect()
     }
 
-    fn unsent_accounts(&self) -> impl Iterator<Item = &AccountState> {
-        self.unsent.iter().map(|&i| &*self.accounts[i as usize])
+    fn listed<'a>(&'a self, list: &'a [u32]) -> impl Iterator<Item = &'a AccountState> {
+        list.iter().map(|&i| &*self.accounts[i as usize])
+    }
+
+    /// Holds what applying an input of account `i` emitted until it is
+    /// acknowledged as sent (events) or written (entries).
+    fn hold_outputs(&mut self, i: u32, events: &[LedgerEvent], entries: impl ExactSizeIterator<Item = LedgerEntry>) {
+        let account = &mut self.accounts[i as usize];
+        let n_entries = entries.len();
+        account.outbox.extend(events.iter().cloned());
+        account.pending_entries.extend(entries);
+        if !events.is_empty() {
+            self.mark(i, EVENTS);
+        }
+        if n_entries > 0 {
+            self.n_pending_entries += n_entries;
+            self.mark(i, ENTRIES);
+        }
     }
 
     /// Entries awaiting ClickHouse, per account, in order: what a write in
     /// the background takes (see [`Self::entries_written_upto`]).
     pub fn unsent_entries_by_account(&self) -> impl Iterator<Item = (&str, &[LedgerEntry])> {
-        self.unsent_accounts()
+        self.listed(&self.with_entries)
             .filter(|a| !a.pending_entries.is_empty())
             .map(|a| (a.account_id.as_str(), a.pending_entries.as_slice()))
     }
@@ -283,75 +316,81 @@ impl PartitionLedger {
     /// ClickHouse (entries added since stay pending), except those
     /// `unwritable` says could not be sent: they stay, never dropped.
     pub fn entries_written_upto(&mut self, written: &[(String, usize)], unwritable: impl Fn(&LedgerEntry) -> bool) {
+        let mut emptied = false;
         for (account_id, n) in written {
             let Some(i) = self.find(account_id) else { continue };
             let a = &mut self.accounts[i as usize];
-            let n = (*n).min(a.pending_entries.len());
+            let (before, n) = (a.pending_entries.len(), (*n).min(a.pending_entries.len()));
             let mut k = 0;
             a.pending_entries.retain(|e| {
                 k += 1;
                 k > n || unwritable(e)
             });
+            self.n_pending_entries -= before - a.pending_entries.len();
             if a.pending_entries.is_empty() {
                 a.pending_entries = ThinVec::new();
+                self.flags[i as usize] &= !ENTRIES;
+                emptied = true;
             }
         }
-        self.forget_unsent(|_| {});
+        if emptied {
+            // By the flags alone: no state is visited again.
+            let flags = &self.flags;
+            self.with_entries.retain(|&i| flags[i as usize] & ENTRIES != 0);
+        }
     }
 
     /// Entries not yet acknowledged by ClickHouse.
     pub fn unsent_entries(&self) -> Vec<LedgerEntry> {
-        self.unsent_accounts().flat_map(|a| a.pending_entries.iter().cloned()).collect()
+        self.listed(&self.with_entries).flat_map(|a| a.pending_entries.iter().cloned()).collect()
     }
 
     pub fn has_unsent_events(&self) -> bool {
-        self.unsent_accounts().any(|a| !a.outbox.is_empty())
+        !self.with_events.is_empty()
     }
 
     /// Number of entries awaiting ClickHouse (bounds memory).
     pub fn n_unsent_entries(&self) -> usize {
-        self.unsent_accounts().map(|a| a.pending_entries.len()).sum()
+        self.n_pending_entries
     }
 
     /// The events returned by `unsent_events` were acknowledged. The next
     /// changelog write of each account records it (until then a restore
     /// sends them again: at least once, same ids).
     pub fn events_sent(&mut self) {
-        // Not `clear`: an idle account keeps no spare capacity.
-        self.forget_unsent(|a| a.outbox = ThinVec::new());
+        // Not kept: a burst of events leaves no capacity behind.
+        for i in std::mem::take(&mut self.with_events) {
+            // Not `clear`: an idle account keeps no spare capacity.
+            self.accounts[i as usize].outbox = ThinVec::new();
+            self.flags[i as usize] &= !EVENTS;
+        }
     }
 
     /// The entries returned by `unsent_entries` are in ClickHouse, except
     /// those `unwritable` says could not be sent: they stay pending (an
     /// entry is never dropped).
     pub fn entries_written(&mut self, unwritable: impl Fn(&LedgerEntry) -> bool) {
-        self.forget_unsent(|a| {
+        let listed = std::mem::take(&mut self.with_entries);
+        let mut kept = Vec::new();
+        for (n, &i) in listed.iter().enumerate() {
+            self.prefetch_sweep(&listed, n);
+            let a = &mut self.accounts[i as usize];
+            let before = a.pending_entries.len();
             if a.pending_entries.iter().any(&unwritable) {
                 a.pending_entries.retain(|e| unwritable(e));
             } else {
                 a.pending_entries = ThinVec::new();
             }
-        });
-    }
-
-    /// Drops from the unsent list the accounts `clear` leaves with nothing
-    /// unsent.
-    fn forget_unsent(&mut self, clear: impl Fn(&mut AccountState)) {
-        let unsent = std::mem::take(&mut self.unsent);
-        let mut still_unsent = Vec::new();
-        for (n, &i) in unsent.iter().enumerate() {
-            self.prefetch_sweep(&unsent, n);
-            let a = &mut self.accounts[i as usize];
-            clear(a);
-            if !a.outbox.is_empty() || !a.pending_entries.is_empty() {
-                still_unsent.push(i);
+            self.n_pending_entries -= before - a.pending_entries.len();
+            if a.pending_entries.is_empty() {
+                self.flags[i as usize] &= !ENTRIES;
             } else {
-                self.flags[i as usize] &= !UNSENT;
+                kept.push(i);
             }
         }
-        // Not kept from `unsent`: a burst of work (a restore, a backlog)
+        // Not kept from `listed`: a burst of work (a restore, a backlog)
         // leaves no capacity behind.
-        self.unsent = still_unsent;
+        self.with_entries = kept;
     }
 
     /// A sweep over the accounts `list` names is at its `n`th: asks memory
@@ -433,11 +472,8 @@ impl PartitionLedger {
         }
         let applied = match outcome {
             Ok(Some(mut effects)) => {
-                if !effects.is_empty() {
-                    account.outbox.extend(effects.events.iter().cloned());
-                    account.pending_entries.extend(effects.entries.drain(..));
-                    self.mark(i, UNSENT);
-                }
+                let entries = std::mem::take(&mut effects.entries);
+                self.hold_outputs(i, &effects.events, entries.into_iter());
                 Applied::Done(effects)
             }
             Ok(None) => Applied::Skipped,

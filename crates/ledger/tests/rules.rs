@@ -174,6 +174,40 @@ fn grants_expire_at_their_instant_and_are_reported() {
 }
 
 #[test]
+fn events_and_entries_wait_apart_until_each_is_acknowledged() {
+    let mut f = Feed::new();
+    f.command(AccountCommand::AccountSettings(settings(BillingMode::Prepaid, "2026-01-01T00:00:00Z")))
+        .command(AccountCommand::CreditGrant(grant("a", "10", "2026-01-01T00:00:00Z", None, 0)));
+    let grant_entries = f.ledger.n_unsent_entries();
+    assert_eq!((grant_entries, f.ledger.unsent_entries().len()), (1, 1));
+    f.ledger.events_sent();
+    assert!(!f.ledger.has_unsent_events());
+    // 6 of 10 used: a threshold event and a usage entry.
+    f.usage(usage("u1", "6", "2026-02-01T00:00:00Z", 1));
+    assert!(f.ledger.has_unsent_events());
+    assert_eq!(f.ledger.unsent_events().len(), 1);
+    assert_eq!(f.ledger.n_unsent_entries(), grant_entries + 1);
+    // Events acknowledged: the entries still wait.
+    f.ledger.events_sent();
+    assert!(!f.ledger.has_unsent_events() && f.ledger.unsent_events().is_empty());
+    assert_eq!(f.ledger.n_unsent_entries(), grant_entries + 1);
+    // The account's first entry (the grant's) written, as a write taken
+    // earlier reports it: the usage's still waits.
+    f.ledger.entries_written_upto(&[("acct".to_owned(), 1)], |_| false);
+    assert_eq!(f.ledger.n_unsent_entries(), 1);
+    assert_eq!(f.ledger.unsent_entries()[0].entry_id, "usage:u1");
+    // A restore of this state holds the same.
+    let restored = PartitionLedger::restore(f.ledger.accounts().cloned().collect::<Vec<_>>());
+    assert_eq!((restored.n_unsent_entries(), restored.has_unsent_events()), (1, false));
+    // Entries ClickHouse cannot take stay pending, never dropped.
+    f.ledger.entries_written(|e| e.entry_id.starts_with("usage:"));
+    assert_eq!((f.ledger.n_unsent_entries(), f.ledger.unsent_entries().len()), (1, 1));
+    f.ledger.entries_written(|_| false);
+    assert_eq!(f.ledger.n_unsent_entries(), 0);
+    assert!(f.ledger.unsent_entries().is_empty() && f.ledger.unsent_entries_by_account().next().is_none());
+}
+
+#[test]
 fn postpaid_thresholds_fire_once_each_even_when_one_event_crosses_several() {
     let mut s = settings(BillingMode::Postpaid, "2026-01-01T00:00:00Z");
     s.monthly_budget = Some(d("100"));
