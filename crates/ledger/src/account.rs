@@ -314,10 +314,9 @@ impl AccountState {
         }
     }
 
-    /// Prefetches the events and entries not yet sent (what a sweep after
-    /// their sending frees).
-    pub(crate) fn prefetch_outputs(&self) {
-        crate::partition::prefetch(heap(&self.outbox));
+    /// Prefetches the entries not yet written (what a sweep after their
+    /// writing frees).
+    pub(crate) fn prefetch_entries(&self) {
         crate::partition::prefetch(heap(&self.pending_entries));
     }
 

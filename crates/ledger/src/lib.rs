@@ -10,6 +10,7 @@
 //! accounts it changed, and sends what [`Effects`] holds.
 
 mod account;
+mod chunked;
 mod index;
 mod input;
 mod output;

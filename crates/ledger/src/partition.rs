@@ -3,6 +3,7 @@
 //! retry), remembers which accounts changed, and expires grants when due.
 
 use crate::account::{AccountState, LedgerError};
+use crate::chunked::ChunkedVec;
 use crate::index::AccountIndex;
 use crate::input::{AccountCommand, PricedUsage};
 use crate::output::{Effects, LedgerEntry, LedgerEvent};
@@ -40,10 +41,7 @@ pub enum Applied {
 /// once and allocates nothing for the bookkeeping.
 #[derive(Default)]
 pub struct PartitionLedger {
-    /// Boxed: the list's spare capacity costs a pointer per slot, not a
-    /// whole state, and growing it moves pointers.
-    #[allow(clippy::vec_box)]
-    accounts: Vec<Box<AccountState>>,
+    accounts: ChunkedVec<AccountState>,
     /// Hash of the account id → index into `accounts`.
     index: AccountIndex,
     hasher: usage_model::hashing::FastHashState,
@@ -80,7 +78,7 @@ impl PartitionLedger {
         for state in states {
             let i = match ledger.find(&state.account_id) {
                 Some(i) => {
-                    *ledger.accounts[i as usize] = state;
+                    ledger.accounts[i as usize] = state;
                     i
                 }
                 None => ledger.push(state),
@@ -111,11 +109,11 @@ impl PartitionLedger {
     }
 
     pub fn account(&self, account_id: &str) -> Option<&AccountState> {
-        self.find(account_id).map(|i| &*self.accounts[i as usize])
+        self.find(account_id).map(|i| &self.accounts[i as usize])
     }
 
     pub fn accounts(&self) -> impl Iterator<Item = &AccountState> {
-        self.accounts.iter().map(|a| &**a)
+        self.accounts.iter()
     }
 
     pub fn len(&self) -> usize {
@@ -136,7 +134,7 @@ impl PartitionLedger {
         // Four billion accounts in one partition is past any memory.
         let i = u32::try_from(self.accounts.len()).unwrap_or(u32::MAX - 1);
         self.index.insert(self.hasher.hash_one(state.account_id.as_str()), i);
-        self.accounts.push(Box::new(state));
+        self.accounts.push(state);
         self.flags.push(0);
         i
     }
@@ -163,7 +161,7 @@ impl PartitionLedger {
     /// same as [`Self::apply_usage`] on each. With many accounts, each
     /// record's state is far in memory, and a record applied alone would
     /// wait for each step of reaching it in turn: the index's line, the
-    /// state's place in the list, the state, its parts, what they point to.
+    /// state, its parts, what they point to.
     /// So the steps run as a pipeline, each `STEP` records behind the one
     /// before, each asking memory for what the next one reads: while record
     /// `j` is applied, the lines of the records after it are on their way.
@@ -173,7 +171,7 @@ impl PartitionLedger {
         /// Records in flight. Too few would only cost speed: a candidate
         /// is confirmed against the record's id before it is used.
         const RING: usize = 16;
-        const { assert!(RING.is_power_of_two() && RING > 5 * STEP) };
+        const { assert!(RING.is_power_of_two() && RING > 4 * STEP) };
         let mut hashes = [0u64; RING];
         // By hash alone (tags agreeing in 32 bits): confirmed against the
         // id when applied.
@@ -181,7 +179,7 @@ impl PartitionLedger {
         // The record `steps` steps behind record `j`, if there is one.
         let behind = |j: usize, steps: usize| j.checked_sub(steps * STEP).filter(|&k| k < records.len());
         let mut applied = Vec::with_capacity(records.len());
-        for j in 0..records.len() + 5 * STEP {
+        for j in 0..records.len() + 4 * STEP {
             if let Some(k) = behind(j, 0) {
                 hashes[k % RING] = self.hasher.hash_one(records[k].account_id.as_str());
                 self.index.prefetch(hashes[k % RING]);
@@ -189,19 +187,16 @@ impl PartitionLedger {
             if let Some(k) = behind(j, 1) {
                 found[k % RING] = self.index.find(hashes[k % RING], |_| true);
                 if let Some(i) = found[k % RING] {
-                    self.prefetch_slot(i);
+                    self.prefetch_state(i);
                 }
             }
             if let Some(i) = behind(j, 2).and_then(|k| found[k % RING]) {
-                self.prefetch_state(i);
-            }
-            if let Some(i) = behind(j, 3).and_then(|k| found[k % RING]) {
                 self.accounts[i as usize].prefetch_parts();
             }
-            if let Some(i) = behind(j, 4).and_then(|k| found[k % RING]) {
+            if let Some(i) = behind(j, 3).and_then(|k| found[k % RING]) {
                 self.accounts[i as usize].prefetch_deeper();
             }
-            let Some(k) = behind(j, 5) else { continue };
+            let Some(k) = behind(j, 4) else { continue };
             let record = &records[k];
             // An account new to this message is created by its first
             // record; a candidate that is another account (tags agreeing)
@@ -275,7 +270,7 @@ impl PartitionLedger {
             }
             self.flags[i as usize] &= !DIRTY;
         }
-        dirty.iter().map(|&i| &*self.accounts[i as usize]).collect()
+        dirty.iter().map(|&i| &self.accounts[i as usize]).collect()
     }
 
     /// Events not yet acknowledged (after a restore, also those a previous
@@ -285,7 +280,7 @@ impl PartitionLedger {
     }
 
     fn listed<'a>(&'a self, list: &'a [u32]) -> impl Iterator<Item = &'a AccountState> {
-        list.iter().map(|&i| &*self.accounts[i as usize])
+        list.iter().map(|&i| &self.accounts[i as usize])
     }
 
     /// Holds what applying an input of account `i` emitted until it is
@@ -395,33 +390,27 @@ impl PartitionLedger {
 
     /// A sweep over the accounts `list` names is at its `n`th: asks memory
     /// for what the sweep reads some accounts ahead, a step at a time (the
-    /// state's place in the list, then the state, then its outputs), as
-    /// [`Self::apply_usages`] does for a message's records.
+    /// state's line with its entries and the account's flags, then the
+    /// entries), as [`Self::apply_usages`] does for a message's records.
     fn prefetch_sweep(&self, list: &[u32], n: usize) {
         const STEP: usize = 8;
-        if let Some(&i) = list.get(n + 3 * STEP) {
-            self.prefetch_slot(i);
-        }
         if let Some(&i) = list.get(n + 2 * STEP) {
-            self.prefetch_state(i);
+            // Only the state's line the sweep reads, not all of it.
+            prefetch((&self.accounts[i as usize].pending_entries as *const ThinVec<LedgerEntry>).cast());
+            prefetch(&self.flags[i as usize]);
         }
         if let Some(&i) = list.get(n + STEP) {
-            self.accounts[i as usize].prefetch_outputs();
+            self.accounts[i as usize].prefetch_entries();
         }
     }
 
-    /// Prefetches account `i`'s place in the list (the pointer to its
-    /// state) and its flags.
-    fn prefetch_slot(&self, i: u32) {
-        prefetch((&self.accounts[i as usize] as *const Box<AccountState>).cast());
-        prefetch(&self.flags[i as usize]);
-    }
-
-    /// Prefetches account `i`'s state, every line of it; its place in the
-    /// list is read (and should have been prefetched).
+    /// Prefetches account `i`'s state, every line of it, and its flags.
     fn prefetch_state(&self, i: u32) {
-        let at = (&*self.accounts[i as usize] as *const AccountState).cast::<u8>();
-        for line in 0..std::mem::size_of::<AccountState>().div_ceil(64) {
+        prefetch(&self.flags[i as usize]);
+        let at = (&self.accounts[i as usize] as *const AccountState).cast::<u8>();
+        // Every line the state overlaps (it need not start on one).
+        let lines = (at as usize % 64 + std::mem::size_of::<AccountState>()).div_ceil(64);
+        for line in 0..lines {
             prefetch(at.wrapping_add(line * 64));
         }
     }
