@@ -72,6 +72,9 @@ def main():
     log, target = sys.argv[1], sys.argv[2]
     binary = ROOT / "fuzz/target/x86_64-unknown-linux-gnu/release" / target
     pcs = new_pcs(log)
+    runs = re.findall(r"Done (\d+) runs", open(log, errors="replace").read())
+    last = f", the last at {pcs[-1][0]} executions" if pcs else ""
+    print(f"{runs[-1] if runs else 'unfinished:'} runs, {len(pcs)} new PCs{last}; those in our code:")
     if not pcs:
         return
     query = "\n".join(hex(pc - PIE_BASE) for _, pc in pcs)
