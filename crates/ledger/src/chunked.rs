@@ -5,7 +5,7 @@
 //! (one more pointer to follow, far in memory with a million accounts, on
 //! every lookup): the address of element `i` follows from `i` and the short
 //! table of chunks alone, so it can be prefetched at once, and at most one
-//! chunk is spare.
+//! chunk is spare. Only the first chunk grows (and moves) as it fills.
 
 use std::ops::{Index, IndexMut};
 
@@ -13,7 +13,8 @@ use std::ops::{Index, IndexMut};
 const CHUNK: usize = 1024;
 
 pub(crate) struct ChunkedVec<T> {
-    /// Each of capacity `CHUNK`, never grown past it; all full but the last.
+    /// Each of capacity `CHUNK` (the first: up to it), never grown past it;
+    /// all full but the last.
     chunks: Vec<Vec<T>>,
     len: usize,
 }
@@ -29,7 +30,10 @@ impl<T> ChunkedVec<T> {
         match self.chunks.last_mut() {
             Some(chunk) if chunk.len() < CHUNK => chunk.push(value),
             _ => {
-                let mut chunk = Vec::with_capacity(CHUNK);
+                // The first chunk grows as a vector does (doubling up to
+                // exactly `CHUNK`): a partition of a few accounts does not
+                // take a whole chunk.
+                let mut chunk = Vec::with_capacity(if self.chunks.is_empty() { 4 } else { CHUNK });
                 chunk.push(value);
                 self.chunks.push(chunk);
             }
@@ -72,13 +76,15 @@ mod tests {
     fn elements_stay_where_they_were_put() {
         let mut list = ChunkedVec::default();
         assert!(list.is_empty());
-        list.push(0usize);
+        for i in 0..CHUNK {
+            list.push(i);
+        }
         let first = &list[0] as *const usize;
-        for i in 1..3 * CHUNK + 7 {
+        for i in CHUNK..3 * CHUNK + 7 {
             list.push(i);
         }
         assert_eq!(list.len(), 3 * CHUNK + 7);
-        assert_eq!(&list[0] as *const usize, first, "never moved");
+        assert_eq!(&list[0] as *const usize, first, "a full chunk never moves");
         assert!((0..list.len()).all(|i| list[i] == i));
         assert!(list.iter().copied().eq(0..3 * CHUNK + 7));
         list[CHUNK] = 7;
