@@ -13,7 +13,8 @@ its output saved, then:
 Prints one line per new PC in our code: the execution count when it was
 found, our source line it belongs to, and whether it is a branch written
 there or a branch of Rust's own library inlined there (a loop's iterator, a
-slice compare). An edge of another crate's code (serde_json's parser inside
+slice compare); drop glue (which of a value's fields own memory when it is
+dropped) is only counted. An edge of another crate's code (serde_json's parser inside
 a derived deserializer, hashbrown's probing, regex compilation) is that
 crate's, wherever it was inlined; so is the code a `#[derive(...)]` wrote
 (serde's field matching), which is only counted. Needs llvm-symbolizer (Debian's llvm).
@@ -84,7 +85,7 @@ def main():
     ).stdout
     # One block per PC: its inlined frames, innermost first, two lines each.
     blocks = [b.split("\n") for b in out.strip().split("\n\n") if b.strip()]
-    derived = 0
+    derived = dropped = 0
     for (execs, _), lines in zip(pcs, blocks):
         frames = list(zip(lines[0::2], lines[1::2]))
         if not frames:
@@ -97,6 +98,11 @@ def main():
             outer = next((f for f in frames if not rust_library(f[1])), None)
             if outer is None or not ours(outer[1]):
                 continue
+            if any(f[0].startswith("drop_in_place<") for f in frames):
+                # Drop glue the compiler wrote: which of a value's fields
+                # hold memory when it goes, not a branch of ours.
+                dropped += 1
+                continue
             kind, (function, location) = "ours via std", outer
         else:
             continue
@@ -106,6 +112,8 @@ def main():
         print(execs, location.replace(f"{ROOT}/", ""), kind, function[:80])
     if derived:
         print(f"({derived} more in code that #[derive(...)] generated: serde's field matching, not listed)")
+    if dropped:
+        print(f"({dropped} more in drop glue inlined into our functions: which fields held memory, not listed)")
 
 
 if __name__ == "__main__":
