@@ -64,7 +64,21 @@ def generated(location):
     if line == 0:
         return True
     try:
-        return open(path).read().split("\n")[line - 1].lstrip().startswith("#[derive(")
+        lines = open(path).read().split("\n")
+        text = lines[line - 1].lstrip()
+        # A derive's code is attributed to its line, to a `#[serde(...)]`
+        # attribute it reads, or to the name of the type it derives for.
+        if text.startswith(("#[derive(", "#[serde(")):
+            return True
+        # Or to a field or variant of that type: walk up to the enclosing
+        # item; a function on the way means hand-written code.
+        for k in range(line - 1, max(-1, line - 200), -1):
+            text = lines[k].lstrip()
+            if re.match(r"(pub(\([a-z]+\))? )?(const )?(unsafe )?(fn|impl)\b", text):
+                return False
+            if re.match(r"(pub(\([a-z]+\))? )?(struct|enum) ", text):
+                return any(l.lstrip().startswith("#[derive(") for l in lines[max(0, k - 5) : k])
+        return False
     except (OSError, IndexError):
         return False
 
