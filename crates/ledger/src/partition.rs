@@ -98,12 +98,17 @@ impl PartitionLedger {
     /// entries); its entries are counted once, when first listed.
     fn note_outputs(&mut self, i: u32) {
         let state = &self.accounts[i as usize];
-        let (has_events, n_entries) = (!state.outbox.is_empty(), state.pending_entries.len());
-        if has_events {
+        self.list_outputs(i, !state.outbox.is_empty(), state.pending_entries.len());
+    }
+
+    /// Lists account `i` as having events (if `events`) and counts its
+    /// `new_entries` (listing it as having entries, if any).
+    fn list_outputs(&mut self, i: u32, events: bool, new_entries: usize) {
+        if events {
             self.mark(i, EVENTS);
         }
-        if n_entries > 0 {
-            self.n_pending_entries += n_entries;
+        if new_entries > 0 {
+            self.n_pending_entries += new_entries;
             self.mark(i, ENTRIES);
         }
     }
@@ -290,13 +295,7 @@ impl PartitionLedger {
         let n_entries = entries.len();
         account.outbox.extend(events.iter().cloned());
         account.pending_entries.extend(entries);
-        if !events.is_empty() {
-            self.mark(i, EVENTS);
-        }
-        if n_entries > 0 {
-            self.n_pending_entries += n_entries;
-            self.mark(i, ENTRIES);
-        }
+        self.list_outputs(i, !events.is_empty(), n_entries);
     }
 
     /// Entries awaiting ClickHouse, per account, in order: what a write in
