@@ -320,12 +320,7 @@ impl PartitionLedger {
                 k += 1;
                 k > n || unwritable(e)
             });
-            self.n_pending_entries -= before - a.pending_entries.len();
-            if a.pending_entries.is_empty() {
-                a.pending_entries = ThinVec::new();
-                self.flags[i as usize] &= !ENTRIES;
-                emptied = true;
-            }
+            emptied |= self.entries_gone(i, before);
         }
         if emptied {
             // By the flags alone: no state is visited again.
@@ -370,21 +365,28 @@ impl PartitionLedger {
             self.prefetch_sweep(&listed, n);
             let a = &mut self.accounts[i as usize];
             let before = a.pending_entries.len();
-            if a.pending_entries.iter().any(&unwritable) {
-                a.pending_entries.retain(|e| unwritable(e));
-            } else {
-                a.pending_entries = ThinVec::new();
-            }
-            self.n_pending_entries -= before - a.pending_entries.len();
-            if a.pending_entries.is_empty() {
-                self.flags[i as usize] &= !ENTRIES;
-            } else {
+            a.pending_entries.retain(|e| unwritable(e));
+            if !self.entries_gone(i, before) {
                 kept.push(i);
             }
         }
         // Not kept from `listed`: a burst of work (a restore, a backlog)
         // leaves no capacity behind.
         self.with_entries = kept;
+    }
+
+    /// Account `i` held `before` pending entries and some were written:
+    /// uncounts them and, if none is left, unlists it (no spare capacity
+    /// kept). Whether none is left.
+    fn entries_gone(&mut self, i: u32, before: usize) -> bool {
+        let a = &mut self.accounts[i as usize];
+        self.n_pending_entries -= before - a.pending_entries.len();
+        if !a.pending_entries.is_empty() {
+            return false;
+        }
+        a.pending_entries = ThinVec::new();
+        self.flags[i as usize] &= !ENTRIES;
+        true
     }
 
     /// A sweep over the accounts `list` names is at its `n`th: asks memory
