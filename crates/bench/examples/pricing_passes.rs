@@ -31,8 +31,13 @@ fn main() {
     let limits = usage_model::EventLimits::default();
     let mut processor = Processor::new(decoder, Pricer::new(book), limits, Arc::new(SystemClock));
     let started = Instant::now();
-    for _ in 0..passes {
+    let mut lap = Instant::now();
+    for pass in 0..passes {
         usage_bench::price_all(&mut processor, &payloads);
+        if std::env::var_os("LAPS").is_some() && pass % 10 == 9 {
+            eprintln!("passes {}..{}: {:.0} events/s", pass - 9, pass + 1, 10.0 * payloads.len() as f64 / lap.elapsed().as_secs_f64());
+            lap = Instant::now();
+        }
     }
     let n = passes * payloads.len();
     println!("{format}: {n} events, {:.0} events/s", n as f64 / started.elapsed().as_secs_f64());
