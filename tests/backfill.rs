@@ -112,7 +112,7 @@ async fn backfill_reprices_a_closed_month_once_and_only_after_the_new_version() 
             changed += 1;
             assert!(event.occurred_at >= "2026-09-15T00:00:00Z".parse::<DateTime<Utc>>().unwrap());
         }
-        expected.insert(event.event_id.clone(), (new.rate_card_version, new.cost));
+        expected.insert(event.event_id.to_string(), (new.rate_card_version, new.cost));
     }
     assert!(changed > 50 && changed < 120, "{changed} events are after the new version");
 

@@ -97,7 +97,7 @@ fn run_ending(end: chrono::DateTime<chrono::Utc>) {
             continue;
         }
         let priced = pricer.price(event.clone()).unwrap();
-        let entry = expected.entry((event.account_id.clone(), hour_of(event.occurred_at))).or_default();
+        let entry = expected.entry((event.account_id.to_string(), hour_of(event.occurred_at))).or_default();
         entry.0 += 1;
         entry.1 = entry.1.checked_add(priced.cost).unwrap();
     }

@@ -27,12 +27,12 @@ fn extreme_row(event_id: String, occurred_at: u32, cost: Amount, edge: Amount) -
         .map(|unit| CostLine { unit, quantity: u64::MAX, priced_quantity: u64::MAX, unit_price: edge, cost })
         .collect();
     PricedRow {
-        event_id,
-        account_id: "𝄞".repeat(128),
-        api_key_id: name.clone(),
-        project_id: name.clone(),
-        provider: name.clone(),
-        model: name.clone(),
+        event_id: event_id.into(),
+        account_id: "𝄞".repeat(128).into(),
+        api_key_id: name.as_str().into(),
+        project_id: name.as_str().into(),
+        provider: name.as_str().into(),
+        model: name.as_str().into(),
         matched_model: name.as_str().into(),
         service_tier: ServiceTier::Flex,
         rate_card: name.as_str().into(),

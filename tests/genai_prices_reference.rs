@@ -58,7 +58,7 @@ fn imported_genai_prices_agree_with_the_reference_library_to_the_last_digit() {
         let expected_cost: Decimal = case["expected_cost"].as_str().unwrap().parse().unwrap();
         let expected_model = case["expected_model"].as_str().unwrap();
         n += 1;
-        providers_seen.insert(event.provider.clone());
+        providers_seen.insert(event.provider.to_string());
         match pricer.price(event) {
             Ok(priced) => {
                 units_seen.extend(priced.lines.iter().filter(|l| l.priced_quantity > 0).map(|l| l.unit.key()));

@@ -141,7 +141,7 @@ prices = { input_mtok = "100000000000", output_mtok = "1" }
         let e = usage_codec::decode_json(json.as_bytes()).unwrap();
         match pricer.price(e.clone()) {
             Ok(p) => {
-                expected.insert(e.event_id.clone(), p.cost);
+                expected.insert(e.event_id.to_string(), p.cost);
             }
             Err(r) => assert_eq!((e.event_id.as_str(), r.reason.code()), ("overflow-1", "cost_overflow"), "{r}"),
         }
@@ -191,7 +191,7 @@ prices = { input_mtok = "100000000000", output_mtok = "1" }
     let mut priced_by_account: HashMap<&str, Amount> = HashMap::new();
     for (account, json) in &usage {
         let id = usage_codec::decode_json(json.as_bytes()).unwrap().event_id;
-        if let Some(cost) = expected.get(&id) {
+        if let Some(cost) = expected.get(id.as_str()) {
             let total = priced_by_account.entry(account.as_str()).or_insert(Amount::ZERO);
             *total = total.checked_add(*cost).unwrap();
         }

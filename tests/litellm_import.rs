@@ -99,7 +99,7 @@ fn every_litellm_entry_with_a_token_price_is_priced_with_its_variants() {
         usage.set(Unit::INPUT_TOKENS, input);
         usage.set(Unit::OUTPUT_TOKENS, output);
         let event = UsageEvent {
-            event_id: format!("l-{i}"),
+            event_id: format!("l-{i}").into(),
             account_id: "a".into(),
             occurred_at: Utc::now(),
             provider: provider.into(),

@@ -221,7 +221,7 @@ fn events_written_through_a_schema_registry_are_priced_and_incompatible_schemas_
         .collect();
     for event in &good {
         assert_eq!(
-            stored.get(&event.event_id),
+            stored.get(event.event_id.as_str()),
             Some(&event.occurred_at.timestamp().to_string()),
             "{}: occurred_at",
             event.event_id

@@ -212,7 +212,7 @@ pub fn expected_by_account<'a>(
     let mut out: std::collections::BTreeMap<String, (u64, usage_model::Amount)> = Default::default();
     for e in events {
         if seen.insert((e.account_id.clone(), e.event_id.clone())) {
-            let entry = out.entry(e.account_id.clone()).or_default();
+            let entry = out.entry(e.account_id.to_string()).or_default();
             entry.0 += 1;
             let cost = pricer.price(e.clone()).expect("priceable").cost;
             entry.1 = entry.1.checked_add(cost).expect("test totals fit an amount");

@@ -101,13 +101,13 @@ fn event(
     }
     usage.set(Unit::OUTPUT_TOKENS, output);
     UsageEvent {
-        event_id: format!("bench-{i:012}"),
-        account_id: format!("acct-{:05}", i % 10_000),
+        event_id: format!("bench-{i:012}").into(),
+        account_id: format!("acct-{:05}", i % 10_000).into(),
         occurred_at: at,
-        provider: provider.to_owned(),
-        model: model.to_owned(),
-        api_key_id: Some(format!("key-{:05}", i % 20_000)),
-        project_id: Some(format!("proj-{:04}", i % 3_000)),
+        provider: provider.into(),
+        model: model.into(),
+        api_key_id: Some(format!("key-{:05}", i % 20_000).into()),
+        project_id: Some(format!("proj-{:04}", i % 3_000).into()),
         service_tier,
         attributes: BTreeMap::from([("region".to_owned(), "eu-west-1".to_owned())]),
         usage,

@@ -5,7 +5,9 @@ use serde::ser::SerializeSeq;
 use serde::{Serialize, Serializer};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use usage_model::{Amount, CostLine, Currency, PricedEvent, RejectReason, Rejection, ServiceTier, Unit, UsageCounts};
+use usage_model::{
+    Amount, CompactString, CostLine, Currency, PricedEvent, RejectReason, Rejection, ServiceTier, Unit, UsageCounts,
+};
 
 /// Scale of every `Decimal(38, 24)` column: an [`Amount`]'s own scale, so a
 /// column value is the amount's scaled integer, and writing one cannot fail.
@@ -22,13 +24,13 @@ fn decimal128<S: Serializer>(amount: &Amount, s: S) -> Result<S::Ok, S::Error> {
 /// [`PricedRowBinary`] lays it out as the table's columns.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PricedRow {
-    pub event_id: String,
-    pub account_id: String,
+    pub event_id: CompactString,
+    pub account_id: CompactString,
     /// `""` when the event names none.
-    pub api_key_id: String,
-    pub project_id: String,
-    pub provider: String,
-    pub model: String,
+    pub api_key_id: CompactString,
+    pub project_id: CompactString,
+    pub provider: CompactString,
+    pub model: CompactString,
     pub matched_model: Arc<str>,
     pub service_tier: ServiceTier,
     pub rate_card: Arc<str>,

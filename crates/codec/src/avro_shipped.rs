@@ -59,13 +59,13 @@ pub(crate) fn decode_shipped(bytes: &[u8], allocation_max: usize) -> Result<Usag
         usage = usage_as_the_reference_reads_it(&mut Reader { bytes, pos: usage_at, allocation_max })?;
     }
     Ok(UsageEvent {
-        event_id: event_id.to_owned(),
-        account_id: account_id.to_owned(),
+        event_id: event_id.into(),
+        account_id: account_id.into(),
         occurred_at,
-        provider: provider.to_owned(),
-        model: model.to_owned(),
-        api_key_id: api_key_id.map(str::to_owned),
-        project_id: project_id.map(str::to_owned),
+        provider: provider.into(),
+        model: model.into(),
+        api_key_id: api_key_id.map(Into::into),
+        project_id: project_id.map(Into::into),
         service_tier,
         attributes,
         usage,

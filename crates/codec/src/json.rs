@@ -274,13 +274,13 @@ fn decode_with_serde(text: &str) -> Result<UsageEvent, Rejection> {
     }
     let usage = usage.counts;
     Ok(UsageEvent {
-        event_id: required("event_id", raw.event_id)?,
-        account_id: required("account_id", raw.account_id)?,
+        event_id: required("event_id", raw.event_id)?.into(),
+        account_id: required("account_id", raw.account_id)?.into(),
         occurred_at,
-        provider: required("provider", raw.provider)?,
-        model: required("model", raw.model)?,
-        api_key_id: raw.api_key_id.map(Cow::into_owned),
-        project_id: raw.project_id.map(Cow::into_owned),
+        provider: required("provider", raw.provider)?.into(),
+        model: required("model", raw.model)?.into(),
+        api_key_id: raw.api_key_id.map(Into::into),
+        project_id: raw.project_id.map(Into::into),
         service_tier: parse_service_tier(raw.service_tier.as_deref())?,
         attributes: raw.attributes.unwrap_or_default(),
         usage,

@@ -114,13 +114,13 @@ impl<'a> Fields<'a> {
         let usage = self.usage?;
         let service_tier = parse_service_tier(self.service_tier.flatten()).ok()?;
         Some(UsageEvent {
-            event_id: self.event_id?.to_owned(),
-            account_id: self.account_id?.to_owned(),
+            event_id: self.event_id?.into(),
+            account_id: self.account_id?.into(),
             occurred_at,
-            provider: self.provider?.to_owned(),
-            model: self.model?.to_owned(),
-            api_key_id: self.api_key_id.flatten().map(str::to_owned),
-            project_id: self.project_id.flatten().map(str::to_owned),
+            provider: self.provider?.into(),
+            model: self.model?.into(),
+            api_key_id: self.api_key_id.flatten().map(Into::into),
+            project_id: self.project_id.flatten().map(Into::into),
             service_tier,
             attributes: self.attributes.unwrap_or_default(),
             usage,

@@ -3,6 +3,7 @@
 use crate::rejection::{RejectReason, Rejection};
 use crate::unit::{Unit, UnitSet};
 use chrono::{DateTime, Duration, Utc};
+pub use compact_str::CompactString;
 use smallvec::SmallVec;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -104,16 +105,16 @@ impl fmt::Debug for UsageCounts {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UsageEvent {
     /// Idempotency key chosen by the producer, 1..=128 characters.
-    pub event_id: String,
-    pub account_id: String,
+    pub event_id: CompactString,
+    pub account_id: CompactString,
     /// When the usage happened, by the producer's clock. Prices in force at
     /// this instant apply, whenever the event is processed.
     pub occurred_at: DateTime<Utc>,
-    pub provider: String,
+    pub provider: CompactString,
     /// As the provider reports it (`gpt-4o-2024-08-06`).
-    pub model: String,
-    pub api_key_id: Option<String>,
-    pub project_id: Option<String>,
+    pub model: CompactString,
+    pub api_key_id: Option<CompactString>,
+    pub project_id: Option<CompactString>,
     pub service_tier: ServiceTier,
     pub attributes: BTreeMap<String, String>,
     pub usage: UsageCounts,
@@ -335,8 +336,8 @@ mod tests {
         let limits = EventLimits::default();
         type Mutation = Box<dyn Fn(&mut UsageEvent)>;
         let cases: Vec<(Mutation, RejectReason)> = vec![
-            (Box::new(|e| e.event_id = String::new()), RejectReason::InvalidField),
-            (Box::new(|e| e.event_id = "x".repeat(129)), RejectReason::InvalidField),
+            (Box::new(|e| e.event_id = CompactString::default()), RejectReason::InvalidField),
+            (Box::new(|e| e.event_id = "x".repeat(129).into()), RejectReason::InvalidField),
             (Box::new(|e| e.account_id = "a\nb".into()), RejectReason::InvalidField),
             (Box::new(|e| e.account_id = "acct-\u{202e}1337".into()), RejectReason::InvalidField),
             (Box::new(|e| e.model = "gpt\u{2066}-4o".into()), RejectReason::InvalidField),
@@ -355,7 +356,7 @@ mod tests {
     #[test]
     fn the_event_id_limit_counts_characters_not_bytes() {
         let mut e = event();
-        e.event_id = "é".repeat(128);
+        e.event_id = "é".repeat(128).into();
         EventLimits::default().check(&e, now()).unwrap();
     }
 }

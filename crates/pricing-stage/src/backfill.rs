@@ -157,7 +157,7 @@ fn usage_event(s: &StoredUsage) -> Result<UsageEvent, usage_model::Rejection> {
             usage.set(unit, *quantity);
         }
     }
-    let opt = |v: &str| (!v.is_empty()).then(|| v.to_owned());
+    let opt = |v: &str| (!v.is_empty()).then(|| v.into());
     let occurred_at = DateTime::from_timestamp(i64::from(s.occurred_at), 0).ok_or_else(|| {
         usage_model::Rejection::new(
             usage_model::RejectReason::TimestampOutOfRange,
@@ -165,11 +165,11 @@ fn usage_event(s: &StoredUsage) -> Result<UsageEvent, usage_model::Rejection> {
         )
     })?;
     Ok(UsageEvent {
-        event_id: s.event_id.clone(),
-        account_id: s.account_id.clone(),
+        event_id: s.event_id.as_str().into(),
+        account_id: s.account_id.as_str().into(),
         occurred_at,
-        provider: s.provider.clone(),
-        model: s.model.clone(),
+        provider: s.provider.as_str().into(),
+        model: s.model.as_str().into(),
         api_key_id: opt(&s.api_key_id),
         project_id: opt(&s.project_id),
         service_tier: ServiceTier::parse(&s.service_tier).unwrap_or(ServiceTier::Standard),

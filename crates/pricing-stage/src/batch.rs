@@ -72,7 +72,7 @@ impl Processor {
     /// and `id` stand in). Only for refusals: never on the priced path.
     pub fn readable_ids(&self, payload: &[u8]) -> ReadableIds {
         if let Ok(event) = self.decoder.decode(payload) {
-            return ReadableIds { account_id: Some(event.account_id), event_id: Some(event.event_id) };
+            return ReadableIds { account_id: Some(event.account_id.into()), event_id: Some(event.event_id.into()) };
         }
         if payload.len() > usage_codec::PAYLOAD_BYTES_MAX {
             return ReadableIds::default();

@@ -369,7 +369,7 @@ impl Deliverer {
                     }
                 };
                 let ours = |r: &PricedRow| {
-                    found.get(&(r.account_id.clone(), r.event_id.clone())).is_some_and(|(t, p, o)| {
+                    found.get(&(r.account_id.to_string(), r.event_id.to_string())).is_some_and(|(t, p, o)| {
                         **t == *r.kafka_topic && *p == r.kafka_partition && *o == r.kafka_offset
                     })
                 };
@@ -385,7 +385,7 @@ impl Deliverer {
                 // Stored from elsewhere meanwhile (two copies at once on two
                 // instances): not inserted again.
                 let before = rows.len();
-                rows.retain(|r| !found.contains_key(&(r.account_id.clone(), r.event_id.clone())));
+                rows.retain(|r| !found.contains_key(&(r.account_id.to_string(), r.event_id.to_string())));
                 done.duplicates += (before - rows.len()) as u64;
                 if rows.is_empty() {
                     break;

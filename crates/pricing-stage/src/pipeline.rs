@@ -933,7 +933,7 @@ impl Pipeline {
                 if *state != RowState::Unsure {
                     continue;
                 }
-                *state = match found.get(&(row.account_id.clone(), row.event_id.clone())) {
+                *state = match found.get(&(row.account_id.to_string(), row.event_id.to_string())) {
                     Some((t, p, o))
                         if **t == *row.kafka_topic && *p == row.kafka_partition && *o == row.kafka_offset =>
                     {

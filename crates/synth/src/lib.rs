@@ -185,13 +185,13 @@ impl Generator {
             attributes.insert("region".to_owned(), ["us-east", "eu-west", "ap-south"][account as usize % 3].to_owned());
         }
         UsageEvent {
-            event_id: format!("{}-{i}", self.config.id_prefix),
-            account_id: format!("acct-{account:04}"),
+            event_id: format!("{}-{i}", self.config.id_prefix).into(),
+            account_id: format!("acct-{account:04}").into(),
             occurred_at,
             provider: provider.into(),
             model: model.into(),
-            api_key_id: Some(format!("key-{account:04}-{key}")),
-            project_id: (!account.is_multiple_of(4)).then(|| format!("proj-{account:04}-{}", key % 2)),
+            api_key_id: Some(format!("key-{account:04}-{key}").into()),
+            project_id: (!account.is_multiple_of(4)).then(|| format!("proj-{account:04}-{}", key % 2).into()),
             service_tier,
             attributes,
             usage,
@@ -214,7 +214,7 @@ impl Generator {
         let kind = BAD_KINDS[(self.n_bad % BAD_KINDS.len() as u64) as usize];
         self.n_bad += 1;
         let mut event = self.event();
-        let key = event.account_id.clone().into_bytes();
+        let key = event.account_id.as_bytes().to_vec();
         let json = String::from_utf8(encode_json(&event)).expect("JSON is UTF-8");
         let payload = match kind {
             RejectReason::MalformedPayload => json[..json.len() / 2].to_owned(),
@@ -255,7 +255,7 @@ impl Iterator for Generator {
         } else {
             let event = self.event();
             SynthMessage {
-                key: event.account_id.clone().into_bytes(),
+                key: event.account_id.as_bytes().to_vec(),
                 payload: self.encode(&event),
                 event: Some(event),
                 expected_rejection: None,
