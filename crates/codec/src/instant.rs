@@ -5,7 +5,7 @@
 //! a few dozen. A property test holds the two to the same instant on every
 //! string the fast reader accepts.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 
 /// The instant `text` names, if it has the common form and is valid; `None`
 /// leaves the verdict to chrono.
@@ -21,11 +21,8 @@ pub(crate) fn parse_common_form(text: &str) -> Option<DateTime<Utc>> {
     }
     let (year, month, day) = (digits(0..4)?, digits(5..7)?, digits(8..10)?);
     let (hour, minute, second) = (digits(11..13)?, digits(14..16)?, digits(17..19)?);
-    // Leap seconds, year 0 and the rest are chrono's to judge.
-    if year == 0 || !(1..=12).contains(&month) || day == 0 || day > days_in_month(year, month) {
-        return None;
-    }
-    if hour > 23 || minute > 59 || second > 59 {
+    // Year 0, leap seconds and the rest are chrono's to judge.
+    if year == 0 || second > 59 {
         return None;
     }
     let mut rest = &b[19..];
@@ -57,33 +54,13 @@ pub(crate) fn parse_common_form(text: &str) -> Option<DateTime<Utc>> {
         }
         _ => return None,
     };
-    let local = days_from_civil(year, month, day) * 86_400 + i64::from(hour * 3600 + minute * 60 + second);
-    DateTime::from_timestamp(local - offset_seconds, nanos)
-}
-
-fn is_leap(year: u32) -> bool {
-    year.is_multiple_of(4) && (!year.is_multiple_of(100) || year.is_multiple_of(400))
-}
-
-fn days_in_month(year: u32, month: u32) -> u32 {
-    match month {
-        2 if is_leap(year) => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
+    // From the calendar fields straight to chrono's own (ordinal date and
+    // time of day): a day count would be split back into them.
+    let local = NaiveDate::from_ymd_opt(year as i32, month, day)?.and_hms_nano_opt(hour, minute, second, nanos)?;
+    if offset_seconds == 0 {
+        return Some(local.and_utc());
     }
-}
-
-/// Days from 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's
-/// `days_from_civil`).
-fn days_from_civil(year: u32, month: u32, day: u32) -> i64 {
-    let y = i64::from(year) - i64::from(month <= 2);
-    let era = y.div_euclid(400);
-    let year_of_era = y - era * 400;
-    let m = i64::from(month);
-    let day_of_year = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(day) - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    era * 146_097 + day_of_era - 719_468
+    local.checked_sub_signed(TimeDelta::seconds(offset_seconds)).map(|t| t.and_utc())
 }
 
 #[cfg(test)]

@@ -17,6 +17,6 @@ mod units_table;
 pub use amount::{Amount, AmountError, PackedAmount, AMOUNT_SCALE};
 pub use event::{unsafe_characters, CompactString, EventLimits, ServiceTier, UsageCounts, UsageEvent};
 pub use money::{round_for_display, Currency, CurrencyError, Money, MoneyError};
-pub use priced::{CostLine, PricedEvent};
+pub use priced::{CostLine, PricedEvent, Quote};
 pub use rejection::{RejectReason, Rejection};
 pub use unit::{Unit, UnitDef, UnitSet, UNIT_COUNT};

@@ -21,6 +21,20 @@ pub struct CostLine {
     pub cost: Amount,
 }
 
+/// What pricing finds for an event, without the event: priced by
+/// reference, the event then moves once, into [`PricedEvent::new`] (each
+/// move of an event is a copy of a few hundred bytes).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Quote {
+    pub matched_model: Arc<str>,
+    pub rate_card: Arc<str>,
+    pub rate_card_version: u32,
+    pub contract_version: Option<u32>,
+    pub currency: Currency,
+    pub lines: Vec<CostLine>,
+    pub cost: Amount,
+}
+
 /// A usage event and its exact cost under one rate-card version.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PricedEvent {
@@ -37,4 +51,11 @@ pub struct PricedEvent {
     pub lines: Vec<CostLine>,
     /// Sum of the lines' costs, exact.
     pub cost: Amount,
+}
+
+impl PricedEvent {
+    pub fn new(event: UsageEvent, quote: Quote) -> Self {
+        let Quote { matched_model, rate_card, rate_card_version, contract_version, currency, lines, cost } = quote;
+        Self { event, matched_model, rate_card, rate_card_version, contract_version, currency, lines, cost }
+    }
 }

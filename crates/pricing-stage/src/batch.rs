@@ -96,8 +96,8 @@ impl Processor {
         if let Err(r) = self.limits.check(&event, now) {
             return MessageOutcome::Rejected(r);
         }
-        match self.pricer.price(event) {
-            Ok(p) => MessageOutcome::Priced(p),
+        match self.pricer.quote(&event) {
+            Ok(quote) => MessageOutcome::Priced(PricedEvent::new(event, quote)),
             Err(r) => MessageOutcome::Rejected(r),
         }
     }

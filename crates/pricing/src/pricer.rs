@@ -15,7 +15,7 @@
 use crate::book::{PriceSet, RateBook, RateCardVersion};
 use std::sync::Arc;
 use usage_model::hashing::FastHashState;
-use usage_model::{Amount, CostLine, PricedEvent, RejectReason, Rejection, Unit, UsageEvent, UNIT_COUNT};
+use usage_model::{Amount, CostLine, PricedEvent, Quote, RejectReason, Rejection, Unit, UsageEvent, UNIT_COUNT};
 
 /// Entries kept in the model-match cache before it is cleared. Real streams
 /// have a few thousand distinct model names; 65,536 entries of short strings
@@ -63,6 +63,13 @@ impl Pricer {
     /// Prices one event. A rejection says why it cannot be priced; it is
     /// never priced as zero.
     pub fn price(&mut self, event: UsageEvent) -> Result<PricedEvent, Rejection> {
+        let quote = self.quote(&event)?;
+        Ok(PricedEvent::new(event, quote))
+    }
+
+    /// Prices one event by reference: [`Self::price`] without moving the
+    /// event (the pipeline's path).
+    pub fn quote(&mut self, event: &UsageEvent) -> Result<Quote, Rejection> {
         let book = Arc::clone(&self.book);
         let contract = book.contract_at(&event.account_id, event.occurred_at).map(Arc::as_ref);
         let card = book.card_for(contract);
@@ -91,7 +98,7 @@ impl Pricer {
         };
         let discount =
             if custom.is_some() { None } else { contract.and_then(|c| c.discount_factor(&model.provider, &model.id)) };
-        let priced_quantities = priced_quantities(&event, prices)?;
+        let priced_quantities = priced_quantities(event, prices)?;
         let input_tokens = event.usage.count(Unit::INPUT_TOKENS);
 
         let mut lines = Vec::with_capacity(prices.prices.len());
@@ -113,7 +120,7 @@ impl Pricer {
             cost = cost.checked_add(line_cost).map_err(|_| overflow(format!("the lines' sum past {cost}")))?;
             lines.push(CostLine { unit: *unit, quantity, priced_quantity, unit_price, cost: line_cost });
         }
-        Ok(PricedEvent {
+        Ok(Quote {
             matched_model: model.id.clone(),
             rate_card: card.id.clone(),
             rate_card_version: version.version,
@@ -121,7 +128,6 @@ impl Pricer {
             currency: version.currency,
             lines,
             cost,
-            event,
         })
     }
 
