@@ -13,6 +13,7 @@ use usage_pricing::{Pricer, RateBook, RateCard};
 /// check, price, build the ClickHouse row and its duplicate-check key. The
 /// criterion bench times it; the `pricing_passes` example repeats it for
 /// profilers.
+#[inline(never)] // Profilers collect from it by name.
 pub fn price_all(processor: &mut usage_pricing_stage::Processor, payloads: &[Vec<u8>]) {
     // The pipeline's rows share their topic's name (made once per batch).
     let topic: Arc<str> = "usage.raw".into();

@@ -15,7 +15,7 @@ mod unit;
 mod units_table;
 
 pub use amount::{Amount, AmountError, PackedAmount, AMOUNT_SCALE};
-pub use event::{unsafe_characters, CompactString, EventLimits, ServiceTier, UsageCounts, UsageEvent};
+pub use event::{unsafe_characters, ClockReading, CompactString, EventLimits, ServiceTier, UsageCounts, UsageEvent};
 pub use money::{round_for_display, Currency, CurrencyError, Money, MoneyError};
 pub use priced::{CostLine, PricedEvent, Quote};
 pub use rejection::{RejectReason, Rejection};

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use usage_clickhouse::PricedRow;
 use usage_codec::{DecodeError, Decoder};
 use usage_kafka::DeadLetter;
-use usage_model::{EventLimits, PricedEvent, RejectReason, Rejection};
+use usage_model::{ClockReading, EventLimits, PricedEvent, RejectReason, Rejection};
 use usage_pricing::Pricer;
 
 /// Decode → check → price, for one payload.
@@ -18,7 +18,7 @@ pub struct Processor {
     limits: EventLimits,
     clock: Arc<dyn Clock>,
     /// The clock's last reading (see [`Processor::clock_for`]).
-    last_reading: Option<DateTime<Utc>>,
+    last_reading: Option<ClockReading>,
 }
 
 /// What became of one message.
@@ -55,13 +55,13 @@ impl Processor {
     /// reading is a good part of an event's pricing). A wall clock stepped
     /// back would let events through by that step more: the limit guards
     /// against producers' clocks minutes off, not seconds.
-    fn clock_for(&mut self, occurred_at: DateTime<Utc>) -> DateTime<Utc> {
+    fn clock_for(&mut self, occurred_at: DateTime<Utc>) -> ClockReading {
         match self.last_reading {
-            Some(t) if !self.limits.is_ahead_of(occurred_at, t) => t,
+            Some(reading) if !reading.is_ahead(occurred_at) => reading,
             _ => {
-                let now = self.clock.now();
-                self.last_reading = Some(now);
-                now
+                let reading = self.limits.reading(self.clock.now());
+                self.last_reading = Some(reading);
+                reading
             }
         }
     }
@@ -92,8 +92,8 @@ impl Processor {
             Err(DecodeError::Rejected(r)) => return MessageOutcome::Rejected(r),
             Err(DecodeError::Unavailable(why)) => return MessageOutcome::Unavailable(why),
         };
-        let now = self.clock_for(event.occurred_at);
-        if let Err(r) = self.limits.check(&event, now) {
+        let clock = self.clock_for(event.occurred_at);
+        if let Err(r) = self.limits.check_at(&event, &clock) {
             return MessageOutcome::Rejected(r);
         }
         match self.pricer.quote(&event) {
