@@ -105,7 +105,7 @@ async fn a_version_published_mid_stream_prices_events_from_its_effective_from_wi
     let report = publish(&kafka, &rates, &dir, false, Utc::now(), timeout).await.unwrap();
     assert_eq!(report.published, vec!["live/2".to_owned()]);
     let mut updates = feed.subscribe();
-    tokio::time::timeout(timeout, updates.wait_for(|book| book.cards["live"].versions.len() == 2))
+    tokio::time::timeout(timeout, updates.wait_for(|book| book.cards()["live"].versions.len() == 2))
         .await
         .expect("the feed delivers version 2")
         .unwrap();

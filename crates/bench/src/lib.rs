@@ -53,7 +53,7 @@ pub fn genai_prices_book() -> anyhow::Result<Arc<RateBook>> {
 /// mix of cases (matching ignores case): thousands of distinct names.
 pub fn event_mix(book: &Arc<RateBook>, n: usize, seed: u64) -> Vec<UsageEvent> {
     let mut pricer = Pricer::new(Arc::clone(book));
-    let version = book.cards.values().next().and_then(|c| c.versions.last().cloned()).expect("a version");
+    let version = book.cards().values().next().and_then(|c| c.versions.last().cloned()).expect("a version");
     let at = chrono::Utc::now() - chrono::Duration::hours(1);
     let mut models: Vec<(String, String)> = Vec::new();
     for m in &version.models {

@@ -165,7 +165,7 @@ impl PipelineMetrics {
     /// The rate cards priced with from now on.
     pub(crate) fn rate_cards(&self, book: &usage_pricing::RateBook) {
         self.rate_card_version.clear();
-        for card in book.cards.values() {
+        for card in book.cards().values() {
             let latest = card.versions.last().map_or(0, |v| i64::from(v.version));
             self.rate_card_version.get_or_create(&vec![("rate_card", card.id.to_string())]).set(latest);
         }

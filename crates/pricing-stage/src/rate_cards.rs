@@ -183,7 +183,7 @@ impl Drop for RateFeed {
 }
 
 fn log_book(message: &str, book: &RateBook) {
-    for card in book.cards.values() {
+    for card in book.cards().values() {
         let latest = card.versions.last().map(|v| (v.version, v.effective_from));
         tracing::info!(
             rate_card = %card.id,

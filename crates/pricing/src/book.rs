@@ -66,6 +66,11 @@ pub struct PriceBlock {
 
 impl PriceBlock {
     pub fn for_tier(&self, tier: ServiceTier) -> &PriceSet {
+        // Standard prices are never a service tier's (the file format
+        // refuses `service_tiers.standard`): no lookup for most events.
+        if tier == ServiceTier::Standard {
+            return &self.standard;
+        }
         self.service_tiers.get(tier.as_str()).unwrap_or(&self.standard)
     }
 }
@@ -256,18 +261,34 @@ impl RateCard {
 /// Every rate card the pipeline knows, and which one prices an account.
 #[derive(Debug)]
 pub struct RateBook {
-    pub cards: BTreeMap<String, RateCard>,
-    /// The card for accounts without a contract naming another.
-    pub default_card: String,
+    cards: BTreeMap<String, Arc<RateCard>>,
+    /// The card for accounts without a contract naming another, at hand:
+    /// nearly every event is priced by it (no lookup by name).
+    default_card: Arc<RateCard>,
     /// account → its contract versions, ordered by `effective_from`.
     pub contracts: StdHashMap<String, Vec<Arc<Contract>>>,
 }
 
 impl RateBook {
-    /// A book without contracts. `default_card` must be one of `cards`.
+    /// A book without contracts, `cards` by their ids. `default_card` must
+    /// be one of them.
     pub fn new(cards: BTreeMap<String, RateCard>, default_card: String) -> Self {
-        assert!(cards.contains_key(&default_card), "the default card {default_card} is one of the cards");
+        assert!(cards.iter().all(|(id, card)| **id == *card.id), "rate cards are keyed by their ids");
+        let cards: BTreeMap<String, Arc<RateCard>> = cards.into_iter().map(|(id, card)| (id, Arc::new(card))).collect();
+        let default_card = Arc::clone(
+            cards.get(&default_card).unwrap_or_else(|| panic!("the default card {default_card} is one of the cards")),
+        );
         Self { cards, default_card, contracts: StdHashMap::default() }
+    }
+
+    /// Every card, by id.
+    pub fn cards(&self) -> &BTreeMap<String, Arc<RateCard>> {
+        &self.cards
+    }
+
+    /// The id of the card for accounts without a contract naming another.
+    pub fn default_card(&self) -> &str {
+        &self.default_card.id
     }
 
     /// The contract of `account` in force at `at`, if any.
@@ -282,8 +303,10 @@ impl RateBook {
 
     /// The card that prices under `contract` (the default card without one).
     pub fn card_for(&self, contract: Option<&Contract>) -> &RateCard {
-        let id = contract.and_then(|c| c.rate_card.as_deref()).unwrap_or(&self.default_card);
-        &self.cards[id]
+        match contract.and_then(|c| c.rate_card.as_deref()) {
+            Some(id) => &self.cards[id],
+            None => &self.default_card,
+        }
     }
 }
 

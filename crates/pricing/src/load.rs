@@ -282,8 +282,8 @@ fn check_contracts(
 ) -> Result<StdHashMap<String, Vec<Arc<Contract>>>, LoadError> {
     let mut by_account: StdHashMap<String, Vec<Arc<Contract>>> = StdHashMap::default();
     for (file, c) in contracts {
-        let card_id = c.rate_card.as_deref().unwrap_or(&book.default_card);
-        let Some(card) = book.cards.get(card_id) else {
+        let card_id = c.rate_card.as_deref().unwrap_or(book.default_card());
+        let Some(card) = book.cards().get(card_id) else {
             return Err(LoadError::new(&file, format!("rate_card: no rate card `{card_id}`")));
         };
         let models = c.discount_models.keys().chain(c.custom_prices.keys());

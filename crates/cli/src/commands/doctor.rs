@@ -40,7 +40,7 @@ pub async fn doctor(settings: Settings, args: DoctorArgs) -> anyhow::Result<Exit
     checks.push(match usage_pricing::load_dir(dir, settings.default_rate_card.as_deref()) {
         Ok(book) => {
             let cards: Vec<String> = book
-                .cards
+                .cards()
                 .values()
                 .map(|c| format!("{} (v{})", c.id, c.versions.last().map_or(0, |v| v.version)))
                 .collect();

@@ -47,7 +47,7 @@ pub fn load_rate_book(settings: &Settings, rates: &RatesArg) -> Result<Arc<RateB
     let dir = rates.rate_cards.as_ref().unwrap_or(&settings.rate_cards);
     let book = usage_pricing::load_dir(dir, settings.default_rate_card.as_deref())
         .with_context(|| format!("loading rate cards from {}", dir.display()))?;
-    for card in book.cards.values() {
+    for card in book.cards().values() {
         tracing::info!(
             rate_card = %card.id,
             currency = %card.currency,
