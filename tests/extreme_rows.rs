@@ -96,8 +96,8 @@ async fn rows_at_every_bound_of_their_values_are_stored_and_read_back_exactly() 
                 strings(&lines.iter().map(|l| l.unit_price.to_string()).collect::<Vec<_>>())
             ),
             format!("`lines.cost` = {}", array(&lines.iter().map(|l| l.cost).collect::<Vec<_>>(), amount)),
-            format!("`attributes.key` = {}", strings(&row.attributes.keys().cloned().collect::<Vec<_>>())),
-            format!("`attributes.value` = {}", strings(&row.attributes.values().cloned().collect::<Vec<_>>())),
+            format!("`attributes.key` = {}", strings(&row.attributes.keys().map(str::to_owned).collect::<Vec<_>>())),
+            format!("`attributes.value` = {}", strings(&row.attributes.values().map(str::to_owned).collect::<Vec<_>>())),
             format!(
                 "kafka_topic = {} AND kafka_partition = {} AND kafka_offset = {}",
                 quote(&row.kafka_topic),

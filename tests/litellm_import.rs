@@ -107,7 +107,7 @@ fn every_litellm_entry_with_a_token_price_is_priced_with_its_variants() {
             api_key_id: None,
             project_id: None,
             service_tier: tier,
-            attributes: BTreeMap::new(),
+            attributes: Default::default(),
             usage,
         };
         let priced = pricer.price(event).unwrap_or_else(|r| panic!("{key}: {r}"));

@@ -110,7 +110,7 @@ fn event(
         api_key_id: Some(format!("key-{:05}", i % 20_000).into()),
         project_id: Some(format!("proj-{:04}", i % 3_000).into()),
         service_tier,
-        attributes: BTreeMap::from([("region".to_owned(), "eu-west-1".to_owned())]),
+        attributes: usage_model::Attributes::from([("region", "eu-west-1")]),
         usage,
     }
 }

@@ -3,10 +3,9 @@
 use clickhouse::Row;
 use serde::ser::SerializeSeq;
 use serde::{Serialize, Serializer};
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use usage_model::{
-    Amount, CompactString, CostLine, Currency, PricedEvent, RejectReason, Rejection, ServiceTier, Unit, UsageCounts,
+    Amount, Attributes, CompactString, CostLine, Currency, PricedEvent, RejectReason, Rejection, ServiceTier, Unit, UsageCounts,
 };
 
 /// Scale of every `Decimal(38, 24)` column: an [`Amount`]'s own scale, so a
@@ -45,7 +44,7 @@ pub struct PricedRow {
     /// One per priced unit, in unit-registry order (the `lines.*` columns).
     pub lines: Vec<CostLine>,
     /// The `attributes.*` columns, in key order.
-    pub attributes: BTreeMap<String, String>,
+    pub attributes: Attributes,
     pub kafka_topic: Arc<str>,
     pub kafka_partition: i32,
     pub kafka_offset: i64,
@@ -164,9 +163,9 @@ pub struct PricedRowBinary<'a> {
     #[serde(rename = "lines.cost", serialize_with = "line_costs")]
     pub line_costs: &'a [CostLine],
     #[serde(rename = "attributes.key", serialize_with = "attribute_keys")]
-    pub attribute_keys: &'a BTreeMap<String, String>,
+    pub attribute_keys: &'a Attributes,
     #[serde(rename = "attributes.value", serialize_with = "attribute_values")]
-    pub attribute_values: &'a BTreeMap<String, String>,
+    pub attribute_values: &'a Attributes,
     pub kafka_topic: &'a str,
     pub kafka_partition: i32,
     pub kafka_offset: i64,
@@ -209,11 +208,11 @@ fn line_costs<S: Serializer>(lines: &&[CostLine], s: S) -> Result<S::Ok, S::Erro
     column(s, lines.len(), lines.iter().map(|l| l.cost.scaled()))
 }
 
-fn attribute_keys<S: Serializer>(a: &&BTreeMap<String, String>, s: S) -> Result<S::Ok, S::Error> {
+fn attribute_keys<S: Serializer>(a: &&Attributes, s: S) -> Result<S::Ok, S::Error> {
     column(s, a.len(), a.keys())
 }
 
-fn attribute_values<S: Serializer>(a: &&BTreeMap<String, String>, s: S) -> Result<S::Ok, S::Error> {
+fn attribute_values<S: Serializer>(a: &&Attributes, s: S) -> Result<S::Ok, S::Error> {
     column(s, a.len(), a.values())
 }
 

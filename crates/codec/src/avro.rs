@@ -7,9 +7,9 @@ use crate::registry::{SchemaResolver, SchemaResolverError};
 use crate::DecodeError;
 use apache_avro::types::Value;
 use apache_avro::Schema;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::OnceLock;
-use usage_model::{RejectReason, Rejection, Unit, UsageCounts, UsageEvent};
+use usage_model::{Attributes, RejectReason, Rejection, Unit, UsageCounts, UsageEvent};
 
 /// The id the shipped schema answers to when no registry is configured.
 pub const PINNED_SCHEMA_ID: u32 = 1;
@@ -217,7 +217,7 @@ fn from_value(value: Value) -> Result<UsageEvent, Rejection> {
     let project_id = take_string("project_id")?;
     let service_tier = parse_service_tier(take_string("service_tier")?.as_deref())?;
     let attributes = match fields.remove("attributes") {
-        None => BTreeMap::new(),
+        None => Attributes::new(),
         Some(Value::Map(m)) => m
             .into_iter()
             .map(|(k, v)| match v {

@@ -15,8 +15,7 @@
 use crate::json::{parse_instant, parse_service_tier};
 use crate::DecodeError;
 use smallvec::SmallVec;
-use std::collections::BTreeMap;
-use usage_model::{RejectReason, Rejection, Unit, UsageCounts, UsageEvent};
+use usage_model::{Attributes, RejectReason, Rejection, Unit, UsageCounts, UsageEvent};
 
 /// Reads one datum of the shipped schema, all of `bytes`.
 pub(crate) fn decode_shipped(bytes: &[u8], allocation_max: usize) -> Result<UsageEvent, DecodeError> {
@@ -29,11 +28,11 @@ pub(crate) fn decode_shipped(bytes: &[u8], allocation_max: usize) -> Result<Usag
     let api_key_id = r.optional_string()?;
     let project_id = r.optional_string()?;
     let service_tier = r.optional_string()?;
-    let mut attributes = BTreeMap::new();
+    let mut attributes = Attributes::new();
     r.map(|r| {
         let key = r.string()?;
         let value = r.string()?;
-        attributes.insert(key.to_owned(), value.to_owned());
+        attributes.insert(key, value);
         Ok(())
     })?;
     let usage_at = r.pos;

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
-use usage_model::{RejectReason, Rejection, ServiceTier, Unit, UsageCounts, UsageEvent};
+use usage_model::{Attributes, RejectReason, Rejection, ServiceTier, Unit, UsageCounts, UsageEvent};
 
 /// The event as written, before checks. Every field is optional here so that
 /// a missing one is reported by name rather than as a parse error; unknown
@@ -282,7 +282,7 @@ fn decode_with_serde(text: &str) -> Result<UsageEvent, Rejection> {
         api_key_id: raw.api_key_id.map(Into::into),
         project_id: raw.project_id.map(Into::into),
         service_tier: parse_service_tier(raw.service_tier.as_deref())?,
-        attributes: raw.attributes.unwrap_or_default(),
+        attributes: raw.attributes.map(|a| a.into_iter().collect()).unwrap_or_default(),
         usage,
     })
 }
@@ -324,9 +324,13 @@ struct JsonEvent<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     project_id: Option<&'a str>,
     service_tier: &'a str,
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    attributes: &'a BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "no_attributes")]
+    attributes: &'a Attributes,
     usage: BTreeMap<&'static str, u64>,
+}
+
+fn no_attributes(attributes: &&Attributes) -> bool {
+    attributes.is_empty()
 }
 
 /// Encodes an event as canonical JSON (what `produce --synthetic` sends).

@@ -8,8 +8,7 @@
 //! (a property test compares them on random and damaged payloads).
 
 use crate::json::{parse_instant, parse_service_tier};
-use std::collections::BTreeMap;
-use usage_model::{Unit, UsageCounts, UsageEvent};
+use usage_model::{Attributes, Unit, UsageCounts, UsageEvent};
 
 /// The event, if `text` has the plain shape and is valid.
 pub(crate) fn decode_plain_shape(text: &str) -> Option<UsageEvent> {
@@ -80,7 +79,7 @@ struct Fields<'a> {
     api_key_id: Option<Option<&'a str>>,
     project_id: Option<Option<&'a str>>,
     service_tier: Option<Option<&'a str>>,
-    attributes: Option<BTreeMap<String, String>>,
+    attributes: Option<Attributes>,
     usage: Option<UsageCounts>,
 }
 
@@ -271,15 +270,15 @@ impl<'a> Scanner<'a> {
 
     /// `null`, or an object of strings (a key given twice keeps its last
     /// value, as the full decoder's map does).
-    fn attributes(&mut self) -> Option<BTreeMap<String, String>> {
-        let mut out = BTreeMap::new();
+    fn attributes(&mut self) -> Option<Attributes> {
+        let mut out = Attributes::new();
         if self.peek()? == b'n' {
             self.literal("null")?;
             return Some(out);
         }
         self.members(|r, key| {
             let value = r.string()?;
-            out.insert(key.to_owned(), value.to_owned());
+            out.insert(key, value);
             Some(())
         })?;
         Some(out)

@@ -1,11 +1,11 @@
 //! The canonical usage event: one API call's usage, as a platform reports it.
 
+use crate::attributes::Attributes;
 use crate::rejection::{RejectReason, Rejection};
 use crate::unit::{Unit, UnitSet};
 use chrono::{DateTime, Duration, Utc};
 pub use compact_str::CompactString;
 use smallvec::SmallVec;
-use std::collections::BTreeMap;
 use std::fmt;
 
 /// How the provider served the request; variants can be priced differently.
@@ -116,7 +116,7 @@ pub struct UsageEvent {
     pub api_key_id: Option<CompactString>,
     pub project_id: Option<CompactString>,
     pub service_tier: ServiceTier,
-    pub attributes: BTreeMap<String, String>,
+    pub attributes: Attributes,
     pub usage: UsageCounts,
 }
 
@@ -312,7 +312,7 @@ mod tests {
             sets in prop::collection::vec((0..UNIT_COUNT, any::<u64>()), 0..40)
         ) {
             let mut counts = UsageCounts::default();
-            let mut reference = BTreeMap::new();
+            let mut reference = std::collections::BTreeMap::new();
             for (index, count) in sets {
                 let unit = Unit::all().nth(index).unwrap();
                 counts.set(unit, count);
@@ -339,7 +339,7 @@ mod tests {
             api_key_id: None,
             project_id: None,
             service_tier: ServiceTier::Standard,
-            attributes: BTreeMap::new(),
+            attributes: Attributes::new(),
             usage,
         }
     }

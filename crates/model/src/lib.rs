@@ -6,6 +6,7 @@
 //! ([`PricedEvent`]) and why an event can be refused ([`Rejection`]).
 
 mod amount;
+mod attributes;
 mod event;
 pub mod hashing;
 mod money;
@@ -15,6 +16,7 @@ mod unit;
 mod units_table;
 
 pub use amount::{Amount, AmountError, PackedAmount, AMOUNT_SCALE};
+pub use attributes::Attributes;
 pub use event::{unsafe_characters, ClockReading, CompactString, EventLimits, ServiceTier, UsageCounts, UsageEvent};
 pub use money::{round_for_display, Currency, CurrencyError, Money, MoneyError};
 pub use priced::{CostLine, PricedEvent, Quote};

@@ -246,7 +246,7 @@ prices = { input_mtok = "2", output_mtok = "8" }
             api_key_id: None,
             project_id: None,
             service_tier: ServiceTier::Standard,
-            attributes: BTreeMap::new(),
+            attributes: Default::default(),
             usage: counts,
         }
     }

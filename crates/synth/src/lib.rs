@@ -10,7 +10,6 @@
 use chrono::{DateTime, Duration, Utc};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use std::collections::BTreeMap;
 use usage_codec::{encode_avro, encode_json, AvroWire, PINNED_SCHEMA_ID};
 use usage_model::{RejectReason, ServiceTier, Unit, UsageCounts, UsageEvent};
 
@@ -180,9 +179,9 @@ impl Generator {
         };
         let n_keys = 1 + account % 3;
         let key = self.rng.random_range(0..n_keys);
-        let mut attributes = BTreeMap::new();
+        let mut attributes = usage_model::Attributes::new();
         if self.rng.random_bool(0.3) {
-            attributes.insert("region".to_owned(), ["us-east", "eu-west", "ap-south"][account as usize % 3].to_owned());
+            attributes.insert("region", ["us-east", "eu-west", "ap-south"][account as usize % 3]);
         }
         UsageEvent {
             event_id: format!("{}-{i}", self.config.id_prefix).into(),
