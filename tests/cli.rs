@@ -194,6 +194,23 @@ fn sigterm_finishes_the_batch_in_flight_commits_and_exits() {
 }
 
 #[test]
+fn a_pending_entries_bound_out_of_range_or_not_a_number_stops_the_ledger_before_it_starts() {
+    let (raw, dlq, group, database) = (unique("raw"), unique("dlq"), unique("group"), unique("cfg"));
+    for (value, says) in [
+        ("0", "ledger.pending_entries_max must be within 1..=20000000, is 0"),
+        ("20000001", "ledger.pending_entries_max must be within 1..=20000000, is 20000001"),
+        ("lots", "LEDGER_PENDING_ENTRIES_MAX: invalid digit"),
+    ] {
+        let mut env = isolated_env(&raw, &dlq, &group, &database);
+        env.push(("LEDGER_PENDING_ENTRIES_MAX", value.to_owned()));
+        let output = run_binary(&["ledger"], &env, Duration::from_secs(60));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{value}: exit {:?}", output.status);
+        assert!(stderr.contains(says), "{value}: {stderr}");
+    }
+}
+
+#[test]
 fn a_changelog_interval_out_of_range_or_not_a_number_stops_the_ledger_before_it_starts() {
     let (raw, dlq, group, database) = (unique("raw"), unique("dlq"), unique("group"), unique("cfg"));
     for (value, says) in [

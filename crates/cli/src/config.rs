@@ -48,6 +48,7 @@
 //! batch_linger_ms = 5                # a batch of priced usage closes this long after its first record
 //! changelog_interval_ms = 5000        # LEDGER_CHANGELOG_INTERVAL_MS: changed accounts to the changelog, offsets committed
 //! write_entries = true                # ledger entries into ClickHouse
+//! pending_entries_max = 500000        # LEDGER_PENDING_ENTRIES_MAX: entries waiting for ClickHouse past which input pauses
 //!
 //! [observability]
 //! metrics_addr = "127.0.0.1:9464"     # USAGE_METRICS_ADDR (or --metrics-addr): /healthz, /readyz, /metrics
@@ -97,6 +98,7 @@ struct LedgerSection {
     batch_linger_ms: Option<u64>,
     changelog_interval_ms: Option<u64>,
     write_entries: Option<bool>,
+    pending_entries_max: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -167,6 +169,11 @@ pub struct Settings {
 /// Upper bound on `batch_events_max`: one INSERT must stay below
 /// ClickHouse's `max_insert_block_size` (1,048,576) to stay one block.
 const BATCH_EVENTS_MAX_LIMIT: usize = 1_000_000;
+
+/// Upper bound on `ledger.pending_entries_max`: a waiting entry holds a few
+/// hundred bytes, so past this the bound no longer bounds memory usefully
+/// (a typo's extra zeros are caught instead).
+const PENDING_ENTRIES_MAX_BOUND: usize = 20_000_000;
 
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
@@ -286,6 +293,16 @@ impl Settings {
             },
             event_format,
             transactional_id: env("LEDGER_TRANSACTIONAL_ID").or(l.transactional_id),
+            pending_entries_max: match env("LEDGER_PENDING_ENTRIES_MAX").map(|s| s.parse::<usize>()).transpose() {
+                Ok(v) => match v.or(l.pending_entries_max) {
+                    None => ledger_defaults.pending_entries_max,
+                    Some(n @ 1..=PENDING_ENTRIES_MAX_BOUND) => n,
+                    Some(n) => bail!(
+                        "ledger.pending_entries_max must be within 1..={PENDING_ENTRIES_MAX_BOUND}, is {n}"
+                    ),
+                },
+                Err(e) => bail!("LEDGER_PENDING_ENTRIES_MAX: {e}"),
+            },
             ..ledger_defaults
         };
         let topics = [&stream.raw_topic, &stream.dead_letter_topic, &stream.rate_cards_topic];
