@@ -947,7 +947,44 @@ fn print_table(results: &BTreeMap<&'static str, f64>) {
     ];
     println!("{:<46} {:>16}   target", "measure", "value");
     for (key, target) in targets {
-        let value = results.get(key).map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into());
-        println!("{key:<46} {value:>16}   {target}");
+        // Ratios to three places: 0.896 is not shown as a met 0.90.
+        let value = results
+            .get(key)
+            .map(|v| if v.abs() < 10.0 { format!("{v:.3}") } else { format!("{v:.2}") })
+            .unwrap_or_else(|| "-".into());
+        let verdict = match (results.get(key), verdict(target)) {
+            (Some(v), Some(met)) if met(*v) => "  met",
+            (Some(_), Some(_)) => "  NOT met",
+            _ => "",
+        };
+        println!("{key:<46} {value:>16}   {target}{verdict}");
+    }
+}
+
+/// Whether a value meets a target written as `>= x`, `<= x` or `< x`.
+fn verdict(target: &str) -> Option<impl Fn(f64) -> bool> {
+    let (op, bound) = target.split_once(' ')?;
+    let bound: f64 = bound.replace(',', "").parse().ok()?;
+    let op = match op {
+        ">=" => |v: f64, b: f64| v >= b,
+        "<=" => |v: f64, b: f64| v <= b,
+        "<" => |v: f64, b: f64| v < b,
+        _ => return None,
+    };
+    Some(move |v: f64| op(v, bound))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn targets_are_judged_on_the_value_not_its_rounding() {
+        let at_least = super::verdict(">= 0.9").unwrap();
+        assert!(!at_least(0.896) && at_least(0.9) && at_least(0.93));
+        let at_most = super::verdict("<= 1.5").unwrap();
+        assert!(at_most(1.5) && !at_most(1.51));
+        let below = super::verdict("< 250").unwrap();
+        assert!(below(249.9) && !below(250.0));
+        assert!(super::verdict(">= 1,000,000").unwrap()(1_000_000.0));
+        assert!(super::verdict("10,000").is_none() && super::verdict("").is_none());
     }
 }
