@@ -97,7 +97,10 @@ async fn rows_at_every_bound_of_their_values_are_stored_and_read_back_exactly() 
             ),
             format!("`lines.cost` = {}", array(&lines.iter().map(|l| l.cost).collect::<Vec<_>>(), amount)),
             format!("`attributes.key` = {}", strings(&row.attributes.keys().map(str::to_owned).collect::<Vec<_>>())),
-            format!("`attributes.value` = {}", strings(&row.attributes.values().map(str::to_owned).collect::<Vec<_>>())),
+            format!(
+                "`attributes.value` = {}",
+                strings(&row.attributes.values().map(str::to_owned).collect::<Vec<_>>())
+            ),
             format!(
                 "kafka_topic = {} AND kafka_partition = {} AND kafka_offset = {}",
                 quote(&row.kafka_topic),

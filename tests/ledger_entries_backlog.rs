@@ -133,16 +133,15 @@ fn waiting_ledger_entries_pause_the_ledger_at_their_bound_and_it_resumes() {
     // Every entry once; each account's usage entries sum to its priced cost.
     assert_eq!(count(&entries_sql), expected_entries);
     let priced: HashMap<String, Decimal> = rt
-        .block_on(sink.query_tsv(&format!(
-            "SELECT account_id, sum(cost) FROM {database}.priced_events GROUP BY account_id"
-        )))
+        .block_on(
+            sink.query_tsv(&format!("SELECT account_id, sum(cost) FROM {database}.priced_events GROUP BY account_id")),
+        )
         .unwrap()
         .into_iter()
         .map(|r| (r[0].clone(), r[1].parse().unwrap()))
         .collect();
-    let balances = rt
-        .block_on(sink.query_tsv(&format!("SELECT account_id, used, balance FROM {database}.balances")))
-        .unwrap();
+    let balances =
+        rt.block_on(sink.query_tsv(&format!("SELECT account_id, used, balance FROM {database}.balances"))).unwrap();
     assert_eq!(balances.len(), ACCOUNTS);
     for row in balances {
         let (used, balance): (Decimal, Decimal) = (row[1].parse().unwrap(), row[2].parse().unwrap());

@@ -1,7 +1,8 @@
 //! The criterion bench's work, a fixed number of passes, for profilers and
 //! instruction counts (`perf stat -e instructions:u`), which are steadier
 //! than times on a shared machine:
-//! `cargo run --release -p usage-bench --example pricing_passes -- json 20`.
+//! `cargo run --release -p usage-bench --example pricing_passes -- json 20`
+//! (`LAPS=1`: the rate of every ten passes too, to see the machine's pace move).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -35,7 +36,12 @@ fn main() {
     for pass in 0..passes {
         usage_bench::price_all(&mut processor, &payloads);
         if std::env::var_os("LAPS").is_some() && pass % 10 == 9 {
-            eprintln!("passes {}..{}: {:.0} events/s", pass - 9, pass + 1, 10.0 * payloads.len() as f64 / lap.elapsed().as_secs_f64());
+            eprintln!(
+                "passes {}..{}: {:.0} events/s",
+                pass - 9,
+                pass + 1,
+                10.0 * payloads.len() as f64 / lap.elapsed().as_secs_f64()
+            );
             lap = Instant::now();
         }
     }

@@ -297,9 +297,9 @@ impl Settings {
                 Ok(v) => match v.or(l.pending_entries_max) {
                     None => ledger_defaults.pending_entries_max,
                     Some(n @ 1..=PENDING_ENTRIES_MAX_BOUND) => n,
-                    Some(n) => bail!(
-                        "ledger.pending_entries_max must be within 1..={PENDING_ENTRIES_MAX_BOUND}, is {n}"
-                    ),
+                    Some(n) => {
+                        bail!("ledger.pending_entries_max must be within 1..={PENDING_ENTRIES_MAX_BOUND}, is {n}")
+                    }
                 },
                 Err(e) => bail!("LEDGER_PENDING_ENTRIES_MAX: {e}"),
             },

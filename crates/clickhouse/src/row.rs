@@ -5,7 +5,8 @@ use serde::ser::SerializeSeq;
 use serde::{Serialize, Serializer};
 use std::sync::Arc;
 use usage_model::{
-    Amount, Attributes, CompactString, CostLine, Currency, PricedEvent, RejectReason, Rejection, ServiceTier, Unit, UsageCounts,
+    Amount, Attributes, CompactString, CostLine, Currency, PricedEvent, RejectReason, Rejection, ServiceTier, Unit,
+    UsageCounts,
 };
 
 /// Scale of every `Decimal(38, 24)` column: an [`Amount`]'s own scale, so a

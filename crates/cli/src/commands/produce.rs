@@ -100,7 +100,8 @@ pub async fn produce(settings: Settings, args: ProduceArgs) -> Result<ExitCode> 
             // Keyed by account so that one account's events stay in order on
             // one partition; a line that does not decode is sent unkeyed and
             // the pipeline dead-letters it.
-            let key = usage_codec::decode_json(line.as_bytes()).map(|e| e.account_id.as_bytes().to_vec()).unwrap_or_default();
+            let key =
+                usage_codec::decode_json(line.as_bytes()).map(|e| e.account_id.as_bytes().to_vec()).unwrap_or_default();
             chunk.push((key, line.into_bytes()));
             if chunk.len() == CHUNK_MESSAGES {
                 sent += send_chunk(&mut chunk).await?;
