@@ -32,10 +32,11 @@ fn main() {
     let limits = usage_model::EventLimits::default();
     let mut processor = Processor::new(decoder, Pricer::new(book), limits, Arc::new(SystemClock));
     let started = Instant::now();
+    let laps = std::env::var_os("LAPS").is_some();
     let mut lap = Instant::now();
     for pass in 0..passes {
         usage_bench::price_all(&mut processor, &payloads);
-        if std::env::var_os("LAPS").is_some() && pass % 10 == 9 {
+        if laps && pass % 10 == 9 {
             eprintln!(
                 "passes {}..{}: {:.0} events/s",
                 pass - 9,

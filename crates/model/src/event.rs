@@ -4,7 +4,7 @@ use crate::attributes::Attributes;
 use crate::rejection::{RejectReason, Rejection};
 use crate::unit::{Unit, UnitSet};
 use chrono::{DateTime, Duration, Utc};
-pub use compact_str::CompactString;
+use compact_str::CompactString;
 use smallvec::SmallVec;
 use std::fmt;
 

@@ -17,7 +17,9 @@ mod units_table;
 
 pub use amount::{Amount, AmountError, PackedAmount, AMOUNT_SCALE};
 pub use attributes::Attributes;
-pub use event::{unsafe_characters, ClockReading, CompactString, EventLimits, ServiceTier, UsageCounts, UsageEvent};
+/// The inline string of an event's ids and names (up to 24 bytes without an allocation).
+pub use compact_str::CompactString;
+pub use event::{unsafe_characters, ClockReading, EventLimits, ServiceTier, UsageCounts, UsageEvent};
 pub use money::{round_for_display, Currency, CurrencyError, Money, MoneyError};
 pub use priced::{CostLine, PricedEvent, Quote};
 pub use rejection::{RejectReason, Rejection};
