@@ -17,6 +17,8 @@ use usage_kafka::Producer;
 
 const ACCOUNTS: usize = 10;
 const EVENTS: usize = 300;
+/// Usage sent after the ledger paused: it must wait in the priced topic.
+const SECOND_WAVE: usize = 200;
 const PENDING_MAX: usize = 20;
 
 fn lag(group: &str, topic: &str) -> i64 {
@@ -102,7 +104,9 @@ fn waiting_ledger_entries_pause_the_ledger_at_their_bound_and_it_resumes() {
             (account, json)
         })
         .collect();
-    send(&raw, &usage);
+    // The first wave makes more entries wait than the bound allows.
+    let (first_wave, second_wave) = usage.split_at(EVENTS - SECOND_WAVE);
+    send(&raw, first_wave);
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let paused = std::fs::read_to_string(&log).unwrap().contains("too many ledger entries wait: pausing input");
@@ -112,10 +116,22 @@ fn waiting_ledger_entries_pause_the_ledger_at_their_bound_and_it_resumes() {
         assert!(Instant::now() < deadline, "the ledger never paused; see {}", log.display());
         std::thread::sleep(Duration::from_millis(300));
     }
-    // Paused: the priced usage waits in its topic (a ledger that kept
-    // consuming would have committed all of it several times over by now).
+    // Paused: the second wave is priced but waits in its topic (lag counts
+    // messages, each holding many priced events). Had the first wave
+    // arrived whole in one of the ledger's batches, that batch would be
+    // committed before the pause: only usage sent after it tells.
+    send(&raw, second_wave);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while lag(&ledger_group, &priced_topic) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the second wave never reached the priced topic unconsumed; see {}",
+            log.display()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
     std::thread::sleep(Duration::from_secs(5));
-    assert!(lag(&ledger_group, &priced_topic) > 0, "the ledger kept consuming; see {}", log.display());
+    assert!(lag(&ledger_group, &priced_topic) > 0, "the ledger kept consuming while paused; see {}", log.display());
     assert!(ledger.try_wait().unwrap().is_none(), "the ledger stays up; see {}", log.display());
 
     // ClickHouse answers again: the ledger resumes by itself and catches up.
