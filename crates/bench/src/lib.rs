@@ -1,5 +1,8 @@
 //! Shared by the criterion benches and the `usage-bench` harness: the
-//! genai-prices catalog as a rate book, and a realistic event mix over it.
+//! genai-prices catalog as a rate book, and a realistic event mix over it;
+//! the ledger's load ([`ledger_load`]).
+
+pub mod ledger_load;
 
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;

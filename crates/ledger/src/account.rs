@@ -666,9 +666,13 @@ impl AccountState {
                 effects.events.push(event);
             }
         }
-        if let Some(projected) = self.projected_depletion(at) {
+        // Seconds first: the instant (calendar arithmetic, slow for a far
+        // one, as an account's sparse usage makes it) only when announced.
+        let seconds = if self.runway_announced { None } else { self.seconds_to_depletion(at) };
+        if let Some(seconds) = seconds {
             let runway_hours = self.settings_at(at).map(|s| s.low_runway_hours).unwrap_or(72);
-            if !self.runway_announced && projected - at < Duration::hours(i64::from(runway_hours)) {
+            let within = seconds < i64::from(runway_hours) * 3600;
+            if let Some(projected) = within.then(|| at.checked_add_signed(Duration::seconds(seconds))).flatten() {
                 self.runway_announced = true;
                 let mut event = self.event(EventKind::BalanceLowRunway, &self.runway_cycle.to_string(), at);
                 event.balance = Some(balance);
@@ -701,6 +705,11 @@ impl AccountState {
     /// When the balance runs out at the recent spend rate (usage time):
     /// spend of the previous and current hour over the time they span.
     pub fn projected_depletion(&self, at: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        at.checked_add_signed(Duration::seconds(self.seconds_to_depletion(at)?))
+    }
+
+    /// [`Self::projected_depletion`] as seconds after `at` (at most a century).
+    fn seconds_to_depletion(&self, at: DateTime<Utc>) -> Option<i64> {
         let balance = self.balance().ok()?;
         let burn = self.burn.as_deref()?;
         if balance <= Amount::ZERO || burn.hour != at.timestamp().div_euclid(3600) {
@@ -714,8 +723,7 @@ impl AccountState {
         }
         // A projection, not money: the division truncates.
         let seconds = balance.ratio_times(spent, window)?;
-        let seconds = i64::try_from(seconds.min(100 * 365 * 86_400)).ok()?;
-        at.checked_add_signed(Duration::seconds(seconds))
+        i64::try_from(seconds.min(100 * 365 * 86_400)).ok()
     }
 
     fn drop_spent_grants(&mut self) {
