@@ -274,7 +274,7 @@ impl EventLimits {
 pub fn unsafe_characters(text: &str) -> Option<&'static str> {
     // Printable ASCII (nearly every name) holds neither; only other text
     // is decoded to look.
-    if text.bytes().fold(true, |all, b| all & (0x20..0x7f).contains(&b)) {
+    if is_printable_ascii(text.as_bytes()) {
         return None;
     }
     if text.chars().any(char::is_control) {
@@ -284,6 +284,22 @@ pub fn unsafe_characters(text: &str) -> Option<&'static str> {
     } else {
         None
     }
+}
+
+/// Whether every byte is printable ASCII (0x20 to 0x7e), eight at a time:
+/// in each word a byte's high bit is flagged if the byte is at or above
+/// 0x80 (itself), at or above 0x7f (plus one) or below 0x20 (a borrow).
+/// A borrow or carry can only flag a byte next to one flagged already, so
+/// the verdict is exact. The last word overlaps the one before it.
+fn is_printable_ascii(bytes: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let unprintable = |v: u64| (v | v.wrapping_add(ONES * 0x01) | v.wrapping_sub(ONES * 0x20)) & HIGHS != 0;
+    let Some(last) = bytes.last_chunk::<8>() else {
+        return bytes.iter().all(|b| (0x20..0x7f).contains(b));
+    };
+    let (words, _) = bytes.as_chunks::<8>();
+    !words.iter().chain([last]).any(|w| unprintable(u64::from_le_bytes(*w)))
 }
 
 /// Unicode's bidirectional formatting characters (UAX #9): marks,
@@ -305,6 +321,26 @@ mod tests {
     use proptest::prelude::*;
 
     proptest! {
+        /// The word-wise check agrees with a byte-by-byte one, on bytes
+        /// drawn mostly around the printable range's edges.
+        #[test]
+        fn printable_ascii_by_words_agrees_with_bytes(
+            bytes in prop::collection::vec(
+                prop_oneof![
+                    100 => 0x20u8..0x7f,
+                    1 => Just(0x1f),
+                    1 => Just(0x7f),
+                    1 => Just(0x80),
+                    1 => Just(0xff),
+                    1 => Just(0),
+                    1 => any::<u8>(),
+                ],
+                0..40,
+            )
+        ) {
+            prop_assert_eq!(is_printable_ascii(&bytes), bytes.iter().all(|b| (0x20..0x7f).contains(b)));
+        }
+
         /// Counts set in any order, over and again, read back as a plain
         /// map of the last count per unit says.
         #[test]
