@@ -98,7 +98,9 @@ impl Pricer {
         };
         let discount =
             if custom.is_some() { None } else { contract.and_then(|c| c.discount_factor(&model.provider, &model.id)) };
-        let priced_quantities = priced_quantities(event, prices)?;
+        // Filled in place: returned, the 59 counts were copied out again.
+        let mut priced_quantities = [0u64; UNIT_COUNT];
+        split_into_priced_quantities(event, prices, &mut priced_quantities)?;
         let input_tokens = event.usage.count(Unit::INPUT_TOKENS);
 
         let mut lines = Vec::with_capacity(prices.prices.len());
@@ -154,10 +156,13 @@ fn overflow(what: String) -> Rejection {
 
 /// Splits reported counts into disjoint parts over the priced units (step 1
 /// above), in the set's decomposition order (most specific units first, so
-/// each unit's parts are known when it is reached). `requests` is not a part
-/// of anything and is left out.
-fn priced_quantities(event: &UsageEvent, prices: &PriceSet) -> Result<[u64; UNIT_COUNT], Rejection> {
-    let mut leaf = [0u64; UNIT_COUNT];
+/// each unit's parts are known when it is reached), into `leaf` (zeros).
+/// `requests` is not a part of anything and is left out.
+fn split_into_priced_quantities(
+    event: &UsageEvent,
+    prices: &PriceSet,
+    leaf: &mut [u64; UNIT_COUNT],
+) -> Result<(), Rejection> {
     for &(unit, parts_priced) in &prices.decomposition {
         let parts: u128 = parts_priced.iter().map(|d| leaf[d.index()] as u128).sum();
         let reported = event.usage.count(unit) as u128;
@@ -174,7 +179,7 @@ fn priced_quantities(event: &UsageEvent, prices: &PriceSet) -> Result<[u64; UNIT
         }
         leaf[unit.index()] = (reported - parts) as u64;
     }
-    Ok(leaf)
+    Ok(())
 }
 
 #[cfg(test)]
