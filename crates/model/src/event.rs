@@ -294,7 +294,7 @@ pub fn unsafe_characters(text: &str) -> Option<&'static str> {
 fn is_printable_ascii(bytes: &[u8]) -> bool {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGHS: u64 = 0x8080_8080_8080_8080;
-    let unprintable = |v: u64| (v | v.wrapping_add(ONES * 0x01) | v.wrapping_sub(ONES * 0x20)) & HIGHS != 0;
+    let unprintable = |v: u64| (v | v.wrapping_add(ONES) | v.wrapping_sub(ONES * 0x20)) & HIGHS != 0;
     let Some(last) = bytes.last_chunk::<8>() else {
         return bytes.iter().all(|b| (0x20..0x7f).contains(b));
     };
