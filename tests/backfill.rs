@@ -108,11 +108,11 @@ async fn backfill_reprices_a_closed_month_once_and_only_after_the_new_version() 
         let event = usage_codec::decode_json(e.as_bytes()).unwrap();
         let new = new_pricer.price(event.clone()).unwrap();
         let old = old_pricer.price(event.clone()).unwrap();
-        if new.cost != old.cost {
+        if new.quote.cost != old.quote.cost {
             changed += 1;
             assert!(event.occurred_at >= "2026-09-15T00:00:00Z".parse::<DateTime<Utc>>().unwrap());
         }
-        expected.insert(event.event_id.to_string(), (new.rate_card_version, new.cost));
+        expected.insert(event.event_id.to_string(), (new.quote.rate_card_version, new.quote.cost));
     }
     assert!(changed > 50 && changed < 120, "{changed} events are after the new version");
 

@@ -69,7 +69,7 @@ fn backfill_of_a_month_larger_than_its_memory_bound_streams_it() {
         attributes: Default::default(),
         usage,
     };
-    let one = usage_pricing::Pricer::new(book).price(event).unwrap().cost;
+    let one = usage_pricing::Pricer::new(book).price(event).unwrap().quote.cost;
     let expected = one.checked_mul_count(ROWS).unwrap();
     let sql = format!(
         "SELECT count(), uniqExact(event_id), toString(sum(cost)) FROM {} WHERE toYYYYMM(occurred_at) = 202609",

@@ -99,7 +99,7 @@ fn run_ending(end: chrono::DateTime<chrono::Utc>) {
         let priced = pricer.price(event.clone()).unwrap();
         let entry = expected.entry((event.account_id.to_string(), hour_of(event.occurred_at))).or_default();
         entry.0 += 1;
-        entry.1 = entry.1.checked_add(priced.cost).unwrap();
+        entry.1 = entry.1.checked_add(priced.quote.cost).unwrap();
     }
 
     // Produce in the background, slowly enough that data flows through

@@ -61,9 +61,12 @@ fn imported_genai_prices_agree_with_the_reference_library_to_the_last_digit() {
         providers_seen.insert(event.provider.to_string());
         match pricer.price(event) {
             Ok(priced) => {
-                units_seen.extend(priced.lines.iter().filter(|l| l.priced_quantity > 0).map(|l| l.unit.key()));
-                if priced.cost.to_decimal().ok() != Some(expected_cost) || *priced.matched_model != *expected_model {
-                    mismatches.push(format!("{line}\n  ours: {} via {}", priced.cost, priced.matched_model));
+                units_seen.extend(priced.quote.lines.iter().filter(|l| l.priced_quantity > 0).map(|l| l.unit.key()));
+                if priced.quote.cost.to_decimal().ok() != Some(expected_cost)
+                    || *priced.quote.matched_model != *expected_model
+                {
+                    mismatches
+                        .push(format!("{line}\n  ours: {} via {}", priced.quote.cost, priced.quote.matched_model));
                 }
             }
             Err(r) => mismatches.push(format!("{line}\n  ours: rejected: {r}")),

@@ -141,7 +141,7 @@ prices = { input_mtok = "100000000000", output_mtok = "1" }
         let e = usage_codec::decode_json(json.as_bytes()).unwrap();
         match pricer.price(e.clone()) {
             Ok(p) => {
-                expected.insert(e.event_id.to_string(), p.cost);
+                expected.insert(e.event_id.to_string(), p.quote.cost);
             }
             Err(r) => assert_eq!((e.event_id.as_str(), r.reason.code()), ("overflow-1", "cost_overflow"), "{r}"),
         }

@@ -63,7 +63,7 @@ fn usage_json(id: &str, account: &str, at: DateTime<Utc>, input_tokens: u64) -> 
 fn cost_of(tokens: u64, at: DateTime<Utc>) -> Decimal {
     let book = Arc::new(load_dir(&repo_root().join("rate-cards"), None).unwrap());
     let event = usage_codec::decode_json(usage_json("x", "x", at, tokens).as_bytes()).unwrap();
-    dec(Pricer::new(book).price(event).unwrap().cost)
+    dec(Pricer::new(book).price(event).unwrap().quote.cost)
 }
 
 /// An amount as a `rust_decimal`, for this test's own arithmetic.
@@ -361,7 +361,8 @@ async fn balances_budgets_and_alerts_through_the_broker() {
     let book = Arc::new(load_dir(&repo_root().join("rate-cards"), None).unwrap());
     let sample =
         Pricer::new(book).price(usage_codec::decode_json(usage_json("x", "x", past, 1000).as_bytes()).unwrap());
-    let input_price = dec(sample.unwrap().lines.iter().find(|l| l.unit.key() == "input_tokens").unwrap().unit_price);
+    let input_price =
+        dec(sample.unwrap().quote.lines.iter().find(|l| l.unit.key() == "input_tokens").unwrap().unit_price);
     let tokens = state("tokens");
     assert_eq!(dec(tokens.allowance_applied), input_price * Decimal::from(1500));
     assert_eq!(dec(tokens.used), c * Decimal::from(3) - input_price * Decimal::from(1500));

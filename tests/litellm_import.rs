@@ -115,7 +115,7 @@ fn every_litellm_entry_with_a_token_price_is_priced_with_its_variants() {
             + expected_price(entry, "output_cost_per_token", tier, input).unwrap_or_default() * Decimal::from(output)
             // One request per event.
             + expected_price(entry, "input_cost_per_request", tier, input).unwrap_or_default();
-        assert_eq!(priced.cost.to_decimal().unwrap(), expected, "{key} ({tier}, {input} in, {output} out)");
+        assert_eq!(priced.quote.cost.to_decimal().unwrap(), expected, "{key} ({tier}, {input} in, {output} out)");
         n_priced += 1;
         if input > 200_000 && entry.keys().any(|k| k.contains("_above_")) {
             n_tiered += 1;

@@ -39,7 +39,7 @@ pub fn usage_json(data: &[u8]) {
     if let Ok(event) = fast {
         let mut pricer = Pricer::new(SHIPPED_BOOK.clone());
         if let Ok(priced) = pricer.price(event) {
-            assert!(!priced.cost.is_negative(), "a negative cost: {}", priced.cost);
+            assert!(!priced.quote.cost.is_negative(), "a negative cost: {}", priced.quote.cost);
         }
     }
 }
@@ -137,7 +137,7 @@ pub fn rate_card_files(data: &[u8]) {
     let mut pricer = Pricer::new(Arc::new(book));
     for event in probe_events() {
         if let Ok(priced) = pricer.price(event) {
-            assert!(!priced.cost.is_negative(), "a negative cost: {}", priced.cost);
+            assert!(!priced.quote.cost.is_negative(), "a negative cost: {}", priced.quote.cost);
         }
     }
 }

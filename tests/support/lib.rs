@@ -214,7 +214,7 @@ pub fn expected_by_account<'a>(
         if seen.insert((e.account_id.clone(), e.event_id.clone())) {
             let entry = out.entry(e.account_id.to_string()).or_default();
             entry.0 += 1;
-            let cost = pricer.price(e.clone()).expect("priceable").cost;
+            let cost = pricer.price(e.clone()).expect("priceable").quote.cost;
             entry.1 = entry.1.checked_add(cost).expect("test totals fit an amount");
         }
     }

@@ -695,7 +695,7 @@ async fn alert_latency(args: &Args, results: &mut BTreeMap<&'static str, f64>) -
             now.to_rfc3339()
         )
     };
-    let cost = usage_pricing::Pricer::new(book).price(usage_codec::decode_json(usage(0).as_bytes())?)?.cost;
+    let cost = usage_pricing::Pricer::new(book).price(usage_codec::decode_json(usage(0).as_bytes())?)?.quote.cost;
     let budget = cost.checked_mul_count(30)?;
     // Every account crosses 50, 80 and 100% of a budget of 30 events.
     let commands: Vec<(Vec<u8>, Vec<u8>)> = (0..ACCOUNTS)

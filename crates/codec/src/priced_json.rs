@@ -39,14 +39,15 @@ pub fn priced_to_json(p: &PricedEvent) -> String {
         occurred_at: p.event.occurred_at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
         provider: &p.event.provider,
         model: &p.event.model,
-        matched_model: &p.matched_model,
+        matched_model: &p.quote.matched_model,
         service_tier: p.event.service_tier.as_str(),
-        rate_card: &p.rate_card,
-        rate_card_version: p.rate_card_version,
-        contract_version: p.contract_version,
-        currency: p.currency.as_str(),
-        cost: p.cost.to_string(),
+        rate_card: &p.quote.rate_card,
+        rate_card_version: p.quote.rate_card_version,
+        contract_version: p.quote.contract_version,
+        currency: p.quote.currency.as_str(),
+        cost: p.quote.cost.to_string(),
         lines: p
+            .quote
             .lines
             .iter()
             .map(|l| LineJson {

@@ -21,25 +21,12 @@ pub struct CostLine {
     pub cost: Amount,
 }
 
-/// What pricing finds for an event, without the event: priced by
+/// What pricing finds for an event: its model, card and cost. Priced by
 /// reference, the event then moves once, into [`PricedEvent::new`] (each
 /// move of an event is a copy of a few hundred bytes).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Quote {
-    pub matched_model: Arc<str>,
-    pub rate_card: Arc<str>,
-    pub rate_card_version: u32,
-    pub contract_version: Option<u32>,
-    pub currency: Currency,
-    pub lines: Vec<CostLine>,
-    pub cost: Amount,
-}
-
-/// A usage event and its exact cost under one rate-card version.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PricedEvent {
-    pub event: UsageEvent,
-    /// The model entry of the rate card that matched `event.model`
+    /// The model entry of the rate card that matched the event's model
     /// (shared with the rate card: no copy per event).
     pub matched_model: Arc<str>,
     pub rate_card: Arc<str>,
@@ -53,9 +40,15 @@ pub struct PricedEvent {
     pub cost: Amount,
 }
 
+/// A usage event and its exact cost under one rate-card version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PricedEvent {
+    pub event: UsageEvent,
+    pub quote: Quote,
+}
+
 impl PricedEvent {
     pub fn new(event: UsageEvent, quote: Quote) -> Self {
-        let Quote { matched_model, rate_card, rate_card_version, contract_version, currency, lines, cost } = quote;
-        Self { event, matched_model, rate_card, rate_card_version, contract_version, currency, lines, cost }
+        Self { event, quote }
     }
 }

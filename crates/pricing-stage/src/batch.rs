@@ -398,16 +398,18 @@ mod tests {
             attributes: Default::default(),
             usage,
         };
-        PricedEvent {
+        PricedEvent::new(
             event,
-            matched_model: "m".into(),
-            rate_card: "c".into(),
-            rate_card_version: 1,
-            contract_version: None,
-            currency: usage_model::Currency::USD,
-            lines: vec![],
-            cost: usage_model::Amount::ONE,
-        }
+            usage_model::Quote {
+                matched_model: "m".into(),
+                rate_card: "c".into(),
+                rate_card_version: 1,
+                contract_version: None,
+                currency: usage_model::Currency::USD,
+                lines: vec![],
+                cost: usage_model::Amount::ONE,
+            },
+        )
     }
 
     /// A clock that moves only when told to, and counts its readings.

@@ -179,16 +179,18 @@ mod tests {
             unit_price: price.parse().unwrap(),
             cost: price.parse::<Amount>().unwrap().checked_mul_count(quantity).unwrap(),
         };
-        let priced = PricedEvent {
+        let priced = PricedEvent::new(
             event,
-            matched_model: "gpt-4o".into(),
-            rate_card: "list".into(),
-            rate_card_version: 1,
-            contract_version: None,
-            currency: usage_model::Currency::USD,
-            lines: vec![line(Unit::INPUT_TOKENS, 1200, "0.0000025"), line(Unit::OUTPUT_TOKENS, 0, "0.00001")],
-            cost: "0.003".parse().unwrap(),
-        };
+            usage_model::Quote {
+                matched_model: "gpt-4o".into(),
+                rate_card: "list".into(),
+                rate_card_version: 1,
+                contract_version: None,
+                currency: usage_model::Currency::USD,
+                lines: vec![line(Unit::INPUT_TOKENS, 1200, "0.0000025"), line(Unit::OUTPUT_TOKENS, 0, "0.00001")],
+                cost: "0.003".parse().unwrap(),
+            },
+        );
         let row = PricedRow::new(priced, "usage.raw".into(), 2, 42).unwrap();
         let read =
             usage_ledger::PricedUsage::batch_from_json(&batch_to_json(&[(&row, Some(1_780_000_000_123))]).unwrap())
@@ -303,13 +305,13 @@ mod tests {
                     .filter(|c| *c <= Amount::MAX.scaled() as u128);
                 match processor.evaluate(json.as_bytes()) {
                     MessageOutcome::Priced(priced) => {
-                        prop_assert_eq!(Some(priced.cost.scaled() as u128), exact);
+                        prop_assert_eq!(Some(priced.quote.cost.scaled() as u128), exact);
                         let mut batch = Batch::default();
                         batch.add("t", 0, 0, 7, None, None, json.as_bytes(), Ok(priced.clone()), |_, _| crate::batch::RowState::New, Default::default);
                         let row = &batch.partitions[&("t".to_owned(), 0)].rows[0];
-                        prop_assert_eq!(row.cost, priced.cost);
+                        prop_assert_eq!(row.cost, priced.quote.cost);
                         let records = usage_ledger::PricedUsage::batch_from_json(&batch_to_json(&[(row, None)]).unwrap()).unwrap();
-                        prop_assert_eq!(records[0].cost, priced.cost);
+                        prop_assert_eq!(records[0].cost, priced.quote.cost);
                     }
                     MessageOutcome::Rejected(r) => {
                         prop_assert_eq!(r.reason, RejectReason::CostOverflow, "{}", r.detail);

@@ -270,11 +270,11 @@ prices = { input_mtok = "2", output_mtok = "8" }
             &[("input_tokens", 1_000_000), ("cache_read_tokens", 400_000), ("output_tokens", 100_000)],
         );
         let priced = p.price(e).unwrap();
-        assert_eq!(&*priced.matched_model, "gpt-4o");
-        assert_eq!(priced.rate_card_version, 1);
+        assert_eq!(&*priced.quote.matched_model, "gpt-4o");
+        assert_eq!(priced.quote.rate_card_version, 1);
         // 600k × 2.5/M + 400k × 1.25/M + 100k × 10/M = 1.5 + 0.5 + 1.0
-        assert_eq!(priced.cost, d("3"));
-        let input = &priced.lines[0];
+        assert_eq!(priced.quote.cost, d("3"));
+        let input = &priced.quote.lines[0];
         assert_eq!((input.unit, input.quantity, input.priced_quantity), (Unit::INPUT_TOKENS, 1_000_000, 600_000));
     }
 
@@ -284,8 +284,8 @@ prices = { input_mtok = "2", output_mtok = "8" }
         let usage = [("input_tokens", 1_000_000)];
         let before = p.price(event("openai", "gpt-4o", "2025-06-30T23:59:59.999999Z", &usage)).unwrap();
         let at = p.price(event("openai", "gpt-4o", "2025-07-01T00:00:00Z", &usage)).unwrap();
-        assert_eq!((before.rate_card_version, before.cost), (1, d("2.5")));
-        assert_eq!((at.rate_card_version, at.cost), (2, d("2")));
+        assert_eq!((before.quote.rate_card_version, before.quote.cost), (1, d("2.5")));
+        assert_eq!((at.quote.rate_card_version, at.quote.cost), (2, d("2")));
         let early = p.price(event("openai", "gpt-4o", "2024-12-31T23:59:59Z", &usage)).unwrap_err();
         assert_eq!(early.reason, RejectReason::NoRateCardVersion);
     }
@@ -300,8 +300,8 @@ prices = { input_mtok = "2", output_mtok = "8" }
         let large = p
             .price(event("google", "gemini-2.5-pro", at, &[("input_tokens", 200_001), ("output_tokens", 1000)]))
             .unwrap();
-        assert_eq!(small.cost, d("0.26")); // 0.25 + 0.01
-        assert_eq!(large.cost, d("0.5150025")); // 200001 × 2.5/M + 1000 × 15/M
+        assert_eq!(small.quote.cost, d("0.26")); // 0.25 + 0.01
+        assert_eq!(large.quote.cost, d("0.5150025")); // 200001 × 2.5/M + 1000 × 15/M
     }
 
     #[test]
@@ -310,11 +310,11 @@ prices = { input_mtok = "2", output_mtok = "8" }
         let at = "2025-03-01T00:00:00Z";
         let mut e = event("openai", "gpt-4o", at, &[("input_tokens", 1_000_000)]);
         e.service_tier = ServiceTier::Batch;
-        assert_eq!(p.price(e).unwrap().cost, d("1.25"));
+        assert_eq!(p.price(e).unwrap().quote.cost, d("1.25"));
         let search = p.price(event("acme", "search", at, &[("input_tokens", 1000)])).unwrap();
-        assert_eq!(search.cost, d("0.006")); // 1 request × 5/K + 1000 × 1/M
+        assert_eq!(search.quote.cost, d("0.006")); // 1 request × 5/K + 1000 × 1/M
         let three = p.price(event("acme", "search", at, &[("input_tokens", 0), ("requests", 3)])).unwrap();
-        assert_eq!(three.cost, d("0.015"));
+        assert_eq!(three.quote.cost, d("0.015"));
     }
 
     #[test]
@@ -373,13 +373,13 @@ prices = { input_mtok = "0.135" }
         let usage = [("input_tokens", 1_000_000)];
         // `gpt-4o-mini` also starts with `gpt-4o`: the earlier entry wins.
         assert_eq!(
-            &*p.price(event("openai", "GPT-4o-Mini-2024-07-18", at, &usage)).unwrap().matched_model,
+            &*p.price(event("openai", "GPT-4o-Mini-2024-07-18", at, &usage)).unwrap().quote.matched_model,
             "gpt-4o-mini"
         );
-        assert_eq!(&*p.price(event("OpenAI", "gpt-4o-2024-08-06", at, &usage)).unwrap().matched_model, "gpt-4o");
+        assert_eq!(&*p.price(event("OpenAI", "gpt-4o-2024-08-06", at, &usage)).unwrap().quote.matched_model, "gpt-4o");
         // Azure has no entries of its own: aliases lead to it, fallback to OpenAI's.
         let azure = p.price(event("my-azure-deployment", "gpt-4o", at, &usage)).unwrap();
-        assert_eq!((azure.matched_model.as_ref(), azure.cost), ("gpt-4o", d("2.5")));
+        assert_eq!((azure.quote.matched_model.as_ref(), azure.quote.cost), ("gpt-4o", d("2.5")));
         assert_eq!(p.price(event("anthropic", "gpt-4o", at, &usage)).unwrap_err().reason, RejectReason::UnknownModel);
     }
 
@@ -387,7 +387,7 @@ prices = { input_mtok = "0.135" }
     fn conditional_prices_dated_and_daily_last_one_that_holds_wins() {
         let mut p = Pricer::new(book(&[CATALOG]));
         let usage = [("input_tokens", 1_000_000)];
-        let mut cost_at = |at: &str| p.price(event("deepseek", "deepseek-chat", at, &usage)).unwrap().cost;
+        let mut cost_at = |at: &str| p.price(event("deepseek", "deepseek-chat", at, &usage)).unwrap().quote.cost;
         assert_eq!(cost_at("2025-09-04T12:00:00Z"), d("0.27"));
         assert_eq!(cost_at("2025-09-05T00:00:00Z"), d("0.135")); // off-peak window, listed last, wins
         assert_eq!(cost_at("2025-09-05T00:30:00Z"), d("0.28"));
@@ -462,20 +462,26 @@ effective_from = 2025-06-01T00:00:00Z
         };
         // Before the contract: the default card.
         let before = priced("acme", "openai", "gpt-4o", "2025-02-01T00:00:00Z");
-        assert_eq!((before.rate_card.as_ref(), before.contract_version, before.cost), ("list", None, d("12.5")));
+        assert_eq!(
+            (before.quote.rate_card.as_ref(), before.quote.contract_version, before.quote.cost),
+            ("list", None, d("12.5"))
+        );
         // Model-specific discount: 33.3333% off 2 and 8 per million.
         let gpt = priced("acme", "openai", "gpt-4o", "2025-03-01T00:00:00Z");
-        assert_eq!((gpt.rate_card.as_ref(), gpt.contract_version), ("enterprise", Some(1)));
-        assert_eq!(gpt.lines[0].unit_price, d("0.000001333334"));
-        assert_eq!(gpt.cost, d("6.66667"));
+        assert_eq!((gpt.quote.rate_card.as_ref(), gpt.quote.contract_version), ("enterprise", Some(1)));
+        assert_eq!(gpt.quote.lines[0].unit_price, d("0.000001333334"));
+        assert_eq!(gpt.quote.cost, d("6.66667"));
         // Custom prices win over the discount on every model.
         let gemini = priced("acme", "google", "gemini-2.5-pro", "2025-04-01T00:00:00Z");
-        assert_eq!(gemini.cost, d("2.5"));
+        assert_eq!(gemini.quote.cost, d("2.5"));
         // Version 2: back to the default card, no overrides.
         let later = priced("acme", "openai", "gpt-4o", "2025-07-01T00:00:00Z");
-        assert_eq!((later.rate_card.as_ref(), later.contract_version, later.cost), ("list", Some(2), d("12.5")));
+        assert_eq!(
+            (later.quote.rate_card.as_ref(), later.quote.contract_version, later.quote.cost),
+            ("list", Some(2), d("12.5"))
+        );
         // Other accounts are untouched.
-        assert_eq!(priced("other", "openai", "gpt-4o", "2025-04-01T00:00:00Z").cost, d("12.5"));
+        assert_eq!(priced("other", "openai", "gpt-4o", "2025-04-01T00:00:00Z").quote.cost, d("12.5"));
     }
 
     #[test]
@@ -528,14 +534,17 @@ prices = { input_mtok = "60000000", output_mtok = "60000000" }
         let mut price = |provider: &str, model: &str, usage: &[(&str, u64)]| p.price(event(provider, model, at, usage));
         // Issue 10's events: large, and within every limit.
         let sonnet = |input, output| [("input_tokens", input), ("output_tokens", output)];
-        assert_eq!(price("anthropic", "claude-sonnet-4", &sonnet(1000, 10_000_000_000)).unwrap().cost, d("150000.003"));
+        assert_eq!(
+            price("anthropic", "claude-sonnet-4", &sonnet(1000, 10_000_000_000)).unwrap().quote.cost,
+            d("150000.003")
+        );
         let max_counts = sonnet(1_000_000_000_000, 1_000_000_000_000);
-        assert_eq!(price("anthropic", "claude-sonnet-4", &max_counts).unwrap().cost, d("18000000"));
+        assert_eq!(price("anthropic", "claude-sonnet-4", &max_counts).unwrap().quote.cost, d("18000000"));
         // At 100 per unit, 999,999,999,999 units is the largest count that
         // fits (99,999,999,999,900); 10^12 units cost 10^14, one past the
         // largest amount (10^14 − 10^-24).
         let fits = price("acme", "pricey", &[("input_tokens", 999_999_999_999)]).unwrap();
-        assert_eq!(fits.cost, d("99999999999900"));
+        assert_eq!(fits.quote.cost, d("99999999999900"));
         let refused = price("acme", "pricey", &[("input_tokens", 1_000_000_000_000)]).unwrap_err();
         assert_eq!(refused.reason, RejectReason::CostOverflow);
         assert!(refused.detail.contains("usage.input_tokens = 1000000000000"), "{}", refused.detail);
@@ -560,13 +569,13 @@ prices = { input_mtok = "60000000", output_mtok = "60000000" }
             let at = "2025-03-01T00:00:00Z";
             let cached = input * cached_pct / 100;
             let priced = p.price(event("openai", "gpt-4o", at, &[("input_tokens", input), ("cache_read_tokens", cached), ("output_tokens", output)])).unwrap();
-            let sum = priced.lines.iter().try_fold(Amount::ZERO, |s, l| s.checked_add(l.cost)).unwrap();
-            prop_assert_eq!(sum, priced.cost);
+            let sum = priced.quote.lines.iter().try_fold(Amount::ZERO, |s, l| s.checked_add(l.cost)).unwrap();
+            prop_assert_eq!(sum, priced.quote.cost);
             // Exact against integer arithmetic in 10^-8 dollars (per token: 2.5/M = 250e-8).
             let expected = ((input - cached) * 250 + cached * 125 + output * 1000) as i128 * 10i128.pow(16);
-            prop_assert_eq!(priced.cost.scaled(), expected);
+            prop_assert_eq!(priced.quote.cost.scaled(), expected);
             let more = p.price(event("openai", "gpt-4o", at, &[("input_tokens", input + extra), ("cache_read_tokens", cached), ("output_tokens", output + extra)])).unwrap();
-            prop_assert!(more.cost >= priced.cost);
+            prop_assert!(more.quote.cost >= priced.quote.cost);
         }
     }
 }
