@@ -322,7 +322,7 @@ mod tests {
 
     proptest! {
         /// The word-wise check agrees with a byte-by-byte one, on bytes
-        /// drawn mostly around the printable range's edges.
+        /// mostly printable, with the range's edges and others mixed in.
         #[test]
         fn printable_ascii_by_words_agrees_with_bytes(
             bytes in prop::collection::vec(
