@@ -1,7 +1,8 @@
 //! The ledger's apply rate at one number of accounts, for profilers: the
 //! bench's load (`usage-bench` alternates 10 thousand and 1 million accounts
 //! to compare them), after which the process waits 1.5 s for a profiler to
-//! attach, then applies `ROUNDS` × 1 million records:
+//! attach, then applies rounds of 1 million records. Arguments: accounts
+//! (1,000,000) and rounds (5):
 //! `ledger_size 1000000 5 & perf record -e cpu-clock -p $!` (attach after
 //! its "go" line).
 

@@ -668,11 +668,13 @@ impl AccountState {
         }
         // Seconds first: the instant (calendar arithmetic, slow for a far
         // one, as an account's sparse usage makes it) only when announced.
-        let seconds = if self.runway_announced { None } else { self.seconds_to_depletion(at) };
-        if let Some(seconds) = seconds {
-            let runway_hours = self.settings_at(at).map(|s| s.low_runway_hours).unwrap_or(72);
-            let within = seconds < i64::from(runway_hours) * 3600;
-            if let Some(projected) = within.then(|| at.checked_add_signed(Duration::seconds(seconds))).flatten() {
+        if !self.runway_announced {
+            let within_runway = self.seconds_to_depletion(at).filter(|&seconds| {
+                let runway_hours = self.settings_at(at).map(|s| s.low_runway_hours).unwrap_or(72);
+                seconds < i64::from(runway_hours) * 3600
+            });
+            let projected = within_runway.and_then(|seconds| at.checked_add_signed(Duration::seconds(seconds)));
+            if let Some(projected) = projected {
                 self.runway_announced = true;
                 let mut event = self.event(EventKind::BalanceLowRunway, &self.runway_cycle.to_string(), at);
                 event.balance = Some(balance);
