@@ -412,6 +412,9 @@ struct RunMeasure {
     clickhouse_cpu_us_per_event: f64,
     /// Of which in background merges.
     clickhouse_merge_cpu_us_per_event: f64,
+    /// The broker's CPU per event stored (serving the pipeline's fetches,
+    /// commits and its feed to the ledger).
+    broker_cpu_us_per_event: f64,
     peak_rss_bytes: u64,
     inserts: u64,
     batches: u64,
@@ -569,6 +572,10 @@ async fn e2e_run(
             "bare_consumer_cpu_seconds_per_million_events",
             (before.cpu_seconds_per_million + after.cpu_seconds_per_million) / 2.0,
         );
+        results.insert(
+            "bare_consumer_broker_cpu_us_per_event",
+            (before.broker_cpu_us_per_event + after.broker_cpu_us_per_event) / 2.0,
+        );
     }
     let rows = (b.rows - a.rows) as f64;
     let seconds = |ticks: u64| ticks as f64 / 100.0;
@@ -594,6 +601,7 @@ async fn e2e_run(
         ) * 1e6
             / rows,
         clickhouse_cpu_us_per_event: seconds(b.clickhouse - a.clickhouse) * 1e6 / rows,
+        broker_cpu_us_per_event: seconds(b.broker - a.broker) * 1e6 / rows,
         clickhouse_merge_cpu_us_per_event: seconds(b.clickhouse_merges.saturating_sub(a.clickhouse_merges)) * 1e6
             / rows,
         peak_rss_bytes: rss,
@@ -607,6 +615,8 @@ async fn e2e_run(
 struct BareMeasure {
     events_per_sec: f64,
     cpu_seconds_per_million: f64,
+    /// The broker's CPU per event served meanwhile.
+    broker_cpu_us_per_event: f64,
 }
 
 /// Reads the whole of `topic` as a bare consumer: the broker's pace with
@@ -617,14 +627,18 @@ async fn bare_consumer(topic: &str, n: usize) -> Result<BareMeasure> {
     // This process does nothing else meanwhile: its CPU is the bare
     // consumer's (librdkafka's fetching and decoding, one poll per
     // message), the floor under any consumer's CPU per event here.
-    let ticks_before = cpu_ticks(std::process::id()).unwrap_or(0);
+    let broker = find_broker(&kafka.brokers);
+    let broker_ticks = || broker.and_then(cpu_ticks).unwrap_or(0);
+    let (ticks_before, broker_before) = (cpu_ticks(std::process::id()).unwrap_or(0), broker_ticks());
     let drained =
         tokio::task::spawn_blocking(move || usage_kafka::drain_topic(&kafka, &topic, n, Duration::from_secs(600)))
             .await??;
     let ticks = cpu_ticks(std::process::id()).unwrap_or(0).saturating_sub(ticks_before);
+    let broker = broker_ticks().saturating_sub(broker_before);
     Ok(BareMeasure {
         events_per_sec: drained.count as f64 / drained.elapsed.as_secs_f64(),
         cpu_seconds_per_million: ticks as f64 / 100.0 / (n as f64 / 1e6),
+        broker_cpu_us_per_event: broker as f64 / 100.0 * 1e6 / n as f64,
     })
 }
 
@@ -643,6 +657,7 @@ async fn end_to_end(args: &Args, results: &mut BTreeMap<&'static str, f64>) -> R
     results.insert("system_cpu_seconds_per_million_events", empty.system_cpu_seconds_per_million);
     results.insert("clickhouse_cpu_us_per_event", empty.clickhouse_cpu_us_per_event);
     results.insert("clickhouse_merge_cpu_us_per_event", empty.clickhouse_merge_cpu_us_per_event);
+    results.insert("broker_cpu_us_per_event", empty.broker_cpu_us_per_event);
     results.insert("pipeline_peak_rss_bytes", empty.peak_rss_bytes as f64);
     drop(events);
 
@@ -844,6 +859,8 @@ fn print_table(results: &BTreeMap<&'static str, f64>) {
         ("bare_consumer_events_per_sec_before_pipeline", ""),
         ("bare_consumer_events_per_sec_after_pipeline", ""),
         ("bare_consumer_cpu_seconds_per_million_events", ""),
+        ("bare_consumer_broker_cpu_us_per_event", ""),
+        ("broker_cpu_us_per_event", ""),
         ("e2e_ratio_to_bare_consumer", ">= 0.9"),
         ("pipeline_cpu_seconds_per_million_events", "<= 1.5"),
         ("system_cpu_seconds_per_million_events", ""),
