@@ -191,6 +191,13 @@ async fn every_event_is_priced_exactly_or_dead_lettered_with_its_reason() {
     assert_eq!(report.priced, (n_events - n_bad) as u64);
     assert_eq!(report.dead_lettered_total(), n_bad as u64);
     assert!(report.batches > 1, "several batches ({})", report.batches);
+    // Commits go out without being waited for while the run goes on; the
+    // last ones are waited for at its end: the group stands at the end of
+    // every partition once the run returns.
+    assert_eq!(report.commit_failures, 0);
+    let lag = usage_kafka::committed_lag(&kafka_settings(), &group, &raw, Duration::from_secs(10)).unwrap();
+    assert_eq!(lag.len(), PARTITIONS as usize);
+    assert!(lag.iter().all(|l| l.committed == Some(l.high)), "{lag:?}");
 
     // Every good event has exactly one row, at its own offset, with the cost
     // computed independently here.

@@ -2,23 +2,24 @@
 //! fills: dead letters and forwards (every one acknowledged), then each
 //! partition's new rows, one INSERT per month, rollups repaired where
 //! needed, the partitions' offsets recorded in one INSERT, and the Kafka
-//! commit. Batches are delivered one after the other, in order.
+//! commit (made apart, see `commit`). Batches are delivered one after the
+//! other, in order.
 //!
 //! The batch arrives with every row settled (new, duplicate, stored here)
-//! and fed to the ledger: delivery waits on ClickHouse, the feed never does.
+//! and fed to the ledger (its delivery task finishes the feed first): the
+//! feed never waits on ClickHouse.
 //! A partition is delivered only while it is still assigned under the
 //! assignment its rows were read in (an epoch): revoked, its work is
 //! handed over to the new owner, who finds what was stored.
 
 use crate::batch::{Batch, Forward, RowState};
+use crate::commit::Committer;
 use crate::config::StreamConfig;
 use crate::pipeline::{Delivered, PipelineError};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use usage_clickhouse::{ClickHouseSink, DeadLetterRow, PricedRow, DEAD_LETTER_PAYLOAD_PREFIX_BYTES};
-use usage_kafka::{
-    forward_headers, CommitMode, Consumer, GroupConsumer, Offset, Outgoing, Producer, TopicPartitionList,
-};
+use usage_kafka::{forward_headers, Consumer, GroupConsumer, Outgoing, Producer};
 use usage_model::Amount;
 use usage_runtime::{Backoff, Health, Shutdown};
 
@@ -110,6 +111,7 @@ pub(crate) struct Deliverer {
     pub holdings: Arc<Holdings>,
     pub health: Health,
     pub metrics: crate::metrics::PipelineMetrics,
+    pub committer: Committer,
 }
 
 impl Deliverer {
@@ -146,8 +148,15 @@ impl Deliverer {
                 }
             }
         }
+        let recording = std::time::Instant::now();
         self.record_offsets(&offsets, &shutdown, n_messages).await?;
-        delivered.commit_failures = self.commit(&batch, &delivered.revoked);
+        tracing::debug!(ms = recording.elapsed().as_millis() as u64, "offsets recorded");
+        let offsets = batch
+            .partitions
+            .iter()
+            .filter(|(key, _)| !delivered.revoked.contains(key))
+            .map(|(key, part)| (key.clone(), part.next_offset));
+        self.committer.commit(offsets, &delivered.revoked);
         Ok((batch, delivered))
     }
 
@@ -394,6 +403,7 @@ impl Deliverer {
             let attempt = std::time::Instant::now();
             let inserted = self.sink.insert_with_id(&rows, &query_id).await;
             self.metrics.insert_attempt(attempt.elapsed().as_secs_f64());
+            tracing::debug!(query_id, rows = rows.len(), ms = attempt.elapsed().as_millis() as u64, "INSERT attempt");
             match inserted {
                 Ok(()) => break,
                 Err(e) => {
@@ -428,31 +438,6 @@ impl Deliverer {
                     return Ok(report.keys_repaired);
                 }
                 Err(e) => backoff.failed(&e, shutdown).await.map_err(|g| PipelineError::undelivered(g, n_messages))?,
-            }
-        }
-    }
-
-    /// Commits the batch's offsets: a report of progress (resuming uses what
-    /// is stored in ClickHouse). A failure is logged and counted.
-    fn commit(&self, batch: &Batch, revoked: &[(String, i32)]) -> u64 {
-        let mut tpl = TopicPartitionList::new();
-        for ((topic, partition), part) in batch.partitions.iter().filter(|(key, _)| !revoked.contains(key)) {
-            if let Err(e) = tpl.add_partition_offset(topic, *partition, Offset::Offset(part.next_offset)) {
-                tracing::error!(error = %e, topic, partition, "cannot build the commit");
-                return 1;
-            }
-        }
-        if tpl.count() == 0 {
-            return 0;
-        }
-        let started = std::time::Instant::now();
-        let committed = self.consumer.commit(&tpl, CommitMode::Sync);
-        self.metrics.committed(started.elapsed().as_secs_f64());
-        match committed {
-            Ok(()) => 0,
-            Err(e) => {
-                tracing::warn!(error = %e, "offset commit failed (progress report only)");
-                1
             }
         }
     }

@@ -21,6 +21,7 @@
 mod backfill;
 mod batch;
 mod clock;
+mod commit;
 mod config;
 mod deliver;
 mod feed;

@@ -102,7 +102,7 @@ impl PipelineMetrics {
         );
         registry.register_with_unit(
             "commit",
-            "Time of a batch's Kafka commit",
+            "Time of a Kafka commit (made apart from delivery, one at a time)",
             Unit::Seconds,
             m.commit_seconds.clone(),
         );

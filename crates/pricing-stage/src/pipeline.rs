@@ -45,8 +45,13 @@
 //!   applied, so order matters): a row awaiting a lookup holds back the
 //!   rows after it until the lookup settles it. One feed is in flight at a
 //!   time, in a task of its own: consumption goes on while the broker
-//!   acknowledges it, and its rows count as fed only once it has. A retry
-//!   or a replay re-sends records, and the ledger skips them.
+//!   acknowledges it, and its rows count as fed only once it has. When a
+//!   batch closes, what is left of its feed (the feed in flight, then the
+//!   rest) is finished by its delivery task, before the INSERTs, while the
+//!   next batch fills; that batch feeds nothing until then (the local
+//!   broker took seconds to acknowledge a closing feed, and consumption
+//!   used to wait for it). A retry or a replay re-sends records, and the
+//!   ledger skips them.
 //! - **Overlap.** A closed batch is delivered (`deliver`) in a task of its
 //!   own while the next one fills: threshold events never wait behind an
 //!   INSERT. Deliveries run one at a time, in order; a partition revoked
@@ -54,6 +59,7 @@
 //!   changed) and handed over.
 
 use crate::batch::{Batch, Forward, MessageOutcome, Processor, RowState};
+use crate::commit::Committer;
 use crate::config::StreamConfig;
 use crate::deliver::{Deliverer, Holdings};
 use crate::metrics::PipelineMetrics;
@@ -62,7 +68,7 @@ use crate::seen::{Seen, SeenIds};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use usage_clickhouse::{ClickHouseSink, PricedRow, SinkError};
 use usage_kafka::{
@@ -71,7 +77,7 @@ use usage_kafka::{
 };
 use usage_model::Amount;
 use usage_pricing::RateBook;
-use usage_runtime::{Backoff, GaveUp, Health, Shutdown, StopWhen, Watchdog, WatchdogVerdict};
+use usage_runtime::{Backoff, GaveUp, Health, RetryPolicy, Shutdown, StopWhen, Watchdog, WatchdogVerdict};
 
 /// How often a filling batch feeds the ledger what it priced so far: the
 /// part of threshold-event latency due to the pricing stage (a feed is one
@@ -135,7 +141,6 @@ pub(crate) struct Delivered {
     pub forwarded: u64,
     pub rollup_keys_repaired: u64,
     pub inserts: u64,
-    pub commit_failures: u64,
     /// Partitions revoked during delivery: handed over, not delivered.
     pub revoked: Vec<(String, i32)>,
 }
@@ -162,7 +167,6 @@ impl Default for Delivered {
             forwarded: 0,
             rollup_keys_repaired: 0,
             inserts: 0,
-            commit_failures: 0,
             revoked: Vec::new(),
         }
     }
@@ -178,7 +182,6 @@ impl Delivered {
         self.forwarded += other.forwarded;
         self.rollup_keys_repaired += other.rollup_keys_repaired;
         self.inserts += other.inserts;
-        self.commit_failures += other.commit_failures;
         self.revoked.extend(other.revoked.iter().cloned());
     }
 }
@@ -209,6 +212,13 @@ pub struct Pipeline {
     /// it holds is a duplicate, known without a lookup (the row is not in
     /// ClickHouse yet).
     previous: Option<Arc<Batch>>,
+    /// Signalled once the previous batch's feed is all with the broker: no
+    /// row of this batch goes to the ledger before (the ledger keeps, per
+    /// account and origin partition, the last offset applied).
+    previous_fed: Option<oneshot::Receiver<()>>,
+    /// The previous batch's feed gave up: nothing more is fed (the run is
+    /// ending with that error).
+    feeds_stopped: bool,
     /// New rate books from the rate-card feed, applied between batches.
     rate_updates: Option<watch::Receiver<Arc<RateBook>>>,
     /// Per assigned topic, then partition (nested so that the per-message
@@ -258,6 +268,8 @@ impl Pipeline {
             holdings: Arc::default(),
             next_epoch: 0,
             previous: None,
+            previous_fed: None,
+            feeds_stopped: false,
             rate_updates: None,
             assigned: HashMap::new(),
             raw_partitions: 0,
@@ -336,6 +348,7 @@ impl Pipeline {
             holdings: Arc::clone(&self.holdings),
             health: self.health.clone(),
             metrics: self.metrics.clone(),
+            committer: Committer::new(Arc::clone(&consumer), self.metrics.clone()),
         });
         self.metrics.rate_cards(self.processor.rate_book());
         let mut unassigned_since = Some(Instant::now());
@@ -349,12 +362,19 @@ impl Pipeline {
             self.apply_rate_updates();
             self.advance_windows();
             let filling = Instant::now();
-            let mut batch = self.fill(Arc::clone(&consumer), shutdown.clone()).await?;
+            let (mut batch, feeding) = self.fill(Arc::clone(&consumer), shutdown.clone()).await?;
             let filled = Instant::now();
-            if !batch.is_empty() {
-                self.complete_feed(&mut batch, &shutdown).await?;
-            }
+            let closing = match (batch.is_empty(), feeding) {
+                (false, feeding) => Some(self.close_feed(&mut batch, feeding, &shutdown).await?),
+                // Emptied by a revocation: what was fed is the new owner's.
+                (true, Some(feed)) => {
+                    let _ = feed.task.await;
+                    None
+                }
+                (true, None) => None,
+            };
             // The previous batch was delivered while this one filled.
+            let waiting = Instant::now();
             if let Some(previous) = in_flight.take() {
                 previous.finish(&mut report, &self.metrics).await?;
                 self.previous = None;
@@ -362,13 +382,26 @@ impl Pipeline {
             if !batch.is_empty() {
                 tracing::debug!(
                     messages = batch.n_messages(),
-                    fill_ms = filling.elapsed().as_millis() as u64,
+                    fill_ms = filled.duration_since(filling).as_millis() as u64,
+                    waited_for_previous_ms = waiting.elapsed().as_millis() as u64,
                     "batch filled; delivering"
                 );
                 self.metrics.batch_filled(batch.n_messages(), filled.duration_since(filling).as_secs_f64());
                 let batch = Arc::new(batch);
                 self.previous = Some(Arc::clone(&batch));
-                let task = tokio::spawn(Arc::clone(&deliverer).deliver(batch, shutdown.clone()));
+                let (fed, previous_fed) = oneshot::channel();
+                self.previous_fed = Some(previous_fed);
+                let feeder = self.feeder();
+                let (deliverer, shutdown) = (Arc::clone(&deliverer), shutdown.clone());
+                // The feed's last acknowledgements and the delivery come
+                // after the filling of the next batch has begun.
+                let task = tokio::spawn(async move {
+                    if let Some(closing) = closing {
+                        feeder.finish(closing, &shutdown, batch.n_messages()).await?;
+                    }
+                    let _ = fed.send(());
+                    deliverer.deliver(batch, shutdown).await
+                });
                 in_flight = Some(InFlight { task, since: Instant::now() });
                 last_activity = Instant::now();
             }
@@ -431,6 +464,8 @@ impl Pipeline {
                 }
             }
         }
+        deliverer.committer.finish().await;
+        report.commit_failures = deliverer.committer.failures();
         Ok(report)
     }
 
@@ -524,7 +559,11 @@ impl Pipeline {
     /// message, nothing arrives for `batch_idle`, or shutdown. Two timers
     /// (linger, ledger feed) and one shutdown watch per batch, none per
     /// message.
-    async fn fill(&mut self, consumer: Arc<GroupConsumer>, shutdown: Shutdown) -> Result<Batch, PipelineError> {
+    async fn fill(
+        &mut self,
+        consumer: Arc<GroupConsumer>,
+        shutdown: Shutdown,
+    ) -> Result<(Batch, Option<FeedInFlight>), PipelineError> {
         let partitions = self.assigned.values().map(HashMap::len).sum();
         let mut batch = Batch::sized_for(self.config.batch_events_max, partitions);
         let linger = tokio::time::sleep(self.config.batch_idle);
@@ -538,6 +577,7 @@ impl Pipeline {
         let feed_due = tokio::time::sleep(FEED_INTERVAL);
         tokio::pin!(feed_due);
         let mut feeding: Option<FeedInFlight> = None;
+        let mut previous_fed = self.previous_fed.take();
         let mut n_since_check = 0u32;
         while batch.n_messages() < self.config.batch_events_max as u64 {
             n_since_check += 1;
@@ -566,8 +606,13 @@ impl Pipeline {
                     finish_feed(&mut batch, feed, sent);
                     continue;
                 }
-                _ = &mut feed_due, if !batch.is_empty() && feeding.is_none() => {
-                    // Best effort here; `complete_feed` feeds what is left, retrying.
+                fed = async { previous_fed.as_mut().expect("a previous feed").await }, if previous_fed.is_some() => {
+                    previous_fed = None;
+                    self.feeds_stopped |= fed.is_err();
+                    continue;
+                }
+                _ = &mut feed_due, if !batch.is_empty() && feeding.is_none() && previous_fed.is_none() && !self.feeds_stopped => {
+                    // Best effort here; what is left is fed, retried, once the batch closes.
                     match self.start_feed(&mut batch, true).await {
                         Ok(feed) => feeding = feed,
                         Err(e) => tracing::warn!(error = %e, "ledger feed failed; retrying when the batch closes"),
@@ -640,12 +685,9 @@ impl Pipeline {
                 None => break,
             }
         }
-        if let Some(feed) = feeding.as_mut() {
-            let sent = (&mut feed.task).await;
-            let feed = feeding.take().expect("a feed was in flight");
-            finish_feed(&mut batch, feed, sent);
-        }
-        Ok(batch)
+        // Not fed yet: the next batch waits for it (`close_feed`).
+        self.previous_fed = previous_fed;
+        Ok((batch, feeding))
     }
 
     /// Takes one message into the batch; hands it back when it needs the
@@ -947,18 +989,6 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Feeds the ledger the batch's new rows not fed yet, in offset order
-    /// per partition, up to the first row still to settle (`settle` looks
-    /// those up first), and waits for the broker.
-    async fn feed_in_order(&self, batch: &mut Batch, settle: bool) -> Result<(), FeedFailure> {
-        if let Some(feed) = self.start_feed(batch, settle).await? {
-            let sent = feed.task.await.map_err(|e| FeedFailure::Task(e.to_string()))?;
-            sent.map_err(FeedFailure::Feed)?;
-            mark_fed(batch, &feed.upto);
-        }
-        Ok(())
-    }
-
     /// Starts feeding the ledger the rows `feed_in_order` would, in a task
     /// of its own, so that consumption goes on while the broker answers.
     /// `None` when there was nothing to send (rows needing no feed are
@@ -981,47 +1011,136 @@ impl Pipeline {
             }
             upto.push(FedUpTo { partition: key.clone(), epoch: part.epoch, upto: i });
         }
-        let (Some(topic), Some(partitions), false) =
-            (&self.config.priced_topic, self.priced_partitions, ready.is_empty())
+        let (Some(_), Some(partitions), false) = (&self.config.priced_topic, self.priced_partitions, ready.is_empty())
         else {
             mark_fed(batch, &upto);
             return Ok(None);
         };
-        let payloads = feed_payloads(&ready, partitions).map_err(FeedFailure::Feed)?;
-        let (producer, topic) = (self.producer.clone(), topic.clone());
-        let task = tokio::spawn(async move {
-            let messages = payloads
-                .iter()
-                .map(|(p, payload)| Outgoing { topic: &topic, key: None, payload, headers: None, partition: Some(*p) })
-                .collect();
-            producer.send_all(messages).await?;
-            Ok(())
-        });
-        Ok(Some(FeedInFlight { task, upto }))
+        let payloads = Arc::new(feed_payloads(&ready, partitions).map_err(FeedFailure::Feed)?);
+        let (feeder, sending) = (self.feeder(), Arc::clone(&payloads));
+        let task = tokio::spawn(async move { feeder.send(&sending).await });
+        Ok(Some(FeedInFlight { task, upto, payloads }))
     }
 
-    /// Settles and feeds everything left of a closed batch, retried until
-    /// done: the next batch's rows must not reach the ledger before these.
-    async fn complete_feed(&self, batch: &mut Batch, shutdown: &Shutdown) -> Result<(), PipelineError> {
+    fn feeder(&self) -> Feeder {
+        Feeder {
+            producer: self.producer.clone(),
+            topic: self.config.priced_topic.clone(),
+            retry: self.config.retry,
+            health: self.health.clone(),
+        }
+    }
+
+    /// Closes a batch's feed without waiting for the broker: settles the
+    /// rows still unsure (looked up, retried until done) and lays out the
+    /// rows no feed has covered, to be sent after the feed in flight.
+    async fn close_feed(
+        &self,
+        batch: &mut Batch,
+        in_flight: Option<FeedInFlight>,
+        shutdown: &Shutdown,
+    ) -> Result<ClosingFeed, PipelineError> {
         let n_messages = batch.n_messages();
         let mut backoff = Backoff::new("ledger feed", self.config.retry, &self.health);
-        loop {
-            match self.feed_in_order(batch, true).await {
-                Ok(()) if batch.partitions.values().all(|p| p.fed == p.rows.len()) => {
-                    backoff.succeeded();
-                    return Ok(());
-                }
-                Ok(()) => continue,
-                Err(e) => backoff.failed(&e, shutdown).await.map_err(|g| PipelineError::undelivered(g, n_messages))?,
+        while batch.partitions.values().any(|p| p.states.contains(&RowState::Unsure)) {
+            match self.settle_unsure(batch).await {
+                Ok(()) => backoff.succeeded(),
+                Err(e) => backoff
+                    .failed(&FeedFailure::Lookup(e), shutdown)
+                    .await
+                    .map_err(|g| PipelineError::undelivered(g, n_messages))?,
             }
         }
+        let mut ready: Vec<(&PricedRow, Option<i64>)> = Vec::new();
+        for (key, part) in &batch.partitions {
+            let covered =
+                in_flight.as_ref().and_then(|f| f.upto.iter().find(|u| u.partition == *key && u.epoch == part.epoch));
+            for i in covered.map_or(part.fed, |c| c.upto.max(part.fed))..part.rows.len() {
+                if part.states[i] == RowState::New {
+                    ready.push((&part.rows[i], part.appended_ms.get(i).copied().flatten()));
+                }
+            }
+        }
+        let rest = match (self.priced_partitions, ready.is_empty()) {
+            (Some(partitions), false) => loop {
+                match feed_payloads(&ready, partitions) {
+                    Ok(payloads) => break payloads,
+                    Err(e) => backoff
+                        .failed(&FeedFailure::Feed(e), shutdown)
+                        .await
+                        .map_err(|g| PipelineError::undelivered(g, n_messages))?,
+                }
+            },
+            _ => Vec::new(),
+        };
+        Ok(ClosingFeed { in_flight, rest: Arc::new(rest) })
     }
 }
 
-/// A ledger feed on its way to the broker, and the rows it covers.
+/// A ledger feed on its way to the broker, the rows it covers and its
+/// messages (sent again if it fails after its batch closed).
 struct FeedInFlight {
     task: JoinHandle<Result<(), crate::feed::FeedError>>,
     upto: Vec<FedUpTo>,
+    payloads: Arc<Vec<(i32, Vec<u8>)>>,
+}
+
+/// What is left to feed of a closed batch, in this order: the feed in
+/// flight when it closed, then the rest.
+struct ClosingFeed {
+    in_flight: Option<FeedInFlight>,
+    rest: Arc<Vec<(i32, Vec<u8>)>>,
+}
+
+/// Sends ledger-feed messages to the priced topic.
+struct Feeder {
+    producer: Producer,
+    topic: Option<String>,
+    retry: RetryPolicy,
+    health: Health,
+}
+
+impl Feeder {
+    async fn send(&self, payloads: &[(i32, Vec<u8>)]) -> Result<(), crate::feed::FeedError> {
+        let Some(topic) = &self.topic else { return Ok(()) };
+        let messages = payloads
+            .iter()
+            .map(|(p, payload)| Outgoing { topic, key: None, payload, headers: None, partition: Some(*p) })
+            .collect();
+        self.producer.send_all(messages).await?;
+        Ok(())
+    }
+
+    /// Finishes a closed batch's feed in order: the feed in flight (sent
+    /// again if it failed; the ledger skips what it applied already), then
+    /// the rest, each retried until the broker has it.
+    async fn finish(&self, closing: ClosingFeed, shutdown: &Shutdown, n_messages: u64) -> Result<(), PipelineError> {
+        let mut to_send = vec![closing.rest];
+        if let Some(feed) = closing.in_flight {
+            match feed.task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "ledger feed failed; sending it again");
+                    to_send.insert(0, feed.payloads);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "the ledger feed task stopped abnormally; sending it again");
+                    to_send.insert(0, feed.payloads);
+                }
+            }
+        }
+        let mut backoff = Backoff::new("ledger feed", self.retry, &self.health);
+        for payloads in to_send.iter().filter(|p| !p.is_empty()) {
+            while let Err(e) = self.send(payloads).await {
+                backoff
+                    .failed(&FeedFailure::Feed(e), shutdown)
+                    .await
+                    .map_err(|g| PipelineError::undelivered(g, n_messages))?;
+            }
+            backoff.succeeded();
+        }
+        Ok(())
+    }
 }
 
 /// A partition's rows `..upto` (of its batch in assignment `epoch`) are
@@ -1043,7 +1162,7 @@ async fn feed_sent(feeding: &mut Option<FeedInFlight>) -> FeedSent {
 type FeedSent = Result<Result<(), crate::feed::FeedError>, tokio::task::JoinError>;
 
 /// Marks what a finished feed covered. A failed one is logged and its rows
-/// stay unfed: the next feed (or `complete_feed`, which retries) sends them
+/// stay unfed: the next feed (or the batch's closing feed, retried) sends them
 /// again, and the ledger skips what it already applied.
 fn finish_feed(batch: &mut Batch, feed: FeedInFlight, sent: FeedSent) {
     match sent {
@@ -1149,9 +1268,6 @@ enum FeedFailure {
     Lookup(SinkError),
     #[error(transparent)]
     Feed(crate::feed::FeedError),
-    /// The task sending a feed ended abnormally (a panic): retried.
-    #[error("the ledger feed task stopped abnormally: {0}")]
-    Task(String),
 }
 
 impl usage_runtime::Classify for FeedFailure {
@@ -1161,7 +1277,6 @@ impl usage_runtime::Classify for FeedFailure {
             // A row the feed cannot encode stays so however often it is tried.
             Self::Feed(crate::feed::FeedError::Encode(_)) => usage_runtime::ErrorClass::Permanent,
             Self::Feed(crate::feed::FeedError::Send(e)) => e.class(),
-            Self::Task(_) => usage_runtime::ErrorClass::Retriable,
         }
     }
 }

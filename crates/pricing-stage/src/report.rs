@@ -90,7 +90,6 @@ impl RunReport {
         self.priced += delivered.inserted;
         self.duplicates += delivered.duplicates;
         self.forwarded += delivered.forwarded;
-        self.commit_failures += delivered.commit_failures;
         self.inserts += delivered.inserts;
         self.rollup_keys_repaired += delivered.rollup_keys_repaired;
         self.cost = self.cost.zip(delivered.cost).and_then(|(sum, more)| sum.checked_add(more).ok());
