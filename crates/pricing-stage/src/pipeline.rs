@@ -685,7 +685,9 @@ impl Pipeline {
                 None => break,
             }
         }
-        // Not fed yet: the next batch waits for it (`close_feed`).
+        // Still unfinished, the previous batch's feed holds back the next
+        // batch's too. The feed in flight goes to this batch's delivery task
+        // (`close_feed`), which waits for it.
         self.previous_fed = previous_fed;
         Ok((batch, feeding))
     }
