@@ -1282,3 +1282,55 @@ impl usage_runtime::Classify for FeedFailure {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::mocking::MockCluster;
+    use serde::ser::Error as _;
+
+    fn payloads(tag: &str, n: usize) -> Arc<Vec<(i32, Vec<u8>)>> {
+        Arc::new((0..n).map(|i| (0, format!("{tag}-{i}").into_bytes())).collect())
+    }
+
+    fn in_flight(payloads: Arc<Vec<(i32, Vec<u8>)>>, sent: Result<(), crate::feed::FeedError>) -> FeedInFlight {
+        FeedInFlight { task: tokio::spawn(async move { sent }), upto: Vec::new(), payloads }
+    }
+
+    /// What reaches the priced topic when a batch's closing feed is
+    /// finished after a feed in flight that failed, or that succeeded.
+    async fn finish_after(failed: bool) -> Vec<String> {
+        let mock = MockCluster::new(1).unwrap();
+        mock.create_topic("priced", 1, 1).unwrap();
+        let settings = KafkaSettings { brokers: mock.bootstrap_servers(), ..KafkaSettings::default() };
+        let retry = RetryPolicy { initial: Duration::from_millis(10), ..RetryPolicy::default() };
+        let feeder = Feeder {
+            producer: Producer::new(&settings, "test").unwrap(),
+            topic: Some("priced".into()),
+            retry,
+            health: Health::new(Duration::from_secs(60)),
+        };
+        let first = payloads("first", 3);
+        let sent = if failed {
+            // Refused before any of it reached the broker.
+            Err(crate::feed::FeedError::Encode(serde_json::Error::custom("refused")))
+        } else {
+            feeder.send(&first).await
+        };
+        let closing = ClosingFeed { in_flight: Some(in_flight(first, sent)), rest: payloads("rest", 2) };
+        let (_stop, shutdown) = Shutdown::new();
+        feeder.finish(closing, &shutdown, 5).await.unwrap();
+        let stored = usage_kafka::read_partition(&settings, "priced", 0, Duration::from_secs(10)).unwrap();
+        stored.into_iter().map(|(_, v)| String::from_utf8(v.unwrap()).unwrap()).collect()
+    }
+
+    /// The feed in flight when a batch closed comes first, sent again when
+    /// it failed and not again when it succeeded, then the rest: the ledger
+    /// sees each origin partition's offsets in order.
+    #[tokio::test]
+    async fn a_closing_feed_follows_the_feed_in_flight_resent_only_if_it_failed() {
+        let in_order = ["first-0", "first-1", "first-2", "rest-0", "rest-1"];
+        assert_eq!(finish_after(true).await, in_order);
+        assert_eq!(finish_after(false).await, in_order);
+    }
+}
