@@ -1119,16 +1119,14 @@ impl Feeder {
     async fn finish(&self, closing: ClosingFeed, shutdown: &Shutdown, n_messages: u64) -> Result<(), PipelineError> {
         let mut to_send = vec![closing.rest];
         if let Some(feed) = closing.in_flight {
-            match feed.task.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "ledger feed failed; sending it again");
-                    to_send.insert(0, feed.payloads);
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "the ledger feed task stopped abnormally; sending it again");
-                    to_send.insert(0, feed.payloads);
-                }
+            // Failed, or its task stopped abnormally: sent again, first.
+            let failed = match feed.task.await {
+                Ok(sent) => sent.err().map(|e| e.to_string()),
+                Err(e) => Some(format!("the feed task stopped abnormally: {e}")),
+            };
+            if let Some(error) = failed {
+                tracing::warn!(error, "ledger feed failed; sending it again");
+                to_send.insert(0, feed.payloads);
             }
         }
         let mut backoff = Backoff::new("ledger feed", self.retry, &self.health);
