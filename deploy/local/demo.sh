@@ -66,6 +66,8 @@ echo "threshold events on billing.events for the demo accounts:"
 "$BIN" events --limit 20 || true
 echo
 "$BIN" balance acct-0001 || true
+echo "(the demo's producer keeps sending after balance.depleted, where an API gateway"
+echo " would stop the account: its overage grows past what in-flight usage would leave)"
 echo
 echo "Kafka protocol broker: 127.0.0.1:$KAFKA_PORT   ClickHouse: http://127.0.0.1:$CLICKHOUSE_HTTP_PORT (database usage)"
 echo "Try: curl -s 'http://127.0.0.1:$CLICKHOUSE_HTTP_PORT/' --data-binary 'SELECT matched_model, sum(cost) FROM usage.priced_events GROUP BY matched_model'"
