@@ -119,6 +119,11 @@ fn utf8(bytes: &[u8]) -> Result<&str, std::str::Utf8Error> {
     std::str::from_utf8(bytes)
 }
 
+/// Avro's zig-zag encoding undone: 0, 1, 2, 3... are 0, -1, 1, -2...
+fn zigzag_decode(z: u64) -> i64 {
+    ((z >> 1) as i64) ^ -((z & 1) as i64)
+}
+
 struct Reader<'a> {
     bytes: &'a [u8],
     pos: usize,
@@ -127,10 +132,24 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     /// A zig-zag varint of at most 10 bytes.
-    // Inlined (as `string` is): a dozen calls per datum, and a call returns
-    // its `Result`, whose error is large, through memory.
+    // A one-byte number (a length, count or index under 64: most of a
+    // datum's) is read inline, as `string` is: a dozen calls per datum, and
+    // a call returns its `Result`, whose error is large, through memory.
+    // Longer ones are read out of line: inlined at every call site, the
+    // loop was a dozen copies of a branch per length.
     #[inline(always)]
     fn long(&mut self) -> Result<i64, DecodeError> {
+        match self.bytes.get(self.pos) {
+            Some(&byte) if byte & 0x80 == 0 => {
+                self.pos += 1;
+                Ok(zigzag_decode(u64::from(byte)))
+            }
+            _ => self.long_multibyte(),
+        }
+    }
+
+    #[inline(never)]
+    fn long_multibyte(&mut self) -> Result<i64, DecodeError> {
         let mut z = 0u64;
         for i in 0..10 {
             let Some(&byte) = self.bytes.get(self.pos) else {
@@ -139,7 +158,7 @@ impl<'a> Reader<'a> {
             self.pos += 1;
             z |= u64::from(byte & 0x7f).wrapping_shl(7 * i);
             if byte & 0x80 == 0 {
-                return Ok(((z >> 1) as i64) ^ -((z & 1) as i64));
+                return Ok(zigzag_decode(z));
             }
         }
         Err(malformed("a number longer than 10 bytes".to_owned()))

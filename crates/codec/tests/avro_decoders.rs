@@ -183,3 +183,47 @@ proptest! {
         agree(&bytes)?;
     }
 }
+
+/// Every length a number's varint can have (1 to 10 bytes), the datum cut
+/// inside it at each, and one byte too many: the reference's verdict each
+/// time, and the count read back where the datum is whole and accepted.
+#[test]
+fn numbers_of_every_varint_length_get_the_reference_verdict() {
+    let datum = |count: i64| Datum {
+        strings: ["e-1", "acct-1", "2026-03-01T00:00:00Z", "openai", "gpt-4o"].map(str::to_owned),
+        optionals: [None, None, None],
+        attributes: Vec::new(),
+        usage: vec![("input_tokens".to_owned(), count)],
+        blocks: Vec::new(),
+    };
+    let decoder = Decoder::new(ValueFormat::Avro, SchemaResolver::pinned());
+    let (mut lengths, mut accepted) = (std::collections::BTreeSet::new(), 0);
+    for bits in 0..64 {
+        let power = 1u64 << bits;
+        for count in [power.wrapping_sub(1) as i64, power as i64, (power as i64).wrapping_neg()] {
+            let whole = datum(count).encode();
+            let mut varint = Vec::new();
+            put_long(&mut varint, count);
+            lengths.insert(varint.len());
+            // The count is the last thing before the map's closing zero.
+            let count_start = whole.len() - 1 - varint.len();
+            assert_eq!(whole[count_start..whole.len() - 1], varint[..]);
+            agree(&whole).unwrap();
+            if let Ok(event) = decoder.decode(&whole) {
+                assert_eq!(event.usage.iter().map(|(_, n)| n as i64).collect::<Vec<_>>(), [count]);
+                accepted += 1;
+            }
+            for cut in count_start + 1..whole.len() - 1 {
+                agree(&whole[..cut]).unwrap();
+            }
+        }
+    }
+    assert_eq!(lengths, (1..=10).collect(), "every varint length was written");
+    assert!(accepted >= 40, "only {accepted} counts were within the limits");
+    // Eleven bytes: ten with the continuation bit, then one.
+    let mut overlong = datum(0).encode();
+    let at = overlong.len() - 2;
+    overlong.splice(at..at + 1, [0x80u8; 10].into_iter().chain([0x01]));
+    agree(&overlong).unwrap();
+    assert!(decoder.decode(&overlong).is_err());
+}

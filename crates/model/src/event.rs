@@ -290,13 +290,18 @@ pub fn unsafe_characters(text: &str) -> Option<&'static str> {
 /// in each word a byte's high bit is flagged if the byte is at or above
 /// 0x80 (itself), at or above 0x7f (plus one) or below 0x20 (a borrow).
 /// A borrow or carry can only flag a byte next to one flagged already, so
-/// the verdict is exact. The last word overlaps the one before it.
+/// the verdict is exact. The last word overlaps the one before it; text
+/// shorter than a word is padded with spaces (printable) to one: no loop
+/// over its bytes, whose unrolled branches (one per length and position)
+/// the fuzzers kept finding, one at a time.
 fn is_printable_ascii(bytes: &[u8]) -> bool {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGHS: u64 = 0x8080_8080_8080_8080;
     let unprintable = |v: u64| (v | v.wrapping_add(ONES) | v.wrapping_sub(ONES * 0x20)) & HIGHS != 0;
     let Some(last) = bytes.last_chunk::<8>() else {
-        return bytes.iter().all(|b| (0x20..0x7f).contains(b));
+        let mut word = [b' '; 8];
+        word[..bytes.len()].copy_from_slice(bytes);
+        return !unprintable(u64::from_le_bytes(word));
     };
     let (words, _) = bytes.as_chunks::<8>();
     !words.iter().chain([last]).any(|w| unprintable(u64::from_le_bytes(*w)))
@@ -319,6 +324,23 @@ mod tests {
     use super::*;
     use crate::unit::UNIT_COUNT;
     use proptest::prelude::*;
+
+    /// Shorter than a word, one or two words: each byte at the printable
+    /// range's edges, at every position.
+    #[test]
+    fn printable_ascii_agrees_with_bytes_at_every_length_and_position() {
+        for len in 0..=17 {
+            for at in 0..len {
+                for byte in [0x00, 0x1f, 0x20, 0x7e, 0x7f, 0x80, 0xff] {
+                    let mut bytes = vec![b'a'; len];
+                    bytes[at] = byte;
+                    let expected = (0x20..0x7f).contains(&byte);
+                    assert_eq!(is_printable_ascii(&bytes), expected, "{bytes:?}");
+                }
+            }
+            assert!(is_printable_ascii(&vec![b'~'; len]));
+        }
+    }
 
     proptest! {
         /// The word-wise check agrees with a byte-by-byte one, on bytes
