@@ -17,6 +17,7 @@ use crate::settings::StoredSettings;
 use chrono::{DateTime, Datelike, Duration, Timelike, Utc};
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
+use std::sync::Arc;
 use thin_vec::ThinVec;
 use usage_model::{Amount, Currency};
 
@@ -125,9 +126,12 @@ pub struct AccountState {
     pub runway_cycle: u32,
     pub runway_announced: bool,
     /// Per origin topic partition of the pricing stage, the last offset
-    /// applied: a pricing replay re-sends records, this drops them.
+    /// applied: a pricing replay re-sends records, this drops them. The
+    /// topic is shared: the partition's ledger holds one copy of each name
+    /// (a few topics, a million accounts), so a record reads no line of its
+    /// own for it.
     #[serde(default, skip_serializing_if = "ThinVec::is_empty")]
-    pub origins: ThinVec<(String, i32, i64)>,
+    pub origins: ThinVec<(Arc<str>, i32, i64)>,
     /// Last offsets applied from the ledger's own inputs.
     pub priced_offset: i64,
     pub commands_offset: i64,
@@ -320,25 +324,20 @@ impl AccountState {
         crate::partition::prefetch(heap(&self.pending_entries));
     }
 
-    /// Prefetches what the parts point to (the origins' topic names): to be
-    /// asked once the parts have arrived.
-    pub(crate) fn prefetch_deeper(&self) {
-        for (topic, _, _) in self.origins.iter().take(2) {
-            crate::partition::prefetch(topic.as_ptr());
-        }
-    }
-
     /// Whether the origin of a priced record was applied already; records
-    /// it as applied otherwise.
-    pub(crate) fn first_time_from_origin(&mut self, topic: &str, partition: i32, offset: i64) -> bool {
-        match self.origins.iter_mut().find(|(t, p, _)| t == topic && *p == partition) {
+    /// it as applied otherwise. `topic` is the partition's shared copy of
+    /// the name (see [`Self::origins`]): the same name is mostly the same
+    /// pointer.
+    pub(crate) fn first_time_from_origin(&mut self, topic: &Arc<str>, partition: i32, offset: i64) -> bool {
+        let same = |t: &Arc<str>| Arc::ptr_eq(t, topic) || **t == **topic;
+        match self.origins.iter_mut().find(|(t, p, _)| same(t) && *p == partition) {
             Some((_, _, last)) if offset <= *last => false,
             Some((_, _, last)) => {
                 *last = offset;
                 true
             }
             None => {
-                self.origins.push((topic.to_owned(), partition, offset));
+                self.origins.push((Arc::clone(topic), partition, offset));
                 self.origins.shrink_to_fit();
                 true
             }

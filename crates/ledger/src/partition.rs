@@ -10,6 +10,7 @@ use crate::output::{Effects, LedgerEntry, LedgerEvent};
 use chrono::{DateTime, Utc};
 use std::collections::BTreeSet;
 use std::hash::BuildHasher;
+use std::sync::Arc;
 use thin_vec::ThinVec;
 
 /// Which input of the ledger a record came from.
@@ -62,7 +63,15 @@ pub struct PartitionLedger {
     /// Entries the accounts of `with_entries` hold, all told: asked for on
     /// every turn of the ledger's loop, counted as they come and go.
     n_pending_entries: usize,
+    /// The pricing origins' topic names, one copy each, shared by the
+    /// accounts' origins (at most [`SHARED_TOPICS_MAX`]).
+    topics: Vec<Arc<str>>,
 }
+
+/// Topic names shared: a deployment prices one topic or a few. Past this
+/// many, a name is kept per account (correct, only larger), so a feed of
+/// odd names cannot make the lookup long.
+const SHARED_TOPICS_MAX: usize = 16;
 
 /// Listed in `dirty`.
 const DIRTY: u8 = 1;
@@ -75,7 +84,10 @@ impl PartitionLedger {
     /// A partition rebuilt from its changelog (the latest state per account).
     pub fn restore(states: impl IntoIterator<Item = AccountState>) -> Self {
         let mut ledger = Self::default();
-        for state in states {
+        for mut state in states {
+            for origin in state.origins.iter_mut() {
+                origin.0 = ledger.shared_topic(&origin.0);
+            }
             let i = match ledger.find(&state.account_id) {
                 Some(i) => {
                     ledger.accounts[i as usize] = state;
@@ -166,7 +178,7 @@ impl PartitionLedger {
     /// same as [`Self::apply_usage`] on each. With many accounts, each
     /// record's state is far in memory, and a record applied alone would
     /// wait for each step of reaching it in turn: the index's line, the
-    /// state, its parts, what they point to.
+    /// state, its parts.
     /// So the steps run as a pipeline, each `STEP` records behind the one
     /// before, each asking memory for what the next one reads: while record
     /// `j` is applied, the lines of the records after it are on their way.
@@ -176,7 +188,7 @@ impl PartitionLedger {
         /// Records in flight. Too few would only cost speed: a candidate
         /// is confirmed against the record's id before it is used.
         const RING: usize = 16;
-        const { assert!(RING.is_power_of_two() && RING > 4 * STEP) };
+        const { assert!(RING.is_power_of_two() && RING > 3 * STEP) };
         let mut hashes = [0u64; RING];
         // By hash alone (tags agreeing in 32 bits): confirmed against the
         // id when applied.
@@ -184,7 +196,7 @@ impl PartitionLedger {
         // The record `steps` steps behind record `j`, if there is one.
         let behind = |j: usize, steps: usize| j.checked_sub(steps * STEP).filter(|&k| k < records.len());
         let mut applied = Vec::with_capacity(records.len());
-        for j in 0..records.len() + 4 * STEP {
+        for j in 0..records.len() + 3 * STEP {
             if let Some(k) = behind(j, 0) {
                 hashes[k % RING] = self.hasher.hash_one(records[k].account_id.as_str());
                 self.index.prefetch(hashes[k % RING]);
@@ -198,10 +210,7 @@ impl PartitionLedger {
             if let Some(i) = behind(j, 2).and_then(|k| found[k % RING]) {
                 self.accounts[i as usize].prefetch_parts();
             }
-            if let Some(i) = behind(j, 3).and_then(|k| found[k % RING]) {
-                self.accounts[i as usize].prefetch_deeper();
-            }
-            let Some(k) = behind(j, 4) else { continue };
+            let Some(k) = behind(j, 3) else { continue };
             let record = &records[k];
             // An account new to this message is created by its first
             // record; a candidate that is another account (tags agreeing)
@@ -215,9 +224,22 @@ impl PartitionLedger {
         applied
     }
 
+    /// The partition's copy of topic name `name`.
+    fn shared_topic(&mut self, name: &str) -> Arc<str> {
+        if let Some(topic) = self.topics.iter().find(|t| ***t == *name) {
+            return Arc::clone(topic);
+        }
+        let topic: Arc<str> = name.into();
+        if self.topics.len() < SHARED_TOPICS_MAX {
+            self.topics.push(Arc::clone(&topic));
+        }
+        topic
+    }
+
     fn apply_priced_at(&mut self, i: u32, offset: i64, usage: &PricedUsage) -> Applied {
+        let topic = self.shared_topic(&usage.origin_topic);
         self.apply_at(i, Position::Priced(offset), |account| {
-            if !account.first_time_from_origin(&usage.origin_topic, usage.origin_partition, usage.origin_offset) {
+            if !account.first_time_from_origin(&topic, usage.origin_partition, usage.origin_offset) {
                 return Ok(None);
             }
             account.apply_usage(usage).map(Some)

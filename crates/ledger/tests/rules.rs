@@ -305,6 +305,39 @@ fn low_runway_fires_once_per_cycle_at_the_recent_rate() {
     assert!(projected > low[0].at && projected - low[0].at < Duration::hours(72), "{projected}");
 }
 
+/// Origins are told apart by topic name as well as partition, with more
+/// topics than the ledger shares one copy of, and after a restore (whose
+/// states bring their own copies of the names).
+#[test]
+fn pricing_retries_are_skipped_per_origin_topic_with_many_topics_and_after_a_restore() {
+    let mut f = Feed::new();
+    f.command(AccountCommand::AccountSettings(settings(BillingMode::Postpaid, "2026-01-01T00:00:00Z")));
+    let from = |topic: usize, offset: i64| PricedUsage {
+        origin_topic: format!("usage.raw.{topic}"),
+        ..usage(&format!("u{topic}-{offset}"), "1", "2026-01-02T00:00:00Z", offset)
+    };
+    const TOPICS: usize = 40;
+    for topic in 0..TOPICS {
+        f.usage(from(topic, 5));
+    }
+    let a = f.ledger.account("acct").unwrap();
+    assert_eq!((a.origins.len(), a.periods[0].spend), (TOPICS, d("40")));
+    let mut restored = PartitionLedger::restore([a.clone()]);
+    for (n, ledger) in [&mut f.ledger, &mut restored].into_iter().enumerate() {
+        for topic in 0..TOPICS {
+            let offset = 1_000 + topic as i64;
+            assert_eq!(ledger.apply_usage(offset, &from(topic, 5)), Applied::Skipped, "ledger {n}, topic {topic}");
+            assert!(
+                matches!(ledger.apply_usage(offset, &from(topic, 6)), Applied::Done(_)),
+                "ledger {n}, topic {topic}"
+            );
+        }
+        // A topic never seen before is a new origin, at any offset.
+        assert!(matches!(ledger.apply_usage(2_000, &from(TOPICS, 1)), Applied::Done(_)));
+        assert_eq!(ledger.account("acct").unwrap().periods[0].spend, d("81"));
+    }
+}
+
 #[test]
 fn replays_and_pricing_retries_change_nothing() {
     let mut f = Feed::new();
