@@ -26,7 +26,7 @@ bench: up
 	$(CARGO) build --release --bin usage-pipeline --bin usage-bench
 	$(CARGO) bench -p usage-bench --bench pricing
 	deploy/local/bench-broker.sh start
-	KAFKA_BROKERS=127.0.0.1:$(BENCH_KAFKA_PORT) target/release/usage-bench; rc=$$?; deploy/local/bench-broker.sh stop; exit $$rc
+	KAFKA_BROKERS=127.0.0.1:$(BENCH_KAFKA_PORT) target/release/usage-bench --fresh-broker 'deploy/local/bench-broker.sh start'; rc=$$?; deploy/local/bench-broker.sh stop; exit $$rc
 
 ## Coverage-guided fuzzing (cargo fuzz: libFuzzer, no sanitizer on the stable toolchain) of every
 ## decoder of outside input, FUZZ_SECONDS per target, from the committed corpus (fuzz/corpus, left
