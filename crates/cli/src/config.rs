@@ -45,7 +45,7 @@
 //! group_id = "usage-ledger"           # LEDGER_GROUP_ID
 //! event_format = "json"               # json | avro
 //! transactional_id = "ledger-1"       # LEDGER_TRANSACTIONAL_ID (brokers with transactions)
-//! batch_linger_ms = 5                # a batch of priced usage closes this long after its first record
+//! batch_linger_ms = 2                # a batch of priced usage closes this long after its first record
 //! changelog_interval_ms = 5000        # LEDGER_CHANGELOG_INTERVAL_MS: changed accounts to the changelog, offsets committed
 //! write_entries = true                # ledger entries into ClickHouse
 //! pending_entries_max = 500000        # LEDGER_PENDING_ENTRIES_MAX: entries waiting for ClickHouse past which input pauses

@@ -77,8 +77,8 @@ pub struct LedgerConfig {
     /// Records per batch (and per changelog write).
     pub batch_records_max: usize,
     /// A batch closes this long after its first record. Short: a feed
-    /// arrives as one message per partition, nearly at once, and every
-    /// millisecond here is threshold-event latency.
+    /// arrives as one message per partition, nearly at once (one fetch
+    /// response), and every millisecond here is threshold-event latency.
     pub batch_linger: Duration,
     /// How often idle accounts' grants are checked for expiry.
     pub sweep_interval: Duration,
@@ -116,7 +116,7 @@ impl Default for LedgerConfig {
             group_id: "usage-ledger".into(),
             topic_partitions: 4,
             batch_records_max: 10_000,
-            batch_linger: Duration::from_millis(5),
+            batch_linger: Duration::from_millis(2),
             sweep_interval: Duration::from_secs(1),
             entries_interval: Duration::from_secs(1),
             changelog_interval: Duration::from_secs(5),
