@@ -15,15 +15,34 @@ use std::time::Duration;
 #[derive(Default)]
 pub struct RebalanceTracker {
     revoked: Mutex<Vec<(String, i32)>>,
+    assigned: Mutex<Vec<(String, i32)>>,
     /// Per fetched partition, messages not yet consumed, from librdkafka's
     /// last statistics (no broker call of our own).
     lags: Mutex<Vec<(String, i32, i64)>>,
+    /// Runs before partitions are given up (see [`RebalanceTracker::before_revoke`]).
+    before_revoke: Mutex<Option<RevokeHook>>,
 }
 
+type RevokeHook = Box<dyn Fn() + Send + Sync>;
+
 impl RebalanceTracker {
+    /// Runs `hook` in the rebalance callback before partitions are given
+    /// up: what it waits for lands before another member can take them
+    /// (the group does not move on until the callback returns). It blocks
+    /// the consumer's poll, so it must not wait on the caller's tasks.
+    pub fn before_revoke(&self, hook: impl Fn() + Send + Sync + 'static) {
+        *self.before_revoke.lock().expect("revoke hook lock") = Some(Box::new(hook));
+    }
+
     /// Partitions revoked since the last call.
     pub fn take_revoked(&self) -> Vec<(String, i32)> {
         std::mem::take(&mut *self.revoked.lock().expect("revocations lock"))
+    }
+
+    /// Partitions assigned since the last call (some may have been revoked
+    /// since: the consumer's assignment says which are still ours).
+    pub fn take_assigned(&self) -> Vec<(String, i32)> {
+        std::mem::take(&mut *self.assigned.lock().expect("assignments lock"))
     }
 }
 
@@ -58,9 +77,16 @@ impl ClientContext for RebalanceTracker {
 impl ConsumerContext for RebalanceTracker {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
-            Rebalance::Assign(tpl) => tracing::info!(partitions = %describe(tpl), "partitions assigned"),
+            Rebalance::Assign(tpl) => {
+                tracing::info!(partitions = %describe(tpl), "partitions assigned");
+                let mut assigned = self.assigned.lock().expect("assignments lock");
+                assigned.extend(tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())));
+            }
             Rebalance::Revoke(tpl) => {
                 tracing::info!(partitions = %describe(tpl), "partitions revoked");
+                if let Some(hook) = self.before_revoke.lock().expect("revoke hook lock").as_ref() {
+                    hook();
+                }
                 let mut revoked = self.revoked.lock().expect("revocations lock");
                 revoked.extend(tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())));
             }

@@ -8,6 +8,7 @@
 use crate::dead_letter::{DeadLetter, MESSAGE_BYTES_MAX};
 use crate::settings::without_secrets;
 use crate::settings::KafkaSettings;
+use futures::FutureExt as _;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
@@ -149,12 +150,17 @@ impl Producer {
     /// Takes a `Vec`, not an iterator: a lazy iterator with a closure held
     /// across awaits makes callers' futures fail rustc's `Send` check.
     pub async fn send_all(&self, messages: Vec<Outgoing<'_>>) -> Result<Vec<(i32, i64)>, SendBatchError> {
-        let mut pending: VecDeque<(usize, String, DeliveryFuture)> = VecDeque::new();
-        let mut delivered = Vec::new();
-        let mut failed = Vec::new();
-        let mut total = 0;
+        self.enqueue_all(messages).await.finish().await
+    }
+
+    /// Hands every message to librdkafka and returns without waiting for
+    /// their acknowledgements (it waits only while librdkafka's queue, or
+    /// [`IN_FLIGHT_MAX`], is full). When it returns every message is
+    /// queued, so a [`Producer::flush`] from then on covers them all.
+    pub async fn enqueue_all(&self, messages: Vec<Outgoing<'_>>) -> Sending {
+        let mut sending = Sending { pending: VecDeque::new(), delivered: Vec::new(), failed: Vec::new(), total: 0 };
         for (index, message) in messages.into_iter().enumerate() {
-            total += 1;
+            sending.total += 1;
             let mut record = FutureRecord::<[u8], [u8]>::to(message.topic).payload(message.payload);
             if let Some(key) = message.key {
                 record = record.key(key);
@@ -166,39 +172,33 @@ impl Producer {
                 record = record.partition(partition);
             }
             loop {
-                if pending.len() >= IN_FLIGHT_MAX {
-                    let (i, topic, fut) = pending.pop_front().expect("non-empty");
-                    settle(i, topic, fut.await, &mut delivered, &mut failed);
+                if sending.pending.len() >= IN_FLIGHT_MAX {
+                    sending.settle_oldest().await;
                 }
                 match self.inner.send_result(record) {
                     Ok(fut) => {
-                        pending.push_back((index, message.topic.to_owned(), fut));
+                        sending.pending.push_back((index, message.topic.to_owned(), fut));
                         break;
                     }
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                         record = back;
-                        match pending.pop_front() {
-                            Some((i, topic, fut)) => settle(i, topic, fut.await, &mut delivered, &mut failed),
+                        if !sending.settle_oldest().await {
                             // Another producer user filled the queue: let it drain.
-                            None => tokio::time::sleep(Duration::from_millis(5)).await,
+                            tokio::time::sleep(Duration::from_millis(5)).await;
                         }
                     }
                     Err((error, _)) => {
-                        failed.push(ProducerError::NotDelivered { index, topic: message.topic.to_owned(), error });
+                        sending.failed.push(ProducerError::NotDelivered {
+                            index,
+                            topic: message.topic.to_owned(),
+                            error,
+                        });
                         break;
                     }
                 }
             }
         }
-        while let Some((i, topic, fut)) = pending.pop_front() {
-            settle(i, topic, fut.await, &mut delivered, &mut failed);
-        }
-        if failed.is_empty() {
-            delivered.sort_by_key(|(i, _)| *i);
-            Ok(delivered.into_iter().map(|(_, po)| po).collect())
-        } else {
-            Err(SendBatchError { total, failed })
-        }
+        sending
     }
 
     /// Sends dead letters to `topic`, keyed as the originals were. Letters
@@ -235,22 +235,64 @@ impl Producer {
     }
 }
 
-type DeliveryOutcome =
-    Result<rdkafka::producer::future_producer::Delivery, (KafkaError, rdkafka::message::OwnedMessage)>;
+/// Messages queued by [`Producer::enqueue_all`] and their delivery reports.
+pub struct Sending {
+    pending: VecDeque<(usize, String, DeliveryFuture)>,
+    delivered: Vec<(usize, (i32, i64))>,
+    failed: Vec<ProducerError>,
+    total: usize,
+}
 
-fn settle(
-    index: usize,
-    topic: String,
-    result: Result<DeliveryOutcome, futures::channel::oneshot::Canceled>,
-    delivered: &mut Vec<(usize, (i32, i64))>,
-    failed: &mut Vec<ProducerError>,
-) {
-    match result {
-        Ok(Ok(delivery)) => delivered.push((index, (delivery.partition, delivery.offset))),
-        Ok(Err((error, _))) => failed.push(ProducerError::NotDelivered { index, topic, error }),
-        Err(_) => failed.push(ProducerError::NotDelivered { index, topic, error: KafkaError::Canceled }),
+impl Sending {
+    /// Waits for every delivery report. Returns the `(partition, offset)`
+    /// of each message, in input order, or every failure.
+    pub async fn finish(mut self) -> Result<Vec<(i32, i64)>, SendBatchError> {
+        while self.settle_oldest().await {}
+        self.outcome()
+    }
+
+    /// The outcome if every delivery report is in, without waiting.
+    pub fn try_finish(&mut self) -> Option<Result<Vec<(i32, i64)>, SendBatchError>> {
+        while let Some((_, _, fut)) = self.pending.front_mut() {
+            let result = fut.now_or_never()?;
+            let (index, topic, _) = self.pending.pop_front().expect("non-empty");
+            self.settle(index, topic, result);
+        }
+        Some(self.outcome())
+    }
+
+    /// Waits for the oldest report still pending; false if there was none.
+    async fn settle_oldest(&mut self) -> bool {
+        let Some((index, topic, fut)) = self.pending.pop_front() else { return false };
+        self.settle(index, topic, fut.await);
+        true
+    }
+
+    fn settle(
+        &mut self,
+        index: usize,
+        topic: String,
+        result: Result<DeliveryOutcome, futures::channel::oneshot::Canceled>,
+    ) {
+        match result {
+            Ok(Ok(delivery)) => self.delivered.push((index, (delivery.partition, delivery.offset))),
+            Ok(Err((error, _))) => self.failed.push(ProducerError::NotDelivered { index, topic, error }),
+            Err(_) => self.failed.push(ProducerError::NotDelivered { index, topic, error: KafkaError::Canceled }),
+        }
+    }
+
+    fn outcome(&mut self) -> Result<Vec<(i32, i64)>, SendBatchError> {
+        if self.failed.is_empty() {
+            self.delivered.sort_by_key(|(i, _)| *i);
+            Ok(std::mem::take(&mut self.delivered).into_iter().map(|(_, po)| po).collect())
+        } else {
+            Err(SendBatchError { total: self.total, failed: std::mem::take(&mut self.failed) })
+        }
     }
 }
+
+type DeliveryOutcome =
+    Result<rdkafka::producer::future_producer::Delivery, (KafkaError, rdkafka::message::OwnedMessage)>;
 
 /// The partition Kafka's default partitioner (Java clients, and librdkafka's
 /// `murmur2_random`) gives a non-empty key: `murmur2(key) & 0x7fffffff mod
