@@ -1,6 +1,9 @@
-//! The ledger through SIGKILLs: the pricing and ledger binaries are killed
-//! at random moments while usage for prepaid and postpaid accounts flows,
-//! and restarted. Afterwards, for every account: prepaid usage was deducted
+//! The ledger through SIGKILLs and rebalances: the pricing and ledger
+//! binaries are killed at random moments while usage for prepaid and
+//! postpaid accounts flows, and restarted; or ledger instances join and
+//! leave the group while it flows (each rebalance moves partitions between
+//! live members, their changelog writes in flight). Afterwards, for every
+//! account: prepaid usage was deducted
 //! exactly once (used = Σ cost in priced_events), granted − used − expired
 //! = balance, ClickHouse's `balances` agrees, each depletion and each budget
 //! threshold was announced under exactly one id, and never one that did
@@ -10,6 +13,7 @@ use chrono::{Duration as Span, Utc};
 use rand::{Rng, SeedableRng};
 use rust_decimal::Decimal;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::process::Command;
 use std::time::{Duration, Instant};
 use usage_integration_tests::{
     check_balances_view, clickhouse, isolated_env, kafka_settings, send_records, spawn_binary, unique, Running,
@@ -51,8 +55,27 @@ fn whole_topic(topic: &str) -> Vec<usage_kafka::Record> {
         .collect()
 }
 
+/// What happens to the running binaries while usage flows.
+enum Disturbance {
+    /// SIGKILLs of the ledger and of the pricing stage, each restarted as
+    /// the same static member.
+    Kills,
+    /// Ledger instances join and leave (SIGTERM) the group: rebalances
+    /// between live members.
+    Rebalances,
+}
+
 #[test]
 fn sigkills_never_deduct_twice_nor_repeat_an_alert() {
+    run(Disturbance::Kills);
+}
+
+#[test]
+fn rebalances_between_live_ledgers_never_deduct_twice_nor_repeat_an_alert() {
+    run(Disturbance::Rebalances);
+}
+
+fn run(disturbance: Disturbance) {
     let (raw, dlq, group, database) = (unique("lraw"), unique("ldlq"), unique("lgroup"), unique("lcrash"));
     // Changelog writes between the kills (the default, 5 s, would see few):
     // restores from a mid-run state are what this test is about.
@@ -105,30 +128,74 @@ fn sigkills_never_deduct_twice_nor_repeat_an_alert() {
         })
         .collect();
 
-    // Both stages run; each restarts into its own group as the same static
-    // member (as a crashed pod does), the ledger resuming from its
-    // changelog.
-    let env = with(&env, "KAFKA_GROUP_INSTANCE_ID", "instance-0".into());
-    let mut pricing = spawn_binary(&env, &["run"], &log);
-    let mut ledger = spawn_binary(&env, &["ledger"], &log);
-    let mut kills = 0;
-    for (i, chunk) in usage.chunks(CHUNK).enumerate() {
-        send(&raw, chunk);
-        std::thread::sleep(Duration::from_millis(rng.random_range(200..900)));
-        if i % 3 == 1 && kills < LEDGER_KILLS {
-            kill(&mut ledger);
-            kills += 1;
-            ledger = spawn_binary(&env, &["ledger"], &log);
-        }
-        if i % 7 == 3 {
+    let env = match disturbance {
+        // Both stages restart into their own group as the same static member
+        // (as a crashed pod does), the ledger resuming from its changelog.
+        Disturbance::Kills => with(&env, "KAFKA_GROUP_INSTANCE_ID", "instance-0".into()),
+        // Dynamic members: one that stops leaves the group at once.
+        Disturbance::Rebalances => env,
+    };
+    let assigned = || std::fs::read_to_string(&log).unwrap().matches("partitions assigned").count();
+    match disturbance {
+        Disturbance::Kills => {
+            let mut pricing = spawn_binary(&env, &["run"], &log);
+            let mut ledger = spawn_binary(&env, &["ledger"], &log);
+            let mut kills = 0;
+            for (i, chunk) in usage.chunks(CHUNK).enumerate() {
+                send(&raw, chunk);
+                std::thread::sleep(Duration::from_millis(rng.random_range(200..900)));
+                if i % 3 == 1 && kills < LEDGER_KILLS {
+                    kill(&mut ledger);
+                    kills += 1;
+                    ledger = spawn_binary(&env, &["ledger"], &log);
+                }
+                if i % 7 == 3 {
+                    kill(&mut pricing);
+                    pricing = spawn_binary(&env, &["run"], &log);
+                }
+            }
+            assert_eq!(kills, LEDGER_KILLS);
             kill(&mut pricing);
-            pricing = spawn_binary(&env, &["run"], &log);
+            kill(&mut ledger);
+        }
+        Disturbance::Rebalances => {
+            let mut pricing = spawn_binary(&env, &["run"], &log);
+            let mut ledgers = vec![spawn_binary(&env, &["ledger"], &log)];
+            let mut rebalances = 0;
+            for (i, chunk) in usage.chunks(CHUNK).enumerate() {
+                send(&raw, chunk);
+                std::thread::sleep(Duration::from_millis(rng.random_range(200..900)));
+                if i % 3 == 1 {
+                    let before = assigned();
+                    // Both members are assigned after a join, the one left
+                    // after a leave.
+                    let wanted = if ledgers.len() < 2 {
+                        // One joins: the partitions are shared.
+                        ledgers.push(spawn_binary(&env, &["ledger"], &log));
+                        before + 2
+                    } else {
+                        // The older one leaves: the other takes them all.
+                        let mut leaving = ledgers.remove(0);
+                        Command::new("kill").args(["-TERM", &leaving.id().to_string()]).status().unwrap();
+                        assert!(leaving.wait().unwrap().success(), "a ledger stopped cleanly; see {}", log.display());
+                        before + 1
+                    };
+                    let deadline = Instant::now() + Duration::from_secs(90);
+                    while assigned() < wanted {
+                        assert!(Instant::now() < deadline, "no rebalance; see {}", log.display());
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    rebalances += 1;
+                }
+            }
+            assert!(rebalances >= LEDGER_KILLS);
+            kill(&mut pricing);
+            for mut ledger in ledgers {
+                kill(&mut ledger);
+            }
         }
     }
-    assert_eq!(kills, LEDGER_KILLS);
-    kill(&mut pricing);
     wait_success(spawn_binary(&env, &["run", "--until-caught-up"], &log), "the last pricing run", &log);
-    kill(&mut ledger);
     wait_success(spawn_binary(&env, &["ledger", "--until-caught-up"], &log), "the last ledger run", &log);
 
     // The final state of every account: the last changelog record per key.

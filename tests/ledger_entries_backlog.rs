@@ -11,7 +11,8 @@ use std::collections::HashMap;
 use std::net::ToSocketAddrs;
 use std::time::{Duration, Instant};
 use usage_integration_tests::{
-    clickhouse, isolated_env, kafka_settings, send_records, spawn_binary, unique, DelayingProxy, Running,
+    clickhouse, exits_successfully, isolated_env, kafka_settings, send_records, spawn_binary, unique, DelayingProxy,
+    Running,
 };
 use usage_kafka::Producer;
 
@@ -27,6 +28,12 @@ fn lag(group: &str, topic: &str) -> i64 {
         .iter()
         .map(|p| p.lag())
         .sum()
+}
+
+fn with(env: &[(&'static str, String)], key: &'static str, value: &str) -> Vec<(&'static str, String)> {
+    let mut env: Vec<_> = env.iter().filter(|(k, _)| *k != key).cloned().collect();
+    env.push((key, value.to_owned()));
+    env
 }
 
 fn stop(mut child: Running) {
@@ -165,5 +172,60 @@ fn waiting_ledger_entries_pause_the_ledger_at_their_bound_and_it_resumes() {
         assert_eq!(used, priced[&row[0]], "{}: usage deducted once", row[0]);
         assert_eq!(balance, Decimal::from(1000) - used, "{}", row[0]);
     }
+    let _ = rt.block_on(sink.execute(&format!("DROP DATABASE IF EXISTS {database}")));
+}
+
+/// Entries a ledger stops with (ClickHouse unreachable) wait in its
+/// changelog; the next run writes them even when no input arrives for
+/// their partitions (it restores every assigned partition at once).
+#[test]
+fn entries_pending_at_a_stop_are_written_by_the_next_run_without_new_input() {
+    let (raw, dlq, group, database) = (unique("praw"), unique("pdlq"), unique("pgroup"), unique("pending"));
+    let env = isolated_env(&raw, &dlq, &group, &database);
+    let commands_topic = env.iter().find(|(n, _)| *n == "BILLING_COMMANDS_TOPIC").unwrap().1.clone();
+    let log = std::env::temp_dir().join(format!("{}.log", unique("ledger-pending")));
+    assert!(spawn_binary(&env, &["setup"], &log).wait().unwrap().success(), "setup; see {}", log.display());
+    let ledger_env = with(&env, "LEDGER_CHANGELOG_INTERVAL_MS", "100");
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let producer = Producer::new(&kafka_settings(), "ledger-pending").unwrap();
+    let granted_at = (Utc::now() - Span::days(1)).to_rfc3339();
+    let commands: Vec<(String, String)> = (0..ACCOUNTS)
+        .map(|a| {
+            let account = format!("pre-{a}");
+            let json = format!(
+                r#"{{"type":"credit_grant","account_id":"{account}","grant_id":"g","kind":"purchase","amount":"10","currency":"USD","granted_at":"{granted_at}"}}"#
+            );
+            (account, json)
+        })
+        .collect();
+    let records: Vec<(&[u8], &[u8])> = commands.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())).collect();
+    rt.block_on(send_records(&producer, &commands_topic, &records));
+
+    // The grants are applied, their entries cannot be written (the table
+    // is away), and the ledger stops cleanly with them pending in its
+    // changelog.
+    let sink = clickhouse(&database);
+    let (table, away) = (format!("{database}.ledger_entries"), format!("{database}.ledger_entries_away"));
+    rt.block_on(sink.execute(&format!("RENAME TABLE {table} TO {away}"))).unwrap();
+    let ledger = spawn_binary(&ledger_env, &["ledger"], &log);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !std::fs::read_to_string(&log).unwrap().contains("ledger entries wait for ClickHouse") {
+        assert!(Instant::now() < deadline, "the ledger never tried ClickHouse; see {}", log.display());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::process::Command::new("kill").args(["-TERM", &ledger.id().to_string()]).status().unwrap();
+    assert!(exits_successfully(ledger, "the first ledger", &log), "see {}", log.display());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("stopping with ledger entries unwritten"), "see {}", log.display());
+
+    // The table is back; nothing new arrives.
+    rt.block_on(sink.execute(&format!("RENAME TABLE {away} TO {table}"))).unwrap();
+    let count = |sql: &str| -> u64 { rt.block_on(sink.query_tsv(sql)).unwrap().concat().concat().parse().unwrap() };
+    let entries_sql = format!("SELECT uniqExact(account_id, entry_id) FROM {database}.ledger_entries");
+    assert_eq!(count(&entries_sql), 0);
+    let next = spawn_binary(&env, &["ledger", "--until-caught-up"], &log);
+    assert!(exits_successfully(next, "the next ledger run", &log), "see {}", log.display());
+    assert_eq!(count(&entries_sql), ACCOUNTS as u64, "every grant's entry written; see {}", log.display());
     let _ = rt.block_on(sink.execute(&format!("DROP DATABASE IF EXISTS {database}")));
 }

@@ -15,8 +15,11 @@
 //!    applied), dead-letter what cannot be applied;
 //! 2. send the events (and dead letters), wait; mark them sent;
 //! 3. every `changelog_interval` (and before stopping): write each account
-//!    changed since the last write to the changelog, once, wait for the
-//!    acks, then commit the input offsets that state covers;
+//!    changed since the last write to the changelog, once; the loop goes
+//!    on while the broker acknowledges it (threshold events do not wait
+//!    for it), and once every ack is in, commits the input offsets that
+//!    state covers. One write is in flight at a time, and a revocation
+//!    waits for it (the partition's next owner restores what it wrote);
 //! 4. every `entries_interval`, in a task of its own: write ledger entries
 //!    to ClickHouse (kept in the accounts' state until ClickHouse
 //!    acknowledges them, so a ClickHouse outage delays entries, never
@@ -39,14 +42,14 @@ mod metrics;
 pub use metrics::LedgerMetrics;
 
 use chrono::Utc;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use usage_clickhouse::{ClickHouseSink, LedgerEntryRow};
 use usage_kafka::{
     co_partitioned_consumer, ensure_topics, partition_counts, read_partition, CommitMode, Consumer, DeadLetter,
-    GroupConsumer, KafkaError, KafkaSettings, Message, Offset, Outgoing, OwnedMessage, Producer, TopicPartitionList,
-    TopicSpec,
+    GroupConsumer, KafkaError, KafkaSettings, Message, Offset, Outgoing, OwnedMessage, Producer, Sending,
+    TopicPartitionList, TopicSpec,
 };
 use usage_ledger::{AccountCommand, AccountState, Applied, LedgerEntry, LedgerEvent, PartitionLedger, PricedUsage};
 use usage_runtime::{Classify, ErrorClass, GaveUp, Health};
@@ -56,6 +59,10 @@ pub use usage_runtime::{RetryPolicy, Shutdown, StopWhen};
 const KAFKA_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest single wait for input, so shutdown and sweeps are timely.
 const POLL_SLICE: Duration = Duration::from_millis(100);
+/// Longest wait, at a revocation, for the changelog write in flight: past
+/// the producer's message timeout (30 s) every message has landed or
+/// failed.
+const REVOKE_FLUSH_TIMEOUT: Duration = Duration::from_secs(45);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventFormat {
@@ -245,12 +252,27 @@ pub struct Ledger {
     /// The ledger entries being written to ClickHouse, if any.
     entries_write: Option<EntriesWrite>,
     last_changelog: Instant,
-    /// Input offsets applied since the last changelog write: committed
-    /// once the state that covers them is written.
+    /// The changelog write whose acks are not all in, if any.
+    changelog_write: Option<ChangelogWrite>,
+    /// Input offsets applied since the last changelog write started:
+    /// committed once the state that covers them is written.
     uncommitted: BTreeMap<(String, i32), i64>,
     /// Failing steps, for `/readyz`.
     health: Health,
     metrics: LedgerMetrics,
+}
+
+/// Changelog records handed to the producer, and the input offsets their
+/// state covers (committed once every record is acknowledged).
+struct ChangelogWrite {
+    sending: Sending,
+    /// `(partition, account, state)`, in the order sent.
+    records: Vec<(i32, String, Vec<u8>)>,
+    offsets: BTreeMap<(String, i32), i64>,
+    /// Partitions revoked since the write started: their records are not
+    /// sent again nor their offsets committed (the new owner's now), even
+    /// if the partition came back meanwhile (rebuilt from the changelog).
+    dropped: HashSet<i32>,
 }
 
 /// A background INSERT of ledger entries, and which entries it took:
@@ -259,6 +281,10 @@ struct EntriesWrite {
     task: tokio::task::JoinHandle<Result<(), usage_clickhouse::SinkError>>,
     taken: Vec<(i32, String, usize)>,
     n_rows: u64,
+    /// Partitions revoked since the write started: if one came back, its
+    /// accounts were rebuilt from the changelog and their pending entries
+    /// are not the ones taken.
+    dropped: HashSet<i32>,
 }
 
 impl Ledger {
@@ -279,6 +305,7 @@ impl Ledger {
             last_entries_write: Instant::now(),
             entries_write: None,
             last_changelog: Instant::now(),
+            changelog_write: None,
             uncommitted: BTreeMap::new(),
             health: Health::default(),
             metrics: LedgerMetrics::default(),
@@ -337,7 +364,18 @@ impl Ledger {
                     .await
                     .expect("transactional producer set-up does not panic")?
             }
-            None => Producer::new(&self.kafka, "ledger")?,
+            None => {
+                let producer = Producer::new(&self.kafka, "ledger")?;
+                // The changelog write in flight lands before the partitions
+                // go: their next owner restores from it.
+                let flushing = producer.clone();
+                consumer.context().before_revoke(move || {
+                    if let Err(error) = flushing.flush(REVOKE_FLUSH_TIMEOUT) {
+                        tracing::error!(%error, "ledger changelog write still in flight while its partitions are revoked");
+                    }
+                });
+                producer
+            }
         };
         tracing::info!(
             priced = %self.config.priced_topic,
@@ -352,6 +390,7 @@ impl Ledger {
             for (_, partition) in consumer.context().take_revoked() {
                 self.drop_partition(partition);
             }
+            self.restore_assigned(&consumer, report).await?;
             let filling = Instant::now();
             let (messages, stopping) = self.fill(&consumer, shutdown).await?;
             let n_messages = messages.len();
@@ -377,14 +416,15 @@ impl Ledger {
                 self.drop_partition(partition);
                 work.remove(&partition);
             }
+            let stopping = stopping || shutdown.is_requested();
             let changelog_due = self.partitions.values().any(PartitionLedger::has_dirty)
                 && (stopping
-                    || shutdown.is_requested()
-                    || self.last_changelog.elapsed() >= self.config.changelog_interval);
+                    || (self.changelog_write.is_none()
+                        && self.last_changelog.elapsed() >= self.config.changelog_interval));
             if !work.is_empty() || changelog_due || self.partitions.values().any(PartitionLedger::has_unsent_events) {
                 last_activity = Instant::now();
                 let done = match &self.config.transactional_id {
-                    None => self.persist(&consumer, &producer, work, changelog_due, shutdown, report).await?,
+                    None => self.persist(&consumer, &producer, work, changelog_due, stopping, shutdown, report).await?,
                     Some(_) => self.persist_transactionally(&consumer, &producer, work, report).await?,
                 };
                 if !done {
@@ -397,6 +437,8 @@ impl Ledger {
                     "ledger batch persisted"
                 );
             }
+            // Only without transactions is a changelog write in flight.
+            self.finish_changelog_write(&consumer, &producer, shutdown, stopping).await?;
             if stopping || shutdown.is_requested() {
                 self.flush_entries(report).await;
             } else {
@@ -424,9 +466,7 @@ impl Ledger {
                     && last_activity.elapsed() >= idle
                     && usage_runtime::caught_up(&consumer, |_, _| None)?
                 {
-                    if self.config.transactional_id.is_none()
-                        && self.partitions.values().any(PartitionLedger::has_dirty)
-                    {
+                    if self.config.transactional_id.is_none() {
                         self.write_changelog(&consumer, &producer, shutdown).await?;
                     }
                     self.flush_entries(report).await;
@@ -480,6 +520,16 @@ impl Ledger {
     fn drop_partition(&mut self, partition: i32) {
         self.catching_up.remove(&partition);
         self.held.remove(&partition);
+        // Offsets applied by this owner are not committed by the next one
+        // (if the partition comes back, its state is rebuilt and may be
+        // behind them).
+        self.uncommitted.retain(|(_, p), _| *p != partition);
+        if let Some(write) = &mut self.changelog_write {
+            write.dropped.insert(partition);
+        }
+        if let Some(write) = &mut self.entries_write {
+            write.dropped.insert(partition);
+        }
         if self.partitions.remove(&partition).is_some() {
             tracing::info!(partition, "ledger partition revoked: state dropped");
         }
@@ -498,14 +548,7 @@ impl Ledger {
         report: &mut LedgerReport,
     ) -> Result<(), LedgerRunError> {
         let partition = m.partition();
-        if !self.partitions.contains_key(&partition) {
-            let restoring = Instant::now();
-            let ledger = self.restore(partition).await?;
-            self.metrics.restored(restoring.elapsed().as_secs_f64());
-            report.partitions_restored += 1;
-            self.partitions.insert(partition, ledger);
-            self.start_catch_up(consumer, partition)?;
-        }
+        self.ensure_restored(consumer, partition, report).await?;
         let is_priced = m.topic() == self.config.priced_topic;
         if is_priced && self.catching_up.contains_key(&partition) {
             let held = self.held.entry(partition).or_default();
@@ -522,6 +565,48 @@ impl Ledger {
         self.apply(&m, work, report).await?;
         if !is_priced && self.catching_up.get(&partition).is_some_and(|end| offset + 1 >= *end) {
             self.finish_catch_up(consumer, partition, work, report).await?;
+        }
+        Ok(())
+    }
+
+    /// Rebuilds `partition`'s accounts from the changelog unless held.
+    async fn ensure_restored(
+        &mut self,
+        consumer: &GroupConsumer,
+        partition: i32,
+        report: &mut LedgerReport,
+    ) -> Result<(), LedgerRunError> {
+        if self.partitions.contains_key(&partition) {
+            return Ok(());
+        }
+        let restoring = Instant::now();
+        let ledger = self.restore(partition).await?;
+        self.metrics.restored(restoring.elapsed().as_secs_f64());
+        report.partitions_restored += 1;
+        self.partitions.insert(partition, ledger);
+        self.start_catch_up(consumer, partition)
+    }
+
+    /// Restores the partitions assigned since the last call at once, not
+    /// at their first input: a partition without new input still writes
+    /// the ledger entries its changelog holds pending, and sweeps its
+    /// accounts' expiring grants.
+    async fn restore_assigned(
+        &mut self,
+        consumer: &GroupConsumer,
+        report: &mut LedgerReport,
+    ) -> Result<(), LedgerRunError> {
+        let assigned = consumer.context().take_assigned();
+        if assigned.is_empty() {
+            return Ok(());
+        }
+        // Rebalance callbacks run only inside the consumer's poll: the
+        // assignment holds until the next `fill`.
+        let current = consumer.assignment()?;
+        for (topic, partition) in assigned {
+            if topic == self.config.priced_topic && current.find_partition(&topic, partition).is_some() {
+                self.ensure_restored(consumer, partition, report).await?;
+            }
         }
         Ok(())
     }
@@ -705,13 +790,17 @@ impl Ledger {
         events
     }
 
-    /// Steps 2 and 3 without transactions. Returns true (never rebuilds).
+    /// Steps 2 and 3 without transactions (the changelog written and
+    /// waited for when `stopping`, else started). Returns true (never
+    /// rebuilds).
+    #[allow(clippy::too_many_arguments)]
     async fn persist(
         &mut self,
         consumer: &GroupConsumer,
         producer: &Producer,
         work: HashMap<i32, PartitionWork>,
         changelog_due: bool,
+        stopping: bool,
         shutdown: &Shutdown,
         report: &mut LedgerReport,
     ) -> Result<bool, LedgerRunError> {
@@ -752,41 +841,83 @@ impl Ledger {
             }
         }
         if changelog_due {
-            self.write_changelog(consumer, producer, shutdown).await?;
+            if stopping {
+                self.write_changelog(consumer, producer, shutdown).await?;
+            } else {
+                self.start_changelog_write(producer).await;
+            }
         }
         Ok(true)
     }
 
-    /// Writes every account changed since the last write, once, then
-    /// commits the input offsets that state covers.
+    /// Writes every account changed since the last write, once, and waits
+    /// for it (and for the write in flight before it): before stopping.
     async fn write_changelog(
         &mut self,
         consumer: &GroupConsumer,
         producer: &Producer,
         shutdown: &Shutdown,
     ) -> Result<(), LedgerRunError> {
+        self.finish_changelog_write(consumer, producer, shutdown, true).await?;
+        self.start_changelog_write(producer).await;
+        self.finish_changelog_write(consumer, producer, shutdown, true).await
+    }
+
+    /// Hands every account changed since the last write to the producer,
+    /// once; [`Ledger::finish_changelog_write`] takes the acks. Returns
+    /// when every record is queued (a revocation's flush then covers them).
+    async fn start_changelog_write(&mut self, producer: &Producer) {
+        debug_assert!(self.changelog_write.is_none(), "one changelog write in flight at a time");
         let partitions: Vec<i32> = self.partitions.keys().copied().collect();
-        let changelog = self.changelog(&partitions);
+        let records = self.changelog(&partitions);
         let state_topic = &self.config.state_topic;
-        self.retry("ledger changelog", shutdown, || {
-            producer.send_all(
-                changelog
-                    .iter()
-                    .map(|(p, key, value)| Outgoing {
-                        topic: state_topic,
-                        key: Some(key.as_bytes()),
-                        payload: value,
-                        headers: None,
-                        partition: Some(*p),
-                    })
-                    .collect(),
-            )
-        })
-        .await?;
+        let sending = producer.enqueue_all(changelog_messages(state_topic, &records)).await;
         self.last_changelog = Instant::now();
+        let offsets = std::mem::take(&mut self.uncommitted);
+        self.changelog_write = Some(ChangelogWrite { sending, records, offsets, dropped: HashSet::new() });
+    }
+
+    /// Settles the changelog write in flight once its acks are in (or
+    /// waits for them, with `wait`): sends again what failed, with the
+    /// retry policy, then commits the input offsets its state covers.
+    async fn finish_changelog_write(
+        &mut self,
+        consumer: &GroupConsumer,
+        producer: &Producer,
+        shutdown: &Shutdown,
+        wait: bool,
+    ) -> Result<(), LedgerRunError> {
+        let Some(mut write) = self.changelog_write.take() else { return Ok(()) };
+        let outcome = match write.sending.try_finish() {
+            Some(outcome) => outcome,
+            None if wait => write.sending.finish().await,
+            None => {
+                self.changelog_write = Some(write);
+                return Ok(());
+            }
+        };
+        let ours = |p: &i32| self.partitions.contains_key(p) && !write.dropped.contains(p);
+        if let Err(error) = outcome {
+            // Records are whole states: sent again, the last one still wins
+            // (no later write has started).
+            let failed: Vec<(i32, String, Vec<u8>)> = error
+                .failed
+                .iter()
+                .filter_map(|e| match e {
+                    usage_kafka::ProducerError::NotDelivered { index, .. } => write.records.get(*index),
+                    usage_kafka::ProducerError::Create(_) => None,
+                })
+                .filter(|(p, _, _)| ours(p))
+                .cloned()
+                .collect();
+            tracing::warn!(%error, again = failed.len(), "ledger changelog write failed: sending again");
+            let state_topic = &self.config.state_topic;
+            self.retry("ledger changelog", shutdown, || producer.send_all(changelog_messages(state_topic, &failed)))
+                .await?;
+        }
         let mut tpl = TopicPartitionList::new();
-        for ((topic, p), next) in std::mem::take(&mut self.uncommitted) {
-            if self.partitions.contains_key(&p) && tpl.add_partition_offset(&topic, p, Offset::Offset(next)).is_err() {
+        for ((topic, p), next) in &write.offsets {
+            if ours(p) && tpl.add_partition_offset(topic, *p, Offset::Offset(*next)).is_err() {
                 tracing::warn!(topic, partition = p, "cannot build the ledger's commit");
             }
         }
@@ -900,7 +1031,7 @@ impl Ledger {
         }
         let n_rows = rows.len() as u64;
         let task = tokio::spawn(async move { sink.insert_ledger_entries(&rows).await });
-        self.entries_write = Some(EntriesWrite { task, taken, n_rows });
+        self.entries_write = Some(EntriesWrite { task, taken, n_rows, dropped: HashSet::new() });
     }
 
     /// Takes the outcome of the entries write in flight, if it is done (or
@@ -917,7 +1048,9 @@ impl Ledger {
                 let unwritable = |e: &LedgerEntry| LedgerEntryRow::new(e).is_err();
                 let mut by_partition: HashMap<i32, Vec<(String, usize)>> = HashMap::new();
                 for (p, account, n) in write.taken {
-                    by_partition.entry(p).or_default().push((account, n));
+                    if !write.dropped.contains(&p) {
+                        by_partition.entry(p).or_default().push((account, n));
+                    }
                 }
                 for (p, written) in by_partition {
                     if let Some(ledger) = self.partitions.get_mut(&p) {
@@ -986,6 +1119,20 @@ impl Ledger {
     ) -> Result<T, LedgerRunError> {
         Ok(usage_runtime::retry(what, self.config.retry, &self.health, shutdown, attempt).await?)
     }
+}
+
+/// The changelog's records as messages, each to its account's partition.
+fn changelog_messages<'a>(topic: &'a str, records: &'a [(i32, String, Vec<u8>)]) -> Vec<Outgoing<'a>> {
+    records
+        .iter()
+        .map(|(p, key, value)| Outgoing {
+            topic,
+            key: Some(key.as_bytes()),
+            payload: value,
+            headers: None,
+            partition: Some(*p),
+        })
+        .collect()
 }
 
 /// An error with its class, for a step whose errors are of several types.
