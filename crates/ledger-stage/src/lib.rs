@@ -364,17 +364,25 @@ impl Ledger {
                     .await
                     .expect("transactional producer set-up does not panic")?
             }
+            None => Producer::new(&self.kafka, "ledger")?,
+        };
+        // Without transactions the changelog goes through a producer of its
+        // own: a write in flight (~2,000 states took the local broker 50–90
+        // ms) does not hold up threshold events queued behind it on the
+        // same connection, one request in flight at a time.
+        let changelog_producer = match &self.config.transactional_id {
+            Some(_) => producer.clone(),
             None => {
-                let producer = Producer::new(&self.kafka, "ledger")?;
+                let changelog_producer = Producer::new(&self.kafka, "ledger-changelog")?;
                 // The changelog write in flight lands before the partitions
                 // go: their next owner restores from it.
-                let flushing = producer.clone();
+                let flushing = changelog_producer.clone();
                 consumer.context().before_revoke(move || {
                     if let Err(error) = flushing.flush(REVOKE_FLUSH_TIMEOUT) {
                         tracing::error!(%error, "ledger changelog write still in flight while its partitions are revoked");
                     }
                 });
-                producer
+                changelog_producer
             }
         };
         tracing::info!(
@@ -424,7 +432,19 @@ impl Ledger {
             if !work.is_empty() || changelog_due || self.partitions.values().any(PartitionLedger::has_unsent_events) {
                 last_activity = Instant::now();
                 let done = match &self.config.transactional_id {
-                    None => self.persist(&consumer, &producer, work, changelog_due, stopping, shutdown, report).await?,
+                    None => {
+                        self.persist(
+                            &consumer,
+                            &producer,
+                            &changelog_producer,
+                            work,
+                            changelog_due,
+                            stopping,
+                            shutdown,
+                            report,
+                        )
+                        .await?
+                    }
                     Some(_) => self.persist_transactionally(&consumer, &producer, work, report).await?,
                 };
                 if !done {
@@ -438,7 +458,7 @@ impl Ledger {
                 );
             }
             // Only without transactions is a changelog write in flight.
-            self.finish_changelog_write(&consumer, &producer, shutdown, stopping).await?;
+            self.finish_changelog_write(&consumer, &changelog_producer, shutdown, stopping).await?;
             if stopping || shutdown.is_requested() {
                 self.flush_entries(report).await;
             } else {
@@ -467,7 +487,7 @@ impl Ledger {
                     && usage_runtime::caught_up(&consumer, |_, _| None)?
                 {
                     if self.config.transactional_id.is_none() {
-                        self.write_changelog(&consumer, &producer, shutdown).await?;
+                        self.write_changelog(&consumer, &changelog_producer, shutdown).await?;
                     }
                     self.flush_entries(report).await;
                     tracing::info!("ledger caught up with every assigned partition, stopping");
@@ -798,6 +818,7 @@ impl Ledger {
         &mut self,
         consumer: &GroupConsumer,
         producer: &Producer,
+        changelog_producer: &Producer,
         work: HashMap<i32, PartitionWork>,
         changelog_due: bool,
         stopping: bool,
@@ -842,9 +863,9 @@ impl Ledger {
         }
         if changelog_due {
             if stopping {
-                self.write_changelog(consumer, producer, shutdown).await?;
+                self.write_changelog(consumer, changelog_producer, shutdown).await?;
             } else {
-                self.start_changelog_write(producer).await;
+                self.start_changelog_write(changelog_producer).await;
             }
         }
         Ok(true)
