@@ -5,6 +5,7 @@ use crate::settings::KafkaSettings;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use std::collections::BTreeSet;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -15,7 +16,8 @@ use std::time::Duration;
 #[derive(Default)]
 pub struct RebalanceTracker {
     revoked: Mutex<Vec<(String, i32)>>,
-    assigned: Mutex<Vec<(String, i32)>>,
+    /// A set: bounded by the partitions subscribed to, taken or not.
+    assigned: Mutex<BTreeSet<(String, i32)>>,
     /// Per fetched partition, messages not yet consumed, from librdkafka's
     /// last statistics (no broker call of our own).
     lags: Mutex<Vec<(String, i32, i64)>>,
@@ -42,7 +44,7 @@ impl RebalanceTracker {
     /// Partitions assigned since the last call (some may have been revoked
     /// since: the consumer's assignment says which are still ours).
     pub fn take_assigned(&self) -> Vec<(String, i32)> {
-        std::mem::take(&mut *self.assigned.lock().expect("assignments lock"))
+        std::mem::take(&mut *self.assigned.lock().expect("assignments lock")).into_iter().collect()
     }
 }
 
