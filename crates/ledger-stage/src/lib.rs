@@ -972,16 +972,7 @@ impl Ledger {
             events.iter().map(|e| (e.account_id.clone(), self.encode_event(e))).collect();
         let attempt = async {
             producer.begin_transaction().map_err(classified)?;
-            let mut messages: Vec<Outgoing<'_>> = changelog
-                .iter()
-                .map(|(p, key, value)| Outgoing {
-                    topic: &self.config.state_topic,
-                    key: Some(key.as_bytes()),
-                    payload: value,
-                    headers: None,
-                    partition: Some(*p),
-                })
-                .collect();
+            let mut messages = changelog_messages(&self.config.state_topic, &changelog);
             messages.extend(payloads.iter().map(|(key, value)| Outgoing {
                 topic: &self.config.events_topic,
                 key: Some(key.as_bytes()),
