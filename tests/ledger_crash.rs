@@ -16,7 +16,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::process::Command;
 use std::time::{Duration, Instant};
 use usage_integration_tests::{
-    check_balances_view, clickhouse, isolated_env, kafka_settings, send_records, spawn_binary, unique, Running,
+    check_balances_view, clickhouse, isolated_env, kafka_settings, send_records, spawn_binary, unique, with_env,
+    Running,
 };
 use usage_kafka::Producer;
 use usage_ledger::{AccountState, EventKind, LedgerEvent};
@@ -27,12 +28,6 @@ const POSTPAID: usize = 40;
 const EVENTS: usize = 20_000;
 const CHUNK: usize = 1_000;
 const LEDGER_KILLS: usize = 6;
-
-fn with(env: &[(&'static str, String)], key: &'static str, value: String) -> Vec<(&'static str, String)> {
-    let mut env: Vec<_> = env.iter().filter(|(k, _)| *k != key).cloned().collect();
-    env.push((key, value));
-    env
-}
 
 fn kill(child: &mut Running) {
     child.kill().unwrap(); // SIGKILL
@@ -79,7 +74,7 @@ fn run(disturbance: Disturbance) {
     let (raw, dlq, group, database) = (unique("lraw"), unique("ldlq"), unique("lgroup"), unique("lcrash"));
     // Changelog writes between the kills (the default, 5 s, would see few):
     // restores from a mid-run state are what this test is about.
-    let env = with(&isolated_env(&raw, &dlq, &group, &database), "LEDGER_CHANGELOG_INTERVAL_MS", "300".into());
+    let env = with_env(&isolated_env(&raw, &dlq, &group, &database), "LEDGER_CHANGELOG_INTERVAL_MS", "300");
     let get = |k: &str| env.iter().find(|(n, _)| *n == k).unwrap().1.clone();
     let (commands_topic, state_topic, events_topic) =
         (get("BILLING_COMMANDS_TOPIC"), get("BILLING_STATE_TOPIC"), get("BILLING_EVENTS_TOPIC"));
@@ -131,7 +126,7 @@ fn run(disturbance: Disturbance) {
     let env = match disturbance {
         // Both stages restart into their own group as the same static member
         // (as a crashed pod does), the ledger resuming from its changelog.
-        Disturbance::Kills => with(&env, "KAFKA_GROUP_INSTANCE_ID", "instance-0".into()),
+        Disturbance::Kills => with_env(&env, "KAFKA_GROUP_INSTANCE_ID", "instance-0"),
         // Dynamic members: one that stops leaves the group at once.
         Disturbance::Rebalances => env,
     };

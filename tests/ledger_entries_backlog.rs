@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use std::net::ToSocketAddrs;
 use std::time::{Duration, Instant};
 use usage_integration_tests::{
-    clickhouse, exits_successfully, isolated_env, kafka_settings, send_records, spawn_binary, unique, DelayingProxy,
-    Running,
+    clickhouse, exits_successfully, isolated_env, kafka_settings, send_records, spawn_binary, unique, with_env,
+    DelayingProxy, Running,
 };
 use usage_kafka::Producer;
 
@@ -28,12 +28,6 @@ fn lag(group: &str, topic: &str) -> i64 {
         .iter()
         .map(|p| p.lag())
         .sum()
-}
-
-fn with(env: &[(&'static str, String)], key: &'static str, value: &str) -> Vec<(&'static str, String)> {
-    let mut env: Vec<_> = env.iter().filter(|(k, _)| *k != key).cloned().collect();
-    env.push((key, value.to_owned()));
-    env
 }
 
 fn stop(mut child: Running) {
@@ -175,7 +169,7 @@ fn waiting_ledger_entries_pause_the_ledger_at_their_bound_and_it_resumes() {
     let _ = rt.block_on(sink.execute(&format!("DROP DATABASE IF EXISTS {database}")));
 }
 
-/// Entries a ledger stops with (ClickHouse unreachable) wait in its
+/// Entries a ledger stops with (their table unreachable) wait in its
 /// changelog; the next run writes them even when no input arrives for
 /// their partitions (it restores every assigned partition at once).
 #[test]
@@ -185,7 +179,7 @@ fn entries_pending_at_a_stop_are_written_by_the_next_run_without_new_input() {
     let commands_topic = env.iter().find(|(n, _)| *n == "BILLING_COMMANDS_TOPIC").unwrap().1.clone();
     let log = std::env::temp_dir().join(format!("{}.log", unique("ledger-pending")));
     assert!(spawn_binary(&env, &["setup"], &log).wait().unwrap().success(), "setup; see {}", log.display());
-    let ledger_env = with(&env, "LEDGER_CHANGELOG_INTERVAL_MS", "100");
+    let ledger_env = with_env(&env, "LEDGER_CHANGELOG_INTERVAL_MS", "100");
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     let producer = Producer::new(&kafka_settings(), "ledger-pending").unwrap();

@@ -108,6 +108,13 @@ pub fn python() -> PathBuf {
     python
 }
 
+/// `env` with `key` set to `value` (replacing any value it had).
+pub fn with_env(env: &[(&'static str, String)], key: &'static str, value: &str) -> Vec<(&'static str, String)> {
+    let mut env: Vec<_> = env.iter().filter(|(k, _)| *k != key).cloned().collect();
+    env.push((key, value.to_owned()));
+    env
+}
+
 /// Environment that points the binary at test-only topics, group and
 /// database (every name unique to the caller).
 pub fn isolated_env(raw: &str, dlq: &str, group: &str, database: &str) -> Vec<(&'static str, String)> {
