@@ -1,9 +1,14 @@
 //! The ledger feed's records, written straight from the rows: the JSON of
 //! `usage_ledger::PricedUsage`, without copying a string per row (the feed
-//! runs for every priced event).
+//! runs for every priced event). Written by hand ([`batch_to_json`]): serde
+//! spent most of the feed's time dispatching fields and escaping strings a
+//! byte at a time. The serde form of the same records, kept for the tests,
+//! is the reference it is checked against.
 
 use chrono::{DateTime, Utc};
-use serde::ser::{Error as _, Serialize, SerializeSeq, SerializeStruct, Serializer};
+use serde::ser::Error as _;
+#[cfg(test)]
+use serde::ser::{Serialize, SerializeSeq, SerializeStruct, Serializer};
 use usage_clickhouse::PricedRow;
 use usage_model::Amount;
 
@@ -20,38 +25,49 @@ pub(crate) enum FeedError {
 
 /// One row as a `PricedUsage` record, with when its raw message was
 /// appended (ms), if known.
+#[cfg(test)]
 pub(crate) struct FeedRecord<'a>(pub &'a PricedRow, pub Option<i64>);
 
-/// An instant of whole seconds as RFC 3339 (`2026-03-04T05:06:07Z`),
-/// written once into a buffer: chrono's serializer goes through `fmt` and
-/// the JSON writer's escaping a character at a time, for every fed row.
+/// An instant of whole seconds as RFC 3339 (`2026-03-04T05:06:07Z`), as
+/// chrono writes it; `None` for a year past four digits (chrono's own
+/// form then).
+fn whole_seconds(t: DateTime<Utc>) -> Option<[u8; 20]> {
+    use chrono::{Datelike, Timelike};
+    let (date, time) = (t.date_naive(), t.time());
+    let year = u16::try_from(date.year()).ok().filter(|y| *y <= 9999)?;
+    let mut out = *b"0000-00-00T00:00:00Z";
+    let mut put = |at: usize, value: u32, width: usize| {
+        let mut v = value;
+        for i in (at..at + width).rev() {
+            out[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(0, u32::from(year), 4);
+    put(5, date.month(), 2);
+    put(8, date.day(), 2);
+    put(11, time.hour(), 2);
+    put(14, time.minute(), 2);
+    put(17, time.second(), 2);
+    Some(out)
+}
+
+/// `occurred_at` as an instant; rows hold checked instants, so the error is
+/// a broken invariant.
+fn occurred_at(r: &PricedRow) -> Result<DateTime<Utc>, serde_json::Error> {
+    DateTime::from_timestamp(i64::from(r.occurred_at), 0)
+        .ok_or_else(|| serde_json::Error::custom(format!("occurred_at {} out of range", r.occurred_at)))
+}
+
+#[cfg(test)]
 struct WholeSeconds(DateTime<Utc>);
 
+#[cfg(test)]
 impl Serialize for WholeSeconds {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use chrono::{Datelike, Timelike};
-        let (date, time) = (self.0.date_naive(), self.0.time());
-        let Ok(year) = u16::try_from(date.year()) else { return self.0.serialize(s) };
-        if year > 9999 {
-            return self.0.serialize(s);
-        }
-        let mut out = *b"0000-00-00T00:00:00Z";
-        let mut put = |at: usize, value: u32, width: usize| {
-            let mut v = value;
-            for i in (at..at + width).rev() {
-                out[i] = b'0' + (v % 10) as u8;
-                v /= 10;
-            }
-        };
-        put(0, u32::from(year), 4);
-        put(5, date.month(), 2);
-        put(8, date.day(), 2);
-        put(11, time.hour(), 2);
-        put(14, time.minute(), 2);
-        put(17, time.second(), 2);
-        match std::str::from_utf8(&out) {
-            Ok(text) => s.serialize_str(text),
-            Err(_) => self.0.serialize(s), // unreachable: digits were written
+        match whole_seconds(self.0).as_ref().map(|t| std::str::from_utf8(t)) {
+            Some(Ok(text)) => s.serialize_str(text),
+            _ => self.0.serialize(s),
         }
     }
 }
@@ -65,12 +81,11 @@ struct FeedLine<'a> {
     unit_price: Amount,
 }
 
+#[cfg(test)]
 impl Serialize for FeedRecord<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let r = self.0;
-        let occurred_at: DateTime<Utc> = DateTime::from_timestamp(i64::from(r.occurred_at), 0)
-            .ok_or_else(|| S::Error::custom(format!("occurred_at {} out of range", r.occurred_at)))?;
-        let occurred_at = WholeSeconds(occurred_at);
+        let occurred_at = WholeSeconds(occurred_at(r).map_err(S::Error::custom)?);
         let lines = FeedLines(r);
         let has_lines = lines.iter().next().is_some();
         let n_fields = 8 + usize::from(has_lines) + usize::from(self.1.is_some());
@@ -103,6 +118,7 @@ impl<'a> FeedLines<'a> {
     }
 }
 
+#[cfg(test)]
 impl Serialize for FeedLines<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut seq = s.serialize_seq(None)?;
@@ -113,6 +129,7 @@ impl Serialize for FeedLines<'_> {
     }
 }
 
+#[cfg(test)]
 impl Serialize for FeedLine<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut st = s.serialize_struct("UsageLine", 3)?;
@@ -123,15 +140,95 @@ impl Serialize for FeedLine<'_> {
     }
 }
 
-/// The records as one message: a JSON array. Rows hold amounts and
-/// instants already checked, so this fails only on a broken invariant.
+/// The records as one message: a JSON array, byte for byte what serde_json
+/// writes for them. Rows hold amounts and instants already checked, so this
+/// fails only on a broken invariant.
 pub(crate) fn batch_to_json(rows: &[(&PricedRow, Option<i64>)]) -> Result<Vec<u8>, serde_json::Error> {
-    let records: Vec<FeedRecord> = rows.iter().map(|(r, ms)| FeedRecord(r, *ms)).collect();
     // Sized once for the usual record (~400 bytes): a buffer grown by
     // doubling copied each message several times over, into fresh pages.
     let mut out = Vec::with_capacity(rows.len().saturating_mul(RECORD_BYTES_TYPICAL));
-    serde_json::to_writer(&mut out, &records)?;
+    out.push(b'[');
+    for (n, (row, appended_ms)) in rows.iter().enumerate() {
+        if n > 0 {
+            out.push(b',');
+        }
+        write_record(&mut out, row, *appended_ms)?;
+    }
+    out.push(b']');
     Ok(out)
+}
+
+/// One record, fields in `PricedUsage`'s order.
+fn write_record(out: &mut Vec<u8>, r: &PricedRow, appended_ms: Option<i64>) -> Result<(), serde_json::Error> {
+    let mut n = itoa::Buffer::new();
+    out.extend_from_slice(b"{\"event_id\":");
+    write_str(out, &r.event_id)?;
+    out.extend_from_slice(b",\"account_id\":");
+    write_str(out, &r.account_id)?;
+    out.extend_from_slice(b",\"occurred_at\":");
+    let at = occurred_at(r)?;
+    match whole_seconds(at) {
+        Some(text) => {
+            out.push(b'"');
+            out.extend_from_slice(&text);
+            out.push(b'"');
+        }
+        None => serde_json::to_writer(&mut *out, &at)?,
+    }
+    out.extend_from_slice(b",\"currency\":");
+    write_str(out, r.currency.as_str())?;
+    out.extend_from_slice(b",\"cost\":");
+    write_amount(out, r.cost);
+    out.extend_from_slice(b",\"origin_topic\":");
+    write_str(out, &r.kafka_topic)?;
+    out.extend_from_slice(b",\"origin_partition\":");
+    out.extend_from_slice(n.format(r.kafka_partition).as_bytes());
+    out.extend_from_slice(b",\"origin_offset\":");
+    out.extend_from_slice(n.format(r.kafka_offset).as_bytes());
+    let mut lines = FeedLines(r).iter().peekable();
+    if lines.peek().is_some() {
+        out.extend_from_slice(b",\"lines\":[");
+        for (k, line) in lines.enumerate() {
+            if k > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"{\"unit\":");
+            write_str(out, line.unit)?;
+            out.extend_from_slice(b",\"quantity\":");
+            out.extend_from_slice(n.format(line.quantity).as_bytes());
+            out.extend_from_slice(b",\"unit_price\":");
+            write_amount(out, line.unit_price);
+            out.push(b'}');
+        }
+        out.push(b']');
+    }
+    if let Some(ms) = appended_ms {
+        out.extend_from_slice(b",\"origin_appended_ms\":");
+        out.extend_from_slice(n.format(ms).as_bytes());
+    }
+    out.push(b'}');
+    Ok(())
+}
+
+/// A JSON string as serde_json writes it: as it is when nothing in it needs
+/// escaping (ids and names almost always), else through serde_json.
+fn write_str(out: &mut Vec<u8>, s: &str) -> Result<(), serde_json::Error> {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+        return Ok(());
+    }
+    serde_json::to_writer(&mut *out, s)
+}
+
+/// An amount as its exact decimal string.
+fn write_amount(out: &mut Vec<u8>, amount: Amount) {
+    let mut buf = [0u8; 48];
+    let len = amount.write_to(&mut buf);
+    out.push(b'"');
+    out.extend_from_slice(&buf[..len]);
+    out.push(b'"');
 }
 
 /// A feed record's usual size in JSON, for sizing a message's buffer.
@@ -152,6 +249,91 @@ mod tests {
                 serde_json::to_string(&WholeSeconds(t)).unwrap(),
                 serde_json::to_string(&t).unwrap()
             );
+        }
+    }
+
+    /// A priced row from parts a property test draws.
+    fn row_of(
+        ids: (&str, &str, &str),
+        seconds: u32,
+        lines: &[(Unit, u64, i128)],
+        cost: i128,
+        at: (i32, i64),
+    ) -> PricedRow {
+        let mut usage = UsageCounts::default();
+        for (unit, quantity, _) in lines {
+            usage.set(*unit, *quantity);
+        }
+        let event = UsageEvent {
+            event_id: ids.0.into(),
+            account_id: ids.1.into(),
+            occurred_at: DateTime::from_timestamp(i64::from(seconds), 0).unwrap(),
+            provider: "p".into(),
+            model: "m".into(),
+            api_key_id: None,
+            project_id: None,
+            service_tier: usage_model::ServiceTier::Standard,
+            attributes: Default::default(),
+            usage,
+        };
+        let amount = |scaled: i128| Amount::from_scaled(scaled).unwrap();
+        let lines = lines
+            .iter()
+            .map(|&(unit, quantity, price)| CostLine {
+                unit,
+                quantity,
+                priced_quantity: quantity,
+                unit_price: amount(price),
+                cost: amount(0),
+            })
+            .collect();
+        let quote = usage_model::Quote {
+            matched_model: "m".into(),
+            rate_card: "list".into(),
+            rate_card_version: 1,
+            contract_version: None,
+            currency: usage_model::Currency::USD,
+            lines,
+            cost: amount(cost),
+        };
+        PricedRow::new(PricedEvent::new(event, quote), ids.2.into(), at.0, at.1).unwrap()
+    }
+
+    proptest::proptest! {
+        /// The hand-written feed is byte for byte what serde_json writes
+        /// for the same records: any text in the ids and topic (quotes,
+        /// backslashes, control characters, non-ASCII), any instant a row
+        /// holds, lines with and without a price, with and without the
+        /// appended time.
+        #[test]
+        fn the_feed_writes_what_serde_json_writes(
+            event_id in "\\PC{0,12}|[a-z\"\\\\\u{0}-\u{1f}é]{0,8}",
+            account_id in "\\PC{1,12}|[a-z\"\\\\\u{0}-\u{1f}]{1,8}",
+            topic in "[a-z.\"\\\\]{1,10}",
+            seconds in proptest::prelude::any::<u32>(),
+            lines in proptest::collection::vec(
+                (0usize..4, proptest::prelude::any::<u64>(), 0i128..1_000_000_000_000_000_000_000_000_000),
+                0..4,
+            ),
+            cost in -1_000_000_000_000_000_000_000_000_000i128..1_000_000_000_000_000_000_000_000_000_000,
+            partition in proptest::prelude::any::<i32>(),
+            offset in proptest::prelude::any::<i64>(),
+            appended_ms in proptest::option::of(proptest::prelude::any::<i64>()),
+        ) {
+            let units = [Unit::INPUT_TOKENS, Unit::OUTPUT_TOKENS, Unit::CACHE_READ_TOKENS, Unit::REQUESTS];
+            let mut drawn: Vec<(Unit, u64, i128)> = Vec::new();
+            for (u, quantity, price) in lines {
+                if !drawn.iter().any(|(d, _, _)| *d == units[u]) {
+                    drawn.push((units[u], quantity, price));
+                }
+            }
+            let row = row_of((&event_id, &account_id, &topic), seconds, &drawn, cost, (partition, offset));
+            let rows = [(&row, appended_ms), (&row, None)];
+            let records: Vec<FeedRecord> = rows.iter().map(|(r, ms)| FeedRecord(r, *ms)).collect();
+            let reference = serde_json::to_vec(&records).unwrap();
+            let written = batch_to_json(&rows).unwrap();
+            proptest::prop_assert_eq!(String::from_utf8_lossy(&written), String::from_utf8_lossy(&reference));
+            proptest::prop_assert_eq!(batch_to_json(&[]).unwrap(), b"[]".to_vec());
         }
     }
 
