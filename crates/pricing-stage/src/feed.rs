@@ -252,12 +252,14 @@ mod tests {
         }
     }
 
-    /// A priced row from parts a property test draws.
+    /// A priced row of `(event id, account, origin topic)`, its lines as
+    /// `(unit, quantity, unit price)` and its origin `(partition, offset)`.
+    /// Line costs are not part of the feed: zero here.
     fn row_of(
         ids: (&str, &str, &str),
-        seconds: u32,
-        lines: &[(Unit, u64, i128)],
-        cost: i128,
+        occurred_at: DateTime<Utc>,
+        lines: &[(Unit, u64, Amount)],
+        cost: Amount,
         at: (i32, i64),
     ) -> PricedRow {
         let mut usage = UsageCounts::default();
@@ -267,7 +269,7 @@ mod tests {
         let event = UsageEvent {
             event_id: ids.0.into(),
             account_id: ids.1.into(),
-            occurred_at: DateTime::from_timestamp(i64::from(seconds), 0).unwrap(),
+            occurred_at,
             provider: "p".into(),
             model: "m".into(),
             api_key_id: None,
@@ -276,15 +278,14 @@ mod tests {
             attributes: Default::default(),
             usage,
         };
-        let amount = |scaled: i128| Amount::from_scaled(scaled).unwrap();
         let lines = lines
             .iter()
-            .map(|&(unit, quantity, price)| CostLine {
+            .map(|&(unit, quantity, unit_price)| CostLine {
                 unit,
                 quantity,
                 priced_quantity: quantity,
-                unit_price: amount(price),
-                cost: amount(0),
+                unit_price,
+                cost: Amount::ZERO,
             })
             .collect();
         let quote = usage_model::Quote {
@@ -294,7 +295,7 @@ mod tests {
             contract_version: None,
             currency: usage_model::Currency::USD,
             lines,
-            cost: amount(cost),
+            cost,
         };
         PricedRow::new(PricedEvent::new(event, quote), ids.2.into(), at.0, at.1).unwrap()
     }
@@ -321,13 +322,15 @@ mod tests {
             appended_ms in proptest::option::of(proptest::prelude::any::<i64>()),
         ) {
             let units = [Unit::INPUT_TOKENS, Unit::OUTPUT_TOKENS, Unit::CACHE_READ_TOKENS, Unit::REQUESTS];
-            let mut drawn: Vec<(Unit, u64, i128)> = Vec::new();
+            let amount = |scaled: i128| Amount::from_scaled(scaled).unwrap();
+            let mut drawn: Vec<(Unit, u64, Amount)> = Vec::new();
             for (u, quantity, price) in lines {
                 if !drawn.iter().any(|(d, _, _)| *d == units[u]) {
-                    drawn.push((units[u], quantity, price));
+                    drawn.push((units[u], quantity, amount(price)));
                 }
             }
-            let row = row_of((&event_id, &account_id, &topic), seconds, &drawn, cost, (partition, offset));
+            let occurred_at = DateTime::from_timestamp(i64::from(seconds), 0).unwrap();
+            let row = row_of((&event_id, &account_id, &topic), occurred_at, &drawn, amount(cost), (partition, offset));
             let rows = [(&row, appended_ms), (&row, None)];
             let records: Vec<FeedRecord> = rows.iter().map(|(r, ms)| FeedRecord(r, *ms)).collect();
             let reference = serde_json::to_vec(&records).unwrap();
@@ -339,41 +342,12 @@ mod tests {
 
     #[test]
     fn feed_records_read_back_as_the_ledger_reads_them() {
-        let mut usage = UsageCounts::default();
-        usage.set(Unit::INPUT_TOKENS, 1200);
-        usage.set(Unit::OUTPUT_TOKENS, 0);
-        let event = UsageEvent {
-            event_id: "e\"1".into(),
-            account_id: "acct-1".into(),
-            occurred_at: "2026-03-04T05:06:07Z".parse().unwrap(),
-            provider: "openai".into(),
-            model: "gpt-4o".into(),
-            api_key_id: None,
-            project_id: None,
-            service_tier: usage_model::ServiceTier::Standard,
-            attributes: Default::default(),
-            usage,
-        };
-        let line = |unit, quantity: u64, price: &str| CostLine {
-            unit,
-            quantity,
-            priced_quantity: quantity,
-            unit_price: price.parse().unwrap(),
-            cost: price.parse::<Amount>().unwrap().checked_mul_count(quantity).unwrap(),
-        };
-        let priced = PricedEvent::new(
-            event,
-            usage_model::Quote {
-                matched_model: "gpt-4o".into(),
-                rate_card: "list".into(),
-                rate_card_version: 1,
-                contract_version: None,
-                currency: usage_model::Currency::USD,
-                lines: vec![line(Unit::INPUT_TOKENS, 1200, "0.0000025"), line(Unit::OUTPUT_TOKENS, 0, "0.00001")],
-                cost: "0.003".parse().unwrap(),
-            },
-        );
-        let row = PricedRow::new(priced, "usage.raw".into(), 2, 42).unwrap();
+        let lines = [
+            (Unit::INPUT_TOKENS, 1200, "0.0000025".parse().unwrap()),
+            (Unit::OUTPUT_TOKENS, 0, "0.00001".parse().unwrap()),
+        ];
+        let at = "2026-03-04T05:06:07Z".parse().unwrap();
+        let row = row_of(("e\"1", "acct-1", "usage.raw"), at, &lines, "0.003".parse().unwrap(), (2, 42));
         let read =
             usage_ledger::PricedUsage::batch_from_json(&batch_to_json(&[(&row, Some(1_780_000_000_123))]).unwrap())
                 .unwrap();
