@@ -189,6 +189,50 @@ impl PartitionBatch {
     fn count(&self, wanted: impl Fn(RowState) -> bool) -> u64 {
         self.states.iter().filter(|s| wanted(**s)).count() as u64
     }
+
+    /// Room for `rows` rows without growing.
+    fn reserve(&mut self, rows: usize) {
+        self.rows.reserve(rows);
+        self.keys.reserve(rows);
+        self.states.reserve(rows);
+        self.appended_ms.reserve(rows);
+    }
+
+    /// The same vectors, emptied (their allocations kept), everything else
+    /// as new.
+    fn emptied(self) -> PartitionBatch {
+        let PartitionBatch {
+            mut rows,
+            mut keys,
+            mut states,
+            mut appended_ms,
+            mut dead_letters,
+            mut refusals,
+            mut forwards,
+            ..
+        } = self;
+        rows.clear();
+        keys.clear();
+        states.clear();
+        appended_ms.clear();
+        dead_letters.clear();
+        refusals.clear();
+        forwards.clear();
+        PartitionBatch {
+            rows,
+            keys,
+            states,
+            appended_ms,
+            dead_letters,
+            refusals,
+            forwards,
+            ..PartitionBatch::default()
+        }
+    }
+
+    fn row_capacity(&self) -> usize {
+        self.rows.capacity()
+    }
 }
 
 /// `YYYYMM` of a `DateTime` column value, as ClickHouse partitions by it.
@@ -216,6 +260,9 @@ pub struct Batch {
     /// Rows a partition's vectors are made room for when the partition
     /// joins the batch (see [`Batch::sized_for`]).
     rows_per_partition: usize,
+    /// Emptied partition batches of an earlier batch, their vectors' room
+    /// kept, for partitions joining this one (see [`Batch::emptied_for`]).
+    spare: Vec<PartitionBatch>,
 }
 
 impl Batch {
@@ -229,6 +276,34 @@ impl Batch {
             by_key: std::collections::HashMap::with_capacity(rows),
             rows_per_partition: rows.div_ceil(partitions.max(1)),
             ..Batch::default()
+        }
+    }
+
+    /// This (delivered) batch emptied for the next, as [`Batch::sized_for`]
+    /// would make it, with the allocations of its vectors and key map kept:
+    /// made afresh each batch, tens of megabytes of rows were faulted in
+    /// again (zeroed by the kernel) every batch. Keeps the partition
+    /// batches' row room up to twice `rows` in all; the rest is freed.
+    pub fn emptied_for(mut self, rows: usize, partitions: usize) -> Batch {
+        let mut spare = std::mem::take(&mut self.spare);
+        spare.extend(std::mem::take(&mut self.partitions).into_values().map(PartitionBatch::emptied));
+        spare.sort_unstable_by_key(|p| std::cmp::Reverse(p.row_capacity()));
+        let mut room = 0usize;
+        spare.retain(|p| {
+            room = room.saturating_add(p.row_capacity());
+            room <= rows.saturating_mul(2)
+        });
+        spare.reverse(); // taken from the end: the roomiest first
+        self.by_key.clear();
+        self.by_key.reserve(rows);
+        Batch {
+            partitions: BTreeMap::new(),
+            skipped: 0,
+            handed_over: 0,
+            by_key: self.by_key,
+            topic: self.topic,
+            rows_per_partition: rows.div_ceil(partitions.max(1)),
+            spare,
         }
     }
 
@@ -286,17 +361,11 @@ impl Batch {
     fn partition(&mut self, topic: &str, partition: i32, epoch: u64, offset: i64) -> &mut PartitionBatch {
         // Looked up without allocating: a batch holds a few partitions.
         if !self.partitions.keys().any(|(t, p)| *p == partition && t == topic) {
-            let n = self.rows_per_partition;
-            let part = PartitionBatch {
-                first_offset: offset,
-                next_offset: offset + 1,
-                epoch,
-                rows: Vec::with_capacity(n),
-                keys: Vec::with_capacity(n),
-                states: Vec::with_capacity(n),
-                appended_ms: Vec::with_capacity(n),
-                ..PartitionBatch::default()
-            };
+            let mut part = self.spare.pop().unwrap_or_default();
+            part.reserve(self.rows_per_partition);
+            part.first_offset = offset;
+            part.next_offset = offset + 1;
+            part.epoch = epoch;
             self.partitions.insert((topic.to_owned(), partition), part);
         }
         let part = self
@@ -501,6 +570,40 @@ mod tests {
             part.insert_units().iter().map(|u| u.iter().map(|r| r.kafka_offset).collect()).collect();
         assert_eq!(units, vec![vec![1, 3, 5], vec![2, 4, 6]]);
         assert!(PartitionBatch::default().insert_units().is_empty());
+    }
+
+    /// A delivered batch emptied for the next keeps nothing of its rows,
+    /// counts or keys (the same event is new again, not a copy), only the
+    /// room of its vectors.
+    #[test]
+    fn a_batch_emptied_for_the_next_keeps_room_and_nothing_else() {
+        let mut batch = Batch::sized_for(100, 2);
+        let at = "2026-01-31T23:59:59Z";
+        batch.skipped = 3;
+        batch.add("t", 0, 0, 1, Some(5), None, b"", Ok(priced("e1", at)), |_, _| RowState::New, Default::default);
+        batch.add(
+            "t",
+            1,
+            0,
+            7,
+            None,
+            None,
+            b"x",
+            Err(Rejection::new(RejectReason::MalformedPayload, "x")),
+            |_, _| RowState::New,
+            Default::default,
+        );
+        let room = batch.partitions[&("t".to_owned(), 0)].rows.capacity();
+        let mut next = batch.emptied_for(100, 2);
+        assert!(next.is_empty());
+        assert_eq!((next.n_messages(), next.skipped, next.dead_letters().count()), (0, 0, 0));
+        next.add("t", 1, 3, 9, None, None, b"", Ok(priced("e1", at)), |_, _| RowState::New, Default::default);
+        let part = &next.partitions[&("t".to_owned(), 1)];
+        assert_eq!(part.states, vec![RowState::New], "not a copy of the emptied batch's row");
+        assert_eq!((part.first_offset, part.next_offset, part.epoch, part.fed), (9, 10, 3, 0));
+        assert!(part.dead_letters.is_empty() && part.refusals.is_empty() && part.rejected.is_empty());
+        assert_eq!(part.appended_ms, vec![None]);
+        assert!(part.rows.capacity() >= room, "the roomiest partition batch is taken first");
     }
 
     #[test]

@@ -62,6 +62,7 @@ use crate::batch::{Batch, Forward, MessageOutcome, Processor, RowState};
 use crate::commit::Committer;
 use crate::config::StreamConfig;
 use crate::deliver::{Deliverer, Holdings};
+use crate::feed::{FeedBuffers, FeedMessages};
 use crate::metrics::PipelineMetrics;
 use crate::report::RunReport;
 use crate::seen::{Seen, SeenIds};
@@ -212,6 +213,8 @@ pub struct Pipeline {
     /// it holds is a duplicate, known without a lookup (the row is not in
     /// ClickHouse yet).
     previous: Option<Arc<Batch>>,
+    /// The last delivered batch, emptied into the next (its allocations kept).
+    delivered: Option<Batch>,
     /// Signalled once the previous batch's feed is all with the broker: no
     /// row of this batch goes to the ledger before (the ledger keeps, per
     /// account and origin partition, the last offset applied).
@@ -230,6 +233,8 @@ pub struct Pipeline {
     consumer: Option<Arc<GroupConsumer>>,
     /// Partitions of the priced topic (the ledger feed), read at start.
     priced_partitions: Option<i32>,
+    /// The ledger feed's message buffers, written into again once sent.
+    feed_buffers: FeedBuffers,
     /// Failing steps and stalled partitions, for `/readyz`.
     health: Health,
     metrics: PipelineMetrics,
@@ -268,6 +273,7 @@ impl Pipeline {
             holdings: Arc::default(),
             next_epoch: 0,
             previous: None,
+            delivered: None,
             previous_fed: None,
             feeds_stopped: false,
             rate_updates: None,
@@ -275,6 +281,7 @@ impl Pipeline {
             raw_partitions: 0,
             consumer: None,
             priced_partitions: None,
+            feed_buffers: FeedBuffers::default(),
             health: Health::default(),
             metrics: PipelineMetrics::default(),
         })
@@ -376,8 +383,9 @@ impl Pipeline {
             // The previous batch was delivered while this one filled.
             let waiting = Instant::now();
             if let Some(previous) = in_flight.take() {
-                previous.finish(&mut report, &self.metrics).await?;
+                let delivered = previous.finish(&mut report, &self.metrics).await?;
                 self.previous = None;
+                self.delivered = Arc::try_unwrap(delivered).ok();
             }
             if !batch.is_empty() {
                 tracing::debug!(
@@ -565,7 +573,9 @@ impl Pipeline {
         shutdown: Shutdown,
     ) -> Result<(Batch, Option<FeedInFlight>), PipelineError> {
         let partitions = self.assigned.values().map(HashMap::len).sum();
-        let mut batch = Batch::sized_for(self.config.batch_events_max, partitions);
+        let (rows, delivered) = (self.config.batch_events_max, self.delivered.take());
+        let mut batch =
+            delivered.map_or_else(|| Batch::sized_for(rows, partitions), |b| b.emptied_for(rows, partitions));
         let linger = tokio::time::sleep(self.config.batch_idle);
         tokio::pin!(linger);
         let stop = shutdown.requested();
@@ -1018,7 +1028,7 @@ impl Pipeline {
             mark_fed(batch, &upto);
             return Ok(None);
         };
-        let payloads = Arc::new(feed_payloads(&ready, partitions).map_err(FeedFailure::Feed)?);
+        let payloads = Arc::new(feed_payloads(&ready, partitions, &self.feed_buffers).map_err(FeedFailure::Feed)?);
         let (feeder, sending) = (self.feeder(), Arc::clone(&payloads));
         let task = tokio::spawn(async move { feeder.send(&sending).await });
         Ok(Some(FeedInFlight { task, upto, payloads }))
@@ -1065,7 +1075,7 @@ impl Pipeline {
         }
         let rest = match (self.priced_partitions, ready.is_empty()) {
             (Some(partitions), false) => loop {
-                match feed_payloads(&ready, partitions) {
+                match feed_payloads(&ready, partitions, &self.feed_buffers) {
                     Ok(payloads) => break payloads,
                     Err(e) => backoff
                         .failed(&FeedFailure::Feed(e), shutdown)
@@ -1073,7 +1083,7 @@ impl Pipeline {
                         .map_err(|g| PipelineError::undelivered(g, n_messages))?,
                 }
             },
-            _ => Vec::new(),
+            _ => FeedMessages::default(),
         };
         Ok(ClosingFeed { in_flight, rest: Arc::new(rest) })
     }
@@ -1084,14 +1094,14 @@ impl Pipeline {
 struct FeedInFlight {
     task: JoinHandle<Result<(), crate::feed::FeedError>>,
     upto: Vec<FedUpTo>,
-    payloads: Arc<Vec<(i32, Vec<u8>)>>,
+    payloads: Arc<FeedMessages>,
 }
 
 /// What is left to feed of a closed batch, in this order: the feed in
 /// flight when it closed, then the rest.
 struct ClosingFeed {
     in_flight: Option<FeedInFlight>,
-    rest: Arc<Vec<(i32, Vec<u8>)>>,
+    rest: Arc<FeedMessages>,
 }
 
 /// Sends ledger-feed messages to the priced topic.
@@ -1198,16 +1208,17 @@ fn mark_fed(batch: &mut Batch, upto: &[FedUpTo]) {
 fn feed_payloads(
     rows: &[(&PricedRow, Option<i64>)],
     partitions: i32,
-) -> Result<Vec<(i32, Vec<u8>)>, crate::feed::FeedError> {
+    buffers: &FeedBuffers,
+) -> Result<FeedMessages, crate::feed::FeedError> {
     let mut by_partition: BTreeMap<i32, Vec<(&PricedRow, Option<i64>)>> = BTreeMap::new();
     for r in rows {
         let p = partition_for_key(r.0.account_id.as_bytes(), partitions);
         by_partition.entry(p).or_default().push(*r);
     }
-    let mut payloads = Vec::new();
+    let mut payloads = FeedMessages::new(buffers);
     for (p, records) in &by_partition {
         for chunk in records.chunks(FEED_RECORDS_PER_MESSAGE_MAX) {
-            payloads.push((*p, crate::feed::batch_to_json(chunk)?));
+            payloads.push(*p, chunk)?;
         }
     }
     Ok(payloads)
@@ -1245,10 +1256,10 @@ struct InFlight {
 }
 
 impl InFlight {
-    /// Waits for the delivery and counts it.
-    async fn finish(self, report: &mut RunReport, metrics: &PipelineMetrics) -> Result<(), PipelineError> {
-        let (batch, delivered) = self.task.await.map_err(|e| PipelineError::DeliveryTask(e.to_string()))??;
-        let batch: &Batch = &batch;
+    /// Waits for the delivery and counts it; hands the batch back.
+    async fn finish(self, report: &mut RunReport, metrics: &PipelineMetrics) -> Result<Arc<Batch>, PipelineError> {
+        let (shared, delivered) = self.task.await.map_err(|e| PipelineError::DeliveryTask(e.to_string()))??;
+        let batch: &Batch = &shared;
         tracing::debug!(
             messages = batch.n_messages(),
             inserts = delivered.inserts,
@@ -1257,7 +1268,7 @@ impl InFlight {
         );
         metrics.batch_delivered(self.since.elapsed().as_secs_f64());
         report.add(batch, &delivered);
-        Ok(())
+        Ok(shared)
     }
 }
 
@@ -1287,11 +1298,11 @@ mod tests {
     use rdkafka::mocking::MockCluster;
     use serde::ser::Error as _;
 
-    fn payloads(tag: &str, n: usize) -> Arc<Vec<(i32, Vec<u8>)>> {
-        Arc::new((0..n).map(|i| (0, format!("{tag}-{i}").into_bytes())).collect())
+    fn payloads(tag: &str, n: usize) -> Arc<FeedMessages> {
+        Arc::new(FeedMessages::from_payloads((0..n).map(|i| (0, format!("{tag}-{i}").into_bytes())).collect()))
     }
 
-    fn in_flight(payloads: Arc<Vec<(i32, Vec<u8>)>>, sent: Result<(), crate::feed::FeedError>) -> FeedInFlight {
+    fn in_flight(payloads: Arc<FeedMessages>, sent: Result<(), crate::feed::FeedError>) -> FeedInFlight {
         FeedInFlight { task: tokio::spawn(async move { sent }), upto: Vec::new(), payloads }
     }
 
