@@ -6,6 +6,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, Stre
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -23,6 +24,8 @@ pub struct RebalanceTracker {
     lags: Mutex<Vec<(String, i32, i64)>>,
     /// Runs before partitions are given up (see [`RebalanceTracker::before_revoke`]).
     before_revoke: Mutex<Option<RevokeHook>>,
+    /// Assignments and revocations so far (see [`RebalanceTracker::rebalances`]).
+    rebalances: AtomicU64,
 }
 
 type RevokeHook = Box<dyn Fn() + Send + Sync>;
@@ -34,6 +37,13 @@ impl RebalanceTracker {
     /// the consumer's poll, so it must not wait on the caller's tasks.
     pub fn before_revoke(&self, hook: impl Fn() + Send + Sync + 'static) {
         *self.before_revoke.lock().expect("revoke hook lock") = Some(Box::new(hook));
+    }
+
+    /// How many assignments and revocations this consumer has seen: read
+    /// for every message, so that the assignment (a request to librdkafka's
+    /// main thread, answered across threads) is asked for only when it changed.
+    pub fn rebalances(&self) -> u64 {
+        self.rebalances.load(Ordering::Acquire)
     }
 
     /// Partitions revoked since the last call.
@@ -83,6 +93,7 @@ impl ConsumerContext for RebalanceTracker {
                 tracing::info!(partitions = %describe(tpl), "partitions assigned");
                 let mut assigned = self.assigned.lock().expect("assignments lock");
                 assigned.extend(tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())));
+                self.rebalances.fetch_add(1, Ordering::Release);
             }
             Rebalance::Revoke(tpl) => {
                 tracing::info!(partitions = %describe(tpl), "partitions revoked");
@@ -91,6 +102,7 @@ impl ConsumerContext for RebalanceTracker {
                 }
                 let mut revoked = self.revoked.lock().expect("revocations lock");
                 revoked.extend(tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())));
+                self.rebalances.fetch_add(1, Ordering::Release);
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
         }
@@ -239,4 +251,37 @@ pub fn partition_counts(
         crate::admin::report_broker_trouble(settings);
     }
     counts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::mocking::MockCluster;
+
+    /// Polls `consumer` until `done` or 30 s pass.
+    async fn poll_until(consumer: &GroupConsumer, done: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !done() && std::time::Instant::now() < deadline {
+            let _ = tokio::time::timeout(Duration::from_millis(100), consumer.recv()).await;
+        }
+    }
+
+    /// Every assignment and revocation moves the count the pricing stage
+    /// reads per message to know when to look at its assignment again.
+    #[tokio::test]
+    async fn the_rebalance_count_moves_with_every_assignment_and_revocation() {
+        let mock = MockCluster::new(1).unwrap();
+        mock.create_topic("raw", 4, 1).unwrap();
+        let settings = KafkaSettings { brokers: mock.bootstrap_servers(), ..KafkaSettings::default() };
+        let member = consumer(&settings, "g", 1024).unwrap();
+        assert_eq!(member.context().rebalances(), 0);
+        member.subscribe(&["raw"]).unwrap();
+        poll_until(&member, || member.context().rebalances() > 0).await;
+        assert_eq!(member.context().rebalances(), 1, "assigned");
+        assert_eq!(member.context().take_assigned().len(), 4);
+        member.unsubscribe();
+        poll_until(&member, || member.context().rebalances() > 1).await;
+        assert_eq!(member.context().rebalances(), 2, "revoked");
+        assert_eq!(member.context().take_revoked().len(), 4);
+    }
 }

@@ -66,6 +66,7 @@ use crate::feed::{FeedBuffers, FeedMessages};
 use crate::metrics::PipelineMetrics;
 use crate::report::RunReport;
 use crate::seen::{Seen, SeenIds};
+use futures::FutureExt;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -88,9 +89,11 @@ use usage_runtime::{Backoff, GaveUp, Health, RetryPolicy, Shutdown, StopWhen, Wa
 // ms (`usage-bench --alerts-only --alert-rate 5000`); 50 requests/s are
 // few next to the usage the broker receives.
 const FEED_INTERVAL: Duration = Duration::from_millis(20);
-/// Messages between two looks at revocations and new assignments (each asks
-/// librdkafka for the assignment: not per message).
-const ASSIGNMENT_CHECK_EVERY: u32 = 256;
+/// Messages taken one after another while they are waiting in the
+/// consumer's queue, before the batch's timers, shutdown watch and feed are
+/// looked at: one `select!` of six futures per message was the loop's
+/// overhead. At most a few milliseconds of messages.
+const DRAIN_MAX: u32 = 256;
 /// Priced records per ledger-feed message (~250 bytes each, well under
 /// the broker's default 1 MB message limit).
 const FEED_RECORDS_PER_MESSAGE_MAX: usize = 1_000;
@@ -215,6 +218,8 @@ pub struct Pipeline {
     previous: Option<Arc<Batch>>,
     /// The last delivered batch, emptied into the next (its allocations kept).
     delivered: Option<Batch>,
+    /// The consumer's rebalance count when its assignment was last taken.
+    rebalances_seen: Option<u64>,
     /// Signalled once the previous batch's feed is all with the broker: no
     /// row of this batch goes to the ledger before (the ledger keeps, per
     /// account and origin partition, the last offset applied).
@@ -274,6 +279,7 @@ impl Pipeline {
             next_epoch: 0,
             previous: None,
             delivered: None,
+            rebalances_seen: None,
             previous_fed: None,
             feeds_stopped: false,
             rate_updates: None,
@@ -588,11 +594,10 @@ impl Pipeline {
         tokio::pin!(feed_due);
         let mut feeding: Option<FeedInFlight> = None;
         let mut previous_fed = self.previous_fed.take();
-        let mut n_since_check = 0u32;
+        let mut drained = 0u32;
         while batch.n_messages() < self.config.batch_events_max as u64 {
-            n_since_check += 1;
-            if n_since_check >= ASSIGNMENT_CHECK_EVERY || batch.is_empty() {
-                n_since_check = 0;
+            let rebalances = consumer.context().rebalances();
+            if self.rebalances_seen != Some(rebalances) {
                 batch.handed_over += self.apply_revocations(&consumer, &mut batch);
                 // Partitions assigned but not taken yet: take them (and move
                 // the consumer to their resume points) before their messages.
@@ -606,31 +611,41 @@ impl Pipeline {
                 if !untaken.is_empty() && !self.assign(&untaken, &shutdown).await? {
                     break;
                 }
+                self.rebalances_seen = Some(rebalances);
             }
-            let received = tokio::select! {
-                biased;
-                _ = &mut stop => break,
-                _ = &mut linger => break,
-                sent = feed_sent(&mut feeding) => {
-                    let feed = feeding.take().expect("a feed was in flight");
-                    finish_feed(&mut batch, feed, sent);
-                    continue;
-                }
-                fed = async { previous_fed.as_mut().expect("a previous feed").await }, if previous_fed.is_some() => {
-                    previous_fed = None;
-                    self.feeds_stopped |= fed.is_err();
-                    continue;
-                }
-                _ = &mut feed_due, if !batch.is_empty() && feeding.is_none() && previous_fed.is_none() && !self.feeds_stopped => {
-                    // Best effort here; what is left is fed, retried, once the batch closes.
-                    match self.start_feed(&mut batch, true).await {
-                        Ok(feed) => feeding = feed,
-                        Err(e) => tracing::warn!(error = %e, "ledger feed failed; retrying when the batch closes"),
+            // A message already fetched is taken at once; the timers, the
+            // shutdown watch and the feed are polled every `DRAIN_MAX`
+            // messages, or when none is waiting.
+            let ready = if drained < DRAIN_MAX { consumer.recv().now_or_never() } else { None };
+            drained = if ready.is_some() { drained + 1 } else { 0 };
+            let received = if let Some(r) = ready {
+                r
+            } else {
+                tokio::select! {
+                    biased;
+                    _ = &mut stop => break,
+                    _ = &mut linger => break,
+                    sent = feed_sent(&mut feeding) => {
+                        let feed = feeding.take().expect("a feed was in flight");
+                        finish_feed(&mut batch, feed, sent);
+                        continue;
                     }
-                    feed_due.as_mut().reset(tokio::time::Instant::now() + FEED_INTERVAL);
-                    continue;
+                    fed = async { previous_fed.as_mut().expect("a previous feed").await }, if previous_fed.is_some() => {
+                        previous_fed = None;
+                        self.feeds_stopped |= fed.is_err();
+                        continue;
+                    }
+                    _ = &mut feed_due, if !batch.is_empty() && feeding.is_none() && previous_fed.is_none() && !self.feeds_stopped => {
+                        // Best effort here; what is left is fed, retried, once the batch closes.
+                        match self.start_feed(&mut batch, true).await {
+                            Ok(feed) => feeding = feed,
+                            Err(e) => tracing::warn!(error = %e, "ledger feed failed; retrying when the batch closes"),
+                        }
+                        feed_due.as_mut().reset(tokio::time::Instant::now() + FEED_INTERVAL);
+                        continue;
+                    }
+                    r = consumer.recv() => r,
                 }
-                r = consumer.recv() => r,
             };
             if first {
                 first = false;
