@@ -18,15 +18,20 @@ test: up build venv
 	fi
 
 ## Benchmarks (release build): pricing core (criterion), end to end (empty table, 10 M rows stored,
-## across a month boundary), alert latency, ledger memory. The Kafka-side runs use a broker of their
-## own on a fresh database (deploy/local/bench-broker.sh), ClickHouse the local server.
-## Prints a table; writes target/bench/results.json and target/bench/results-<commit>.json.
+## across a month boundary), alert latency, ledger memory. The runs use a broker and a ClickHouse
+## of their own, each on fresh data (deploy/local/bench-broker.sh, bench-clickhouse.sh), stopped
+## and deleted at the end. Prints a table; writes target/bench/results.json and
+## target/bench/results-<commit>.json.
 BENCH_KAFKA_PORT ?= 19092
+BENCH_CLICKHOUSE_HTTP_PORT ?= 18123
 bench: up
 	$(CARGO) build --release --bin usage-pipeline --bin usage-bench
 	$(CARGO) bench -p usage-bench --bench pricing
 	deploy/local/bench-broker.sh start
-	KAFKA_BROKERS=127.0.0.1:$(BENCH_KAFKA_PORT) target/release/usage-bench --fresh-broker 'deploy/local/bench-broker.sh start'; rc=$$?; deploy/local/bench-broker.sh stop; exit $$rc
+	BENCH_CLICKHOUSE_HTTP_PORT=$(BENCH_CLICKHOUSE_HTTP_PORT) deploy/local/bench-clickhouse.sh start
+	KAFKA_BROKERS=127.0.0.1:$(BENCH_KAFKA_PORT) CLICKHOUSE_URL=http://127.0.0.1:$(BENCH_CLICKHOUSE_HTTP_PORT) \
+	  target/release/usage-bench --fresh-broker 'deploy/local/bench-broker.sh start'; rc=$$?; \
+	  deploy/local/bench-broker.sh stop; BENCH_CLICKHOUSE_HTTP_PORT=$(BENCH_CLICKHOUSE_HTTP_PORT) deploy/local/bench-clickhouse.sh stop; exit $$rc
 
 ## Coverage-guided fuzzing (cargo fuzz: libFuzzer, no sanitizer on the stable toolchain) of every
 ## decoder of outside input, FUZZ_SECONDS per target, from the committed corpus (fuzz/corpus, left

@@ -144,9 +144,14 @@ fn fetch_wait_max_ms() -> u32 {
     std::env::var("KAFKA_FETCH_WAIT_MAX_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(10)
 }
 
+/// `CLICKHOUSE_URL` (`make bench`: its own server), else the local one.
+fn clickhouse_url() -> String {
+    std::env::var("CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8123".into())
+}
+
 fn clickhouse(database: &str) -> Result<usage_clickhouse::ClickHouseSink> {
     Ok(usage_clickhouse::ClickHouseSink::new(usage_clickhouse::ClickHouseSettings {
-        url: std::env::var("CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8123".into()),
+        url: clickhouse_url(),
         database: database.to_owned(),
         ..usage_clickhouse::ClickHouseSettings::default()
     })?)
@@ -375,13 +380,27 @@ fn find_broker(brokers: &str) -> Option<u32> {
     })
 }
 
-/// The pid of the first process whose command name starts with `comm`.
-fn find_process(comm: &str) -> Option<u32> {
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
-        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-        let name = std::fs::read_to_string(e.path().join("comm")).ok()?;
-        name.trim().starts_with(comm).then_some(pid)
-    })
+/// The ClickHouse server answering on `url`'s port: the one whose config
+/// file sets that `http_port` (`make bench` runs a server of its own beside
+/// the tests' one), else the first ClickHouse process.
+fn find_clickhouse(url: &str) -> Option<u32> {
+    let port = url.rsplit(':').next().map(|p| p.trim_end_matches('/')).unwrap_or("8123");
+    let servers: Vec<(u32, String)> = std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let name = std::fs::read_to_string(e.path().join("comm")).ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            name.trim().starts_with("clickhouse").then(|| (pid, String::from_utf8_lossy(&cmdline).into_owned()))
+        })
+        .collect();
+    let serves_port = |cmdline: &str| {
+        let config = cmdline.split('\0').find_map(|arg| arg.strip_prefix("--config-file="))?;
+        let text = std::fs::read_to_string(config).ok()?;
+        text.contains(&format!("<http_port>{port}</http_port>")).then_some(())
+    };
+    servers.iter().find(|(_, cmdline)| serves_port(cmdline).is_some()).or(servers.first()).map(|(pid, _)| *pid)
 }
 
 /// CPU ticks of the pipeline, ClickHouse and the broker at one instant.
@@ -549,7 +568,7 @@ async fn e2e_run(
         .stderr(log_file)
         .spawn()?;
     let pid = child.id();
-    let (clickhouse_pid, broker_pid) = (find_process("clickhouse"), find_broker(&kafka().brokers));
+    let (clickhouse_pid, broker_pid) = (find_clickhouse(&clickhouse_url()), find_broker(&kafka().brokers));
     let (n, from, until) = (messages.len(), messages.len() / 20, messages.len() * 19 / 20);
     let (mut first, mut last, mut rss) = (None, None, 0u64);
     let deadline = Instant::now() + Duration::from_secs(1800);
