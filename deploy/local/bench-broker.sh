@@ -40,12 +40,7 @@ case "${1:-}" in
     index_tansu_headers "$DIR/tansu.db"
     ;;
   stop)
-    if [ -f "$DIR/pid" ]; then
-      pid=$(cat "$DIR/pid")
-      kill "$pid" 2>/dev/null || true
-      for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
-      kill -9 "$pid" 2>/dev/null || true
-    fi
+    stop_pid_file "$DIR/pid" 10
     # Memory back to the machine: the next start begins afresh anyway.
     rm -rf "$DIR"
     ;;

@@ -19,12 +19,7 @@ case "${1:-}" in
     "$(dirname "${BASH_SOURCE[0]}")/clickhouse-server.sh" "$DIR" "$HTTP_PORT" "$TCP_PORT"
     ;;
   stop)
-    if [ -f "$DIR/pid" ]; then
-      pid=$(cat "$DIR/pid")
-      kill "$pid" 2>/dev/null || true
-      for _ in $(seq 1 120); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
-      kill -9 "$pid" 2>/dev/null || true
-    fi
+    stop_pid_file "$DIR/pid" 30
     rm -rf "$DIR"
     ;;
   *) echo "usage: $0 start|stop" >&2; exit 2 ;;

@@ -14,6 +14,17 @@ log() { printf '[local-stack] %s\n' "$*" >&2; }
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
+# stop_pid_file FILE SECONDS: stops the process whose pid FILE holds: TERM,
+# then KILL if it is still there after SECONDS.
+stop_pid_file() {
+  [ -f "$1" ] || return 0
+  local pid tries=$(($2 * 4))
+  pid=$(cat "$1")
+  kill "$pid" 2>/dev/null || true
+  for ((i = 0; i < tries; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+  kill -9 "$pid" 2>/dev/null || true
+}
+
 # wait_for NAME SECONDS COMMAND...: polls COMMAND every 0.5 s, bounded.
 wait_for() {
   local name=$1 seconds=$2; shift 2
