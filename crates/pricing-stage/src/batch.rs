@@ -198,9 +198,10 @@ impl PartitionBatch {
         self.appended_ms.reserve(rows);
     }
 
-    /// The same vectors, emptied (their allocations kept), everything else
-    /// as new.
-    fn emptied(self) -> PartitionBatch {
+    /// The same vectors, emptied, everything else as new. Their room is
+    /// kept up to twice the rows they held, or `room` if more: a batch sized
+    /// for a lone partition, later one of several, lets the rest go.
+    fn emptied(self, room: usize) -> PartitionBatch {
         let PartitionBatch {
             mut rows,
             mut keys,
@@ -211,10 +212,15 @@ impl PartitionBatch {
             mut forwards,
             ..
         } = self;
+        let room = rows.len().saturating_mul(2).max(room);
         rows.clear();
         keys.clear();
         states.clear();
         appended_ms.clear();
+        rows.shrink_to(room);
+        keys.shrink_to(room);
+        states.shrink_to(room);
+        appended_ms.shrink_to(room);
         dead_letters.clear();
         refusals.clear();
         forwards.clear();
@@ -260,9 +266,10 @@ pub struct Batch {
     /// Rows a partition's vectors are made room for when the partition
     /// joins the batch (see [`Batch::sized_for`]).
     rows_per_partition: usize,
-    /// Emptied partition batches of an earlier batch, their vectors' room
-    /// kept, for partitions joining this one (see [`Batch::emptied_for`]).
-    spare: Vec<PartitionBatch>,
+    /// Emptied partition batches of an earlier batch, by the partition
+    /// they held, their vectors' room kept, for partitions joining this one
+    /// (see [`Batch::emptied_for`]).
+    spare: Vec<((String, i32), PartitionBatch)>,
 }
 
 impl Batch {
@@ -282,18 +289,22 @@ impl Batch {
     /// This (delivered) batch emptied for the next, as [`Batch::sized_for`]
     /// would make it, with the allocations of its vectors and key map kept:
     /// made afresh each batch, tens of megabytes of rows were faulted in
-    /// again (zeroed by the kernel) every batch. Keeps the partition
-    /// batches' row room up to twice `rows` in all; the rest is freed.
+    /// again (zeroed by the kernel) every batch. A partition gets back its
+    /// own vectors (their room follows its share of the stream, see
+    /// [`PartitionBatch::emptied`]), else the roomiest left. Bounded: row
+    /// room up to four times `rows` in all is kept; the rest is freed.
     pub fn emptied_for(mut self, rows: usize, partitions: usize) -> Batch {
+        let rows_per_partition = rows.div_ceil(partitions.max(1));
         let mut spare = std::mem::take(&mut self.spare);
-        spare.extend(std::mem::take(&mut self.partitions).into_values().map(PartitionBatch::emptied));
-        spare.sort_unstable_by_key(|p| std::cmp::Reverse(p.row_capacity()));
+        spare.extend(
+            std::mem::take(&mut self.partitions).into_iter().map(|(key, p)| (key, p.emptied(rows_per_partition))),
+        );
+        spare.sort_unstable_by_key(|(_, p)| std::cmp::Reverse(p.row_capacity()));
         let mut room = 0usize;
-        spare.retain(|p| {
+        spare.retain(|(_, p)| {
             room = room.saturating_add(p.row_capacity());
-            room <= rows.saturating_mul(2)
+            room <= rows.saturating_mul(4)
         });
-        spare.reverse(); // taken from the end: the roomiest first
         self.by_key.clear();
         self.by_key.reserve(rows);
         Batch {
@@ -302,7 +313,7 @@ impl Batch {
             handed_over: 0,
             by_key: self.by_key,
             topic: self.topic,
-            rows_per_partition: rows.div_ceil(partitions.max(1)),
+            rows_per_partition,
             spare,
         }
     }
@@ -361,7 +372,12 @@ impl Batch {
     fn partition(&mut self, topic: &str, partition: i32, epoch: u64, offset: i64) -> &mut PartitionBatch {
         // Looked up without allocating: a batch holds a few partitions.
         if !self.partitions.keys().any(|(t, p)| *p == partition && t == topic) {
-            let mut part = self.spare.pop().unwrap_or_default();
+            // Its own vectors of the last batch, else the roomiest spare.
+            let own = self.spare.iter().position(|((t, p), _)| *p == partition && t == topic);
+            let mut part = match own.or((!self.spare.is_empty()).then_some(0)) {
+                Some(i) => self.spare.remove(i).1,
+                None => PartitionBatch::default(),
+            };
             part.reserve(self.rows_per_partition);
             part.first_offset = offset;
             part.next_offset = offset + 1;
@@ -593,7 +609,8 @@ mod tests {
             |_, _| RowState::New,
             Default::default,
         );
-        let room = batch.partitions[&("t".to_owned(), 0)].rows.capacity();
+        let vectors = |b: &Batch, p: i32| b.partitions[&("t".to_owned(), p)].rows.as_ptr();
+        let (own_0, own_1) = (vectors(&batch, 0), vectors(&batch, 1));
         let mut next = batch.emptied_for(100, 2);
         assert!(next.is_empty());
         assert_eq!((next.n_messages(), next.skipped, next.dead_letters().count()), (0, 0, 0));
@@ -603,7 +620,16 @@ mod tests {
         assert_eq!((part.first_offset, part.next_offset, part.epoch, part.fed), (9, 10, 3, 0));
         assert!(part.dead_letters.is_empty() && part.refusals.is_empty() && part.rejected.is_empty());
         assert_eq!(part.appended_ms, vec![None]);
-        assert!(part.rows.capacity() >= room, "the roomiest partition batch is taken first");
+        next.add("t", 0, 3, 4, None, None, b"", Ok(priced("e2", at)), |_, _| RowState::New, Default::default);
+        assert_eq!((vectors(&next, 0), vectors(&next, 1)), (own_0, own_1), "each partition gets its own vectors back");
+        // Sized for a lone partition, then one of four: room past twice the
+        // rows held and past a quarter of the batch is let go.
+        let mut lone = Batch::sized_for(100, 1);
+        lone.add("t", 0, 0, 1, None, None, b"", Ok(priced("e1", at)), |_, _| RowState::New, Default::default);
+        assert!(lone.partitions[&("t".to_owned(), 0)].rows.capacity() >= 100);
+        let mut next = lone.emptied_for(100, 4);
+        next.add("t", 0, 0, 2, None, None, b"", Ok(priced("e2", at)), |_, _| RowState::New, Default::default);
+        assert!(next.partitions[&("t".to_owned(), 0)].rows.capacity() < 100);
     }
 
     #[test]
