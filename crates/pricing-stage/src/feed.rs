@@ -176,8 +176,9 @@ pub(crate) fn write_batch(out: &mut Vec<u8>, rows: &[(&PricedRow, Option<i64>)])
 #[derive(Clone, Default)]
 pub(crate) struct FeedBuffers(Arc<Mutex<Vec<Vec<u8>>>>);
 
-/// A feed every 20 ms writes one message per priced partition (~24 of
-/// them); a closing batch's up to `batch_events_max` / 1,000 more.
+/// A feed every 20 ms writes one message per priced partition its rows
+/// reach (4 by default, `topic_partitions`); a closing batch's up to
+/// `batch_events_max` / 1,000 more.
 const FEED_BUFFERS_KEPT: usize = 64;
 /// A full message (1,000 records) takes ~400 KB.
 const FEED_BUFFER_BYTES_KEPT: usize = 1 << 20;
