@@ -16,6 +16,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// 0.1.49, `c_src/mimalloc/v3/include/mimalloc.h`); its Rust bindings list
 /// only the older options.
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+/// `mi_option_allow_thp` in the same enum.
+const MI_OPTION_ALLOW_THP: libmimalloc_sys::mi_option_t = 43;
 
 /// How long memory freed stays with the process before mimalloc returns it
 /// to the OS. mimalloc's default, 1 s, is about a batch's life: each batch's
@@ -31,6 +33,9 @@ fn main() -> ExitCode {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
         // SAFETY: sets a plain integer option; mimalloc reads options at any time.
         unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, ALLOCATOR_PURGE_DELAY_MS) };
+    }
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
+        without_transparent_huge_pages();
     }
     let cli = cli::Cli::parse();
     init_logs();
@@ -50,6 +55,25 @@ fn main() -> ExitCode {
     }
 }
 
+/// Small pages only (unless `MIMALLOC_ALLOW_THP` is set: mimalloc then
+/// applies it itself). mimalloc asks for transparent huge pages on its
+/// arenas, and the pipeline's memory comes and goes in batches: each fault
+/// in a huge-page range had the kernel zero 2 MiB, most of it never used
+/// (17-24% of the pricing stage's CPU in profiles, on 4 KiB pages 21% less
+/// CPU per event end to end). The option stops mimalloc asking; the prctl
+/// covers memory it asked for before `main` and systems where THP is
+/// always on.
+fn without_transparent_huge_pages() {
+    // SAFETY: sets a plain integer option; mimalloc reads it at each OS allocation.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_ALLOW_THP, 0) };
+    #[cfg(target_os = "linux")]
+    // SAFETY: PR_SET_THP_DISABLE takes integer arguments only; on failure
+    // (an old kernel) huge pages stay allowed, which costs only speed.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
+}
+
 /// Logs on stderr: `USAGE_LOG` filters them (`info,rdkafka=warn` by
 /// default); `USAGE_LOG_FORMAT=json` writes one JSON object per line for
 /// log collectors; colours only when stderr is a terminal.
@@ -62,5 +86,22 @@ fn init_logs() {
         builder.json().init();
     } else {
         builder.with_ansi(std::io::stderr().is_terminal()).init();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn transparent_huge_pages_are_off_for_the_process() {
+        let enabled = || {
+            let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+            status.lines().find_map(|l| l.strip_prefix("THP_enabled:").map(|v| v.trim().to_owned()))
+        };
+        super::without_transparent_huge_pages();
+        // Kernels before 5.0 do not report it; the prctl still applies.
+        if let Some(value) = enabled() {
+            assert_eq!(value, "0");
+        }
     }
 }
