@@ -718,7 +718,7 @@ async fn end_to_end(args: &Args, results: &mut BTreeMap<&'static str, f64>) -> R
 }
 
 async fn alert_latency(args: &Args, results: &mut BTreeMap<&'static str, f64>) -> Result<()> {
-    const ACCOUNTS: usize = 2_000;
+    use floor::{ACCOUNTS, BUDGET_EVENTS};
     if let Some(command) = &args.fresh_broker {
         eprintln!("[bench] a fresh broker for the alert run: {command}");
         let status = Command::new("sh").args(["-c", command]).stdout(Stdio::null()).status()?;
@@ -744,7 +744,7 @@ async fn alert_latency(args: &Args, results: &mut BTreeMap<&'static str, f64>) -
         )
     };
     let cost = usage_pricing::Pricer::new(book).price(usage_codec::decode_json(usage(0).as_bytes())?)?.quote.cost;
-    let budget = cost.checked_mul_count(30)?;
+    let budget = cost.checked_mul_count(BUDGET_EVENTS as u64)?;
     // Every account crosses 50, 80 and 100% of a budget of 30 events.
     let commands: Vec<(Vec<u8>, Vec<u8>)> = (0..ACCOUNTS)
         .map(|a| {
@@ -851,10 +851,18 @@ async fn alert_latency(args: &Args, results: &mut BTreeMap<&'static str, f64>) -
     results.insert("alert_offered_events_per_sec", offered);
     results.insert("alert_events_measured", latencies.len() as f64);
     // The same load through a bare chain of the same hops on the same broker.
-    let (floor_p50, floor_p99) =
-        floor::broker_floor(&kafka(), &format!("bench_floor_{}", stamp()), args.alert_rate, args.alert_seconds).await?;
+    let floor = |last_hop| {
+        let (kafka, prefix) = (kafka(), format!("bench_floor_{}", stamp()));
+        async move { floor::broker_floor(&kafka, &prefix, args.alert_rate, args.alert_seconds, last_hop).await }
+    };
+    let (floor_p50, floor_p99) = floor(floor::LastHop::Sampled).await?;
     results.insert("alert_latency_broker_floor_p50_ms", floor_p50);
     results.insert("alert_latency_broker_floor_p99_ms", floor_p99);
+    // Again with the last hop carrying what the ledger sends: a record per
+    // threshold event, in the load's three bursts.
+    let (floor_p50, floor_p99) = floor(floor::LastHop::PerAlert).await?;
+    results.insert("alert_latency_broker_floor_per_alert_p50_ms", floor_p50);
+    results.insert("alert_latency_broker_floor_per_alert_p99_ms", floor_p99);
     if let Ok(sink) = clickhouse(&database) {
         let _ = sink.execute(&format!("DROP DATABASE IF EXISTS {database}")).await;
     }
@@ -913,6 +921,8 @@ fn print_table(results: &BTreeMap<&'static str, f64>) {
         ("alert_offered_events_per_sec", "10,000"),
         ("alert_latency_broker_floor_p50_ms", ""),
         ("alert_latency_broker_floor_p99_ms", ""),
+        ("alert_latency_broker_floor_per_alert_p50_ms", ""),
+        ("alert_latency_broker_floor_per_alert_p99_ms", ""),
         ("ledger_bytes_per_idle_account", "< 512"),
         ("ledger_events_per_sec_10k_accounts", ""),
         ("ledger_events_per_sec_1m_accounts", ""),
