@@ -28,18 +28,7 @@ const MI_OPTION_ALLOW_THP: libmimalloc_sys::mi_option_t = 43;
 const ALLOCATOR_PURGE_DELAY_MS: std::ffi::c_long = 10_000;
 
 fn main() -> ExitCode {
-    // mimalloc's own `MIMALLOC_PURGE_DELAY`, when set, wins: overridden
-    // here, it did nothing (an operator's setting, or an experiment).
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        // SAFETY: sets a plain integer option; mimalloc reads options at any time.
-        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, ALLOCATOR_PURGE_DELAY_MS) };
-    }
-    if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
-        without_transparent_huge_pages();
-    }
-    if std::env::var_os("GLIBC_TUNABLES").is_none() && !glibc_keeps_its_memory() {
-        eprintln!("warning: glibc refused the allocator thresholds; librdkafka's buffers are faulted in again");
-    }
+    tune_allocators();
     let cli = cli::Cli::parse();
     init_logs();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -58,12 +47,27 @@ fn main() -> ExitCode {
     }
 }
 
-/// Small pages only (unless `MIMALLOC_ALLOW_THP` is set: mimalloc then
-/// applies it itself). mimalloc asks for transparent huge pages on its
+/// The allocators' settings, each unless its own environment variable is
+/// set: an operator's setting (or an experiment's) wins; overridden here,
+/// it would do nothing.
+fn tune_allocators() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: sets a plain integer option; mimalloc reads options at any time.
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, ALLOCATOR_PURGE_DELAY_MS) };
+    }
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
+        without_transparent_huge_pages();
+    }
+    if std::env::var_os("GLIBC_TUNABLES").is_none() && !glibc_keeps_its_memory() {
+        eprintln!("warning: glibc refused the allocator thresholds; librdkafka's buffers are faulted in again");
+    }
+}
+
+/// Small pages only. mimalloc asks for transparent huge pages on its
 /// arenas, and the pipeline's memory comes and goes in batches: each fault
 /// in a huge-page range had the kernel zero 2 MiB, most of it never used
-/// (17-24% of the pricing stage's CPU in profiles, on 4 KiB pages 21% less
-/// CPU per event end to end). The option stops mimalloc asking; the prctl
+/// (17-24% of the pricing stage's CPU in profiles; on 4 KiB pages 8% and
+/// 21% less CPU per event in two pairs of end-to-end runs). The option stops mimalloc asking; the prctl
 /// covers memory it asked for before `main` and systems where THP is
 /// always on.
 fn without_transparent_huge_pages() {
@@ -84,8 +88,7 @@ fn without_transparent_huge_pages() {
 /// the next one is faulted in and zeroed again by the kernel (~2 µs a
 /// page here). Kept instead, up to what librdkafka's bounded queues hold
 /// at once: a 2 M-event run took 160,000 page faults instead of 322,000
-/// (~0.3 s of CPU), 15 MB more resident. Unless `GLIBC_TUNABLES`
-/// is set (an operator's choice wins). Returns whether glibc took both
+/// (~0.3 s of CPU), 15 MB more resident. Returns whether glibc took both
 /// settings (a threshold past its limits is refused; elsewhere than glibc,
 /// nothing to do).
 fn glibc_keeps_its_memory() -> bool {
