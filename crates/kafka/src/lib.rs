@@ -30,7 +30,7 @@ pub use dead_letter::{
 };
 pub use follower::{drain_topic, read_partition, Drained, FollowError, Record, TopicFollower};
 pub use forward::{copy_headers, forward_headers, is_forwarded, HEADER_FORWARDED_FROM};
-pub use producer::{partition_for_key, Outgoing, Producer, ProducerError, SendBatchError, Sending};
+pub use producer::{partition_for_key, Outgoing, Producer, ProducerError, SendBatchError, Sending, SharedPayload};
 pub use settings::{KafkaSettings, FETCH_WAIT_MAX_MS_DEFAULT};
 
 pub use rdkafka::consumer::{CommitMode, Consumer};

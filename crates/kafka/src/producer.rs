@@ -11,6 +11,7 @@ use crate::settings::KafkaSettings;
 use futures::FutureExt as _;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::OwnedHeaders;
+pub use rdkafka::producer::SharedPayload;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -157,10 +158,12 @@ impl Producer {
     /// their acknowledgements (it waits only while librdkafka's queue, or
     /// [`IN_FLIGHT_MAX`], is full). When it returns every message is
     /// queued, so a [`Producer::flush`] from then on covers them all.
+    // The closure hands back rdkafka's own `Err`, record included, as
+    // rdkafka's API does (which allows the same lint).
+    #[allow(clippy::result_large_err)]
     pub async fn enqueue_all(&self, messages: Vec<Outgoing<'_>>) -> Sending {
-        let mut sending = Sending { pending: VecDeque::new(), delivered: Vec::new(), failed: Vec::new(), total: 0 };
+        let mut sending = Sending::default();
         for (index, message) in messages.into_iter().enumerate() {
-            sending.total += 1;
             let mut record = FutureRecord::<[u8], [u8]>::to(message.topic).payload(message.payload);
             if let Some(key) = message.key {
                 record = record.key(key);
@@ -171,34 +174,66 @@ impl Producer {
             if let Some(partition) = message.partition {
                 record = record.partition(partition);
             }
-            loop {
-                if sending.pending.len() >= IN_FLIGHT_MAX {
-                    sending.settle_oldest().await;
+            self.enqueue(&mut sending, index, message.topic, record, |p, r| p.send_result(r)).await;
+        }
+        sending
+    }
+
+    /// Like [`Producer::send_all`], for payloads librdkafka reads where they
+    /// are instead of copying them (a copy of each ledger-feed message, up
+    /// to 1 MiB, was a fresh allocation, written and faulted in, per
+    /// message): each payload is held by its message until its delivery
+    /// report, so the caller may drop its own handle at any time.
+    #[allow(clippy::result_large_err)] // As in `enqueue_all`.
+    pub async fn send_all_shared(
+        &self,
+        topic: &str,
+        messages: Vec<(i32, SharedPayload)>,
+    ) -> Result<Vec<(i32, i64)>, SendBatchError> {
+        let mut sending = Sending::default();
+        for (index, (partition, payload)) in messages.into_iter().enumerate() {
+            let record = FutureRecord::<[u8], [u8]>::to(topic).partition(partition);
+            self.enqueue(&mut sending, index, topic, (record, payload), |p, (r, payload)| {
+                p.send_result_shared(r, payload).map_err(|(e, r, payload)| (e, (r, payload)))
+            })
+            .await;
+        }
+        sending.finish().await
+    }
+
+    /// Hands one message to librdkafka through `send`, waiting while its
+    /// queue (or [`IN_FLIGHT_MAX`]) is full.
+    async fn enqueue<R>(
+        &self,
+        sending: &mut Sending,
+        index: usize,
+        topic: &str,
+        mut record: R,
+        send: impl Fn(&FutureProducer, R) -> Result<DeliveryFuture, (KafkaError, R)>,
+    ) {
+        sending.total += 1;
+        loop {
+            if sending.pending.len() >= IN_FLIGHT_MAX {
+                sending.settle_oldest().await;
+            }
+            match send(&self.inner, record) {
+                Ok(fut) => {
+                    sending.pending.push_back((index, topic.to_owned(), fut));
+                    return;
                 }
-                match self.inner.send_result(record) {
-                    Ok(fut) => {
-                        sending.pending.push_back((index, message.topic.to_owned(), fut));
-                        break;
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    if !sending.settle_oldest().await {
+                        // Another producer user filled the queue: let it drain.
+                        tokio::time::sleep(Duration::from_millis(5)).await;
                     }
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                        record = back;
-                        if !sending.settle_oldest().await {
-                            // Another producer user filled the queue: let it drain.
-                            tokio::time::sleep(Duration::from_millis(5)).await;
-                        }
-                    }
-                    Err((error, _)) => {
-                        sending.failed.push(ProducerError::NotDelivered {
-                            index,
-                            topic: message.topic.to_owned(),
-                            error,
-                        });
-                        break;
-                    }
+                }
+                Err((error, _)) => {
+                    sending.failed.push(ProducerError::NotDelivered { index, topic: topic.to_owned(), error });
+                    return;
                 }
             }
         }
-        sending
     }
 
     /// Sends dead letters to `topic`, keyed as the originals were. Letters
@@ -236,6 +271,7 @@ impl Producer {
 }
 
 /// Messages queued by [`Producer::enqueue_all`] and their delivery reports.
+#[derive(Default)]
 pub struct Sending {
     pending: VecDeque<(usize, String, DeliveryFuture)>,
     delivered: Vec<(usize, (i32, i64))>,
@@ -339,6 +375,8 @@ fn murmur2(data: &[u8]) -> u32 {
 mod tests {
     use super::*;
     use rdkafka::mocking::MockCluster;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
 
     #[test]
     fn murmur2_matches_kafkas_reference_values() {
@@ -380,6 +418,47 @@ mod tests {
         for (key, (partition, _)) in keys.iter().zip(delivered) {
             assert_eq!(partition_for_key(key.as_bytes(), 7), partition, "{key}");
         }
+    }
+
+    /// Bytes that count their release.
+    struct Counted(Vec<u8>, Arc<AtomicUsize>);
+
+    impl AsRef<[u8]> for Counted {
+        fn as_ref(&self) -> &[u8] {
+            &self.0
+        }
+    }
+
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            self.1.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Payloads sent without a copy arrive whole although the caller let go
+    /// of them at once; librdkafka lets go of each by its delivery report,
+    /// and of one it refused (too large) at once.
+    #[tokio::test]
+    async fn shared_payloads_are_sent_whole_and_released_once_reported() {
+        let mock = MockCluster::new(1).unwrap();
+        mock.create_topic("feed", 2, 1).unwrap();
+        let mut settings = KafkaSettings { brokers: mock.bootstrap_servers(), ..KafkaSettings::default() };
+        settings.overrides.insert("message.max.bytes".into(), "500000".into());
+        let producer = Producer::new(&settings, "test").unwrap();
+        let released = Arc::new(AtomicUsize::new(0));
+        let large: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let sent = [(0, large.clone()), (1, b"small".to_vec()), (0, vec![7u8; 600_000])];
+        let messages: Vec<(i32, SharedPayload)> = sent
+            .iter()
+            .map(|(p, bytes)| (*p, Arc::new(Counted(bytes.clone(), Arc::clone(&released))) as SharedPayload))
+            .collect();
+        let error = producer.send_all_shared("feed", messages).await.unwrap_err();
+        assert_eq!((error.total, error.failed.len()), (3, 1));
+        assert!(matches!(error.failed[0], ProducerError::NotDelivered { index: 2, .. }), "{error}");
+        assert_eq!(released.load(Ordering::SeqCst), 3, "every payload let go of");
+        let read = |partition| crate::read_partition(&settings, "feed", partition, Duration::from_secs(10)).unwrap();
+        assert_eq!(read(0), vec![(None, Some(large))]);
+        assert_eq!(read(1), vec![(None, Some(b"small".to_vec()))]);
     }
 
     #[tokio::test]

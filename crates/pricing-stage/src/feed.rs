@@ -204,11 +204,31 @@ impl FeedBuffers {
     }
 }
 
-/// Ledger-feed messages (priced partition, payload); their buffers go
-/// back to their pool when the last holder drops them.
+/// One ledger-feed message's bytes, shared by the feed (which sends them
+/// again if they fail) and by librdkafka, which reads them where they are
+/// until the message's delivery report: the buffer goes back to its pool
+/// when the last holder drops it.
+pub(crate) struct FeedPayload {
+    bytes: Vec<u8>,
+    pool: FeedBuffers,
+}
+
+impl AsRef<[u8]> for FeedPayload {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl Drop for FeedPayload {
+    fn drop(&mut self) {
+        self.pool.give_back(std::iter::once(std::mem::take(&mut self.bytes)));
+    }
+}
+
+/// Ledger-feed messages: (priced partition, payload).
 #[derive(Default)]
 pub(crate) struct FeedMessages {
-    messages: Vec<(i32, Vec<u8>)>,
+    messages: Vec<(i32, Arc<FeedPayload>)>,
     buffers: FeedBuffers,
 }
 
@@ -220,35 +240,35 @@ impl FeedMessages {
     /// Messages written elsewhere, with a pool of their own.
     #[cfg(test)]
     pub(crate) fn from_payloads(messages: Vec<(i32, Vec<u8>)>) -> Self {
-        FeedMessages { messages, buffers: FeedBuffers::default() }
+        let buffers = FeedBuffers::default();
+        let messages = messages
+            .into_iter()
+            .map(|(p, bytes)| (p, Arc::new(FeedPayload { bytes, pool: buffers.clone() })))
+            .collect();
+        FeedMessages { messages, buffers }
     }
 
     /// Writes `rows` as one more message to `partition`.
     pub(crate) fn push(&mut self, partition: i32, rows: &[(&PricedRow, Option<i64>)]) -> Result<(), serde_json::Error> {
-        let mut payload = self.buffers.take();
-        match write_batch(&mut payload, rows) {
-            Ok(()) => {
-                self.messages.push((partition, payload));
-                Ok(())
-            }
-            Err(e) => {
-                self.buffers.give_back(std::iter::once(payload));
-                Err(e)
-            }
-        }
+        let mut payload = FeedPayload { bytes: self.buffers.take(), pool: self.buffers.clone() };
+        write_batch(&mut payload.bytes, rows)?;
+        self.messages.push((partition, Arc::new(payload)));
+        Ok(())
     }
-}
 
-impl std::ops::Deref for FeedMessages {
-    type Target = [(i32, Vec<u8>)];
-    fn deref(&self) -> &Self::Target {
-        &self.messages
+    /// The messages as librdkafka takes them without a copy.
+    pub(crate) fn shared(&self) -> Vec<(i32, usage_kafka::SharedPayload)> {
+        self.messages.iter().map(|(p, payload)| (*p, Arc::clone(payload) as usage_kafka::SharedPayload)).collect()
     }
-}
 
-impl Drop for FeedMessages {
-    fn drop(&mut self) {
-        self.buffers.give_back(self.messages.drain(..).map(|(_, payload)| payload));
+    pub(crate) fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+    }
+
+    /// (partition, bytes) of each message.
+    #[cfg(test)]
+    pub(crate) fn payloads(&self) -> Vec<(i32, &[u8])> {
+        self.messages.iter().map(|(p, payload)| (*p, payload.bytes.as_slice())).collect()
     }
 }
 
@@ -444,13 +464,18 @@ mod tests {
         let pool = FeedBuffers::default();
         let mut first = FeedMessages::new(&pool);
         first.push(3, &[(&long, None), (&long, Some(5))]).unwrap();
-        let used = first[0].1.as_ptr();
+        let used = first.payloads()[0].1.as_ptr();
+        // librdkafka's handle on the message outlives the feed's own.
+        let sent = first.shared();
         drop(first);
+        assert_eq!(pool.kept(), 0, "a buffer librdkafka still reads is not written into");
+        drop(sent);
         assert_eq!(pool.kept(), 1);
         let mut second = FeedMessages::new(&pool);
         second.push(1, &[(&short, None)]).unwrap();
-        assert_eq!(second[0].1.as_ptr(), used, "the kept buffer is written into");
-        assert_eq!(&*second, &[(1, batch_to_json(&[(&short, None)]).unwrap())]);
+        assert_eq!(second.payloads()[0].1.as_ptr(), used, "the kept buffer is written into");
+        let fresh = batch_to_json(&[(&short, None)]).unwrap();
+        assert_eq!(second.payloads(), [(1, fresh.as_slice())]);
         assert_eq!(pool.kept(), 0);
     }
 

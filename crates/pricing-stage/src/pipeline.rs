@@ -75,7 +75,7 @@ use tokio::task::JoinHandle;
 use usage_clickhouse::{ClickHouseSink, PricedRow, SinkError};
 use usage_kafka::{
     copy_headers, ensure_topics, is_forwarded, partition_for_key, BorrowedMessage, Consumer, GroupConsumer, Headers,
-    KafkaError, KafkaSettings, Message, Offset, Outgoing, OwnedMessage, Producer, ProducerError, TopicSpec,
+    KafkaError, KafkaSettings, Message, Offset, OwnedMessage, Producer, ProducerError, TopicSpec,
 };
 use usage_model::Amount;
 use usage_pricing::RateBook;
@@ -1128,13 +1128,9 @@ struct Feeder {
 }
 
 impl Feeder {
-    async fn send(&self, payloads: &[(i32, Vec<u8>)]) -> Result<(), crate::feed::FeedError> {
+    async fn send(&self, payloads: &FeedMessages) -> Result<(), crate::feed::FeedError> {
         let Some(topic) = &self.topic else { return Ok(()) };
-        let messages = payloads
-            .iter()
-            .map(|(p, payload)| Outgoing { topic, key: None, payload, headers: None, partition: Some(*p) })
-            .collect();
-        self.producer.send_all(messages).await?;
+        self.producer.send_all_shared(topic, payloads.shared()).await?;
         Ok(())
     }
 

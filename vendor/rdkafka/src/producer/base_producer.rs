@@ -442,7 +442,46 @@ where
     #[allow(clippy::result_large_err)]
     pub fn send<'a, K, P>(
         &self,
+        record: BaseRecord<'a, K, P, C::DeliveryOpaque>,
+    ) -> Result<(), (KafkaError, BaseRecord<'a, K, P, C::DeliveryOpaque>)>
+    where
+        K: ToBytes + ?Sized,
+        P: ToBytes + ?Sized,
+    {
+        // SAFETY: librdkafka copies the payload.
+        unsafe { self.send_with_flags(record, rdsys::RD_KAFKA_MSG_F_COPY) }
+    }
+
+    /// PATCHED (usage-pipeline): like [`BaseProducer::send`], but librdkafka
+    /// reads the payload where it is until the message's delivery report
+    /// instead of copying it (no `RD_KAFKA_MSG_F_COPY`). The key is copied.
+    ///
+    /// # Safety
+    ///
+    /// The payload's bytes must stay valid and unchanged until
+    /// [`ProducerContext::delivery`] has been called for this message, or,
+    /// if it never is, until the producer is destroyed: for instance owned
+    /// by the record's delivery opaque.
+    #[allow(clippy::result_large_err)]
+    pub unsafe fn send_uncopied<'a, K, P>(
+        &self,
+        record: BaseRecord<'a, K, P, C::DeliveryOpaque>,
+    ) -> Result<(), (KafkaError, BaseRecord<'a, K, P, C::DeliveryOpaque>)>
+    where
+        K: ToBytes + ?Sized,
+        P: ToBytes + ?Sized,
+    {
+        self.send_with_flags(record, 0)
+    }
+
+    /// # Safety
+    ///
+    /// Without `RD_KAFKA_MSG_F_COPY` in `flags`, see [`BaseProducer::send_uncopied`].
+    #[allow(clippy::result_large_err)]
+    unsafe fn send_with_flags<'a, K, P>(
+        &self,
         mut record: BaseRecord<'a, K, P, C::DeliveryOpaque>,
+        flags: i32,
     ) -> Result<(), (KafkaError, BaseRecord<'a, K, P, C::DeliveryOpaque>)>
     where
         K: ToBytes + ?Sized,
@@ -466,7 +505,7 @@ where
                 RD_KAFKA_VTYPE_PARTITION,
                 record.partition.unwrap_or(-1),
                 RD_KAFKA_VTYPE_MSGFLAGS,
-                rdsys::RD_KAFKA_MSG_F_COPY,
+                flags,
                 RD_KAFKA_VTYPE_VALUE,
                 payload_ptr,
                 payload_len,
@@ -723,6 +762,23 @@ where
         P: ToBytes + ?Sized,
     {
         self.producer.send(record)
+    }
+
+    /// PATCHED (usage-pipeline): see [`BaseProducer::send_uncopied`].
+    ///
+    /// # Safety
+    ///
+    /// As [`BaseProducer::send_uncopied`]'s.
+    #[allow(clippy::result_large_err)]
+    pub unsafe fn send_uncopied<'a, K, P>(
+        &self,
+        record: BaseRecord<'a, K, P, C::DeliveryOpaque>,
+    ) -> Result<(), (KafkaError, BaseRecord<'a, K, P, C::DeliveryOpaque>)>
+    where
+        K: ToBytes + ?Sized,
+        P: ToBytes + ?Sized,
+    {
+        self.producer.send_uncopied(record)
     }
 
     /// Polls the internal producer.

@@ -184,13 +184,12 @@ where
     C: ClientContext + 'static,
     Part: Partitioner,
 {
-    type DeliveryOpaque = Box<oneshot::Sender<OwnedDeliveryResult>>;
+    type DeliveryOpaque = Box<FutureDelivery>;
 
-    fn delivery(
-        &self,
-        delivery_result: &DeliveryResult<'_>,
-        tx: Box<oneshot::Sender<OwnedDeliveryResult>>,
-    ) {
+    fn delivery(&self, delivery_result: &DeliveryResult<'_>, opaque: Box<FutureDelivery>) {
+        // The payload's owner, if any, is dropped at the end of this call:
+        // librdkafka reads the payload no more.
+        let FutureDelivery { tx, payload: _payload } = *opaque;
         let owned_delivery_result = match *delivery_result {
             Ok(ref message) => Ok(Delivery {
                 partition: message.partition(),
@@ -202,6 +201,26 @@ where
         let _ = tx.send(owned_delivery_result); // TODO: handle error
     }
 }
+
+/// PATCHED (usage-pipeline): what a [`FutureProducer`] message carries to
+/// its delivery report: the sender completing its [`DeliveryFuture`] and,
+/// for a payload librdkafka reads in place
+/// ([`FutureProducer::send_result_shared`]), the payload itself, kept
+/// alive until then.
+pub struct FutureDelivery {
+    tx: oneshot::Sender<OwnedDeliveryResult>,
+    payload: Option<SharedPayload>,
+}
+
+impl FutureDelivery {
+    fn new(tx: oneshot::Sender<OwnedDeliveryResult>) -> Box<Self> {
+        Box::new(FutureDelivery { tx, payload: None })
+    }
+}
+
+/// PATCHED (usage-pipeline): a payload librdkafka reads where it is, owned
+/// by its message until the delivery report.
+pub type SharedPayload = Arc<dyn AsRef<[u8]> + Send + Sync>;
 
 /// A producer that returns a [`Future`] for every message being produced.
 ///
@@ -322,7 +341,7 @@ where
         };
 
         let (tx, rx) = oneshot::channel();
-        let mut base_record = record.into_base_record(Box::new(tx));
+        let mut base_record = record.into_base_record(FutureDelivery::new(tx));
 
         loop {
             match self.producer.send(base_record) {
@@ -369,11 +388,44 @@ where
         P: ToBytes + ?Sized,
     {
         let (tx, rx) = oneshot::channel();
-        let base_record = record.into_base_record(Box::new(tx));
+        let base_record = record.into_base_record(FutureDelivery::new(tx));
         self.producer
             .send(base_record)
             .map(|()| DeliveryFuture { rx })
             .map_err(|(e, record)| (e, FutureRecord::from_base_record(record)))
+    }
+
+    /// PATCHED (usage-pipeline): like [`FutureProducer::send_result`], for
+    /// a payload that librdkafka reads where it is instead of copying it:
+    /// `payload` (which replaces the record's) is held by the message until
+    /// its delivery report. When enqueuing fails, the record comes back
+    /// without a payload, and `payload` with it.
+    #[allow(clippy::result_large_err)]
+    pub fn send_result_shared<'a, K>(
+        &self,
+        record: FutureRecord<'a, K, [u8]>,
+        payload: SharedPayload,
+    ) -> Result<DeliveryFuture, (KafkaError, FutureRecord<'a, K, [u8]>, SharedPayload)>
+    where
+        K: ToBytes + ?Sized,
+    {
+        let (tx, rx) = oneshot::channel();
+        let bytes: *const [u8] = (*payload).as_ref();
+        let mut base_record = record.into_base_record(Box::new(FutureDelivery { tx, payload: Some(payload) }));
+        // SAFETY: the bytes live in the `Arc` the delivery opaque owns until
+        // the delivery report (or for ever, if the producer is destroyed
+        // first), and nothing changes them meanwhile: `AsRef` gives shared
+        // access only. The reference never outlives this call otherwise: it
+        // is taken out of the record handed back on failure.
+        base_record.payload = Some(unsafe { &*bytes });
+        match unsafe { self.producer.send_uncopied(base_record) } {
+            Ok(()) => Ok(DeliveryFuture { rx }),
+            Err((e, mut record)) => {
+                record.payload = None;
+                let payload = record.delivery_opaque.payload.take().expect("the payload just set");
+                Err((e, FutureRecord::from_base_record(record), payload))
+            }
+        }
     }
 
     /// Polls the internal producer.
