@@ -313,10 +313,10 @@ impl Amount {
     /// 14 digits, a point and 24 digits); returns the length. Without
     /// `fmt`: amounts are written for every row fed to the ledger.
     pub fn write_to(self, out: &mut [u8; 48]) -> usize {
-        let mag = self.0.unsigned_abs();
-        let one = ONE as u128;
-        // Both halves fit a u64: whole < 10^14, frac < 10^24 splits below.
-        let (whole, frac) = ((mag / one) as u64, mag % one);
+        // mag = whole·10^24 + hi·10^12 + lo; whole < 10^14 fits a u64.
+        let (above_lo, lo) = div_rem_10e12(self.0.unsigned_abs());
+        let (whole, hi) = div_rem_10e12(above_lo);
+        let whole = whole as u64;
         let mut len = 0;
         if self.0 < 0 {
             out[0] = b'-';
@@ -326,13 +326,12 @@ impl Amount {
         let w = digits.format(whole).as_bytes();
         out[len..len + w.len()].copy_from_slice(w);
         len += w.len();
-        if frac == 0 {
+        if hi == 0 && lo == 0 {
             return len;
         }
         out[len] = b'.';
         len += 1;
         // 24 places, as two zero-padded halves of 12, less trailing zeros.
-        let (hi, lo) = ((frac / 1_000_000_000_000) as u64, (frac % 1_000_000_000_000) as u64);
         let start = len;
         for half in [hi, lo] {
             let text = digits.format(half).as_bytes();
@@ -345,6 +344,24 @@ impl Amount {
         }
         len
     }
+}
+
+/// `(n / 10^12, n % 10^12)` without `u128` division, a library call that
+/// took most of [`Amount::write_to`]'s time (it runs for several amounts of
+/// every row fed to the ledger). 10^12 = 2^12 · 5^12, and 5^12 < 2^28, so
+/// `n >> 12` is divided by 5^12 a 32-bit limb at a time in `u64`s (whose
+/// division by a constant compiles to a multiplication).
+fn div_rem_10e12(n: u128) -> (u128, u64) {
+    const FIVE_POW_12: u64 = 244_140_625;
+    let (high, low_bits) = (n >> 12, (n & 0xFFF) as u64);
+    let (mut quotient, mut rem) = (0u128, 0u64);
+    for shift in [96u32, 64, 32, 0] {
+        // rem < 5^12 < 2^28: the limb appended below it fits a u64.
+        let current = (rem << 32) | ((high >> shift) as u64 & 0xFFFF_FFFF);
+        quotient |= u128::from(current / FIVE_POW_12) << shift;
+        rem = current % FIVE_POW_12;
+    }
+    (quotient, (rem << 12) | low_bits)
 }
 
 impl fmt::Display for Amount {
@@ -565,6 +582,11 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn division_by_10e12_matches_u128_division(n in any::<u128>()) {
+            prop_assert_eq!(div_rem_10e12(n), (n / 1_000_000_000_000, (n % 1_000_000_000_000) as u64));
+        }
+
         #[test]
         fn text_round_trips(scaled in -SCALED_MAX..=SCALED_MAX) {
             let x = Amount::from_scaled(scaled).unwrap();
