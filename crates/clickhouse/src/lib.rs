@@ -31,8 +31,8 @@ pub use migrations::MIGRATIONS;
 pub use reports::{quote, CostBy, OffsetRanges, Totals};
 pub use rollups::{RepairReport, Rollup, RollupMismatch, ROLLUPS};
 pub use row::{
-    datetime, DateTimeRangeError, DeadLetterRow, LedgerEntryRow, PricedRow, PricedRowBinary,
-    DEAD_LETTER_PAYLOAD_PREFIX_BYTES, DECIMAL_SCALE,
+    datetime, DateTimeRangeError, DeadLetterRow, LedgerEntryRow, PricedRow, DEAD_LETTER_PAYLOAD_PREFIX_BYTES,
+    DECIMAL_SCALE, PRICED_COLUMNS,
 };
 pub use sink::{ClickHouseSettings, ClickHouseSink, SinkError, StoredPositions, TsvRows};
 pub use stored::{lookup_sql, row_key, stored_keys_sql, StoredKey, ROW_KEY_SQL};

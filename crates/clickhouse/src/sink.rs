@@ -1,7 +1,7 @@
 //! Talking to ClickHouse: migrations, inserts, read-backs.
 
 use crate::migrations::{added_column, statements, MIGRATIONS};
-use crate::row::{DeadLetterRow, LedgerEntryRow, PricedRow, PricedRowBinary};
+use crate::row::{DeadLetterRow, LedgerEntryRow, PricedRow, PRICED_COLUMNS};
 use clickhouse::Client;
 use std::time::Duration;
 
@@ -417,6 +417,13 @@ fn unescape_tsv(field: &str) -> String {
 /// of stored rows.
 pub type StoredPositions = std::collections::HashMap<(String, String), (String, i32, i64)>;
 
+/// Bytes of RowBinary sent to ClickHouse at a time: the clickhouse crate's
+/// own chunk size for buffered inserts.
+const INSERT_CHUNK_BYTES: usize = 256 * 1024;
+/// Room past a chunk's size for the row that crosses it (rows take a few
+/// hundred bytes): without it, that row regrew and copied the whole chunk.
+const INSERT_CHUNK_SLACK: usize = 64 * 1024;
+
 /// How often to look for a previous owner's INSERT still running.
 const IN_FLIGHT_POLL: Duration = Duration::from_millis(200);
 
@@ -426,16 +433,36 @@ impl ClickHouseSink {
     /// (or a new owner of the partition) cannot overlap an INSERT in flight.
     pub async fn insert_with_id(&self, rows: &[&PricedRow], query_id: &str) -> Result<(), SinkError> {
         let client = self.database_client.clone().with_setting("query_id", query_id);
+        self.insert_priced(&client, "priced_events", rows, &format!("INSERT {query_id}")).await
+    }
+
+    /// Rows into `table` (shaped like `priced_events`) in RowBinary, sent
+    /// in chunks of about [`INSERT_CHUNK_BYTES`] as they are written;
+    /// `what` names the INSERT in errors.
+    async fn insert_priced(
+        &self,
+        client: &Client,
+        table: &str,
+        rows: &[&PricedRow],
+        what: &str,
+    ) -> Result<(), SinkError> {
         let timeout = Some(self.settings.insert_timeout);
-        let mut insert = client
-            .insert::<PricedRowBinary>("priced_events")
-            .await
-            .map_err(ch("starting INSERT"))?
-            .with_timeouts(timeout, timeout);
+        // A table of ours, quoted as `Client::insert` quotes one.
+        let table_sql = format!("`{}`", table.replace('\\', "\\\\").replace('`', "\\`"));
+        let sql = format!("INSERT INTO {table_sql} ({PRICED_COLUMNS}) FORMAT RowBinary");
+        let mut insert = client.insert_formatted_with(sql).with_timeouts(timeout, timeout);
+        let mut chunk = Vec::with_capacity(INSERT_CHUNK_BYTES + INSERT_CHUNK_SLACK);
         for row in rows {
-            insert.write(&row.binary()).await.map_err(ch("writing INSERT"))?;
+            row.write_row_binary(&mut chunk);
+            if chunk.len() >= INSERT_CHUNK_BYTES {
+                let full = std::mem::replace(&mut chunk, Vec::with_capacity(INSERT_CHUNK_BYTES + INSERT_CHUNK_SLACK));
+                insert.send(full.into()).await.map_err(ch(format!("writing {what}")))?;
+            }
         }
-        insert.end().await.map_err(ch(format!("INSERT {query_id} of {} rows", rows.len())))
+        if !chunk.is_empty() {
+            insert.send(chunk.into()).await.map_err(ch(format!("writing {what}")))?;
+        }
+        insert.end().await.map_err(ch(format!("{what} of {} rows", rows.len())))
     }
 
     /// Runs a statement under a deterministic `query_id` (see
@@ -501,17 +528,7 @@ impl ClickHouseSink {
 
     /// Inserts rows into a table shaped like `priced_events` (staging).
     pub(crate) async fn insert_rows(&self, table: &str, rows: &[&PricedRow]) -> Result<(), SinkError> {
-        let timeout = Some(self.settings.insert_timeout);
-        let mut insert = self
-            .database_client
-            .insert::<PricedRowBinary>(table)
-            .await
-            .map_err(ch(format!("starting INSERT into {table}")))?
-            .with_timeouts(timeout, timeout);
-        for row in rows {
-            insert.write(&row.binary()).await.map_err(ch("writing INSERT"))?;
-        }
-        insert.end().await.map_err(ch(format!("INSERT of {} rows into {table}", rows.len())))
+        self.insert_priced(&self.database_client, table, rows, &format!("INSERT into {table}")).await
     }
 
     /// Inserts ledger entries (at least once: the `balances` view counts an
