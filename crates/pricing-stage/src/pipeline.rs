@@ -68,10 +68,6 @@ use crate::report::RunReport;
 use crate::seen::{Seen, SeenIds};
 use futures::FutureExt;
 use std::collections::{BTreeMap, HashMap};
-
-/// Maps looked up several times per message (topic, partition): std's
-/// SipHash was ~3% of the stage's CPU; none of these keys comes from users.
-type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch};
@@ -84,6 +80,10 @@ use usage_kafka::{
 use usage_model::Amount;
 use usage_pricing::RateBook;
 use usage_runtime::{Backoff, GaveUp, Health, RetryPolicy, Shutdown, StopWhen, Watchdog, WatchdogVerdict};
+
+/// Maps looked up several times per message (topic, partition): std's
+/// SipHash was ~3% of the stage's CPU; none of these keys comes from users.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// How often a filling batch feeds the ledger what it priced so far: the
 /// part of threshold-event latency due to the pricing stage (a feed is one
@@ -344,36 +344,12 @@ impl Pipeline {
     }
 
     async fn consume(&mut self, consumer: Arc<GroupConsumer>, shutdown: Shutdown) -> Result<RunReport, PipelineError> {
-        let raw = usage_kafka::partition_counts(&self.kafka, &[&self.config.raw_topic], KAFKA_CALL_TIMEOUT)?[0];
-        if raw == 0 {
-            return Err(PipelineError::MissingTopic(self.config.raw_topic.clone()));
-        }
-        self.raw_partitions = raw as i32;
-        if let Some(priced) = &self.config.priced_topic {
-            let n = usage_kafka::partition_counts(&self.kafka, &[priced], KAFKA_CALL_TIMEOUT)?[0];
-            if n == 0 {
-                return Err(PipelineError::MissingTopic(priced.clone()));
-            }
-            self.priced_partitions = Some(n as i32);
-        }
+        self.count_partitions()?;
         tracing::info!(topic = %self.config.raw_topic, group = %self.config.group_id, "consuming");
-        let deliverer = Arc::new(Deliverer {
-            config: self.config.clone(),
-            sink: self.sink.clone(),
-            producer: self.producer.clone(),
-            consumer: Arc::clone(&consumer),
-            holdings: Arc::clone(&self.holdings),
-            health: self.health.clone(),
-            metrics: self.metrics.clone(),
-            committer: Committer::new(Arc::clone(&consumer), self.metrics.clone()),
-        });
+        let deliverer = Arc::new(self.deliverer(&consumer));
         self.metrics.rate_cards(self.processor.rate_book());
-        let mut unassigned_since = Some(Instant::now());
-        let mut watchdog = Watchdog::new(self.config.stall_after, &self.health);
-        let mut last_watchdog_check = Instant::now();
+        let mut clocks = LoopClocks::new(self.config.stall_after, &self.health);
         let mut report = RunReport::default();
-        let mut last_activity = Instant::now();
-        let mut last_progress_log = Instant::now();
         let mut in_flight: Option<InFlight> = None;
         loop {
             self.apply_rate_updates();
@@ -393,9 +369,7 @@ impl Pipeline {
             // The previous batch was delivered while this one filled.
             let waiting = Instant::now();
             if let Some(previous) = in_flight.take() {
-                let delivered = previous.finish(&mut report, &self.metrics).await?;
-                self.previous = None;
-                self.delivered = Arc::try_unwrap(delivered).ok();
+                self.reclaim(previous, &mut report).await?;
             }
             if !batch.is_empty() {
                 tracing::debug!(
@@ -405,51 +379,14 @@ impl Pipeline {
                     "batch filled; delivering"
                 );
                 self.metrics.batch_filled(batch.n_messages(), filled.duration_since(filling).as_secs_f64());
-                let batch = Arc::new(batch);
-                self.previous = Some(Arc::clone(&batch));
-                let (fed, previous_fed) = oneshot::channel();
-                self.previous_fed = Some(previous_fed);
-                let feeder = self.feeder();
-                let (deliverer, shutdown) = (Arc::clone(&deliverer), shutdown.clone());
-                // The feed's last acknowledgements and the delivery come
-                // after the filling of the next batch has begun.
-                let task = tokio::spawn(async move {
-                    if let Some(closing) = closing {
-                        feeder.finish(closing, &shutdown, batch.n_messages()).await?;
-                    }
-                    let _ = fed.send(());
-                    deliverer.deliver(batch, shutdown).await
-                });
-                in_flight = Some(InFlight { task, since: Instant::now() });
-                last_activity = Instant::now();
+                in_flight = Some(self.deliver_in_background(batch, closing, &deliverer, &shutdown));
+                clocks.last_activity = Instant::now();
             }
             // Time not spent consuming (a delivery waited for) is no stall.
             if filled.elapsed() >= WATCHDOG_EXCUSE_AFTER {
-                watchdog.excuse();
+                clocks.watchdog.excuse();
             }
-            if last_watchdog_check.elapsed() >= WATCHDOG_CHECK_INTERVAL {
-                last_watchdog_check = Instant::now();
-                if let WatchdogVerdict::Rejoin(_) = self.watch(&consumer, &mut watchdog)? {
-                    consumer.unsubscribe();
-                    consumer.subscribe(&[&self.config.raw_topic])?;
-                    report.rejoins += 1;
-                }
-            }
-            self.metrics.follow(&report);
-            self.metrics.dedup(self.seen_ids(), self.seen_bytes());
-            self.metrics.lags(&consumer.context().lags());
-            if last_progress_log.elapsed() >= PROGRESS_LOG_INTERVAL {
-                last_progress_log = Instant::now();
-                tracing::info!(
-                    consumed = report.consumed,
-                    priced = report.priced,
-                    duplicates = report.duplicates,
-                    dead_lettered = report.dead_lettered_total(),
-                    duplicate_check_ids = self.seen_ids(),
-                    duplicate_check_mib = self.seen_bytes() >> 20,
-                    "progress"
-                );
-            }
+            self.look_around(&consumer, &mut clocks, &mut report)?;
             if shutdown.is_requested() {
                 if let Some(last) = in_flight.take() {
                     last.finish(&mut report, &self.metrics).await?;
@@ -458,33 +395,151 @@ impl Pipeline {
                 tracing::info!("shutdown requested: last batch committed, stopping");
                 break;
             }
-            if let StopWhen::CaughtUp { idle } = self.config.stop_when {
-                let assigned = consumer.assignment()?.count() > 0;
-                if assigned {
-                    unassigned_since = None;
-                }
-                let unassigned_for = unassigned_since.get_or_insert_with(Instant::now).elapsed();
-                if !assigned && unassigned_for > self.config.assignment_timeout {
-                    return Err(PipelineError::NoAssignment {
-                        topic: self.config.raw_topic.clone(),
-                        seconds: self.config.assignment_timeout.as_secs(),
-                    });
-                }
-                if assigned
-                    && in_flight.is_none()
-                    && last_activity.elapsed() >= idle
-                    && usage_runtime::caught_up(&consumer, |t, p| {
-                        report.offsets.get(&(t.to_owned(), p)).map(|(_, next)| *next)
-                    })?
-                {
-                    tracing::info!("caught up with the end of every assigned partition, stopping");
-                    break;
-                }
+            if self.caught_up(&consumer, &report, &mut clocks, in_flight.is_some())? {
+                tracing::info!("caught up with the end of every assigned partition, stopping");
+                break;
             }
         }
         deliverer.committer.finish().await;
         report.commit_failures = deliverer.committer.failures();
         Ok(report)
+    }
+
+    /// Reads how many partitions the raw and priced topics have (the home
+    /// partitions of accounts follow from them).
+    fn count_partitions(&mut self) -> Result<(), PipelineError> {
+        let raw = usage_kafka::partition_counts(&self.kafka, &[&self.config.raw_topic], KAFKA_CALL_TIMEOUT)?[0];
+        if raw == 0 {
+            return Err(PipelineError::MissingTopic(self.config.raw_topic.clone()));
+        }
+        self.raw_partitions = raw as i32;
+        if let Some(priced) = &self.config.priced_topic {
+            let n = usage_kafka::partition_counts(&self.kafka, &[priced], KAFKA_CALL_TIMEOUT)?[0];
+            if n == 0 {
+                return Err(PipelineError::MissingTopic(priced.clone()));
+            }
+            self.priced_partitions = Some(n as i32);
+        }
+        Ok(())
+    }
+
+    fn deliverer(&self, consumer: &Arc<GroupConsumer>) -> Deliverer {
+        Deliverer {
+            config: self.config.clone(),
+            sink: self.sink.clone(),
+            producer: self.producer.clone(),
+            consumer: Arc::clone(consumer),
+            holdings: Arc::clone(&self.holdings),
+            health: self.health.clone(),
+            metrics: self.metrics.clone(),
+            committer: Committer::new(Arc::clone(consumer), self.metrics.clone()),
+        }
+    }
+
+    /// Hands a closed batch to a task of its own: the end of its feed, then
+    /// its delivery, while the next batch fills.
+    fn deliver_in_background(
+        &mut self,
+        batch: Batch,
+        closing: Option<ClosingFeed>,
+        deliverer: &Arc<Deliverer>,
+        shutdown: &Shutdown,
+    ) -> InFlight {
+        let batch = Arc::new(batch);
+        self.previous = Some(Arc::clone(&batch));
+        let (fed, previous_fed) = oneshot::channel();
+        self.previous_fed = Some(previous_fed);
+        let feeder = self.feeder();
+        let (deliverer, shutdown) = (Arc::clone(deliverer), shutdown.clone());
+        let task = tokio::spawn(async move {
+            if let Some(closing) = closing {
+                feeder.finish(closing, &shutdown, batch.n_messages()).await?;
+            }
+            let _ = fed.send(());
+            deliverer.deliver(batch, shutdown).await
+        });
+        InFlight { task, since: Instant::now() }
+    }
+
+    /// Between batches: the stall watchdog (at its interval), the metrics,
+    /// and the progress log (at its interval).
+    fn look_around(
+        &mut self,
+        consumer: &GroupConsumer,
+        clocks: &mut LoopClocks,
+        report: &mut RunReport,
+    ) -> Result<(), PipelineError> {
+        if clocks.last_watchdog_check.elapsed() >= WATCHDOG_CHECK_INTERVAL {
+            clocks.last_watchdog_check = Instant::now();
+            if let WatchdogVerdict::Rejoin(_) = self.watch(consumer, &mut clocks.watchdog)? {
+                consumer.unsubscribe();
+                consumer.subscribe(&[&self.config.raw_topic])?;
+                report.rejoins += 1;
+            }
+        }
+        self.metrics.follow(report);
+        self.metrics.dedup(self.seen_ids(), self.seen_bytes());
+        self.metrics.lags(&consumer.context().lags());
+        if clocks.last_progress_log.elapsed() >= PROGRESS_LOG_INTERVAL {
+            clocks.last_progress_log = Instant::now();
+            tracing::info!(
+                consumed = report.consumed,
+                priced = report.priced,
+                duplicates = report.duplicates,
+                dead_lettered = report.dead_lettered_total(),
+                duplicate_check_ids = self.seen_ids(),
+                duplicate_check_mib = self.seen_bytes() >> 20,
+                "progress"
+            );
+        }
+        Ok(())
+    }
+
+    /// Waits for the delivery of the previous batch; keeps its emptied
+    /// batch for reuse.
+    async fn reclaim(&mut self, delivery: InFlight, report: &mut RunReport) -> Result<(), PipelineError> {
+        let delivered = delivery.finish(report, &self.metrics).await?;
+        self.previous = None;
+        self.delivered = Arc::try_unwrap(delivered).ok();
+        Ok(())
+    }
+
+    /// `StopWhen::CaughtUp`: whether the loop is done (every assigned
+    /// partition consumed to its end, nothing delivering, nothing new for
+    /// `idle`); an error once nothing has been assigned for
+    /// `assignment_timeout`.
+    fn caught_up(
+        &self,
+        consumer: &GroupConsumer,
+        report: &RunReport,
+        clocks: &mut LoopClocks,
+        delivering: bool,
+    ) -> Result<bool, PipelineError> {
+        let StopWhen::CaughtUp { idle } = self.config.stop_when else { return Ok(false) };
+        let assigned = self.assigned_in_time(consumer, clocks)?;
+        Ok(assigned
+            && !delivering
+            && clocks.last_activity.elapsed() >= idle
+            && usage_runtime::caught_up(consumer, |t, p| {
+                report.offsets.get(&(t.to_owned(), p)).map(|(_, next)| *next)
+            })?)
+    }
+
+    /// Whether a partition is assigned; an error once none has been for
+    /// `assignment_timeout`.
+    fn assigned_in_time(&self, consumer: &GroupConsumer, clocks: &mut LoopClocks) -> Result<bool, PipelineError> {
+        let assigned = consumer.assignment()?.count() > 0;
+        if assigned {
+            clocks.unassigned_since = None;
+        }
+        let unassigned_for = clocks.unassigned_since.get_or_insert_with(Instant::now).elapsed();
+        if !assigned && unassigned_for > self.config.assignment_timeout {
+            return Err(PipelineError::NoAssignment {
+                topic: self.config.raw_topic.clone(),
+                seconds: self.config.assignment_timeout.as_secs(),
+            });
+        }
+        Ok(assigned)
     }
 
     /// One watchdog check over the assigned partitions: the broker is asked
@@ -582,10 +637,7 @@ impl Pipeline {
         consumer: Arc<GroupConsumer>,
         shutdown: Shutdown,
     ) -> Result<(Batch, Option<FeedInFlight>), PipelineError> {
-        let partitions = self.assigned.values().map(HashMap::len).sum();
-        let (rows, delivered) = (self.config.batch_events_max, self.delivered.take());
-        let mut batch =
-            delivered.map_or_else(|| Batch::sized_for(rows, partitions), |b| b.emptied_for(rows, partitions));
+        let mut batch = self.empty_batch();
         let linger = tokio::time::sleep(self.config.batch_idle);
         tokio::pin!(linger);
         let stop = shutdown.requested();
@@ -600,22 +652,8 @@ impl Pipeline {
         let mut previous_fed = self.previous_fed.take();
         let mut drained = 0u32;
         while batch.n_messages() < self.config.batch_events_max as u64 {
-            let rebalances = consumer.context().rebalances();
-            if self.rebalances_seen != Some(rebalances) {
-                batch.handed_over += self.apply_revocations(&consumer, &mut batch);
-                // Partitions assigned but not taken yet: take them (and move
-                // the consumer to their resume points) before their messages.
-                let untaken: Vec<(String, i32)> = consumer
-                    .assignment()?
-                    .elements()
-                    .iter()
-                    .filter(|e| !self.assigned.get(e.topic()).is_some_and(|p| p.contains_key(&e.partition())))
-                    .map(|e| (e.topic().to_owned(), e.partition()))
-                    .collect();
-                if !untaken.is_empty() && !self.assign(&untaken, &shutdown).await? {
-                    break;
-                }
-                self.rebalances_seen = Some(rebalances);
+            if !self.follow_rebalances(&consumer, &mut batch, &shutdown).await? {
+                break;
             }
             // A message already fetched is taken at once; the timers, the
             // shutdown watch and the feed are polled every `DRAIN_MAX`
@@ -640,11 +678,7 @@ impl Pipeline {
                         continue;
                     }
                     _ = &mut feed_due, if !batch.is_empty() && feeding.is_none() && previous_fed.is_none() && !self.feeds_stopped => {
-                        // Best effort here; what is left is fed, retried, once the batch closes.
-                        match self.start_feed(&mut batch, true).await {
-                            Ok(feed) => feeding = feed,
-                            Err(e) => tracing::warn!(error = %e, "ledger feed failed; retrying when the batch closes"),
-                        }
+                        feeding = self.feed_while_filling(&mut batch).await;
                         feed_due.as_mut().reset(tokio::time::Instant::now() + FEED_INTERVAL);
                         continue;
                     }
@@ -670,48 +704,10 @@ impl Pipeline {
                 }
                 Ok(message) => self.take(&mut batch, &message),
             };
-            let Some(owned) = waiting else { continue };
-            let (topic, partition) = (owned.topic(), owned.partition());
-            if self.assigned.get(topic).and_then(|p| p.get(&partition)).is_none() {
-                // A new assignment: take all its partitions now, at once.
-                let mut new = vec![(topic.to_owned(), partition)];
-                for e in consumer.assignment()?.elements() {
-                    let known = self.assigned.get(e.topic()).is_some_and(|p| p.contains_key(&e.partition()));
-                    if !known && (e.topic(), e.partition()) != (topic, partition) {
-                        new.push((e.topic().to_owned(), e.partition()));
-                    }
-                }
-                if !self.assign(&new, &shutdown).await? {
+            if let Some(owned) = waiting {
+                if !self.take_slowly(&consumer, &mut batch, owned, &shutdown).await? {
                     break;
                 }
-                // Moved to where it resumes: this message comes again from
-                // there (or lies before it).
-                if self.assigned.get(topic).and_then(|p| p.get(&partition)).is_some_and(|a| a.positioned) {
-                    continue;
-                }
-            }
-            let Some((resume, positioned)) =
-                self.assigned.get(topic).and_then(|p| p.get(&partition)).map(|a| (a.resume_from, a.positioned))
-            else {
-                break;
-            };
-            if owned.offset() < resume {
-                batch.skipped += 1;
-                continue;
-            }
-            if !positioned && resume != i64::MIN && owned.offset() > resume {
-                // Past the resume point and not moved yet: try again; the
-                // messages in between come first.
-                self.position(topic, partition, Offset::Offset(resume));
-                continue;
-            }
-            let cloud_event = binary_cloud_event(&owned);
-            let payload = cloud_event.as_deref().unwrap_or_else(|| owned.payload().unwrap_or_default());
-            match self.evaluate_until_available(payload, &shutdown).await {
-                Some(outcome) => self.add(&mut batch, &owned, outcome),
-                // Shutdown while a dependency is down: this message is not
-                // in the batch, so its offset is not committed.
-                None => break,
             }
         }
         // Still unfinished, the previous batch's feed holds back the next
@@ -719,6 +715,115 @@ impl Pipeline {
         // (`close_feed`), which waits for it.
         self.previous_fed = previous_fed;
         Ok((batch, feeding))
+    }
+
+    /// The batch to fill: the last one delivered, emptied, if it is back.
+    fn empty_batch(&mut self) -> Batch {
+        let partitions = self.assigned.values().map(HashMap::len).sum();
+        let rows = self.config.batch_events_max;
+        match self.delivered.take() {
+            Some(delivered) => delivered.emptied_for(rows, partitions),
+            None => Batch::sized_for(rows, partitions),
+        }
+    }
+
+    /// After a rebalance: drops the revoked partitions' work from the batch
+    /// and takes the partitions assigned but not taken yet (moving the
+    /// consumer to their resume points) before their messages. `false` on
+    /// shutdown.
+    async fn follow_rebalances(
+        &mut self,
+        consumer: &GroupConsumer,
+        batch: &mut Batch,
+        shutdown: &Shutdown,
+    ) -> Result<bool, PipelineError> {
+        let rebalances = consumer.context().rebalances();
+        if self.rebalances_seen == Some(rebalances) {
+            return Ok(true);
+        }
+        batch.handed_over += self.apply_revocations(consumer, batch);
+        let untaken: Vec<(String, i32)> = consumer
+            .assignment()?
+            .elements()
+            .iter()
+            .filter(|e| !self.assigned.get(e.topic()).is_some_and(|p| p.contains_key(&e.partition())))
+            .map(|e| (e.topic().to_owned(), e.partition()))
+            .collect();
+        if !untaken.is_empty() && !self.assign(&untaken, shutdown).await? {
+            return Ok(false);
+        }
+        self.rebalances_seen = Some(rebalances);
+        Ok(true)
+    }
+
+    /// Feeds the ledger what the filling batch priced so far. Best effort:
+    /// what is left is fed, retried, once the batch closes.
+    async fn feed_while_filling(&self, batch: &mut Batch) -> Option<FeedInFlight> {
+        match self.start_feed(batch, true).await {
+            Ok(feed) => feed,
+            Err(e) => {
+                tracing::warn!(error = %e, "ledger feed failed; retrying when the batch closes");
+                None
+            }
+        }
+    }
+
+    /// A message `take` handed back: the first of a partition not taken yet
+    /// (taken now, with every other new one), or one whose decoding waits
+    /// for a dependency. `false` when the batch should close (shutdown, or
+    /// the partition went meanwhile).
+    async fn take_slowly(
+        &mut self,
+        consumer: &GroupConsumer,
+        batch: &mut Batch,
+        owned: OwnedMessage,
+        shutdown: &Shutdown,
+    ) -> Result<bool, PipelineError> {
+        let (topic, partition) = (owned.topic(), owned.partition());
+        if self.assigned.get(topic).and_then(|p| p.get(&partition)).is_none() {
+            // A new assignment: take all its partitions now, at once.
+            let mut new = vec![(topic.to_owned(), partition)];
+            for e in consumer.assignment()?.elements() {
+                let known = self.assigned.get(e.topic()).is_some_and(|p| p.contains_key(&e.partition()));
+                if !known && (e.topic(), e.partition()) != (topic, partition) {
+                    new.push((e.topic().to_owned(), e.partition()));
+                }
+            }
+            if !self.assign(&new, shutdown).await? {
+                return Ok(false);
+            }
+            // Moved to where it resumes: this message comes again from
+            // there (or lies before it).
+            if self.assigned.get(topic).and_then(|p| p.get(&partition)).is_some_and(|a| a.positioned) {
+                return Ok(true);
+            }
+        }
+        let Some((resume, positioned)) =
+            self.assigned.get(topic).and_then(|p| p.get(&partition)).map(|a| (a.resume_from, a.positioned))
+        else {
+            return Ok(false);
+        };
+        if owned.offset() < resume {
+            batch.skipped += 1;
+            return Ok(true);
+        }
+        if !positioned && resume != i64::MIN && owned.offset() > resume {
+            // Past the resume point and not moved yet: try again; the
+            // messages in between come first.
+            self.position(topic, partition, Offset::Offset(resume));
+            return Ok(true);
+        }
+        let cloud_event = binary_cloud_event(&owned);
+        let payload = cloud_event.as_deref().unwrap_or_else(|| owned.payload().unwrap_or_default());
+        match self.evaluate_until_available(payload, shutdown).await {
+            Some(outcome) => {
+                self.add(batch, &owned, outcome);
+                Ok(true)
+            }
+            // Shutdown while a dependency is down: this message is not in
+            // the batch, so its offset is not committed.
+            None => Ok(false),
+        }
     }
 
     /// Takes one message into the batch; hands it back when it needs the
@@ -1262,6 +1367,30 @@ fn binary_cloud_event<M: Message>(message: &M) -> Option<Vec<u8>> {
         }
     }
     Some(usage_codec::cloud_event_from_binary(attributes, message.payload().unwrap_or_default()))
+}
+
+/// The loop's clocks between batches.
+struct LoopClocks {
+    /// Since when no partition is assigned (`StopWhen::CaughtUp`).
+    unassigned_since: Option<Instant>,
+    /// Last batch with messages.
+    last_activity: Instant,
+    watchdog: Watchdog,
+    last_watchdog_check: Instant,
+    last_progress_log: Instant,
+}
+
+impl LoopClocks {
+    fn new(stall_after: Duration, health: &Health) -> Self {
+        let now = Instant::now();
+        Self {
+            unassigned_since: Some(now),
+            last_activity: now,
+            watchdog: Watchdog::new(stall_after, health),
+            last_watchdog_check: now,
+            last_progress_log: now,
+        }
+    }
 }
 
 /// A batch being delivered by its task.
