@@ -356,35 +356,7 @@ impl Ledger {
         let consumer =
             Arc::new(co_partitioned_consumer(&self.kafka, &self.config.group_id, self.config.queued_kbytes_max)?);
         consumer.subscribe(&[&self.config.priced_topic, &self.config.commands_topic])?;
-        let producer = match &self.config.transactional_id {
-            Some(id) => {
-                let kafka = self.kafka.clone();
-                let id = id.clone();
-                tokio::task::spawn_blocking(move || Producer::transactional(&kafka, "ledger", &id))
-                    .await
-                    .expect("transactional producer set-up does not panic")?
-            }
-            None => Producer::new(&self.kafka, "ledger")?,
-        };
-        // Without transactions the changelog goes through a producer of its
-        // own: a write in flight (~2,000 states took the local broker 50–90
-        // ms) does not hold up threshold events queued behind it on the
-        // same connection, one request in flight at a time.
-        let changelog_producer = match &self.config.transactional_id {
-            Some(_) => producer.clone(),
-            None => {
-                let changelog_producer = Producer::new(&self.kafka, "ledger-changelog")?;
-                // The changelog write in flight lands before the partitions
-                // go: their next owner restores from it.
-                let flushing = changelog_producer.clone();
-                consumer.context().before_revoke(move || {
-                    if let Err(error) = flushing.flush(REVOKE_FLUSH_TIMEOUT) {
-                        tracing::error!(%error, "ledger changelog write still in flight while its partitions are revoked");
-                    }
-                });
-                changelog_producer
-            }
-        };
+        let (producer, changelog_producer) = self.producers(&consumer).await?;
         tracing::info!(
             priced = %self.config.priced_topic,
             commands = %self.config.commands_topic,
@@ -401,34 +373,10 @@ impl Ledger {
             self.restore_assigned(&consumer, report).await?;
             let filling = Instant::now();
             let (messages, stopping) = self.fill(&consumer, shutdown).await?;
-            let n_messages = messages.len();
-            let routing = Instant::now();
-            let received = !messages.is_empty();
-            let mut work: HashMap<i32, PartitionWork> = HashMap::new();
-            for m in messages {
-                report.consumed += 1;
-                self.route(&consumer, m, &mut work, report).await?;
-            }
-            self.check_catch_ups(&consumer, &mut work, report).await?;
-            if self.last_sweep.elapsed() >= self.config.sweep_interval {
-                self.last_sweep = Instant::now();
-                let now = Utc::now();
-                for (p, ledger) in &mut self.partitions {
-                    if !ledger.expire_due(now).is_empty() {
-                        work.entry(*p).or_default();
-                    }
-                }
-            }
-            // Revoked while we filled: the new owner redoes that work.
-            for (_, partition) in consumer.context().take_revoked() {
-                self.drop_partition(partition);
-                work.remove(&partition);
-            }
+            let (n_messages, routing) = (messages.len(), Instant::now());
+            let work = self.gather_work(&consumer, messages, report).await?;
             let stopping = stopping || shutdown.is_requested();
-            let changelog_due = self.partitions.values().any(PartitionLedger::has_dirty)
-                && (stopping
-                    || (self.changelog_write.is_none()
-                        && self.last_changelog.elapsed() >= self.config.changelog_interval));
+            let changelog_due = self.changelog_due(stopping);
             if !work.is_empty() || changelog_due || self.partitions.values().any(PartitionLedger::has_unsent_events) {
                 last_activity = Instant::now();
                 let done = match &self.config.transactional_id {
@@ -459,42 +407,125 @@ impl Ledger {
             }
             // Only without transactions is a changelog write in flight.
             self.finish_changelog_write(&consumer, &changelog_producer, shutdown, stopping).await?;
-            if stopping || shutdown.is_requested() {
+            let stopping = stopping || shutdown.is_requested();
+            if stopping {
                 self.flush_entries(report).await;
             } else {
                 self.write_entries(report, shutdown).await?;
             }
-            self.metrics.follow(report);
-            self.metrics.held(
-                self.partitions.values().map(PartitionLedger::len).sum(),
-                self.partitions.values().map(PartitionLedger::n_unsent_entries).sum(),
-            );
-            if stopping || shutdown.is_requested() {
+            self.follow_metrics(report);
+            if stopping {
                 tracing::info!("ledger: shutdown requested, last batch committed");
                 return Ok(SessionEnd::Stopped);
             }
-            if let StopWhen::CaughtUp { idle } = self.config.stop_when {
-                let assigned = consumer.assignment()?.count() > 0;
-                if !assigned && started.elapsed() > self.config.assignment_timeout {
-                    return Err(LedgerRunError::NoAssignment {
-                        topic: self.config.priced_topic.clone(),
-                        seconds: self.config.assignment_timeout.as_secs(),
-                    });
+            let idle_since = (n_messages == 0).then_some(last_activity);
+            if self.caught_up(&consumer, started, idle_since)? {
+                if self.config.transactional_id.is_none() {
+                    self.write_changelog(&consumer, &changelog_producer, shutdown).await?;
                 }
-                if assigned
-                    && !received
-                    && last_activity.elapsed() >= idle
-                    && usage_runtime::caught_up(&consumer, |_, _| None)?
-                {
-                    if self.config.transactional_id.is_none() {
-                        self.write_changelog(&consumer, &changelog_producer, shutdown).await?;
-                    }
-                    self.flush_entries(report).await;
-                    tracing::info!("ledger caught up with every assigned partition, stopping");
-                    return Ok(SessionEnd::Stopped);
+                self.flush_entries(report).await;
+                tracing::info!("ledger caught up with every assigned partition, stopping");
+                return Ok(SessionEnd::Stopped);
+            }
+        }
+    }
+
+    /// Whether the changed accounts go to the changelog now: when
+    /// stopping, else every `changelog_interval`, one write at a time.
+    fn changelog_due(&self, stopping: bool) -> bool {
+        self.partitions.values().any(PartitionLedger::has_dirty)
+            && (stopping
+                || (self.changelog_write.is_none() && self.last_changelog.elapsed() >= self.config.changelog_interval))
+    }
+
+    fn follow_metrics(&self, report: &LedgerReport) {
+        self.metrics.follow(report);
+        self.metrics.held(
+            self.partitions.values().map(PartitionLedger::len).sum(),
+            self.partitions.values().map(PartitionLedger::n_unsent_entries).sum(),
+        );
+    }
+
+    /// The producer of threshold events and, with transactions, of
+    /// everything; without, the changelog goes through a producer of its
+    /// own: a write in flight (~2,000 states took the local broker 50–90
+    /// ms) does not hold up threshold events queued behind it on the same
+    /// connection, one request in flight at a time.
+    async fn producers(&self, consumer: &GroupConsumer) -> Result<(Producer, Producer), LedgerRunError> {
+        let Some(id) = &self.config.transactional_id else {
+            let producer = Producer::new(&self.kafka, "ledger")?;
+            let changelog_producer = Producer::new(&self.kafka, "ledger-changelog")?;
+            // The changelog write in flight lands before the partitions go:
+            // their next owner restores from it.
+            let flushing = changelog_producer.clone();
+            consumer.context().before_revoke(move || {
+                if let Err(error) = flushing.flush(REVOKE_FLUSH_TIMEOUT) {
+                    tracing::error!(%error, "ledger changelog write still in flight while its partitions are revoked");
+                }
+            });
+            return Ok((producer, changelog_producer));
+        };
+        let (kafka, id) = (self.kafka.clone(), id.clone());
+        let producer = tokio::task::spawn_blocking(move || Producer::transactional(&kafka, "ledger", &id))
+            .await
+            .expect("transactional producer set-up does not panic")?;
+        Ok((producer.clone(), producer))
+    }
+
+    /// A batch's work per partition: its messages routed to their
+    /// partitions' ledgers, the catch-ups, the partitions with credit
+    /// expiring (every `sweep_interval`); none for a partition revoked
+    /// while the batch filled (its new owner redoes that work).
+    async fn gather_work(
+        &mut self,
+        consumer: &GroupConsumer,
+        messages: Vec<OwnedMessage>,
+        report: &mut LedgerReport,
+    ) -> Result<HashMap<i32, PartitionWork>, LedgerRunError> {
+        let mut work: HashMap<i32, PartitionWork> = HashMap::new();
+        for m in messages {
+            report.consumed += 1;
+            self.route(consumer, m, &mut work, report).await?;
+        }
+        self.check_catch_ups(consumer, &mut work, report).await?;
+        if self.last_sweep.elapsed() >= self.config.sweep_interval {
+            self.last_sweep = Instant::now();
+            let now = Utc::now();
+            for (p, ledger) in &mut self.partitions {
+                if !ledger.expire_due(now).is_empty() {
+                    work.entry(*p).or_default();
                 }
             }
         }
+        for (_, partition) in consumer.context().take_revoked() {
+            self.drop_partition(partition);
+            work.remove(&partition);
+        }
+        Ok(work)
+    }
+
+    /// `StopWhen::CaughtUp`: whether the session is done (a partition
+    /// assigned, every assigned one consumed to its end, the last batch
+    /// empty and nothing new for `idle`); an error once nothing has been
+    /// assigned for `assignment_timeout`. `idle_since`: the last activity,
+    /// when the last batch was empty.
+    fn caught_up(
+        &self,
+        consumer: &GroupConsumer,
+        started: Instant,
+        idle_since: Option<Instant>,
+    ) -> Result<bool, LedgerRunError> {
+        let StopWhen::CaughtUp { idle } = self.config.stop_when else { return Ok(false) };
+        let assigned = consumer.assignment()?.count() > 0;
+        if !assigned && started.elapsed() > self.config.assignment_timeout {
+            return Err(LedgerRunError::NoAssignment {
+                topic: self.config.priced_topic.clone(),
+                seconds: self.config.assignment_timeout.as_secs(),
+            });
+        }
+        Ok(assigned
+            && idle_since.is_some_and(|since| since.elapsed() >= idle)
+            && usage_runtime::caught_up(consumer, |_, _| None)?)
     }
 
     /// Up to `batch_records_max` messages, until `batch_linger` after the
