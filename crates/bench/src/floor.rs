@@ -84,19 +84,58 @@ pub async fn broker_floor(
     let specs: Vec<TopicSpec> = topics.iter().map(|t| TopicSpec::new(t.clone(), PARTITIONS)).collect();
     ensure_topics(settings, &specs, Duration::from_secs(30)).await?;
     let base = Instant::now();
-    let stop = Arc::new(AtomicBool::new(false));
+    let hops = Hops { settings: following(settings), stop: Arc::default(), ready: Arc::default() };
     let latencies_ms: Arc<Mutex<Vec<f64>>> = Arc::default();
-    let ready = Arc::new(AtomicUsize::new(0));
-    let runtime = tokio::runtime::Handle::current();
-    let mut stages: Vec<JoinHandle<Result<()>>> = Vec::new();
+    let stages = [
+        hops.relay(topics[0].clone(), topics[1].clone()),
+        hops.emit(topics[1].clone(), topics[2].clone(), last_hop),
+        hops.measure(topics[2].clone(), base, Arc::clone(&latencies_ms)),
+    ];
+    // Every hop connected, and a second for their first fetches.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while hops.ready.load(Ordering::Relaxed) < stages.len() {
+        anyhow::ensure!(Instant::now() < deadline, "the floor's hops did not connect within 60 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    offer_load(settings, &topics[0], rate, seconds, last_hop, base).await?;
+    // Until nothing more arrives for two seconds (at most 60).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = usize::MAX;
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let now_seen = latencies_ms.lock().expect("latencies").len();
+        if (now_seen == seen && now_seen > 0) || Instant::now() > deadline {
+            break;
+        }
+        seen = now_seen;
+    }
+    hops.stop.store(true, Ordering::Relaxed);
+    for stage in stages {
+        stage.join().map_err(|_| anyhow::anyhow!("a floor stage panicked"))?.context("a floor stage")?;
+    }
+    let mut latencies = std::mem::take(&mut *latencies_ms.lock().expect("latencies"));
+    latencies.sort_by(f64::total_cmp);
+    Ok((crate::percentile(&latencies, 0.50), crate::percentile(&latencies, 0.99)))
+}
 
-    // Hop 1 → 2: every RELAY_INTERVAL, one message per partition of the
-    // instants received since the last.
-    {
-        let (settings, stop, runtime, ready) =
-            (following(settings), Arc::clone(&stop), runtime.clone(), Arc::clone(&ready));
-        let (from, to) = (topics[0].clone(), topics[1].clone());
-        stages.push(std::thread::spawn(move || -> Result<()> {
+/// The chain's hops, each a thread with a consumer of its own, until
+/// `stop`; each adds one to `ready` once connected.
+struct Hops {
+    settings: KafkaSettings,
+    stop: Arc<AtomicBool>,
+    ready: Arc<AtomicUsize>,
+}
+
+type Stage = JoinHandle<Result<()>>;
+
+impl Hops {
+    /// Hop 1 → 2: every RELAY_INTERVAL, one message per partition of the
+    /// instants received since the last.
+    fn relay(&self, from: String, to: String) -> Stage {
+        let (settings, stop, ready) = (self.settings.clone(), Arc::clone(&self.stop), Arc::clone(&self.ready));
+        let runtime = tokio::runtime::Handle::current();
+        std::thread::spawn(move || -> Result<()> {
             let follower = TopicFollower::new(&settings, &from, Duration::from_secs(30))?;
             let producer = Producer::new(&settings, "floor-relay")?;
             ready.fetch_add(1, Ordering::Relaxed);
@@ -128,15 +167,15 @@ pub async fn broker_floor(
                 }
             }
             Ok(())
-        }));
+        })
     }
-    // Hop 2 → 3: at once, what `last_hop` says of each message's instants,
-    // acknowledged before the next (as the ledger sends its events).
-    {
-        let (settings, stop, runtime, ready) =
-            (following(settings), Arc::clone(&stop), runtime.clone(), Arc::clone(&ready));
-        let (from, to) = (topics[1].clone(), topics[2].clone());
-        stages.push(std::thread::spawn(move || -> Result<()> {
+
+    /// Hop 2 → 3: at once, what `last_hop` says of each message's instants,
+    /// acknowledged before the next (as the ledger sends its events).
+    fn emit(&self, from: String, to: String, last_hop: LastHop) -> Stage {
+        let (settings, stop, ready) = (self.settings.clone(), Arc::clone(&self.stop), Arc::clone(&self.ready));
+        let runtime = tokio::runtime::Handle::current();
+        std::thread::spawn(move || -> Result<()> {
             let follower = TopicFollower::new(&settings, &from, Duration::from_secs(30))?;
             let producer = Producer::new(&settings, "floor-emit")?;
             ready.fetch_add(1, Ordering::Relaxed);
@@ -157,14 +196,13 @@ pub async fn broker_floor(
                 runtime.block_on(producer.send_all(messages))?;
             }
             Ok(())
-        }));
+        })
     }
-    // The measuring end.
-    {
-        let (settings, stop, latencies_ms, ready) =
-            (following(settings), Arc::clone(&stop), Arc::clone(&latencies_ms), Arc::clone(&ready));
-        let from = topics[2].clone();
-        stages.push(std::thread::spawn(move || -> Result<()> {
+
+    /// The measuring end: milliseconds from each instant to its arrival.
+    fn measure(&self, from: String, base: Instant, latencies_ms: Arc<Mutex<Vec<f64>>>) -> Stage {
+        let (settings, stop, ready) = (self.settings.clone(), Arc::clone(&self.stop), Arc::clone(&self.ready));
+        std::thread::spawn(move || -> Result<()> {
             let follower = TopicFollower::new(&settings, &from, Duration::from_secs(30))?;
             ready.fetch_add(1, Ordering::Relaxed);
             while !stop.load(Ordering::Relaxed) {
@@ -175,18 +213,20 @@ pub async fn broker_floor(
                 }
             }
             Ok(())
-        }));
+        })
     }
+}
 
-    // Every hop connected, and a second for their first fetches.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while ready.load(Ordering::Relaxed) < stages.len() {
-        anyhow::ensure!(Instant::now() < deadline, "the floor's hops did not connect within 60 s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    tokio::time::sleep(Duration::from_secs(1)).await;
-
-    // The offered load, as the alert benchmark offers it: 10 ms ticks.
+/// The offered load, as the alert benchmark offers it: `rate` events/s in
+/// 10 ms ticks for `seconds`, each its instant (marked when it alerts).
+async fn offer_load(
+    settings: &KafkaSettings,
+    topic: &str,
+    rate: usize,
+    seconds: u64,
+    last_hop: LastHop,
+    base: Instant,
+) -> Result<()> {
     let producer = Producer::new(settings, "floor-load")?;
     let total = rate * seconds as usize;
     let started = Instant::now();
@@ -205,7 +245,7 @@ pub async fn broker_floor(
             let messages = keys
                 .iter()
                 .map(|(k, alerts)| Outgoing {
-                    topic: &topics[0],
+                    topic,
                     key: Some(k),
                     payload: if *alerts { &marked } else { &plain },
                     headers: None,
@@ -217,26 +257,7 @@ pub async fn broker_floor(
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    // Until nothing more arrives for two seconds (at most 60).
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut seen = usize::MAX;
-    loop {
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let now_seen = latencies_ms.lock().expect("latencies").len();
-        if (now_seen == seen && now_seen > 0) || Instant::now() > deadline {
-            break;
-        }
-        seen = now_seen;
-    }
-    stop.store(true, Ordering::Relaxed);
-    for stage in stages {
-        stage.join().map_err(|_| anyhow::anyhow!("a floor stage panicked"))?.context("a floor stage")?;
-    }
-    let mut latencies = std::mem::take(&mut *latencies_ms.lock().expect("latencies"));
-    latencies.sort_by(f64::total_cmp);
-    let pct =
-        |p: f64| latencies.get(((latencies.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(f64::NAN);
-    Ok((pct(0.50), pct(0.99)))
+    Ok(())
 }
 
 /// The settings every hop's consumer runs with: the pipeline's fetch wait.

@@ -590,22 +590,34 @@ async fn e2e_run(
         // pace moves by a fifth between runs minutes apart, and the ratio
         // to the pipeline's pace with it. Their mean is the reference.
         let after = bare_consumer(&raw, messages.len()).await?;
-        results.insert("bare_consumer_events_per_sec_before_pipeline", before.events_per_sec);
-        results.insert("bare_consumer_events_per_sec_after_pipeline", after.events_per_sec);
-        results.insert("bare_consumer_events_per_sec", (before.events_per_sec + after.events_per_sec) / 2.0);
-        results.insert(
-            "bare_consumer_cpu_seconds_per_million_events",
-            (before.cpu_seconds_per_million + after.cpu_seconds_per_million) / 2.0,
-        );
-        results.insert(
-            "bare_consumer_broker_cpu_us_per_event",
-            (before.broker_cpu_us_per_event + after.broker_cpu_us_per_event) / 2.0,
-        );
+        record_bare_drains(&before, &after, results);
     }
-    let rows = (b.rows - a.rows) as f64;
-    let seconds = |ticks: u64| ticks as f64 / 100.0;
-    let text = std::fs::read_to_string(&summary).unwrap_or_default();
-    let counts = text.lines().find(|l| l.starts_with("INSERTs")).map(|l| {
+    let counts = insert_counts(&std::fs::read_to_string(&summary).unwrap_or_default());
+    if stored().await < n {
+        bail!("{label}: only {} of {n} rows stored; see {}", stored().await, log.display());
+    }
+    let _ = sink.execute(&format!("DROP DATABASE IF EXISTS {database}")).await;
+    Ok(RunMeasure::between(&a, &b, rss, counts))
+}
+
+fn record_bare_drains(before: &BareMeasure, after: &BareMeasure, results: &mut BTreeMap<&'static str, f64>) {
+    results.insert("bare_consumer_events_per_sec_before_pipeline", before.events_per_sec);
+    results.insert("bare_consumer_events_per_sec_after_pipeline", after.events_per_sec);
+    results.insert("bare_consumer_events_per_sec", (before.events_per_sec + after.events_per_sec) / 2.0);
+    results.insert(
+        "bare_consumer_cpu_seconds_per_million_events",
+        (before.cpu_seconds_per_million + after.cpu_seconds_per_million) / 2.0,
+    );
+    results.insert(
+        "bare_consumer_broker_cpu_us_per_event",
+        (before.broker_cpu_us_per_event + after.broker_cpu_us_per_event) / 2.0,
+    );
+}
+
+/// INSERTs, batches and partition batches, from the run summary's line
+/// that starts with "INSERTs" (zeros without one).
+fn insert_counts(summary: &str) -> (u64, u64, u64) {
+    let counts = summary.lines().find(|l| l.starts_with("INSERTs")).map(|l| {
         let numbers: Vec<u64> = l.split(|c: char| !c.is_ascii_digit()).filter_map(|w| w.parse().ok()).collect();
         (
             numbers.first().copied().unwrap_or(0),
@@ -613,27 +625,31 @@ async fn e2e_run(
             numbers.get(2).copied().unwrap_or(0),
         )
     });
-    let (inserts, batches, partition_batches) = counts.unwrap_or_default();
-    if stored().await < n {
-        bail!("{label}: only {} of {n} rows stored; see {}", stored().await, log.display());
+    counts.unwrap_or_default()
+}
+
+impl RunMeasure {
+    /// Over the window between two samples.
+    fn between(a: &CpuSample, b: &CpuSample, rss: u64, (inserts, batches, partition_batches): (u64, u64, u64)) -> Self {
+        let rows = (b.rows - a.rows) as f64;
+        let seconds = |ticks: u64| ticks as f64 / 100.0;
+        RunMeasure {
+            events_per_sec: rows / (b.at - a.at).as_secs_f64(),
+            pipeline_cpu_seconds_per_million: seconds(b.pipeline - a.pipeline) * 1e6 / rows,
+            system_cpu_seconds_per_million: seconds(
+                (b.pipeline - a.pipeline) + (b.clickhouse - a.clickhouse) + (b.broker - a.broker),
+            ) * 1e6
+                / rows,
+            clickhouse_cpu_us_per_event: seconds(b.clickhouse - a.clickhouse) * 1e6 / rows,
+            broker_cpu_us_per_event: seconds(b.broker - a.broker) * 1e6 / rows,
+            clickhouse_merge_cpu_us_per_event: seconds(b.clickhouse_merges.saturating_sub(a.clickhouse_merges)) * 1e6
+                / rows,
+            peak_rss_bytes: rss,
+            inserts,
+            batches,
+            partition_batches,
+        }
     }
-    let _ = sink.execute(&format!("DROP DATABASE IF EXISTS {database}")).await;
-    Ok(RunMeasure {
-        events_per_sec: rows / (b.at - a.at).as_secs_f64(),
-        pipeline_cpu_seconds_per_million: seconds(b.pipeline - a.pipeline) * 1e6 / rows,
-        system_cpu_seconds_per_million: seconds(
-            (b.pipeline - a.pipeline) + (b.clickhouse - a.clickhouse) + (b.broker - a.broker),
-        ) * 1e6
-            / rows,
-        clickhouse_cpu_us_per_event: seconds(b.clickhouse - a.clickhouse) * 1e6 / rows,
-        broker_cpu_us_per_event: seconds(b.broker - a.broker) * 1e6 / rows,
-        clickhouse_merge_cpu_us_per_event: seconds(b.clickhouse_merges.saturating_sub(a.clickhouse_merges)) * 1e6
-            / rows,
-        peak_rss_bytes: rss,
-        inserts,
-        batches,
-        partition_batches,
-    })
 }
 
 /// What one bare drain of a topic measured.
@@ -744,60 +760,19 @@ async fn alert_latency(args: &Args, results: &mut BTreeMap<&'static str, f64>) -
         )
     };
     let cost = usage_pricing::Pricer::new(book).price(usage_codec::decode_json(usage(0).as_bytes())?)?.quote.cost;
-    let budget = cost.checked_mul_count(BUDGET_EVENTS as u64)?;
-    // Every account crosses 50, 80 and 100% of a budget of 30 events.
-    let commands: Vec<(Vec<u8>, Vec<u8>)> = (0..ACCOUNTS)
-        .map(|a| {
-            let account = format!("lat-{a:05}");
-            let json = format!(
-                r#"{{"type":"account_settings","account_id":"{account}","effective_from":"2026-01-01T00:00:00Z","billing_mode":"postpaid","currency":"USD","monthly_budget":"{}"}}"#,
-                budget
-            );
-            (account.into_bytes(), json.into_bytes())
-        })
-        .collect();
     let producer = Producer::new(&kafka(), "bench-alerts")?;
     let commands_topic = format!("{raw}-commands");
-    produce(&producer, &commands_topic, &commands).await?;
+    produce(&producer, &commands_topic, &budget_commands(cost.checked_mul_count(BUDGET_EVENTS as u64)?)).await?;
 
     let mut pipeline = spawn(&args.pipeline, &env, &["run"], &log)?;
     let mut ledger = spawn(&args.pipeline, &env, &["ledger"], &log)?;
     // The ledger has read the settings once its group has no lag on them.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let lag =
-            usage_kafka::committed_lag(&kafka(), &format!("{raw}-ledger"), &commands_topic, Duration::from_secs(10))?;
-        if lag.iter().all(|p| p.committed.is_some() && p.lag() == 0) {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("the ledger did not read the account settings; see {}", log.display());
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    if !wait_until_read(&format!("{raw}-ledger"), &commands_topic, Duration::from_secs(120)).await? {
+        bail!("the ledger did not read the account settings; see {}", log.display());
     }
-
-    // Threshold events, with when they arrived.
     let arrivals: Arc<Mutex<Vec<(Instant, LedgerEvent)>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
-    let follower = {
-        let (arrivals, stop, topic) = (Arc::clone(&arrivals), Arc::clone(&stop), format!("{raw}-events"));
-        std::thread::spawn(move || -> Result<()> {
-            // Fetching as the pipeline's own consumers do, not librdkafka's
-            // default 500 ms: the measuring consumer's waits are not the
-            // pipeline's latency.
-            let mut settings = kafka();
-            settings.overrides.insert("fetch.wait.max.ms".into(), fetch_wait_max_ms().to_string());
-            let follower = TopicFollower::new(&settings, &topic, Duration::from_secs(30))?;
-            while !stop.load(Ordering::Relaxed) {
-                if let Some((_, Some(value))) = follower.next(Duration::from_millis(50)) {
-                    if let Ok(event) = LedgerEvent::from_json(&value) {
-                        arrivals.lock().expect("arrivals").push((Instant::now(), event));
-                    }
-                }
-            }
-            Ok(())
-        })
-    };
+    let follower = follow_events(format!("{raw}-events"), Arc::clone(&arrivals), Arc::clone(&stop));
 
     // Offered load: `alert_rate` events/s in 10 ms ticks.
     let total = args.alert_rate * args.alert_seconds as usize;
@@ -830,9 +805,81 @@ async fn alert_latency(args: &Args, results: &mut BTreeMap<&'static str, f64>) -
         unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
         let _ = child.wait();
     }
+    let latencies = threshold_latencies_ms(&arrivals.lock().expect("arrivals"), &produced_at);
+    if latencies.len() < expected {
+        eprintln!("[bench] only {} of {expected} threshold events arrived", latencies.len());
+    }
+    results.insert("alert_latency_p50_ms", percentile(&latencies, 0.50));
+    results.insert("alert_latency_p99_ms", percentile(&latencies, 0.99));
+    results.insert("alert_offered_events_per_sec", offered);
+    results.insert("alert_events_measured", latencies.len() as f64);
+    broker_floors(args, results).await?;
+    if let Ok(sink) = clickhouse(&database) {
+        let _ = sink.execute(&format!("DROP DATABASE IF EXISTS {database}")).await;
+    }
+    Ok(())
+}
+
+/// Every alert account's settings: postpaid with a monthly budget of
+/// `budget`, which each crosses 50, 80 and 100% of.
+fn budget_commands(budget: usage_model::Amount) -> Vec<(Vec<u8>, Vec<u8>)> {
+    (0..floor::ACCOUNTS)
+        .map(|a| {
+            let account = format!("lat-{a:05}");
+            let json = format!(
+                r#"{{"type":"account_settings","account_id":"{account}","effective_from":"2026-01-01T00:00:00Z","billing_mode":"postpaid","currency":"USD","monthly_budget":"{}"}}"#,
+                budget
+            );
+            (account.into_bytes(), json.into_bytes())
+        })
+        .collect()
+}
+
+/// Whether `group` has committed the end of every partition of `topic`
+/// within `patience`.
+async fn wait_until_read(group: &str, topic: &str, patience: Duration) -> Result<bool> {
+    let deadline = Instant::now() + patience;
+    loop {
+        let lag = usage_kafka::committed_lag(&kafka(), group, topic, Duration::from_secs(10))?;
+        if lag.iter().all(|p| p.committed.is_some() && p.lag() == 0) {
+            return Ok(true);
+        }
+        if Instant::now() > deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A thread that records the threshold events of `topic`, with when each
+/// arrived, until `stop`.
+fn follow_events(
+    topic: String,
+    arrivals: Arc<Mutex<Vec<(Instant, LedgerEvent)>>>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Result<()>> {
+    std::thread::spawn(move || -> Result<()> {
+        // Fetching as the pipeline's own consumers do, not librdkafka's
+        // default 500 ms: the measuring consumer's waits are not the
+        // pipeline's latency.
+        let mut settings = kafka();
+        settings.overrides.insert("fetch.wait.max.ms".into(), fetch_wait_max_ms().to_string());
+        let follower = TopicFollower::new(&settings, &topic, Duration::from_secs(30))?;
+        while !stop.load(Ordering::Relaxed) {
+            if let Some((_, Some(value))) = follower.next(Duration::from_millis(50)) {
+                if let Ok(event) = LedgerEvent::from_json(&value) {
+                    arrivals.lock().expect("arrivals").push((Instant::now(), event));
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Milliseconds from each budget alert's triggering event being produced
+/// to the alert's arrival, sorted.
+fn threshold_latencies_ms(arrivals: &[(Instant, LedgerEvent)], produced_at: &HashMap<String, Instant>) -> Vec<f64> {
     let mut latencies: Vec<f64> = arrivals
-        .lock()
-        .expect("arrivals")
         .iter()
         .filter(|(_, e)| e.kind == usage_ledger::EventKind::BudgetThresholdCrossed)
         .filter_map(|(at, e)| {
@@ -840,17 +887,19 @@ async fn alert_latency(args: &Args, results: &mut BTreeMap<&'static str, f64>) -
             Some(at.duration_since(*produced).as_secs_f64() * 1000.0)
         })
         .collect();
-    if latencies.len() < expected {
-        eprintln!("[bench] only {} of {expected} threshold events arrived", latencies.len());
-    }
     latencies.sort_by(f64::total_cmp);
-    let pct =
-        |p: f64| latencies.get(((latencies.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(f64::NAN);
-    results.insert("alert_latency_p50_ms", pct(0.50));
-    results.insert("alert_latency_p99_ms", pct(0.99));
-    results.insert("alert_offered_events_per_sec", offered);
-    results.insert("alert_events_measured", latencies.len() as f64);
-    // The same load through a bare chain of the same hops on the same broker.
+    latencies
+}
+
+/// The `p` quantile of sorted values (nearest rank); NaN when empty.
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted.get(((sorted.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(f64::NAN)
+}
+
+/// The alert run's load through a bare chain of the same hops on the same
+/// broker: its last hop sampled, then carrying a record per threshold
+/// event, in the load's three bursts (what the ledger sends).
+async fn broker_floors(args: &Args, results: &mut BTreeMap<&'static str, f64>) -> Result<()> {
     let floor = |last_hop| {
         let (kafka, prefix) = (kafka(), format!("bench_floor_{}", stamp()));
         async move { floor::broker_floor(&kafka, &prefix, args.alert_rate, args.alert_seconds, last_hop).await }
@@ -858,14 +907,9 @@ async fn alert_latency(args: &Args, results: &mut BTreeMap<&'static str, f64>) -
     let (floor_p50, floor_p99) = floor(floor::LastHop::Sampled).await?;
     results.insert("alert_latency_broker_floor_p50_ms", floor_p50);
     results.insert("alert_latency_broker_floor_p99_ms", floor_p99);
-    // Again with the last hop carrying what the ledger sends: a record per
-    // threshold event, in the load's three bursts.
     let (floor_p50, floor_p99) = floor(floor::LastHop::PerAlert).await?;
     results.insert("alert_latency_broker_floor_per_alert_p50_ms", floor_p50);
     results.insert("alert_latency_broker_floor_per_alert_p99_ms", floor_p99);
-    if let Ok(sink) = clickhouse(&database) {
-        let _ = sink.execute(&format!("DROP DATABASE IF EXISTS {database}")).await;
-    }
     Ok(())
 }
 
