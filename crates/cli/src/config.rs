@@ -188,146 +188,22 @@ impl Settings {
             }
             None => FileConfig::default(),
         };
-        let kafka = KafkaSettings {
-            brokers: env("KAFKA_BROKERS").or(file.kafka.brokers).unwrap_or_else(|| "127.0.0.1:9092".into()),
-            client_id: file.kafka.client_id.unwrap_or_else(|| "usage-pipeline".into()),
-            group_instance_id: env("KAFKA_GROUP_INSTANCE_ID").or(file.kafka.group_instance_id),
-            fetch_wait_max_ms: match env("KAFKA_FETCH_WAIT_MAX_MS").map(|s| s.parse::<u32>()).transpose() {
-                Ok(v) => match v.or(file.kafka.fetch_wait_max_ms) {
-                    Some(ms) if (1..=60_000).contains(&ms) => ms,
-                    Some(ms) => bail!("kafka.fetch_wait_max_ms must be within 1..=60000, is {ms}"),
-                    None => usage_kafka::FETCH_WAIT_MAX_MS_DEFAULT,
-                },
-                Err(e) => bail!("KAFKA_FETCH_WAIT_MAX_MS: {e}"),
-            },
-            overrides: file.kafka.librdkafka,
-        };
-        let clickhouse = ClickHouseSettings {
-            url: env("CLICKHOUSE_URL").or(file.clickhouse.url).unwrap_or_else(|| "http://127.0.0.1:8123".into()),
-            database: env("CLICKHOUSE_DATABASE").or(file.clickhouse.database).unwrap_or_else(|| "usage".into()),
-            user: env("CLICKHOUSE_USER").or(file.clickhouse.user),
-            password: env("CLICKHOUSE_PASSWORD").or(file.clickhouse.password),
-            compress_inserts: match env("CLICKHOUSE_COMPRESSION").or(file.clickhouse.compression).as_deref() {
-                None | Some("lz4") => true,
-                Some("none") => false,
-                Some(other) => bail!("clickhouse.compression must be lz4 or none, is {other:?}"),
-            },
-            ca_file: env("CLICKHOUSE_CA_FILE").or(file.clickhouse.ca_file).map(PathBuf::from),
-            insert_timeout: match env("CLICKHOUSE_INSERT_TIMEOUT_MS").map(|s| s.parse::<u64>()).transpose() {
-                Ok(v) => match v.or(file.clickhouse.insert_timeout_ms) {
-                    Some(0) => bail!("clickhouse.insert_timeout_ms must be positive"),
-                    Some(ms) => Duration::from_millis(ms),
-                    None => ClickHouseSettings::default().insert_timeout,
-                },
-                Err(e) => bail!("CLICKHOUSE_INSERT_TIMEOUT_MS: {e}"),
-            },
-        };
-        let defaults = StreamConfig::default();
         let p = file.pipeline;
-        let value_format: ValueFormat = match p.value_format {
-            Some(f) => f.parse().map_err(anyhow::Error::msg).context("pipeline.value_format")?,
-            None => ValueFormat::Auto,
-        };
-        let batch_events_max = p.batch_events_max.unwrap_or(defaults.batch_events_max);
-        if batch_events_max == 0 || batch_events_max > BATCH_EVENTS_MAX_LIMIT {
-            bail!("pipeline.batch_events_max must be 1..={BATCH_EVENTS_MAX_LIMIT}, is {batch_events_max}");
-        }
-        let stream = StreamConfig {
-            raw_topic: env("USAGE_RAW_TOPIC").or(file.topics.raw).unwrap_or(defaults.raw_topic),
-            dead_letter_topic: env("USAGE_DEAD_LETTER_TOPIC")
-                .or(file.topics.dead_letter)
-                .unwrap_or(defaults.dead_letter_topic),
-            rate_cards_topic: env("USAGE_RATE_CARDS_TOPIC")
-                .or(file.topics.rate_cards)
-                .unwrap_or(defaults.rate_cards_topic),
-            group_id: env("USAGE_GROUP_ID").or(p.group_id).unwrap_or(defaults.group_id),
-            topic_partitions: file.topics.partitions.unwrap_or(defaults.topic_partitions),
-            batch_events_max,
-            batch_linger: p.batch_linger_ms.map(Duration::from_millis).unwrap_or(defaults.batch_linger),
-            batch_idle: p
-                .batch_linger_ms
-                .map(Duration::from_millis)
-                .unwrap_or(defaults.batch_idle)
-                .min(defaults.batch_idle),
-            value_format,
-            dedup_window: p.dedup_window_days.map(|d| Duration::from_secs(d * 86_400)).unwrap_or(defaults.dedup_window),
-            dedup_ids_max: p.dedup_ids_max.unwrap_or(defaults.dedup_ids_max),
-            stall_after: match env("USAGE_STALL_AFTER_S").map(|s| s.parse::<u64>()).transpose() {
-                Ok(v) => v.or(p.stall_after_s).map(Duration::from_secs).unwrap_or(defaults.stall_after),
-                Err(e) => bail!("USAGE_STALL_AFTER_S: {e}"),
-            },
-            ..defaults
-        };
-        let l = file.ledger;
-        let ledger_defaults = LedgerConfig::default();
-        // Set and empty: no ledger feed (the pricing stage alone).
-        let priced_topic = match std::env::var("USAGE_PRICED_TOPIC") {
-            Ok(v) => v,
-            Err(_) => l.priced_topic.unwrap_or(ledger_defaults.priced_topic.clone()),
-        };
-        let mut stream = stream;
-        stream.priced_topic = (!priced_topic.is_empty()).then(|| priced_topic.clone());
-        let event_format = match l.event_format.as_deref() {
-            None | Some("json") => EventFormat::Json,
-            Some("avro") => EventFormat::Avro,
-            Some(other) => bail!("ledger.event_format must be json or avro, is {other:?}"),
-        };
-        let ledger = LedgerConfig {
-            priced_topic,
-            commands_topic: env("BILLING_COMMANDS_TOPIC")
-                .or(l.commands_topic)
-                .unwrap_or(ledger_defaults.commands_topic),
-            state_topic: env("BILLING_STATE_TOPIC").or(l.state_topic).unwrap_or(ledger_defaults.state_topic),
-            events_topic: env("BILLING_EVENTS_TOPIC").or(l.events_topic).unwrap_or(ledger_defaults.events_topic),
-            dead_letter_topic: stream.dead_letter_topic.clone(),
-            group_id: env("LEDGER_GROUP_ID").or(l.group_id).unwrap_or(ledger_defaults.group_id),
-            topic_partitions: stream.topic_partitions,
-            batch_linger: l.batch_linger_ms.map(Duration::from_millis).unwrap_or(ledger_defaults.batch_linger),
-            changelog_interval: match env("LEDGER_CHANGELOG_INTERVAL_MS").map(|s| s.parse::<u64>()).transpose() {
-                Ok(v) => match v.or(l.changelog_interval_ms) {
-                    None => ledger_defaults.changelog_interval,
-                    Some(ms @ 10..=600_000) => Duration::from_millis(ms),
-                    Some(ms) => bail!("ledger.changelog_interval_ms must be within 10..=600000, is {ms}"),
-                },
-                Err(e) => bail!("LEDGER_CHANGELOG_INTERVAL_MS: {e}"),
-            },
-            event_format,
-            transactional_id: env("LEDGER_TRANSACTIONAL_ID").or(l.transactional_id),
-            pending_entries_max: match env("LEDGER_PENDING_ENTRIES_MAX").map(|s| s.parse::<usize>()).transpose() {
-                Ok(v) => match v.or(l.pending_entries_max) {
-                    None => ledger_defaults.pending_entries_max,
-                    Some(n @ 1..=PENDING_ENTRIES_MAX_BOUND) => n,
-                    Some(n) => {
-                        bail!("ledger.pending_entries_max must be within 1..={PENDING_ENTRIES_MAX_BOUND}, is {n}")
-                    }
-                },
-                Err(e) => bail!("LEDGER_PENDING_ENTRIES_MAX: {e}"),
-            },
-            ..ledger_defaults
-        };
-        let topics = [&stream.raw_topic, &stream.dead_letter_topic, &stream.rate_cards_topic];
-        if topics[0] == topics[1] || topics[0] == topics[2] || topics[1] == topics[2] {
-            bail!("topics.raw, topics.dead_letter and topics.rate_cards must differ (they are {topics:?})");
-        }
-        if stream.topic_partitions < 1 {
-            bail!("topics.partitions must be at least 1");
-        }
+        let mut stream = stream_config(file.topics, &p)?;
+        let ledger_writes_entries = file.ledger.write_entries.unwrap_or(true);
+        let ledger = ledger_config(file.ledger, &mut stream)?;
         let metrics_addr = match env("USAGE_METRICS_ADDR").or(file.observability.metrics_addr) {
             Some(a) => Some(parse_addr(&a).context("observability.metrics_addr (USAGE_METRICS_ADDR)")?),
             None => None,
         };
-        let unready_after = match env("USAGE_UNREADY_AFTER_S").map(|s| s.parse::<u64>()).transpose() {
-            Ok(v) => v
-                .or(file.observability.unready_after_s)
-                .map(Duration::from_secs)
-                .unwrap_or(usage_runtime::FAILING_GRACE_DEFAULT),
-            Err(e) => bail!("USAGE_UNREADY_AFTER_S: {e}"),
-        };
+        let unready_after = number("USAGE_UNREADY_AFTER_S", file.observability.unready_after_s)?
+            .map(Duration::from_secs)
+            .unwrap_or(usage_runtime::FAILING_GRACE_DEFAULT);
         Ok(Self {
             metrics_addr,
             unready_after,
-            kafka,
-            clickhouse,
+            kafka: kafka_settings(file.kafka)?,
+            clickhouse: clickhouse_settings(file.clickhouse)?,
             stream,
             rate_cards_explicit: env("USAGE_RATE_CARDS").is_some() || p.rate_cards.is_some(),
             rate_cards: env("USAGE_RATE_CARDS")
@@ -337,9 +213,138 @@ impl Settings {
             default_rate_card: p.default_rate_card,
             schema_registry_url: env("SCHEMA_REGISTRY_URL").or(p.schema_registry_url),
             ledger,
-            ledger_writes_entries: l.write_entries.unwrap_or(true),
+            ledger_writes_entries,
         })
     }
+}
+
+/// A number from the environment variable `var` when it is set (an error
+/// naming it when it does not parse), else from the file.
+fn number<T: std::str::FromStr>(var: &str, file: Option<T>) -> Result<Option<T>>
+where
+    T::Err: std::fmt::Display,
+{
+    match env(var) {
+        Some(text) => match text.parse() {
+            Ok(v) => Ok(Some(v)),
+            Err(e) => bail!("{var}: {e}"),
+        },
+        None => Ok(file),
+    }
+}
+
+fn kafka_settings(k: KafkaSection) -> Result<KafkaSettings> {
+    Ok(KafkaSettings {
+        brokers: env("KAFKA_BROKERS").or(k.brokers).unwrap_or_else(|| "127.0.0.1:9092".into()),
+        client_id: k.client_id.unwrap_or_else(|| "usage-pipeline".into()),
+        group_instance_id: env("KAFKA_GROUP_INSTANCE_ID").or(k.group_instance_id),
+        fetch_wait_max_ms: match number("KAFKA_FETCH_WAIT_MAX_MS", k.fetch_wait_max_ms)? {
+            Some(ms) if (1..=60_000).contains(&ms) => ms,
+            Some(ms) => bail!("kafka.fetch_wait_max_ms must be within 1..=60000, is {ms}"),
+            None => usage_kafka::FETCH_WAIT_MAX_MS_DEFAULT,
+        },
+        overrides: k.librdkafka,
+    })
+}
+
+fn clickhouse_settings(c: ClickHouseSection) -> Result<ClickHouseSettings> {
+    Ok(ClickHouseSettings {
+        url: env("CLICKHOUSE_URL").or(c.url).unwrap_or_else(|| "http://127.0.0.1:8123".into()),
+        database: env("CLICKHOUSE_DATABASE").or(c.database).unwrap_or_else(|| "usage".into()),
+        user: env("CLICKHOUSE_USER").or(c.user),
+        password: env("CLICKHOUSE_PASSWORD").or(c.password),
+        compress_inserts: match env("CLICKHOUSE_COMPRESSION").or(c.compression).as_deref() {
+            None | Some("lz4") => true,
+            Some("none") => false,
+            Some(other) => bail!("clickhouse.compression must be lz4 or none, is {other:?}"),
+        },
+        ca_file: env("CLICKHOUSE_CA_FILE").or(c.ca_file).map(PathBuf::from),
+        insert_timeout: match number("CLICKHOUSE_INSERT_TIMEOUT_MS", c.insert_timeout_ms)? {
+            Some(0) => bail!("clickhouse.insert_timeout_ms must be positive"),
+            Some(ms) => Duration::from_millis(ms),
+            None => ClickHouseSettings::default().insert_timeout,
+        },
+    })
+}
+
+/// The pricing stage's settings (its priced topic comes with the ledger's).
+fn stream_config(topics: TopicsSection, p: &PipelineSection) -> Result<StreamConfig> {
+    let defaults = StreamConfig::default();
+    let value_format: ValueFormat = match &p.value_format {
+        Some(f) => f.parse().map_err(anyhow::Error::msg).context("pipeline.value_format")?,
+        None => ValueFormat::Auto,
+    };
+    let batch_events_max = p.batch_events_max.unwrap_or(defaults.batch_events_max);
+    if batch_events_max == 0 || batch_events_max > BATCH_EVENTS_MAX_LIMIT {
+        bail!("pipeline.batch_events_max must be 1..={BATCH_EVENTS_MAX_LIMIT}, is {batch_events_max}");
+    }
+    let stream = StreamConfig {
+        raw_topic: env("USAGE_RAW_TOPIC").or(topics.raw).unwrap_or(defaults.raw_topic),
+        dead_letter_topic: env("USAGE_DEAD_LETTER_TOPIC").or(topics.dead_letter).unwrap_or(defaults.dead_letter_topic),
+        rate_cards_topic: env("USAGE_RATE_CARDS_TOPIC").or(topics.rate_cards).unwrap_or(defaults.rate_cards_topic),
+        group_id: env("USAGE_GROUP_ID").or(p.group_id.clone()).unwrap_or(defaults.group_id),
+        topic_partitions: topics.partitions.unwrap_or(defaults.topic_partitions),
+        batch_events_max,
+        batch_linger: p.batch_linger_ms.map(Duration::from_millis).unwrap_or(defaults.batch_linger),
+        batch_idle: p
+            .batch_linger_ms
+            .map(Duration::from_millis)
+            .unwrap_or(defaults.batch_idle)
+            .min(defaults.batch_idle),
+        value_format,
+        dedup_window: p.dedup_window_days.map(|d| Duration::from_secs(d * 86_400)).unwrap_or(defaults.dedup_window),
+        dedup_ids_max: p.dedup_ids_max.unwrap_or(defaults.dedup_ids_max),
+        stall_after: number("USAGE_STALL_AFTER_S", p.stall_after_s)?
+            .map(Duration::from_secs)
+            .unwrap_or(defaults.stall_after),
+        ..defaults
+    };
+    let names = [&stream.raw_topic, &stream.dead_letter_topic, &stream.rate_cards_topic];
+    if names[0] == names[1] || names[0] == names[2] || names[1] == names[2] {
+        bail!("topics.raw, topics.dead_letter and topics.rate_cards must differ (they are {names:?})");
+    }
+    if stream.topic_partitions < 1 {
+        bail!("topics.partitions must be at least 1");
+    }
+    Ok(stream)
+}
+
+/// The ledger's settings; sets the pricing stage's feed to the ledger's
+/// priced topic (none when `USAGE_PRICED_TOPIC` is set and empty).
+fn ledger_config(l: LedgerSection, stream: &mut StreamConfig) -> Result<LedgerConfig> {
+    let defaults = LedgerConfig::default();
+    let priced_topic = match std::env::var("USAGE_PRICED_TOPIC") {
+        Ok(v) => v,
+        Err(_) => l.priced_topic.unwrap_or(defaults.priced_topic.clone()),
+    };
+    stream.priced_topic = (!priced_topic.is_empty()).then(|| priced_topic.clone());
+    Ok(LedgerConfig {
+        priced_topic,
+        commands_topic: env("BILLING_COMMANDS_TOPIC").or(l.commands_topic).unwrap_or(defaults.commands_topic),
+        state_topic: env("BILLING_STATE_TOPIC").or(l.state_topic).unwrap_or(defaults.state_topic),
+        events_topic: env("BILLING_EVENTS_TOPIC").or(l.events_topic).unwrap_or(defaults.events_topic),
+        dead_letter_topic: stream.dead_letter_topic.clone(),
+        group_id: env("LEDGER_GROUP_ID").or(l.group_id).unwrap_or(defaults.group_id),
+        topic_partitions: stream.topic_partitions,
+        batch_linger: l.batch_linger_ms.map(Duration::from_millis).unwrap_or(defaults.batch_linger),
+        changelog_interval: match number("LEDGER_CHANGELOG_INTERVAL_MS", l.changelog_interval_ms)? {
+            None => defaults.changelog_interval,
+            Some(ms @ 10..=600_000) => Duration::from_millis(ms),
+            Some(ms) => bail!("ledger.changelog_interval_ms must be within 10..=600000, is {ms}"),
+        },
+        event_format: match l.event_format.as_deref() {
+            None | Some("json") => EventFormat::Json,
+            Some("avro") => EventFormat::Avro,
+            Some(other) => bail!("ledger.event_format must be json or avro, is {other:?}"),
+        },
+        transactional_id: env("LEDGER_TRANSACTIONAL_ID").or(l.transactional_id),
+        pending_entries_max: match number("LEDGER_PENDING_ENTRIES_MAX", l.pending_entries_max)? {
+            None => defaults.pending_entries_max,
+            Some(n @ 1..=PENDING_ENTRIES_MAX_BOUND) => n,
+            Some(n) => bail!("ledger.pending_entries_max must be within 1..={PENDING_ENTRIES_MAX_BOUND}, is {n}"),
+        },
+        ..defaults
+    })
 }
 
 /// `host:port`, e.g. `127.0.0.1:9464` or `0.0.0.0:9464`.
