@@ -9,6 +9,7 @@ use serde::Serialize;
 use std::process::ExitCode;
 use std::time::Duration;
 use usage_clickhouse::ClickHouseSink;
+use usage_ledger_stage::LedgerConfig;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -122,53 +123,59 @@ async fn kafka_checks(settings: &Settings) -> Vec<Check> {
             check(format!("topic {role}"), Status::Ok, format!("{topic}: {n} partitions"), None)
         });
     }
-    // The ledger keeps an account's inputs and state in one partition number.
     let by_name = |t: &str| names.iter().position(|n| *n == t).map(|i| counts[i]);
-    let co =
-        [Some(ledger.priced_topic.as_str()), Some(ledger.commands_topic.as_str()), Some(ledger.state_topic.as_str())];
-    let ns: Vec<(String, usize)> = co.iter().flatten().filter_map(|t| Some((t.to_string(), by_name(t)?))).collect();
-    if ns.iter().all(|(_, n)| *n > 0) && ns.len() == 3 {
-        let same = ns.windows(2).all(|w| w[0].1 == w[1].1);
-        out.push(check(
-            "co-partitioning",
-            if same { Status::Ok } else { Status::Fail },
-            ns.iter().map(|(t, n)| format!("{t} {n}")).collect::<Vec<_>>().join(", "),
-            (!same).then_some(
-                "the ledger feed, billing commands and changelog need the same partition count: recreate the odd one",
-            ),
-        ));
-    }
-    let compacted = [ledger.state_topic.as_str(), stream.rate_cards_topic.as_str()];
-    let present: Vec<&str> = compacted.iter().copied().filter(|t| by_name(t).is_some_and(|n| n > 0)).collect();
-    if !present.is_empty() {
-        match usage_kafka::topic_configs(&settings.kafka, &present, TIMEOUT).await {
-            Ok(configs) => {
-                for (topic, config) in present.iter().zip(configs) {
-                    out.push(match config {
-                        Ok(c) if c.get("cleanup.policy").is_some_and(|p| p.contains("compact")) => {
-                            check(format!("compaction {topic}"), Status::Ok, "cleanup.policy compact", None)
-                        }
-                        Ok(c) => check(
-                            format!("compaction {topic}"),
-                            Status::Fail,
-                            format!("cleanup.policy is {:?}", c.get("cleanup.policy").map_or("unset", String::as_str)),
-                            Some("set cleanup.policy=compact on it: its records are the latest state per key"),
-                        ),
-                        Err(e) => {
-                            check(format!("compaction {topic}"), Status::Warn, format!("not described: {e}"), None)
-                        }
-                    });
-                }
-            }
-            Err(e) => out.push(check(
-                "compaction",
-                Status::Warn,
-                format!("the broker does not describe topic configs: {e}"),
-                None,
-            )),
-        }
-    }
+    out.extend(co_partitioning(ledger, by_name));
+    out.extend(compaction(settings, by_name).await);
     out
+}
+
+/// The ledger keeps an account's inputs and state in one partition number:
+/// its three topics' partition counts must agree (checked once all exist).
+fn co_partitioning(ledger: &LedgerConfig, by_name: impl Fn(&str) -> Option<usize>) -> Option<Check> {
+    let co = [ledger.priced_topic.as_str(), ledger.commands_topic.as_str(), ledger.state_topic.as_str()];
+    let ns: Vec<(&str, usize)> = co.iter().filter_map(|t| Some((*t, by_name(t)?))).collect();
+    if ns.len() < 3 || ns.iter().any(|(_, n)| *n == 0) {
+        return None;
+    }
+    let same = ns.windows(2).all(|w| w[0].1 == w[1].1);
+    Some(check(
+        "co-partitioning",
+        if same { Status::Ok } else { Status::Fail },
+        ns.iter().map(|(t, n)| format!("{t} {n}")).collect::<Vec<_>>().join(", "),
+        (!same).then_some(
+            "the ledger feed, billing commands and changelog need the same partition count: recreate the odd one",
+        ),
+    ))
+}
+
+/// The changelog and the rate-card topic hold the latest state per key:
+/// they must be compacted (checked on those that exist).
+async fn compaction(settings: &Settings, by_name: impl Fn(&str) -> Option<usize>) -> Vec<Check> {
+    let compacted = [settings.ledger.state_topic.as_str(), settings.stream.rate_cards_topic.as_str()];
+    let present: Vec<&str> = compacted.iter().copied().filter(|t| by_name(t).is_some_and(|n| n > 0)).collect();
+    if present.is_empty() {
+        return Vec::new();
+    }
+    let configs = match usage_kafka::topic_configs(&settings.kafka, &present, TIMEOUT).await {
+        Ok(configs) => configs,
+        Err(e) => {
+            let why = format!("the broker does not describe topic configs: {e}");
+            return vec![check("compaction", Status::Warn, why, None)];
+        }
+    };
+    let checks = present.iter().zip(configs).map(|(topic, config)| match config {
+        Ok(c) if c.get("cleanup.policy").is_some_and(|p| p.contains("compact")) => {
+            check(format!("compaction {topic}"), Status::Ok, "cleanup.policy compact", None)
+        }
+        Ok(c) => check(
+            format!("compaction {topic}"),
+            Status::Fail,
+            format!("cleanup.policy is {:?}", c.get("cleanup.policy").map_or("unset", String::as_str)),
+            Some("set cleanup.policy=compact on it: its records are the latest state per key"),
+        ),
+        Err(e) => check(format!("compaction {topic}"), Status::Warn, format!("not described: {e}"), None),
+    });
+    checks.collect()
 }
 
 async fn clickhouse_checks(settings: &Settings) -> Vec<Check> {
