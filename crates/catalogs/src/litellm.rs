@@ -145,45 +145,7 @@ pub fn import(json: &str, options: &ImportOptions) -> Result<(VersionOut, Import
             continue;
         };
         let model = key.strip_prefix(&format!("{provider}/")).unwrap_or(key).to_owned();
-        // tier ("" = standard) → price key → prices
-        let mut sets: BTreeMap<&str, BTreeMap<&str, UnitPrices>> = BTreeMap::new();
-        for (field, value) in obj {
-            if !(field.contains("cost") || field.contains("price")) {
-                continue; // capabilities, limits, sources: not prices
-            }
-            let Some(parts) = parse_key(field) else {
-                if value.as_f64().is_some_and(|v| v == 0.0) || value.is_null() {
-                    continue; // a zero or absent price of something we do not bill
-                }
-                report.note(format!("cost key `{field}`"), key.clone());
-                continue;
-            };
-            if value.is_null() {
-                continue;
-            }
-            let Some(price) = shortest_decimal(value).and_then(|p| crate::exact_mul(p, parts.scale)) else {
-                report.note(format!("cost key `{field}` with a value that is not a non-negative number"), key.clone());
-                continue;
-            };
-            let unit = Unit::from_price_key(parts.price_key).expect("BASE_KEYS name registry units");
-            if usage_pricing::unit_price(price, unit.per()).is_none() {
-                report.note(format!("cost key `{field}`: too many decimal places to hold exactly"), key.clone());
-                continue;
-            }
-            let by_threshold = &mut sets
-                .entry(parts.service_tier.unwrap_or(""))
-                .or_default()
-                .entry(parts.price_key)
-                .or_default()
-                .by_threshold;
-            let threshold = parts.above_tokens.unwrap_or(0);
-            if field.contains(CACHE_HIT_ALIAS) {
-                // Keys come in name order, so the canonical name is already in.
-                by_threshold.entry(threshold).or_insert(price);
-            } else {
-                by_threshold.insert(threshold, price);
-            }
-        }
+        let mut sets = price_sets(key, obj, &mut report);
         let standard = sets.remove("").unwrap_or_default();
         let has_token_price = standard.contains_key("input_mtok") || standard.contains_key("output_mtok");
         if !has_token_price {
@@ -238,6 +200,54 @@ pub fn import(json: &str, options: &ImportOptions) -> Result<(VersionOut, Import
         models,
     };
     Ok((version, report))
+}
+
+/// An entry's prices: service tier (`""`: standard) → price key → prices
+/// by threshold. What cannot be read is noted in the report, under `key`.
+fn price_sets<'a>(
+    key: &str,
+    obj: &'a serde_json::Map<String, Value>,
+    report: &mut ImportReport,
+) -> BTreeMap<&'a str, BTreeMap<&'a str, UnitPrices>> {
+    let mut sets: BTreeMap<&str, BTreeMap<&str, UnitPrices>> = BTreeMap::new();
+    for (field, value) in obj {
+        if !(field.contains("cost") || field.contains("price")) {
+            continue; // capabilities, limits, sources: not prices
+        }
+        let Some(parts) = parse_key(field) else {
+            if value.as_f64().is_some_and(|v| v == 0.0) || value.is_null() {
+                continue; // a zero or absent price of something we do not bill
+            }
+            report.note(format!("cost key `{field}`"), key.to_owned());
+            continue;
+        };
+        if value.is_null() {
+            continue;
+        }
+        let Some(price) = shortest_decimal(value).and_then(|p| crate::exact_mul(p, parts.scale)) else {
+            report.note(format!("cost key `{field}` with a value that is not a non-negative number"), key.to_owned());
+            continue;
+        };
+        let unit = Unit::from_price_key(parts.price_key).expect("BASE_KEYS name registry units");
+        if usage_pricing::unit_price(price, unit.per()).is_none() {
+            report.note(format!("cost key `{field}`: too many decimal places to hold exactly"), key.to_owned());
+            continue;
+        }
+        let by_threshold = &mut sets
+            .entry(parts.service_tier.unwrap_or(""))
+            .or_default()
+            .entry(parts.price_key)
+            .or_default()
+            .by_threshold;
+        let threshold = parts.above_tokens.unwrap_or(0);
+        if field.contains(CACHE_HIT_ALIAS) {
+            // Keys come in name order, so the canonical name is already in.
+            by_threshold.entry(threshold).or_insert(price);
+        } else {
+            by_threshold.insert(threshold, price);
+        }
+    }
+    sets
 }
 
 #[cfg(test)]
